@@ -1,0 +1,273 @@
+"""Loading and saving models: official `.bin` state dicts, the hub, and our own safetensors format.
+
+`from_pretrained(source, config=None)` accepts
+  * a directory written by `save_pretrained` (`config.json` + `model.safetensors`);
+  * an official `.bin` state dict (or a directory holding `pytorch_model.bin`), with `config` an official YAML
+    file, a preset name or a config object; without `config` the preset whose shapes match is used;
+  * a hub id such as "markweber/maskbit_tokenizer_12bit" (official file name `<repo name>.bin`, downloaded
+    with huggingface_hub; repos in our own format are read as such);
+  * "default": the small model bundled with this package.
+Official files are read with `torch.load(weights_only=True)` only: nothing in a checkpoint can run code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import pickle
+import re
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from maskbit.config import OfficialConfig, config_from_dict, read_official_yaml
+
+__all__ = ["PretrainedMixin", "CheckpointError", "load_official_state_dict", "DEFAULT_MODEL_DIR"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL_DIR = Path(__file__).parent / "pretrained" / "default"
+FORMAT_NAME = "maskbit-explorer"
+FORMAT_VERSION = 1
+CONFIG_FILE, WEIGHTS_FILE, OFFICIAL_WEIGHTS_FILE = "config.json", "model.safetensors", "pytorch_model.bin"
+# The published generator files still name the input projection `token_emb` (spec §4.2).
+OFFICIAL_RENAMES = {"token_emb.": "input_proj."}
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded; the message says why and what to do."""
+
+
+def load_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a flat `{key: tensor}` file saved with torch.save, refusing anything but tensors."""
+    path = Path(path)
+    try:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f"refused to load {path}: it contains Python objects other than tensors, and loading it could run "
+            f"arbitrary code. Only plain state dicts are accepted (torch.load weights_only=True). ({error})"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        raise CheckpointError(
+            f"could not read {path} as a PyTorch checkpoint ({type(error).__name__}: {error}); "
+            "the file is probably truncated or not a torch.save file: download it again"
+        ) from None
+    if not isinstance(state_dict, Mapping) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise CheckpointError(f"{path} does not hold a flat {{key: tensor}} state dict as the official files do")
+    state_dict = dict(state_dict)
+    for old, new in OFFICIAL_RENAMES.items():
+        state_dict = {new + k[len(old) :] if k.startswith(old) else k: v for k, v in state_dict.items()}
+    return state_dict
+
+
+class PretrainedMixin:
+    """`from_pretrained` / `save_pretrained` for a Module built from one config dataclass."""
+
+    config_class: ClassVar[type]
+    presets: ClassVar[dict[str, Any]]
+    kind: ClassVar[str]  # "tokenizer" or "generator"
+    config: Any
+
+    # ---------------------------------------------------------------------------------------------- saving
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write `config.json` and `model.safetensors` into `directory` (each file written whole, then renamed)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        header = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "kind": self.kind}
+        text = json.dumps({**header, "config": dataclasses.asdict(self.config)}, indent=2) + "\n"
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        _atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+        _atomic_write(directory / CONFIG_FILE, lambda p: Path(p).write_text(text))
+        return directory
+
+    # ---------------------------------------------------------------------------------------------- loading
+
+    @classmethod
+    def from_pretrained(cls, source: str | Path, config: Any = None):
+        """Build the model and load its weights strictly; see the module docstring for `source` and `config`."""
+        if str(source) == "default":
+            source = DEFAULT_MODEL_DIR / cls.kind
+            if not source.is_dir():
+                raise FileNotFoundError(f"the bundled default {cls.kind} is missing: expected {source}")
+        path = Path(source)
+        if not path.exists():
+            if HUB_ID.match(str(source)) and not str(source).startswith((".", "/")):
+                return cls._from_hub(str(source), config)
+            raise FileNotFoundError(
+                f"{source} is neither a file, a directory, 'default' nor a hub id like "
+                f"'markweber/maskbit_{cls.kind}_12bit'"
+            )
+        if path.is_dir() and (path / CONFIG_FILE).is_file():
+            return cls._from_own_format(path, config)
+        if path.is_dir():
+            if not (path / OFFICIAL_WEIGHTS_FILE).is_file():
+                raise FileNotFoundError(f"{path} holds neither {CONFIG_FILE} + {WEIGHTS_FILE} nor {OFFICIAL_WEIGHTS_FILE}")
+            path = path / OFFICIAL_WEIGHTS_FILE
+        state_dict = load_official_state_dict(path)
+        resolved = cls._resolve_config(config) if config is not None else cls._infer_config(state_dict, path)
+        return cls._build(resolved, state_dict, path)
+
+    @classmethod
+    def _from_own_format(cls, directory: Path, config: Any):
+        try:
+            stored = json.loads((directory / CONFIG_FILE).read_text())
+        except json.JSONDecodeError as error:
+            raise CheckpointError(f"{directory / CONFIG_FILE} is not valid JSON: {error}") from None
+        if stored.get("format") != FORMAT_NAME or stored.get("kind") != cls.kind:
+            raise CheckpointError(
+                f"{directory} holds a {stored.get('kind', 'unknown')} in format {stored.get('format')!r}; "
+                f"expected a {cls.kind} saved by save_pretrained"
+            )
+        stored_config = config_from_dict(cls.config_class, stored["config"])
+        if config is not None and cls._resolve_config(config) != stored_config:
+            raise CheckpointError(f"{directory} carries its own config, which differs from the one passed; omit config")
+        weights = directory / WEIGHTS_FILE
+        try:
+            state_dict = load_file(weights)
+        except Exception as error:  # safetensors raises its own error types for truncated or foreign files
+            raise CheckpointError(f"could not read {weights} ({type(error).__name__}: {error}); save it again") from None
+        return cls._build(stored_config, state_dict, weights)
+
+    @classmethod
+    def _from_hub(cls, repo_id: str, config: Any):
+        name = repo_id.split("/")[-1]
+        official = name in cls.presets
+        files = [f"{name}.bin"] if official else [CONFIG_FILE, WEIGHTS_FILE]
+        try:
+            from huggingface_hub import hf_hub_download
+
+            paths = [Path(hf_hub_download(repo_id, f)) for f in files]
+        except Exception as error:
+            where = os.environ.get("HF_HUB_CACHE") or "the Hugging Face cache (~/.cache/huggingface/hub)"
+            raise CheckpointError(
+                f"could not get {', '.join(files)} of the hub repo {repo_id} into {where} "
+                f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}). "
+                f"If this machine is offline, download https://huggingface.co/{repo_id}/resolve/main/{files[0]} "
+                f"elsewhere and pass its local path: {cls.__name__}.from_pretrained('path/to/{files[0]}'"
+                + (f", config='{name}')" if official else ")")
+            ) from None
+        if official:
+            return cls._build(cls._resolve_config(config if config is not None else name), load_official_state_dict(paths[0]), paths[0])
+        return cls._from_own_format(paths[0].parent, config)
+
+    @classmethod
+    def _resolve_config(cls, config: Any):
+        """A config object, a dict of fields, a preset name, an official YAML path or a config.json path."""
+        if isinstance(config, cls.config_class):
+            return config
+        if isinstance(config, OfficialConfig):
+            return cls._official_part(config, "the given OfficialConfig")
+        if isinstance(config, Mapping):
+            return config_from_dict(cls.config_class, dict(config))
+        if isinstance(config, (str, Path)):
+            if str(config) in cls.presets:
+                return cls.presets[str(config)]
+            path = Path(config)
+            if path.suffix in (".yaml", ".yml"):
+                return cls._official_part(read_official_yaml(path), str(path))
+            if path.suffix == ".json" and path.is_file():
+                stored = json.loads(path.read_text())
+                return config_from_dict(cls.config_class, stored.get("config", stored))
+            raise ValueError(
+                f"config {config!r} is neither a preset ({', '.join(sorted(cls.presets))}) "
+                "nor an existing .yaml/.json file"
+            )
+        raise TypeError(f"config must be a {cls.config_class.__name__}, dict, preset name or path, got {type(config)}")
+
+    @classmethod
+    def _official_part(cls, official: OfficialConfig, where: str):
+        part = getattr(official, cls.kind)
+        if part is None:
+            raise ValueError(f"{where} has no model.mlm_model section, so it does not describe a generator")
+        return part
+
+    @classmethod
+    def _infer_config(cls, state_dict: dict[str, torch.Tensor], path: Path):
+        """The first preset whose state-dict shapes match the file exactly."""
+        shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
+        for name, preset in cls.presets.items():
+            with torch.device("meta"):
+                expected = {k: tuple(v.shape) for k, v in cls(preset).state_dict().items()}
+            if expected == shapes:
+                logger.info("%s matches the %s preset", path, name)
+                return preset
+        raise CheckpointError(
+            f"{path} matches no {cls.kind} preset ({', '.join(sorted(cls.presets))}); pass config= "
+            "(an official YAML file, a preset name or a config object)"
+        )
+
+    @classmethod
+    def _build(cls, config: Any, state_dict: dict[str, torch.Tensor], source: Path):
+        model = cls(config)
+        _check_state_dict(model, state_dict, source)
+        model.load_state_dict(state_dict, strict=True)
+        return model.eval()
+
+    @classmethod
+    def inferred_config_fields(cls, state_dict: Mapping[str, torch.Tensor]) -> dict[str, int]:
+        """Config values readable from a state dict's shapes, used to explain mismatches."""
+        return {}
+
+
+def _check_state_dict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: Path) -> None:
+    """Raise a CheckpointError listing missing/unexpected keys and shape mismatches, with the likely cause."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    mismatched = [
+        f"{k}: checkpoint {tuple(state_dict[k].shape)}, model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state_dict and state_dict[k].shape != v.shape
+    ]
+    if missing or unexpected or mismatched:
+        causes = []
+        inferred = type(model).inferred_config_fields(state_dict)
+        for field, value in inferred.items():
+            configured = getattr(model.config, field)
+            if value != configured:
+                what = f"{value}-bit tokens" if field == "token_size" else f"{field}={value}"
+                said = f"{configured}" if field == "token_size" else f"{field}={configured}"
+                causes.append(f"checkpoint has {what}, config says {said}")
+        if unexpected and all(k.startswith("module.") for k in state_dict):
+            causes.append("keys start with 'module.': saved from a DistributedDataParallel wrapper; strip the prefix")
+        other = "generator" if model.kind == "tokenizer" else "tokenizer"
+        if any(k.split(".")[0] in _TOP_LEVEL_KEYS[other] for k in unexpected) and not any(
+            k.split(".")[0] in _TOP_LEVEL_KEYS[model.kind] for k in state_dict
+        ):
+            causes.append(f"this looks like a {other} checkpoint, not a {model.kind}")
+        lines = [f"{source} does not fit the {model.kind} config {model.config}:"]
+        lines += [f"  likely cause: {c}" for c in causes]
+        for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)):
+            if items:
+                shown = ", ".join(items[:8]) + (f", … ({len(items)} in all)" if len(items) > 8 else "")
+                lines.append(f"  {title}: {shown}")
+        raise CheckpointError("\n".join(lines))
+    for name, buffer in model.named_buffers():
+        if not torch.equal(state_dict[name].to(buffer.dtype), buffer):
+            raise CheckpointError(f"{source}: buffer {name} does not hold the expected bit table; the file is corrupt")
+
+
+_TOP_LEVEL_KEYS = {
+    "tokenizer": {"encoder", "decoder", "quantize"},
+    "generator": {"pos_emb", "class_emb", "input_proj", "transformer", "prediction_layer", "first_layer", "last_layer"},
+}
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,368 @@
+"""Typed configs for the tokenizer, the generator and the sampler, named presets, and the official YAML reader.
+
+The dataclasses are the one config system of the project: models own their config, checkpoints carry it, and
+derived values (bits per group, mask token, token grid) are read-only properties. Official YAML files
+(`configs/tokenizer/*.yaml`, `configs/generator/*.yaml` of markweberdev/maskbit) are an input format, turned
+into these dataclasses by `read_official_yaml`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "TokenizerConfig",
+    "GeneratorConfig",
+    "SamplingConfig",
+    "OfficialConfig",
+    "TOKENIZER_PRESETS",
+    "GENERATOR_PRESETS",
+    "SAMPLING_PRESETS",
+    "read_official_yaml",
+    "config_from_dict",
+]
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """Conv VQGAN+ autoencoder with a lookup-free quantiser (spec §1). Field names follow `model.vq_model`."""
+
+    token_size: int = 12  # K, bits per token
+    hidden_channels: int = 128
+    channel_mult: tuple[int, ...] = (1, 1, 2, 2, 4)
+    num_res_blocks: int = 2
+    num_res_blocks_decoder: int | None = None  # None: same as the encoder
+    sample_with_conv: bool = True
+    num_channels: int = 3
+    image_size: int = 256  # the resolution the model was trained at; any multiple of the downsampling works
+    commitment_cost: float = 0.25
+    entropy_loss_weight: float = 0.02
+    entropy_loss_temperature: float = 0.01
+    entropy_gamma: float = 1.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "channel_mult", tuple(self.channel_mult))
+        _require(1 <= self.token_size <= 24, f"token_size must be in [1, 24], got {self.token_size}")
+        _require(len(self.channel_mult) >= 1, "channel_mult must not be empty")
+        for mult in self.channel_mult:
+            _require(
+                self.hidden_channels * mult % 32 == 0,
+                f"hidden_channels × channel_mult must be divisible by 32 (GroupNorm groups), "
+                f"got {self.hidden_channels} × {mult}",
+            )
+        _require(self.num_res_blocks >= 1, "num_res_blocks must be ≥ 1")
+        _require(
+            self.image_size % self.downsample_factor == 0,
+            f"image_size {self.image_size} is not a multiple of the downsampling factor {self.downsample_factor}",
+        )
+
+    @property
+    def num_bits(self) -> int:
+        return self.token_size
+
+    @property
+    def num_resolutions(self) -> int:
+        return len(self.channel_mult)
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (self.num_resolutions - 1)
+
+    @property
+    def grid_size(self) -> int:
+        """Token grid side at `image_size`."""
+        return self.image_size // self.downsample_factor
+
+    @property
+    def decoder_res_blocks(self) -> int:
+        return self.num_res_blocks if self.num_res_blocks_decoder is None else self.num_res_blocks_decoder
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """Bit-token masked transformer, LFQBert in the official code (spec §2)."""
+
+    token_size: int = 12  # K, bits per token of the paired tokenizer
+    codebook_splits: int = 2  # m, groups of K/m bits predicted independently
+    grid_size: int = 16  # token grid side: image_size // input_stride
+    hidden_dim: int = 1024
+    depth: int = 24
+    heads: int = 16
+    mlp_dim: int = 4096
+    dropout: float = 0.1
+    num_classes: int = 1000  # class id num_classes is the null class used for guidance
+
+    def __post_init__(self) -> None:
+        _require(
+            self.token_size % self.codebook_splits == 0,
+            f"token_size {self.token_size} is not divisible by codebook_splits {self.codebook_splits}",
+        )
+        _require(self.hidden_dim % self.heads == 0, f"hidden_dim {self.hidden_dim} not divisible by heads {self.heads}")
+        _require(self.grid_size >= 1 and self.depth >= 1 and self.num_classes >= 1, "sizes must be positive")
+        _require(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def num_bits(self) -> int:
+        return self.token_size
+
+    @property
+    def num_groups(self) -> int:
+        return self.codebook_splits
+
+    @property
+    def bits_per_group(self) -> int:
+        return self.token_size // self.codebook_splits
+
+    @property
+    def group_vocab_size(self) -> int:
+        """Classes per group: 2^(K/m)."""
+        return 2**self.bits_per_group
+
+    @property
+    def mask_token(self) -> int:
+        """The group value that means "masked": 2^(K/m)."""
+        return self.group_vocab_size
+
+    @property
+    def num_positions(self) -> int:
+        return self.grid_size**2
+
+    @property
+    def null_class(self) -> int:
+        return self.num_classes
+
+
+MASK_SCHEDULES = ("arccos", "cosine", "linear", "square", "root")
+GUIDANCE_ANNEALINGS = ("none", "linear", "cosine")
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """The official sampler's knobs (spec §3). Defaults: the 12-bit generator config."""
+
+    num_steps: int = 64
+    guidance_scale: float = 7.1
+    guidance_annealing: str = "cosine"
+    scale_pow: float = 3.0
+    randomize_temperature: float = 8.2
+    softmax_temperature: float = 1.0
+    mask_schedule: str = "arccos"
+
+    def __post_init__(self) -> None:
+        _require(self.num_steps >= 1, f"num_steps must be ≥ 1, got {self.num_steps}")
+        _require(self.guidance_scale >= 0, f"guidance_scale must be ≥ 0, got {self.guidance_scale}")
+        _require(
+            self.guidance_annealing in GUIDANCE_ANNEALINGS,
+            f"guidance_annealing must be one of {GUIDANCE_ANNEALINGS}, got {self.guidance_annealing!r}",
+        )
+        _require(self.scale_pow > 0, f"scale_pow must be > 0, got {self.scale_pow}")
+        _require(self.randomize_temperature >= 0, "randomize_temperature must be ≥ 0")
+        _require(self.softmax_temperature > 0, f"softmax_temperature must be > 0, got {self.softmax_temperature}")
+        _require(
+            self.mask_schedule in MASK_SCHEDULES,
+            f"mask_schedule must be one of {MASK_SCHEDULES}, got {self.mask_schedule!r}",
+        )
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Presets: every official config (spec §1.9, §2.6) plus small ones for tests.
+# ---------------------------------------------------------------------------------------------------------------
+
+OFFICIAL_BITS = (10, 12, 14, 16, 18)
+
+TOKENIZER_PRESETS: dict[str, TokenizerConfig] = {
+    f"maskbit_tokenizer_{k}bit": TokenizerConfig(token_size=k) for k in OFFICIAL_BITS
+}
+# The official-tiny conformance fixture: 32×32 images → 8×8 tokens of 12 bits.
+TOKENIZER_PRESETS["tiny"] = TokenizerConfig(
+    token_size=12, hidden_channels=32, channel_mult=(1, 1, 2), num_res_blocks=1, image_size=32
+)
+
+GENERATOR_PRESETS: dict[str, GeneratorConfig] = {
+    f"maskbit_generator_{k}bit": GeneratorConfig(token_size=k) for k in OFFICIAL_BITS
+}
+# The 128- and 256-step 14-bit configs share the 14-bit checkpoint; only their sampling differs.
+GENERATOR_PRESETS["maskbit_generator_14bit_128steps"] = GENERATOR_PRESETS["maskbit_generator_14bit"]
+GENERATOR_PRESETS["maskbit_generator_14bit_256steps"] = GENERATOR_PRESETS["maskbit_generator_14bit"]
+GENERATOR_PRESETS["tiny"] = GeneratorConfig(
+    token_size=12, codebook_splits=2, grid_size=8, hidden_dim=64, depth=2, heads=4, mlp_dim=256
+)
+
+SAMPLING_PRESETS: dict[str, SamplingConfig] = {
+    "maskbit_generator_10bit": SamplingConfig(64, 6.4, "cosine", 2.5, 10.5),
+    "maskbit_generator_12bit": SamplingConfig(64, 7.1, "cosine", 3.0, 8.2),
+    "maskbit_generator_14bit": SamplingConfig(64, 7.1, "cosine", 3.0, 7.8),
+    "maskbit_generator_14bit_128steps": SamplingConfig(128, 7.1, "cosine", 3.0, 9.0),
+    "maskbit_generator_14bit_256steps": SamplingConfig(256, 5.8, "cosine", 3.0, 10.3),
+    "maskbit_generator_16bit": SamplingConfig(64, 6.5, "cosine", 2.5, 7.5),
+    "maskbit_generator_18bit": SamplingConfig(64, 5.7, "cosine", 2.5, 8.5),
+    # demo_utils.sample: constant guidance, scale_pow unused. The notebook's scale and temperature were not
+    # published; these are the official sample() defaults for them.
+    "demo": SamplingConfig(64, 3.0, "none", 1.0, 4.5),
+    "tiny": SamplingConfig(8, 2.0, "cosine", 3.0, 4.5),
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading configs from dicts and official YAML files.
+# ---------------------------------------------------------------------------------------------------------------
+
+ConfigT = typing.TypeVar("ConfigT", TokenizerConfig, GeneratorConfig, SamplingConfig)
+
+
+def _coerce(value: Any, annotation: Any, name: str) -> Any:
+    """Convert a YAML/JSON value to a dataclass field's type (YAML reads `1e-4` as a string)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return None if value is None else _coerce(value, options[0], name)
+    if origin is tuple:
+        (item,) = {a for a in typing.get_args(annotation) if a is not Ellipsis}
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{name}: expected a list, got {value!r}")
+        return tuple(_coerce(v, item, name) for v in value)
+    try:
+        if annotation is bool:
+            if isinstance(value, str) and value.lower() in ("true", "false"):
+                return value.lower() == "true"
+            if not isinstance(value, bool):
+                raise TypeError
+            return value
+        if annotation is int:
+            if isinstance(value, bool) or float(value) != int(float(value)):
+                raise TypeError
+            return int(float(value))
+        if annotation is float:
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        if annotation is str:
+            if not isinstance(value, str):
+                raise TypeError
+            return value
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected {annotation.__name__}, got {value!r}") from None
+    return value
+
+
+def config_from_dict(cls: type[ConfigT], values: dict[str, Any], ignore_unknown: bool = False) -> ConfigT:
+    """Build a config dataclass from a dict, converting types; unknown keys are an error listing valid ones."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown and not ignore_unknown:
+        raise ValueError(f"unknown {cls.__name__} keys {unknown}; valid keys: {names}")
+    kwargs = {k: _coerce(v, hints[k], f"{cls.__name__}.{k}") for k, v in values.items() if k in names}
+    return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class OfficialConfig:
+    """What an official YAML file describes, as our dataclasses (generator/sampling only for generator configs).
+
+    `sections` keeps the raw training-related sections (`losses`, `optimizer`, `lr_scheduler`, `training`,
+    `dataset`, `experiment`) for the training code.
+    """
+
+    tokenizer: TokenizerConfig
+    generator: GeneratorConfig | None
+    sampling: SamplingConfig | None
+    sections: dict[str, Any] = field(default_factory=dict)
+
+
+# Keys of the official `model.vq_model` section that do not describe our tokenizer's architecture.
+_VQ_MODEL_IGNORED = {
+    "model_class",  # "vqgan+": the only class MaskBit uses
+    "quantizer_type",  # checked below
+    "codebook_size",  # ignored by the LFQ quantiser; stale in the 14/16/18-bit YAMLs (spec §7.4)
+    "num_resolutions",  # derived from channel_mult; checked below
+    "vqgan_checkpoint",
+}
+_MLM_MODEL_KEYS = {"hidden_dim", "depth", "heads", "mlp_dim", "dropout", "codebook_splits"}
+_MLM_MODEL_IGNORED = {
+    "model_cls",
+    "use_prenorm",  # checked below
+    "class_label_dropout",  # training
+    "train_mask_schedule_strategy",  # training
+    "label_smoothing",
+    "sum_splits",
+    "use_sampling_annealing",  # checked below
+    "codebook_size",  # recomputed from token_size by the official scripts
+}
+
+
+def read_official_yaml(source: str | Path | dict) -> OfficialConfig:
+    """Read an official MaskBit YAML file (or its parsed dict) into our dataclasses.
+
+    The bit count always comes from `model.vq_model.token_size`, never from a `codebook_size` field, so the stale
+    `codebook_size: 4096` of the official 14/16/18-bit tokenizer YAMLs cannot produce a 12-bit generator.
+    """
+    if isinstance(source, dict):
+        raw = source
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as error:
+            raise ValueError(f"{path} is not valid YAML: {error}") from None
+    model = (raw or {}).get("model") if isinstance(raw, dict) else None
+    if not isinstance(model, dict) or not isinstance(model.get("vq_model"), dict):
+        raise ValueError("an official MaskBit config needs a `model.vq_model` section")
+    vq = dict(model["vq_model"])
+
+    quantizer = vq.get("quantizer_type", "lookup-free")
+    _require(quantizer == "lookup-free", f"only lookup-free (bit) tokenizers are supported, got {quantizer!r}")
+    mult = vq.get("channel_mult", TokenizerConfig.channel_mult)
+    if "num_resolutions" in vq:
+        _require(
+            int(vq["num_resolutions"]) == len(mult),
+            f"num_resolutions {vq['num_resolutions']} does not match channel_mult {list(mult)}",
+        )
+    resolution = (raw.get("dataset") or {}).get("preprocessing", {}).get("resolution", 256)
+    tokenizer_values = {k: v for k, v in vq.items() if k not in _VQ_MODEL_IGNORED}
+    tokenizer_values["image_size"] = resolution
+    tokenizer = config_from_dict(TokenizerConfig, tokenizer_values)
+
+    generator = sampling = None
+    mlm = model.get("mlm_model")
+    if isinstance(mlm, dict):
+        _require(not mlm.get("use_prenorm", False), "pre-norm generators (use_prenorm: True) are not supported")
+        _require(not mlm.get("use_sampling_annealing", False), "use_sampling_annealing is not supported")
+        unknown = set(mlm) - _MLM_MODEL_KEYS - _MLM_MODEL_IGNORED - _MLM_SAMPLING_KEYS.keys()
+        _require(not unknown, f"unknown model.mlm_model keys: {sorted(unknown)}")
+        generator_values = {k: v for k, v in mlm.items() if k in _MLM_MODEL_KEYS}
+        generator = config_from_dict(
+            GeneratorConfig,
+            {**generator_values, "token_size": tokenizer.token_size, "grid_size": tokenizer.grid_size},
+        )
+        sampling_values = {_MLM_SAMPLING_KEYS[k]: v for k, v in mlm.items() if k in _MLM_SAMPLING_KEYS}
+        sampling = config_from_dict(SamplingConfig, sampling_values)
+
+    sections = {k: v for k, v in raw.items() if k != "model"}
+    return OfficialConfig(tokenizer, generator, sampling, sections)
+
+
+_MLM_SAMPLING_KEYS = {
+    "num_steps": "num_steps",
+    "guidance_scale": "guidance_scale",
+    "guidance_annealing": "guidance_annealing",
+    "scale_pow": "scale_pow",
+    "randomize_temperature": "randomize_temperature",
+    "softmax_temperature": "softmax_temperature",
+    "gen_mask_schedule_strategy": "mask_schedule",
+}
+

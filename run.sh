@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Set up .venv (once, and again whenever requirements.txt changes), then run the main job or the test suite.
+#   ./run.sh app     the main job (for now: `python -m maskbit generate`, see README)
+#   ./run.sh test    the whole test suite (extra arguments go to pytest)
+set -euo pipefail
+cd "$(dirname "$0")"
+
+setup() {
+  local python=${PYTHON:-python3}
+  if [ ! -x .venv/bin/python ]; then
+    "$python" -m venv .venv
+  fi
+  local want have
+  want=$(sha256sum requirements.txt | cut -d' ' -f1)
+  have=$(cat .venv/.requirements.sha256 2>/dev/null || true)
+  if [ "$want" != "$have" ]; then
+    echo "Installing requirements into .venv (a few minutes the first time)..." >&2
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+    echo "$want" > .venv/.requirements.sha256
+  fi
+}
+
+command=${1:-}
+shift || true
+case "$command" in
+  app)
+    setup
+    exec .venv/bin/python -m maskbit generate "$@"
+    ;;
+  test)
+    setup
+    exec .venv/bin/python -m pytest "$@"
+    ;;
+  *)
+    echo "usage: ./run.sh app [args...] | ./run.sh test [pytest args...]" >&2
+    exit 2
+    ;;
+esac
