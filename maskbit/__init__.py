@@ -1,6 +1,6 @@
 """MaskBit: embedding-free image generation via bit tokens (Weber et al., TMLR 2024), checkpoint-compatible.
 
-    image → Tokenizer.encode → indices (B, h, w) → bits → Generator + sampler → indices → Tokenizer.decode → image
+image → Tokenizer.encode → indices (B, h, w) → bits → Generator + sampler → indices → Tokenizer.decode → image
 """
 
 from maskbit import bits

@@ -48,12 +48,17 @@ class CheckpointError(ValueError):
 def load_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a flat `{key: tensor}` file saved with torch.save, refusing anything but tensors."""
     path = Path(path)
+    with open(path, "rb") as file:
+        magic = file.read(4)
+    if magic[:4] != b"PK\x03\x04" and magic[:1] != b"\x80":  # torch.save's zip format, or a legacy pickle
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (torch.save file); pass the .bin weights file")
     try:
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        reason = _unpickling_reason(str(error))
         raise CheckpointError(
-            f"refused to load {path}: it contains Python objects other than tensors, and loading it could run "
-            f"arbitrary code. Only plain state dicts are accepted (torch.load weights_only=True). ({error})"
+            f"refused to load {path}: it contains Python objects other than tensors ({reason}), and loading it "
+            "could run arbitrary code. Only plain state dicts are accepted (torch.load weights_only=True)."
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as error:
         raise CheckpointError(
@@ -66,6 +71,13 @@ def load_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     for old, new in OFFICIAL_RENAMES.items():
         state_dict = {new + k[len(old) :] if k.startswith(old) else k: v for k, v in state_dict.items()}
     return state_dict
+
+
+def _unpickling_reason(message: str) -> str:
+    """The sentence of torch's weights_only refusal that names what was refused."""
+    boilerplate = ("Weights only load failed", "Check the documentation", "Please file an issue")
+    paragraphs = [p.strip() for p in message.split("\n\n") if p.strip() and not p.strip().startswith(boilerplate)]
+    return paragraphs[0].replace("WeightsUnpickler error:", "").strip() if paragraphs else message.splitlines()[0]
 
 
 class PretrainedMixin:
@@ -110,10 +122,12 @@ class PretrainedMixin:
             return cls._from_own_format(path, config)
         if path.is_dir():
             if not (path / OFFICIAL_WEIGHTS_FILE).is_file():
-                raise FileNotFoundError(f"{path} holds neither {CONFIG_FILE} + {WEIGHTS_FILE} nor {OFFICIAL_WEIGHTS_FILE}")
+                raise FileNotFoundError(
+                    f"{path} holds neither {CONFIG_FILE} + {WEIGHTS_FILE} nor {OFFICIAL_WEIGHTS_FILE}"
+                )
             path = path / OFFICIAL_WEIGHTS_FILE
         state_dict = load_official_state_dict(path)
-        resolved = cls._resolve_config(config) if config is not None else cls._infer_config(state_dict, path)
+        resolved = cls.resolve_config(config) if config is not None else cls._infer_config(state_dict, path)
         return cls._build(resolved, state_dict, path)
 
     @classmethod
@@ -128,13 +142,15 @@ class PretrainedMixin:
                 f"expected a {cls.kind} saved by save_pretrained"
             )
         stored_config = config_from_dict(cls.config_class, stored["config"])
-        if config is not None and cls._resolve_config(config) != stored_config:
+        if config is not None and cls.resolve_config(config) != stored_config:
             raise CheckpointError(f"{directory} carries its own config, which differs from the one passed; omit config")
         weights = directory / WEIGHTS_FILE
         try:
             state_dict = load_file(weights)
         except Exception as error:  # safetensors raises its own error types for truncated or foreign files
-            raise CheckpointError(f"could not read {weights} ({type(error).__name__}: {error}); save it again") from None
+            raise CheckpointError(
+                f"could not read {weights} ({type(error).__name__}: {error}); save it again"
+            ) from None
         return cls._build(stored_config, state_dict, weights)
 
     @classmethod
@@ -156,11 +172,13 @@ class PretrainedMixin:
                 + (f", config='{name}')" if official else ")")
             ) from None
         if official:
-            return cls._build(cls._resolve_config(config if config is not None else name), load_official_state_dict(paths[0]), paths[0])
+            return cls._build(
+                cls.resolve_config(config if config is not None else name), load_official_state_dict(paths[0]), paths[0]
+            )
         return cls._from_own_format(paths[0].parent, config)
 
     @classmethod
-    def _resolve_config(cls, config: Any):
+    def resolve_config(cls, config: Any):
         """A config object, a dict of fields, a preset name, an official YAML path or a config.json path."""
         if isinstance(config, cls.config_class):
             return config
@@ -246,7 +264,11 @@ def _check_state_dict(model: torch.nn.Module, state_dict: Mapping[str, torch.Ten
             causes.append(f"this looks like a {other} checkpoint, not a {model.kind}")
         lines = [f"{source} does not fit the {model.kind} config {model.config}:"]
         lines += [f"  likely cause: {c}" for c in causes]
-        for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)):
+        for title, items in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("shape mismatches", mismatched),
+        ):
             if items:
                 shown = ", ".join(items[:8]) + (f", … ({len(items)} in all)" if len(items) > 8 else "")
                 lines.append(f"  {title}: {shown}")

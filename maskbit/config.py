@@ -365,4 +365,3 @@ _MLM_SAMPLING_KEYS = {
     "softmax_temperature": "softmax_temperature",
     "gen_mask_schedule_strategy": "mask_schedule",
 }
-

@@ -1,0 +1,5 @@
+import sys
+
+from maskbit.cli import main
+
+sys.exit(main())

@@ -1,0 +1,286 @@
+"""`python -m maskbit generate | encode | decode | flip | convert`."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from maskbit import bits as bitops
+from maskbit.checkpoint import CheckpointError, load_official_state_dict
+from maskbit.config import SAMPLING_PRESETS, SamplingConfig
+from maskbit.generator import Generator
+from maskbit.images import find_images, image_grid, load_image, psnr, save_image
+from maskbit.sampling import iter_generate, prediction_to_indices
+from maskbit.tokenizer import Tokenizer
+
+logger = logging.getLogger("maskbit")
+
+EXAMPLES = {
+    "generate": """examples:
+  # the bundled model, 2 images each of classes 0 and 3
+  python -m maskbit generate --labels 0 3 --per-class 2 --out outputs/generate
+  # the published 12-bit models (downloaded from the hub), with the official 12-bit sampling preset
+  python -m maskbit generate --tokenizer markweber/maskbit_tokenizer_12bit \\
+      --generator markweber/maskbit_generator_12bit --labels 1 7 282 --device cuda --bf16
+  # real-size 12-bit architecture with random weights, 2 steps (plumbing and speed checks)
+  python -m maskbit generate --tokenizer maskbit_tokenizer_12bit --generator maskbit_generator_12bit \\
+      --random-init --labels 1 --num-steps 2""",
+    "encode": """examples:
+  python -m maskbit encode photo.png more_photos/ --tokenizer default --out tokens.npy""",
+    "decode": """examples:
+  python -m maskbit decode tokens.npy --tokenizer default --out outputs/decoded""",
+    "flip": """examples:
+  # flip each bit of every token in turn, measure PSNR against the reconstruction
+  python -m maskbit flip photo.png --tokenizer default --out outputs/flip
+  # flip bits 0 and 5 only at token positions 0..7 (row-major)
+  python -m maskbit flip photo.png --bits 0 5 --positions 0 1 2 3 4 5 6 7 --out outputs/flip""",
+    "convert": """examples:
+  python -m maskbit convert maskbit_tokenizer_12bit.bin --config maskbit_tokenizer_12bit --out models/tok12
+  python -m maskbit convert my_generator.bin --config maskbit_generator_14bit.yaml --out models/gen14""",
+}
+
+
+# ------------------------------------------------------------------------------------------------------ helpers
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but no CUDA device is available")
+    return torch.device(name)
+
+
+def load_model(cls, source: str, config: str | None, random_init: bool, device: torch.device):
+    if random_init:
+        name = config or source
+        if name not in cls.presets:
+            raise ValueError(f"--random-init needs a {cls.kind} preset name, one of: {', '.join(cls.presets)}")
+        model = cls(cls.presets[name]).eval()
+    else:
+        model = cls.from_pretrained(source, config)
+    return model.requires_grad_(False).to(device)
+
+
+def load_indices(path: Path) -> torch.Tensor:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot read {path} as a .npy array of token indices: {error}") from None
+    if array.dtype.kind not in "iu" or array.ndim not in (2, 3):
+        raise ValueError(
+            f"{path} must hold integer indices of shape (B, h, w) or (h, w), got {array.dtype} {array.shape}"
+        )
+    indices = torch.from_numpy(array.astype(np.int64))
+    return indices[None] if indices.dim() == 2 else indices
+
+
+def add_tokenizer_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tokenizer", default="default", help="'default', a hub id, a directory or an official .bin")
+    parser.add_argument("--tokenizer-config", help="preset name or official YAML for an official .bin")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+
+
+# ------------------------------------------------------------------------------------------------------ commands
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    device = pick_device(args.device)
+    tokenizer = load_model(Tokenizer, args.tokenizer, args.tokenizer_config, args.random_init, device)
+    generator = load_model(Generator, args.generator, args.generator_config, args.random_init, device)
+    if tokenizer.num_bits != generator.config.token_size:
+        raise ValueError(f"tokenizer has {tokenizer.num_bits}-bit tokens, generator {generator.config.token_size}-bit")
+    sampling = sampling_from_args(args)
+    labels = [label for label in args.labels for _ in range(args.per_class)]
+    out = Path(args.out)
+    batches = [labels[i : i + args.batch_size] for i in range(0, len(labels), args.batch_size)]
+    images, indices = [], []
+    autocast = torch.bfloat16 if args.bf16 else None
+    rng = torch.Generator(device=device)
+    rng.manual_seed(args.seed)
+    with tqdm(total=len(batches) * sampling.num_steps, desc="sampling", unit="step", disable=args.quiet) as bar:
+        for batch in batches:
+            for state in iter_generate(generator, batch, sampling, rng=rng, autocast_dtype=autocast):
+                bar.update()
+            batch_indices = prediction_to_indices(state.prediction, generator)
+            indices.append(batch_indices.cpu())
+            images.append(tokenizer.decode(batch_indices).clamp(0, 1).cpu())
+    images, indices = torch.cat(images), torch.cat(indices)
+    for n, (image, label) in enumerate(zip(images, labels)):
+        save_image(image, out / f"{n:04d}_class{label}.png")
+    save_image(
+        image_grid(images, columns=args.per_class if len(args.labels) > 1 else min(8, len(labels))), out / "grid.png"
+    )
+    np.save(out / "indices.npy", indices.numpy())
+    print(f"wrote {len(labels)} images, grid.png and indices.npy to {out} (sampling: {sampling})")
+
+
+def sampling_from_args(args: argparse.Namespace) -> SamplingConfig:
+    preset = args.preset
+    if preset is None:  # the generator's own official preset when it has one
+        name = Path(str(args.generator_config or args.generator)).stem.split("/")[-1]
+        preset = name if name in SAMPLING_PRESETS else None
+    sampling = SAMPLING_PRESETS[preset] if preset else SamplingConfig()
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(SamplingConfig)}
+    return dataclasses.replace(sampling, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def cmd_encode(args: argparse.Namespace) -> None:
+    device = pick_device(args.device)
+    tokenizer = load_model(Tokenizer, args.tokenizer, args.tokenizer_config, False, device)
+    paths = find_images(args.images)
+    size = tokenizer.config.image_size if args.size is None else args.size
+    indices = []
+    for path in tqdm(paths, desc="encoding", unit="image", disable=args.quiet):
+        indices.append(tokenizer.encode(load_image(path, size)[None].to(device)).cpu())
+    shapes = {tuple(i.shape) for i in indices}
+    if len(shapes) > 1:
+        raise ValueError(f"images give different token grids {sorted(shapes)}; pass --size to make them equal")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(out, torch.cat(indices).numpy())
+    out.with_suffix(".txt").write_text("".join(f"{p}\n" for p in paths))
+    print(f"wrote indices {tuple(torch.cat(indices).shape)} to {out} (sources in {out.with_suffix('.txt')})")
+
+
+def cmd_decode(args: argparse.Namespace) -> None:
+    device = pick_device(args.device)
+    tokenizer = load_model(Tokenizer, args.tokenizer, args.tokenizer_config, False, device)
+    indices = load_indices(Path(args.indices))
+    out = Path(args.out)
+    for n in tqdm(range(len(indices)), desc="decoding", unit="image", disable=args.quiet):
+        save_image(tokenizer.decode(indices[n : n + 1].to(device))[0], out / f"{n:04d}.png")
+    print(f"wrote {len(indices)} images to {out}")
+
+
+def cmd_flip(args: argparse.Namespace) -> None:
+    device = pick_device(args.device)
+    tokenizer = load_model(Tokenizer, args.tokenizer, args.tokenizer_config, False, device)
+    source = Path(args.source)
+    if source.suffix == ".npy":
+        indices = load_indices(source)[:1].to(device)
+    else:
+        size = tokenizer.config.image_size if args.size is None else args.size
+        indices = tokenizer.encode(load_image(source, size)[None].to(device))
+    bit_ids = args.bits if args.bits is not None else list(range(tokenizer.num_bits))
+    reconstruction = tokenizer.decode(indices).clamp(0, 1)
+    out = Path(args.out)
+    save_image(reconstruction[0], out / "reconstruction.png")
+    flipped_images, rows = [], ["bit,psnr_db,l2"]
+    for bit in tqdm(bit_ids, desc="flipping", unit="bit", disable=args.quiet):
+        flipped = bitops.flip_bits(indices, bit, tokenizer.num_bits, args.positions)
+        image = tokenizer.decode(flipped).clamp(0, 1)
+        flipped_images.append(image[0].cpu())
+        save_image(image[0], out / f"flip_bit{bit:02d}.png")
+        l2 = float((image - reconstruction).flatten().norm())
+        rows.append(f"{bit},{float(psnr(image, reconstruction)[0]):.3f},{l2:.4f}")
+    grid = image_grid(torch.stack([reconstruction[0].cpu(), *flipped_images]), columns=min(8, len(bit_ids) + 1))
+    save_image(grid, out / "grid.png")
+    (out / "distances.csv").write_text("\n".join(rows) + "\n")
+    print("\n".join(rows))
+    print(f"wrote reconstruction.png, {len(bit_ids)} flipped images, grid.png and distances.csv to {out}")
+
+
+def cmd_convert(args: argparse.Namespace) -> None:
+    kind = args.kind
+    if kind == "auto":
+        keys = load_official_state_dict(args.checkpoint).keys()
+        kind = "tokenizer" if any(k.startswith("encoder.") for k in keys) else "generator"
+    cls = Tokenizer if kind == "tokenizer" else Generator
+    model = cls.from_pretrained(args.checkpoint, args.config)
+    model.save_pretrained(args.out)
+    print(f"converted {args.checkpoint} ({kind}, {model.config}) to {args.out}")
+
+
+# ------------------------------------------------------------------------------------------------------ parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m maskbit", description="MaskBit bit-token models")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name,
+            help=help,
+            description=help,
+            epilog=EXAMPLES[name],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    p = command("generate", "class-conditional generation, written as PNGs, a grid and indices.npy")
+    add_tokenizer_args(p)
+    p.add_argument("--generator", default="default", help="'default', a hub id, a directory or an official .bin")
+    p.add_argument("--generator-config", help="preset name or official YAML for an official .bin")
+    p.add_argument("--random-init", action="store_true", help="build --tokenizer/--generator presets, random weights")
+    p.add_argument("--labels", type=int, nargs="+", default=[0], help="class ids")
+    p.add_argument("--per-class", type=int, default=1, help="images per class id")
+    p.add_argument("--preset", choices=sorted(SAMPLING_PRESETS), help="sampling preset (default: the generator's)")
+    p.add_argument("--num-steps", type=int)
+    p.add_argument("--guidance-scale", type=float)
+    p.add_argument("--guidance-annealing", choices=["none", "linear", "cosine"])
+    p.add_argument("--scale-pow", type=float)
+    p.add_argument("--randomize-temperature", type=float)
+    p.add_argument("--softmax-temperature", type=float)
+    p.add_argument("--mask-schedule", choices=["arccos", "cosine", "linear", "square", "root"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--bf16", action="store_true", help="run the generator under bfloat16 autocast (GPU)")
+    p.add_argument("--out", default="outputs/generate")
+    p.set_defaults(run=cmd_generate)
+
+    p = command("encode", "images → token indices (.npy, shape (B, h, w))")
+    add_tokenizer_args(p)
+    p.add_argument("images", nargs="+", help="image files or directories")
+    p.add_argument("--size", type=int, help="resize shorter side and center-crop (default: the tokenizer's; 0: keep)")
+    p.add_argument("--out", default="outputs/indices.npy")
+    p.set_defaults(run=cmd_encode)
+
+    p = command("decode", "token indices (.npy) → PNG images")
+    add_tokenizer_args(p)
+    p.add_argument("indices", help=".npy file of shape (B, h, w) or (h, w)")
+    p.add_argument("--out", default="outputs/decoded")
+    p.set_defaults(run=cmd_decode)
+
+    p = command("flip", "flip bits of an image's tokens, decode, and measure the change")
+    add_tokenizer_args(p)
+    p.add_argument("source", help="an image, or a .npy of indices")
+    p.add_argument("--bits", type=int, nargs="+", help="bit ids to flip one at a time (default: all)")
+    p.add_argument("--positions", type=int, nargs="+", help="flat token positions to flip (default: all)")
+    p.add_argument("--size", type=int, help="resize shorter side and center-crop (default: the tokenizer's; 0: keep)")
+    p.add_argument("--out", default="outputs/flip")
+    p.set_defaults(run=cmd_flip)
+
+    p = command("convert", "official .bin state dict → config.json + model.safetensors")
+    p.add_argument("checkpoint", help="official .bin file")
+    p.add_argument("--config", help="official YAML or preset name (default: the preset whose shapes match)")
+    p.add_argument("--kind", default="auto", choices=["auto", "tokenizer", "generator"])
+    p.add_argument("--out", required=True, help="output directory")
+    p.set_defaults(run=cmd_convert)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    for name in ("per_class", "batch_size", "num_steps"):
+        if getattr(args, name, None) is not None and getattr(args, name) < 1:
+            print(f"error: --{name.replace('_', '-')} must be ≥ 1", file=sys.stderr)
+            return 2
+    try:
+        args.run(args)
+    except (ValueError, TypeError, FileNotFoundError, CheckpointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+__all__ = ["main", "build_parser"]

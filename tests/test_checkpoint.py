@@ -1,0 +1,190 @@
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import maskbit
+from maskbit import CheckpointError, Generator, Tokenizer, TokenizerConfig
+from maskbit.config import GENERATOR_PRESETS, TOKENIZER_PRESETS
+from tests.conftest import FIXTURES, OFFICIAL_TINY
+
+ROOT = Path(__file__).parents[1]
+
+
+def test_save_load_round_trip_gives_identical_outputs(
+    tmp_path, tiny_tokenizer, tiny_generator, tokenizer_io, generator_io
+):
+    tiny_tokenizer.save_pretrained(tmp_path / "tok")
+    tiny_generator.save_pretrained(tmp_path / "gen")
+    assert sorted(p.name for p in (tmp_path / "tok").iterdir()) == ["config.json", "model.safetensors"]
+    tokenizer = Tokenizer.from_pretrained(tmp_path / "tok")
+    generator = Generator.from_pretrained(tmp_path / "gen")
+    assert tokenizer.config == tiny_tokenizer.config and generator.config == tiny_generator.config
+    assert torch.equal(tokenizer.decode(tokenizer_io["indices"]), tiny_tokenizer.decode(tokenizer_io["indices"]))
+    args = generator_io["tokens"], generator_io["labels"], torch.tensor([False, True])
+    assert torch.equal(generator(*args), tiny_generator(*args))
+    assert not tokenizer.training and not generator.training
+
+
+def test_official_file_without_config_matches_its_preset():
+    model = Tokenizer.from_pretrained(OFFICIAL_TINY / "tiny_tokenizer.bin")
+    assert model.config == TOKENIZER_PRESETS["tiny"]
+
+
+def test_official_directory_with_pytorch_model_bin(tmp_path):
+    (tmp_path / "pytorch_model.bin").write_bytes((OFFICIAL_TINY / "tiny_generator.bin").read_bytes())
+    assert Generator.from_pretrained(tmp_path, config="tiny").config == GENERATOR_PRESETS["tiny"]
+
+
+def test_checkpoint_of_another_bit_count_is_explained():
+    config = dataclasses.replace(TOKENIZER_PRESETS["tiny"], token_size=14)
+    with pytest.raises(CheckpointError, match="checkpoint has 12-bit tokens, config says 14") as error:
+        Tokenizer.from_pretrained(OFFICIAL_TINY / "tiny_tokenizer.bin", config=config)
+    assert "encoder.conv_out.weight" in str(error.value)
+    with pytest.raises(CheckpointError, match="checkpoint has 12-bit tokens, config says 14"):
+        Generator.from_pretrained(
+            OFFICIAL_TINY / "tiny_generator.bin",
+            config={**dataclasses.asdict(GENERATOR_PRESETS["tiny"]), "token_size": 14},
+        )
+
+
+def test_checkpoint_of_the_other_model_kind_is_explained():
+    with pytest.raises(CheckpointError, match="looks like a generator checkpoint"):
+        Tokenizer.from_pretrained(OFFICIAL_TINY / "tiny_generator.bin", config="tiny")
+
+
+def test_truncated_files_give_clear_errors(tmp_path, tiny_tokenizer):
+    data = (OFFICIAL_TINY / "tiny_tokenizer.bin").read_bytes()
+    (tmp_path / "cut.bin").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated"):
+        Tokenizer.from_pretrained(tmp_path / "cut.bin", config="tiny")
+    tiny_tokenizer.save_pretrained(tmp_path / "own")
+    weights = tmp_path / "own" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="could not read"):
+        Tokenizer.from_pretrained(tmp_path / "own")
+
+
+class _Payload:
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_pickle_that_would_run_code_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "pwned"
+    torch.save({"encoder.conv_in.weight": _Payload(str(marker))}, tmp_path / "evil.bin")
+    with pytest.raises(CheckpointError, match="refused"):
+        Tokenizer.from_pretrained(tmp_path / "evil.bin", config="tiny")
+    assert not marker.exists()
+
+
+def test_corrupt_buffer_is_refused(tmp_path):
+    state = torch.load(OFFICIAL_TINY / "tiny_tokenizer.bin", weights_only=True)
+    state["quantize.codebook"] = -state["quantize.codebook"]
+    torch.save(state, tmp_path / "bad.bin")
+    with pytest.raises(CheckpointError, match="quantize.codebook"):
+        Tokenizer.from_pretrained(tmp_path / "bad.bin", config="tiny")
+
+
+def test_unknown_sources_and_configs_are_explained(tmp_path):
+    with pytest.raises(FileNotFoundError, match="neither a file"):
+        Tokenizer.from_pretrained(tmp_path / "missing.bin")
+    with pytest.raises(ValueError, match="neither a preset"):
+        Tokenizer.from_pretrained(OFFICIAL_TINY / "tiny_tokenizer.bin", config="no_such_preset")
+    with pytest.raises(ValueError, match="no model.mlm_model section"):
+        Generator.from_pretrained(OFFICIAL_TINY / "tiny_generator.bin", config=OFFICIAL_TINY / "tiny_tokenizer.yaml")
+
+
+def _run_python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_hub_offline_gives_clear_error(tmp_path):
+    result = _run_python(
+        "import maskbit\nmaskbit.Tokenizer.from_pretrained('markweber/maskbit_tokenizer_12bit')",
+        {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path)},
+    )
+    assert result.returncode != 0
+    assert "maskbit_tokenizer_12bit.bin" in result.stderr
+    assert (
+        "https://huggingface.co/markweber/maskbit_tokenizer_12bit/resolve/main/maskbit_tokenizer_12bit.bin"
+        in result.stderr
+    )
+
+
+def hub_cache_repo(cache: Path, repo_id: str) -> Path:
+    """The snapshot folder of `repo_id` in a Hugging Face cache laid out as huggingface_hub writes it."""
+    revision = "0" * 40
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+    snapshot = repo / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    return snapshot
+
+
+def test_hub_ids_go_through_huggingface_hub_with_the_official_file_names(tmp_path):
+    """The real download code, offline, on a local cache: an official name → `<name>.bin` plus its preset config."""
+    snapshot = hub_cache_repo(tmp_path, "markweber/tiny")
+    (snapshot / "tiny.bin").write_bytes((OFFICIAL_TINY / "tiny_tokenizer.bin").read_bytes())
+    env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path)}
+    result = _run_python("import maskbit\nprint(maskbit.Tokenizer.from_pretrained('markweber/tiny').config)", env)
+    assert result.returncode == 0, result.stderr
+    assert "hidden_channels=32" in result.stdout
+    # Any other repo name is read in our own format, so an official file there is not found.
+    hub_cache_repo(tmp_path, "someone/tiny_tokenizer")
+    result = _run_python("import maskbit\nmaskbit.Tokenizer.from_pretrained('someone/tiny_tokenizer')", env)
+    assert result.returncode != 0 and "config.json" in result.stderr
+
+
+def test_hub_repo_in_own_format(tmp_path, tiny_generator):
+    tiny_generator.save_pretrained(hub_cache_repo(tmp_path, "someone/my_generator"))
+    result = _run_python(
+        "import maskbit\nprint(maskbit.Generator.from_pretrained('someone/my_generator').config.hidden_dim)",
+        {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "64"
+
+
+@pytest.mark.parametrize("name", ["maskbit_tokenizer_12bit", "maskbit_generator_12bit"])
+def test_real_size_presets_have_the_official_keys_and_shapes(name):
+    official = json.loads((FIXTURES / "official_keys_12bit.json").read_text())[name]
+    cls = Tokenizer if "tokenizer" in name else Generator
+    with torch.device("meta"):
+        model = cls(cls.presets[name])
+    state = model.state_dict()
+    keys = [[k, list(v.shape), str(v.dtype).removeprefix("torch.")] for k, v in state.items()]
+    assert keys == official["keys"]
+    assert sum(p.numel() for p in model.parameters()) == official["num_params"]
+
+
+def test_every_official_bit_count_builds_matching_pairs():
+    for k in (10, 12, 14, 16, 18):
+        tokenizer, generator = (
+            TOKENIZER_PRESETS[f"maskbit_tokenizer_{k}bit"],
+            GENERATOR_PRESETS[f"maskbit_generator_{k}bit"],
+        )
+        assert tokenizer.num_bits == generator.token_size == k
+        assert generator.mask_token == 2 ** (k // 2) and generator.num_positions == 256
+        assert tokenizer.grid_size == generator.grid_size == 16
+    with torch.device("meta"):
+        assert Tokenizer(TOKENIZER_PRESETS["maskbit_tokenizer_14bit"]).state_dict()["quantize.codebook"].shape == (
+            16384,
+            14,
+        )
+        assert Generator(GENERATOR_PRESETS["maskbit_generator_14bit"]).prediction_layer.weight.shape == (256, 1024)
+
+
+def test_tokenizer_preset_identity():
+    assert maskbit.TOKENIZER_PRESETS["maskbit_tokenizer_12bit"] == TokenizerConfig()

@@ -1,0 +1,191 @@
+"""`python -m maskbit ...` run as users run it: real subprocesses, real files."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from maskbit import Tokenizer
+from maskbit.images import load_image, save_image
+from tests.conftest import OFFICIAL_TINY
+
+ROOT = Path(__file__).parents[1]
+TINY_TOKENIZER = ["--tokenizer", str(OFFICIAL_TINY / "tiny_tokenizer.bin"), "--tokenizer-config", "tiny"]
+
+
+def maskbit_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, "-m", "maskbit", "-q", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+@pytest.fixture(scope="module")
+def image_files(tmp_path_factory, tokenizer_io) -> Path:
+    folder = tmp_path_factory.mktemp("images")
+    for n, image in enumerate(tokenizer_io["image"]):
+        save_image(image, folder / f"img{n}.png")
+    return folder
+
+
+@pytest.mark.parametrize("command", ["generate", "encode", "decode", "flip", "convert"])
+def test_every_command_has_help_with_examples(command):
+    result = maskbit_cli(command, "--help")
+    assert "examples:" in result.stdout and f"python -m maskbit {command}" in result.stdout
+
+
+def test_generate_with_tiny_random_presets(tmp_path):
+    maskbit_cli(
+        "generate",
+        "--tokenizer",
+        "tiny",
+        "--generator",
+        "tiny",
+        "--random-init",
+        "--labels",
+        "3",
+        "5",
+        "--per-class",
+        "2",
+        "--seed",
+        "1",
+        "--out",
+        str(tmp_path),
+    )
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [
+        "0000_class3.png",
+        "0001_class3.png",
+        "0002_class5.png",
+        "0003_class5.png",
+        "grid.png",
+        "indices.npy",
+    ]
+    assert np.load(tmp_path / "indices.npy").shape == (4, 8, 8)
+    assert Image.open(tmp_path / "0000_class3.png").size == (32, 32)
+
+
+def test_generate_with_the_real_size_12bit_architecture_on_cpu(tmp_path):
+    result = maskbit_cli(
+        "generate",
+        "--tokenizer",
+        "maskbit_tokenizer_12bit",
+        "--generator",
+        "maskbit_generator_12bit",
+        "--random-init",
+        "--labels",
+        "1",
+        "--num-steps",
+        "2",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path),
+    )
+    assert "guidance_scale=7.1" in result.stdout  # the official 12-bit sampling preset, with 2 steps
+    assert Image.open(tmp_path / "0000_class1.png").size == (256, 256)
+    indices = np.load(tmp_path / "indices.npy")
+    assert indices.shape == (1, 16, 16) and indices.max() < 4096
+
+
+def test_generate_with_the_official_tiny_checkpoints(tmp_path):
+    maskbit_cli(
+        "generate",
+        *TINY_TOKENIZER,
+        "--generator",
+        str(OFFICIAL_TINY / "tiny_generator_hubkeys.bin"),
+        "--generator-config",
+        str(OFFICIAL_TINY / "tiny_generator.yaml"),
+        "--labels",
+        "7",
+        "--out",
+        str(tmp_path),
+    )
+    assert (tmp_path / "0000_class7.png").is_file()
+
+
+def test_encode_decode_round_trip(tmp_path, image_files, tiny_tokenizer):
+    maskbit_cli("encode", str(image_files), *TINY_TOKENIZER, "--out", str(tmp_path / "tokens.npy"))
+    indices = np.load(tmp_path / "tokens.npy")
+    images = torch.stack([load_image(image_files / f"img{n}.png") for n in range(2)])
+    assert np.array_equal(indices, tiny_tokenizer.encode(images).numpy())
+    assert (tmp_path / "tokens.txt").read_text().count("img") == 2
+    maskbit_cli("decode", str(tmp_path / "tokens.npy"), *TINY_TOKENIZER, "--out", str(tmp_path / "decoded"))
+    decoded = load_image(tmp_path / "decoded" / "0001.png")
+    expected = tiny_tokenizer.decode(torch.from_numpy(indices[1:2])).clamp(0, 1)[0]
+    assert (decoded - expected).abs().max() <= 1 / 255 + 1e-6
+
+
+def test_flip_writes_every_bit_and_distances(tmp_path, image_files):
+    maskbit_cli("flip", str(image_files / "img0.png"), *TINY_TOKENIZER, "--out", str(tmp_path))
+    rows = (tmp_path / "distances.csv").read_text().splitlines()
+    assert rows[0] == "bit,psnr_db,l2" and len(rows) == 13
+    assert all(float(row.split(",")[2]) > 0 for row in rows[1:])
+    assert len(list(tmp_path.glob("flip_bit*.png"))) == 12
+    maskbit_cli(
+        "flip",
+        str(image_files / "img0.png"),
+        *TINY_TOKENIZER,
+        "--bits",
+        "0",
+        "11",
+        "--positions",
+        "0",
+        "1",
+        "--out",
+        str(tmp_path / "some"),
+    )
+    assert sorted(p.name for p in (tmp_path / "some").glob("flip_bit*.png")) == ["flip_bit00.png", "flip_bit11.png"]
+
+
+def test_convert_official_bin_to_own_format(tmp_path, tiny_tokenizer, tokenizer_io):
+    maskbit_cli(
+        "convert",
+        str(OFFICIAL_TINY / "tiny_tokenizer.bin"),
+        "--config",
+        str(OFFICIAL_TINY / "tiny_tokenizer.yaml"),
+        "--out",
+        str(tmp_path / "tok"),
+    )
+    converted = Tokenizer.from_pretrained(tmp_path / "tok")
+    assert torch.equal(converted.decode(tokenizer_io["indices"]), tiny_tokenizer.decode(tokenizer_io["indices"]))
+    maskbit_cli("convert", str(OFFICIAL_TINY / "tiny_generator_hubkeys.bin"), "--out", str(tmp_path / "gen"))
+    assert (tmp_path / "gen" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["generate", "--tokenizer", "maskbit_tokenizer_10bit", "--generator", "tiny", "--random-init"],
+            "10-bit tokens, generator 12",
+        ),
+        (["generate", "--tokenizer", "nope", "--generator", "tiny", "--random-init"], "needs a tokenizer preset name"),
+        (["generate", "--tokenizer", "tiny", "--generator", "tiny", "--random-init", "--labels", "1000"], "class ids"),
+        (
+            ["generate", "--tokenizer", "tiny", "--generator", "tiny", "--random-init", "--num-steps", "0"],
+            "--num-steps",
+        ),
+        (["decode", "missing.npy", *TINY_TOKENIZER], "cannot read missing.npy"),
+        (["encode", "no_such_dir", *TINY_TOKENIZER], "no such file or directory"),
+        (["convert", str(OFFICIAL_TINY / "tiny_tokenizer.yaml"), "--out", "x"], "is not a PyTorch checkpoint"),
+    ],
+)
+def test_bad_input_gives_a_message_not_a_traceback(args, message):
+    result = maskbit_cli(*args, check=False)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unreadable_image_is_reported(tmp_path):
+    (tmp_path / "fake.png").write_text("not an image")
+    result = maskbit_cli(
+        "encode", str(tmp_path / "fake.png"), *TINY_TOKENIZER, "--out", str(tmp_path / "t.npy"), check=False
+    )
+    assert result.returncode == 2 and "cannot read" in result.stderr and "fake.png" in result.stderr
