@@ -13,6 +13,7 @@ Official files are read with `torch.load(weights_only=True)` only: nothing in a 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -100,6 +101,15 @@ class PretrainedMixin:
         _atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
         _atomic_write(directory / CONFIG_FILE, lambda p: Path(p).write_text(text))
         return directory
+
+    def identity(self) -> str:
+        """sha256 of the config and every tensor of the state dict: equal iff the models compute the same thing."""
+        digest = hashlib.sha256(json.dumps({"kind": self.kind, **dataclasses.asdict(self.config)}, sort_keys=True).encode())
+        for key, tensor in self.state_dict().items():
+            tensor = tensor.detach().cpu().contiguous()
+            digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()
 
     # ---------------------------------------------------------------------------------------------- loading
 

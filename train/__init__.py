@@ -1,0 +1,1 @@
+"""Training for MaskBit Explorer: datasets, preprocessing and the two training stages (tokenizer, generator)."""

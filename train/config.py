@@ -1,0 +1,396 @@
+"""Training configs: one frozen dataclass per concern, composed per stage, with presets and `--set` overrides.
+
+A resolved config is written to the run directory as `config.json` and is all a resume needs. Official YAML files
+(`configs/tokenizer/*.yaml`, `configs/generator/*.yaml`) are read into the same dataclasses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from maskbit.config import (
+    GENERATOR_PRESETS,
+    SAMPLING_PRESETS,
+    TOKENIZER_PRESETS,
+    GeneratorConfig,
+    SamplingConfig,
+    TokenizerConfig,
+    config_from_dict,
+    read_official_yaml,
+)
+
+__all__ = [
+    "DataConfig",
+    "OptimizerConfig",
+    "TrainingConfig",
+    "TokenizerLossConfig",
+    "DiscriminatorConfig",
+    "TokenizerTrainConfig",
+    "GeneratorTrainConfig",
+    "TOKENIZER_TRAIN_PRESETS",
+    "GENERATOR_TRAIN_PRESETS",
+    "load_train_config",
+    "apply_overrides",
+    "to_dict",
+    "from_dict",
+]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "procedural"  # "procedural", an image folder (<class>/<file>) or tar shards (jpg + cls)
+    split: str = "train"
+    seed: int = 0  # procedural dataset seed
+    resolution: int = 256
+    random_crop: bool = True
+    min_scale: float = 0.8
+    aspect_ratio_aug: bool = True
+    random_flip: bool = True
+    interpolation: str = "bilinear"
+    num_workers: int = 0
+    pretokenized: str = ""  # generator: token file written by `python -m train pretokenize`
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """AdamW with linear warm-up then cosine decay to min_lr_ratio·lr ("cosine_with_minimum")."""
+
+    learning_rate: float = 1e-4
+    beta1: float = 0.9
+    beta2: float = 0.999
+    weight_decay: float = 1e-4
+    eps: float = 1e-8
+    warmup_steps: int = 5000
+    min_lr_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    max_steps: int = 1_350_000
+    batch_size: int = 16  # per process
+    gradient_accumulation_steps: int = 1
+    mixed_precision: str = "no"  # "no", "bf16", "fp16"
+    seed: int = 42
+    use_ema: bool = True
+    ema_decay: float = 0.999
+    log_every: int = 50
+    save_every: int = 5000
+    sample_every: int = 5000
+    keep_last: int = 3
+    num_samples: int = 16  # images in each sample grid
+    tensorboard: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ValueError(f"training.mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
+        for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "log_every", "save_every", "keep_last"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"training.{name} must be ≥ 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class TokenizerLossConfig:
+    """Spec §1.7: 4·L2 + 0.1·perceptual + quantiser (annealed entropy) + hinge GAN with LeCAM."""
+
+    reconstruction_weight: float = 4.0
+    perceptual: str = "resnet50"  # "resnet50" (logits, as in the paper), "lpips", or "none"
+    perceptual_weight: float = 0.1
+    quantizer_weight: float = 1.0
+    entropy_annealing_steps: int = 2000
+    entropy_annealing_factor: float = 2.0
+    discriminator_start: int = 20_000
+    discriminator_factor: float = 1.0
+    discriminator_weight: float = 0.02
+    discriminator_learning_rate: float = 1e-4
+    lecam_weight: float = 0.001
+    lecam_ema_decay: float = 0.999
+
+    def __post_init__(self) -> None:
+        if self.perceptual not in ("resnet50", "lpips", "none"):
+            raise ValueError(f"loss.perceptual must be resnet50, lpips or none, got {self.perceptual!r}")
+
+
+@dataclass(frozen=True)
+class DiscriminatorConfig:
+    """Spec §1.6 (NLayerDiscriminatorv2): 5×5 stem, stages of 3×3 conv → blur-pool ↓2 → GroupNorm → LeakyReLU."""
+
+    hidden_channels: int = 128
+    channel_mult: tuple[int, ...] = (1, 2, 4, 8)
+    blur_kernel_size: int = 4
+    pool_size: int = 16  # logits grid: the token grid
+
+
+@dataclass(frozen=True)
+class TokenizerTrainConfig:
+    model: TokenizerConfig = field(default_factory=TokenizerConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(resolution=256))
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    loss: TokenizerLossConfig = field(default_factory=TokenizerLossConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    stage: str = "tokenizer"
+
+
+@dataclass(frozen=True)
+class GeneratorTrainConfig:
+    model: GeneratorConfig = field(default_factory=GeneratorConfig)
+    tokenizer: str = "default"  # a from_pretrained source
+    tokenizer_config: str = ""  # for an official .bin: preset name or YAML
+    data: DataConfig = field(
+        default_factory=lambda: DataConfig(resolution=256, aspect_ratio_aug=False, interpolation="bicubic")
+    )
+    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(beta2=0.96, weight_decay=0.045))
+    class_label_dropout: float = 0.1
+    label_smoothing: float = 0.1
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)  # for the sample grids
+    training: TrainingConfig = field(default_factory=lambda: TrainingConfig(batch_size=32))
+    stage: str = "generator"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Presets
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _official_tokenizer(k: int) -> TokenizerTrainConfig:
+    return TokenizerTrainConfig(model=TOKENIZER_PRESETS[f"maskbit_tokenizer_{k}bit"])
+
+
+def _official_generator(k: int) -> GeneratorTrainConfig:
+    return GeneratorTrainConfig(
+        model=GENERATOR_PRESETS[f"maskbit_generator_{k}bit"],
+        tokenizer=f"markweber/maskbit_tokenizer_{k}bit",
+        sampling=SAMPLING_PRESETS[f"maskbit_generator_{k}bit"],
+    )
+
+
+_TINY_TRAINING = TrainingConfig(
+    max_steps=6, batch_size=4, seed=0, log_every=1, save_every=3, sample_every=3, keep_last=2, num_samples=4
+)
+_FAST_OPTIMIZER = OptimizerConfig(learning_rate=1e-3, warmup_steps=2)
+
+TOKENIZER_TRAIN_PRESETS: dict[str, TokenizerTrainConfig] = {
+    **{f"maskbit_tokenizer_{k}bit": _official_tokenizer(k) for k in (10, 12, 14, 16, 18)},
+    # Seconds on a CPU, for tests: 32×32 procedural images → 8×8 tokens of 12 bits, the GAN from step 2.
+    # The bundled default model: 64×64 procedural shapes → 8×8 tokens of 12 bits, ~30 minutes on 2 CPU cores.
+    "default": TokenizerTrainConfig(
+        model=TokenizerConfig(token_size=12, hidden_channels=32, channel_mult=(1, 1, 2, 2), num_res_blocks=1, image_size=64),
+        data=DataConfig(resolution=64, random_crop=False),
+        optimizer=OptimizerConfig(learning_rate=5e-4, warmup_steps=100),
+        loss=TokenizerLossConfig(perceptual="none", entropy_annealing_steps=200, discriminator_start=1_000_000),
+        discriminator=DiscriminatorConfig(hidden_channels=32, channel_mult=(1, 2, 4), pool_size=8),
+        training=TrainingConfig(
+            max_steps=1600, batch_size=32, seed=0, log_every=10, save_every=200, sample_every=200, num_samples=8
+        ),
+    ),
+    "tiny": TokenizerTrainConfig(
+        model=TOKENIZER_PRESETS["tiny"],
+        data=DataConfig(resolution=32, random_crop=False),
+        optimizer=_FAST_OPTIMIZER,
+        loss=TokenizerLossConfig(perceptual="none", discriminator_start=2, entropy_annealing_steps=4),
+        discriminator=DiscriminatorConfig(hidden_channels=32, channel_mult=(1, 2), pool_size=8),
+        training=_TINY_TRAINING,
+    ),
+}
+
+GENERATOR_TRAIN_PRESETS: dict[str, GeneratorTrainConfig] = {
+    **{f"maskbit_generator_{k}bit": _official_generator(k) for k in (10, 12, 14, 16, 18)},
+    "tiny": GeneratorTrainConfig(
+        model=GENERATOR_PRESETS["tiny"],
+        tokenizer="",  # must be given: e.g. a tiny tokenizer run's model directory
+        data=DataConfig(resolution=32, random_crop=False),
+        optimizer=_FAST_OPTIMIZER,
+        sampling=SAMPLING_PRESETS["tiny"],
+        training=_TINY_TRAINING,
+    ),
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Dicts, files and overrides
+# ---------------------------------------------------------------------------------------------------------------
+
+TrainConfig = TokenizerTrainConfig | GeneratorTrainConfig
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def from_dict(cls: type, values: dict[str, Any]) -> Any:
+    """Nested dict → nested frozen dataclasses, with type conversion and unknown-key errors."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys {unknown}; valid keys: {sorted(names)}")
+    nested = {k: from_dict(hints[k], v) for k, v in values.items() if dataclasses.is_dataclass(hints[k])}
+    flat = {k: v for k, v in values.items() if k not in nested}
+    if any(not dataclasses.is_dataclass(hints[k]) for k in names):
+        base = config_from_dict(cls, flat) if flat else cls()
+        return dataclasses.replace(base, **nested)
+    return cls(**nested)
+
+
+def flat_keys(config: Any, prefix: str = "") -> dict[str, Any]:
+    """{"training.max_steps": 6, ...}: every settable key with its value."""
+    keys: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            keys.update(flat_keys(value, f"{prefix}{f.name}."))
+        else:
+            keys[f"{prefix}{f.name}"] = value
+    return keys
+
+
+def apply_overrides(config: Any, overrides: list[str]) -> Any:
+    """Apply `key=value` strings (dotted keys, YAML values: `training.max_steps=100`, `model.channel_mult=[1,2]`)."""
+    import yaml
+
+    values = to_dict(config)
+    valid = flat_keys(config)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep:
+            raise ValueError(f"override {item!r} is not of the form key=value")
+        if key not in valid or key == "stage":
+            close = [k for k in valid if k.split(".")[-1] == key.split(".")[-1]]
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ValueError(
+                f"unknown config key {key!r}{hint}; valid keys: {', '.join(k for k in valid if k != 'stage')}"
+            )
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        target = values
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            target = target[parent]
+        target[leaf] = raw if value is None and raw.strip() else value
+    return from_dict(type(config), values)
+
+
+def load_train_config(stage: str, preset: str | None = None, config_file: str | None = None) -> TrainConfig:
+    """A preset, a `config.json` written by a run, or an official YAML file; the stage's defaults otherwise."""
+    cls, presets = (
+        (TokenizerTrainConfig, TOKENIZER_TRAIN_PRESETS)
+        if stage == "tokenizer"
+        else (GeneratorTrainConfig, GENERATOR_TRAIN_PRESETS)
+    )
+    if preset and config_file:
+        raise ValueError("give either a preset or a config file, not both")
+    if preset:
+        if preset not in presets:
+            raise ValueError(f"unknown {stage} preset {preset!r}; presets: {', '.join(presets)}")
+        return presets[preset]
+    if not config_file:
+        return cls()
+    path = Path(config_file)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    if path.suffix == ".json":
+        values = json.loads(path.read_text())
+        if values.get("stage", stage) != stage:
+            raise ValueError(f"{path} is a {values['stage']} config, not a {stage} config")
+        return from_dict(cls, values)
+    if path.suffix in (".yaml", ".yml"):
+        return _from_official(cls, read_official_yaml(path))
+    raise ValueError(f"config file must be .json (from a run directory) or an official .yaml, got {path}")
+
+
+def _from_official(cls: type, official) -> TrainConfig:
+    """The training sections of an official YAML file (spec §1.9, §2.6) as our dataclasses."""
+    sections = official.sections
+    losses = sections.get("losses", {}) or {}
+    optimizer = (sections.get("optimizer", {}) or {}).get("params", {}) or {}
+    scheduler = (sections.get("lr_scheduler", {}) or {}).get("params", {}) or {}
+    training = sections.get("training", {}) or {}
+    preprocessing = (sections.get("dataset", {}) or {}).get("preprocessing", {}) or {}
+    data = config_from_dict(
+        DataConfig,
+        {
+            k: v
+            for k, v in {
+                "resolution": preprocessing.get("resolution", preprocessing.get("crop_size")),
+                "random_crop": preprocessing.get("random_crop"),
+                "random_flip": preprocessing.get("random_flip"),
+                "min_scale": preprocessing.get("min_scale"),
+                "aspect_ratio_aug": preprocessing.get("use_aspect_ratio_aug"),
+                "interpolation": preprocessing.get("interpolation"),
+            }.items()
+            if v is not None
+        },
+    )
+    opt = config_from_dict(
+        OptimizerConfig,
+        {
+            k: v
+            for k, v in {
+                "learning_rate": optimizer.get("learning_rate"),
+                "beta1": optimizer.get("beta1"),
+                "beta2": optimizer.get("beta2"),
+                "weight_decay": optimizer.get("weight_decay"),
+                "eps": optimizer.get("epsilon"),
+                "warmup_steps": scheduler.get("warmup_steps"),
+                "max_grad_norm": training.get("max_grad_norm"),
+            }.items()
+            if v is not None
+        },
+    )
+    train = config_from_dict(
+        TrainingConfig,
+        {
+            k: v
+            for k, v in {
+                "max_steps": training.get("max_train_steps"),
+                "batch_size": training.get("per_gpu_batch_size"),
+                "gradient_accumulation_steps": training.get("gradient_accumulation_steps"),
+                "mixed_precision": training.get("mixed_precision"),
+                "seed": training.get("seed"),
+                "use_ema": training.get("use_ema"),
+            }.items()
+            if v is not None
+        },
+    )
+    if cls is TokenizerTrainConfig:
+        loss = config_from_dict(
+            TokenizerLossConfig,
+            {
+                k: v
+                for k, v in {
+                    "reconstruction_weight": losses.get("reconstruction_weight"),
+                    "perceptual": "resnet50"
+                    if losses.get("perceptual_loss") == "resnet50"
+                    else losses.get("perceptual_loss"),
+                    "perceptual_weight": losses.get("perceptual_weight"),
+                    "quantizer_weight": losses.get("quantizer_weight"),
+                    "entropy_annealing_steps": losses.get("entropy_annealing_steps"),
+                    "entropy_annealing_factor": losses.get("entropy_annealing_factor"),
+                    "discriminator_start": losses.get("discriminator_start"),
+                    "discriminator_factor": losses.get("discriminator_factor"),
+                    "discriminator_weight": losses.get("discriminator_weight"),
+                    "lecam_weight": losses.get("lecam_regularization_weight"),
+                    "discriminator_learning_rate": optimizer.get("discriminator_learning_rate"),
+                }.items()
+                if v is not None
+            },
+        )
+        return TokenizerTrainConfig(model=official.tokenizer, data=data, optimizer=opt, loss=loss, training=train)
+    if official.generator is None:
+        raise ValueError("this YAML file has no model.mlm_model section: it is not a generator config")
+    return GeneratorTrainConfig(
+        model=official.generator,
+        data=dataclasses.replace(data, aspect_ratio_aug=False) if "use_aspect_ratio_aug" not in preprocessing else data,
+        optimizer=opt,
+        sampling=official.sampling or SamplingConfig(),
+        training=train,
+    )
