@@ -79,7 +79,9 @@ def main() -> None:
         for batch in args.batch_sizes:
             labels = torch.randint(0, generator.config.num_classes, (batch,))
             run = (generator, labels, sampling)
-            timings = [(seconds(run_ours, *run), seconds(official_loop, *run)) for _ in range(args.repeats)]  # interleaved
+            timings = [
+                (seconds(run_ours, *run), seconds(official_loop, *run)) for _ in range(args.repeats)
+            ]  # interleaved
             ours, reference = (min(column) for column in zip(*timings))
             per_step, ref_step = ours / args.steps, reference / args.steps
             print(

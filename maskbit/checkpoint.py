@@ -104,7 +104,9 @@ class PretrainedMixin:
 
     def identity(self) -> str:
         """sha256 of the config and every tensor of the state dict: equal iff the models compute the same thing."""
-        digest = hashlib.sha256(json.dumps({"kind": self.kind, **dataclasses.asdict(self.config)}, sort_keys=True).encode())
+        digest = hashlib.sha256(
+            json.dumps({"kind": self.kind, **dataclasses.asdict(self.config)}, sort_keys=True).encode()
+        )
         for key, tensor in self.state_dict().items():
             tensor = tensor.detach().cpu().contiguous()
             digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())

@@ -7,6 +7,7 @@ A resolved config is written to the run directory as `config.json` and is all a 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import typing
 from dataclasses import dataclass, field
@@ -178,15 +179,18 @@ _FAST_OPTIMIZER = OptimizerConfig(learning_rate=1e-3, warmup_steps=2)
 TOKENIZER_TRAIN_PRESETS: dict[str, TokenizerTrainConfig] = {
     **{f"maskbit_tokenizer_{k}bit": _official_tokenizer(k) for k in (10, 12, 14, 16, 18)},
     # Seconds on a CPU, for tests: 32×32 procedural images → 8×8 tokens of 12 bits, the GAN from step 2.
-    # The bundled default model: 64×64 procedural shapes → 8×8 tokens of 12 bits, ~30 minutes on 2 CPU cores.
+    # The bundled default model: 64×64 procedural shapes → 8×8 tokens of 12 bits on 2 CPU cores. 64 hidden channels
+    # keep ≥ 2 channels per GroupNorm group: with 32 (one channel per group) the norms erase absolute colour.
     "default": TokenizerTrainConfig(
-        model=TokenizerConfig(token_size=12, hidden_channels=32, channel_mult=(1, 1, 2, 2), num_res_blocks=1, image_size=64),
+        model=TokenizerConfig(
+            token_size=12, hidden_channels=64, channel_mult=(1, 1, 2, 2), num_res_blocks=1, image_size=64
+        ),
         data=DataConfig(resolution=64, random_crop=False),
-        optimizer=OptimizerConfig(learning_rate=5e-4, warmup_steps=100),
+        optimizer=OptimizerConfig(learning_rate=1e-3, warmup_steps=100),
         loss=TokenizerLossConfig(perceptual="none", entropy_annealing_steps=200, discriminator_start=1_000_000),
         discriminator=DiscriminatorConfig(hidden_channels=32, channel_mult=(1, 2, 4), pool_size=8),
         training=TrainingConfig(
-            max_steps=1600, batch_size=32, seed=0, log_every=10, save_every=200, sample_every=200, num_samples=8
+            max_steps=1500, batch_size=16, seed=0, log_every=10, save_every=250, sample_every=250, num_samples=8
         ),
     ),
     "tiny": TokenizerTrainConfig(
@@ -262,7 +266,7 @@ def apply_overrides(config: Any, overrides: list[str]) -> Any:
         if not sep:
             raise ValueError(f"override {item!r} is not of the form key=value")
         if key not in valid or key == "stage":
-            close = [k for k in valid if k.split(".")[-1] == key.split(".")[-1]]
+            close = difflib.get_close_matches(key, [k for k in valid if k != "stage"], n=3)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise ValueError(
                 f"unknown config key {key!r}{hint}; valid keys: {', '.join(k for k in valid if k != 'stage')}"

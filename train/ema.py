@@ -28,9 +28,9 @@ class EMA:
         decay = self.current_decay()
         for name, p in model.named_parameters():
             shadow = self.shadow[name]
-            if p.requires_grad:
+            if p.requires_grad and decay > 0:
                 shadow.sub_((1 - decay) * (shadow - p.detach()))
-            else:
+            else:  # the first update, and frozen parameters: a plain copy
                 shadow.copy_(p.detach())
 
     @torch.no_grad()

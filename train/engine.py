@@ -37,7 +37,7 @@ from train.losses import (
     hinge_discriminator_loss,
     hinge_generator_loss,
 )
-from train.rundir import RunDir
+from train.rundir import RunDir, write_json_atomic
 
 logger = logging.getLogger("train")
 
@@ -82,6 +82,7 @@ class TokenizerStage:
         self.perceptual = build_perceptual_loss(config.loss)  # fails here, at start-up, if weights are missing
         dataset = build_dataset(config.data.dataset, config.data.split, config.data.seed, config.data.resolution)
         self.dataset = AugmentedImages(dataset, config.data, seed=config.training.seed)
+        self.class_names = list(getattr(dataset, "classes", []))
         self.model = Tokenizer(config.model)
         self.discriminator = Discriminator(config.discriminator)
         self.lecam = LeCAM(config.loss.lecam_ema_decay)
@@ -208,17 +209,22 @@ class GeneratorStage:
             self.tokenizer = Tokenizer.from_pretrained(config.tokenizer, config.tokenizer_config or None)
             self.tokenizer.requires_grad_(False).to(accelerator.device)
             if self.tokenizer.num_bits != config.model.token_size:
-                raise ValueError(
-                    f"the tokenizer has {self.tokenizer.num_bits}-bit tokens, model.token_size is {config.model.token_size}"
-                )
+                k = config.model.token_size
+                raise ValueError(f"the tokenizer has {self.tokenizer.num_bits}-bit tokens, model.token_size is {k}")
         if config.data.pretokenized:
             self.dataset = TokenFile(config.data.pretokenized)
             self._check_token_file()
+            self.class_names = list(self.dataset.meta.get("classes", []))
         else:
             from train.datasets import build_dataset
 
             dataset = build_dataset(config.data.dataset, config.data.split, config.data.seed, config.data.resolution)
             self.dataset = AugmentedImages(dataset, config.data, seed=config.training.seed)
+            self.class_names = list(getattr(dataset, "classes", []))
+        if len(self.class_names) > config.model.num_classes:
+            raise ValueError(
+                f"the dataset has {len(self.class_names)} classes but model.num_classes is {config.model.num_classes}"
+            )
         self.model = Generator(config.model)
         self.optimizer = make_optimizer(self.model.parameters(), config.optimizer)
         self.model, self.optimizer = accelerator.prepare(self.model, self.optimizer)
@@ -423,7 +429,7 @@ def train(config: TokenizerTrainConfig | GeneratorTrainConfig, run_dir: str | Pa
         bar.close()
         exported = run.path / "model"
         if main:
-            stage.export_model().save_pretrained(exported)
+            _export(stage, exported)
             run.write_status(state="finished", step=step, pid=None)
         accelerator.wait_for_everyone()
         accelerator.end_training()
@@ -450,9 +456,16 @@ def _save_checkpoint(accelerator: Accelerator, stage, run: RunDir, step: int, co
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        stage.export_model().save_pretrained(tmp / "model")
+        _export(stage, tmp / "model")
         run.commit_checkpoint(tmp, step, {"stage": config.stage, "time": time.time()}, config.training.keep_last)
     accelerator.wait_for_everyone()
+
+
+def _export(stage, directory: Path) -> None:
+    """The EMA model in the own format, plus the dataset's class names (classes.json) when it has them."""
+    stage.export_model().save_pretrained(directory)
+    if stage.class_names:
+        write_json_atomic(directory / "classes.json", list(stage.class_names))
 
 
 def _write_samples(stage, run: RunDir, step: int) -> dict[str, float]:

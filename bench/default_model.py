@@ -1,0 +1,175 @@
+"""Quality of the bundled default model on its procedural dataset (the numbers of its model card).
+
+    .venv/bin/python -m bench.default_model --out bench/results
+
+1. Held-out reconstruction PSNR of the tokenizer (the fixed test split).
+2. A classifier trained only on real dataset images (train split), with its own held-out accuracy; then the
+   fraction of generated images it assigns to the class they were generated for.
+3. Diversity: mean pairwise Hamming distance between the token grids of same-class images, generated versus
+   real, and the share of distinct generated grids.
+4. Code usage and per-bit entropy of the tokenizer on the test split.
+Writes results.json, a markdown table and image grids.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from maskbit import SAMPLING_PRESETS, Generator, Tokenizer, bits, generate
+from maskbit.images import image_grid, psnr, save_image
+from train.datasets import PROCEDURAL_CLASSES, ProceduralShapes
+
+
+def to_tensor(image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float() / 255
+
+
+def load_split(split: str, count: int, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    dataset = ProceduralShapes(split)
+    items = [dataset[i] for i in range(start, start + count)]
+    return torch.stack([to_tensor(image) for image, _ in items]), torch.tensor([label for _, label in items])
+
+
+class Classifier(nn.Module):
+    """A small CNN for 64×64 images: the judge of generated classes, trained on real images only."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        layers, channels = [], [3, 32, 64, 128, 128]
+        for i, o in zip(channels, channels[1:]):
+            layers += [nn.Conv2d(i, o, 3, stride=2, padding=1), nn.BatchNorm2d(o), nn.ReLU()]
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(channels[-1], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).mean((2, 3)))
+
+
+def train_classifier(steps: int, batch_size: int) -> Classifier:
+    torch.manual_seed(0)
+    model = Classifier(len(PROCEDURAL_CLASSES))
+    optimizer = torch.optim.AdamW(model.parameters(), 2e-3, weight_decay=1e-4)
+    dataset = ProceduralShapes("train", seed=1)  # other images than the generator's training data
+    for step in range(steps):
+        images, labels = [], []
+        for i in range(step * batch_size, (step + 1) * batch_size):
+            image, label = dataset[i]
+            images.append(to_tensor(image))
+            labels.append(label)
+        x = torch.stack(images)
+        x = torch.where(torch.rand(len(x), 1, 1, 1) < 0.5, x.flip(-1), x)
+        loss = F.cross_entropy(model(x), torch.tensor(labels))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, list[float]]:
+    predictions = torch.cat([model(images[i : i + 256]).argmax(1) for i in range(0, len(images), 256)])
+    correct = predictions == labels
+    per_class = [float(correct[labels == c].float().mean()) for c in range(len(PROCEDURAL_CLASSES))]
+    return float(correct.float().mean()), per_class
+
+
+def mean_pairwise_hamming(indices: torch.Tensor, num_bits: int) -> float:
+    flat = indices.flatten(1)
+    distances = [bits.hamming(flat[i], flat[i + 1 :], dim=-1).float() for i in range(len(flat) - 1)]
+    return float(torch.cat(distances).mean())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tokenizer", default="default")
+    parser.add_argument("--generator", default="default")
+    parser.add_argument("--sampling", default="default")
+    parser.add_argument("--test-images", type=int, default=2000)
+    parser.add_argument("--per-class", type=int, default=50, help="generated images per class")
+    parser.add_argument("--classifier-steps", type=int, default=600)
+    parser.add_argument("--out", default="bench/results")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    tokenizer, generator = Tokenizer.from_pretrained(args.tokenizer), Generator.from_pretrained(args.generator)
+    k = tokenizer.num_bits
+
+    images, labels = load_split("test", args.test_images)
+    indices = torch.cat([tokenizer.encode(images[i : i + 100]) for i in range(0, len(images), 100)])
+    reconstructions = torch.cat([tokenizer.decode(indices[i : i + 100]) for i in range(0, len(indices), 100)])
+    reconstruction_psnr = psnr(reconstructions, images)
+    save_image(
+        image_grid(torch.cat([images[:10], reconstructions[:10].clamp(0, 1)]), columns=10), out / "reconstructions.png"
+    )
+
+    set_bits = bits.indices_to_bits(indices, k).flatten(0, -2) > 0  # (positions, K)
+    p_one = set_bits.float().mean(0)
+    bit_entropy = -(p_one * p_one.clamp_min(1e-12).log2() + (1 - p_one) * (1 - p_one).clamp_min(1e-12).log2())
+    counts = torch.bincount(indices.flatten(), minlength=2**k).float()
+    code_probability = counts / counts.sum()
+    code_entropy = float(-(code_probability[counts > 0] * code_probability[counts > 0].log2()).sum())
+
+    classifier = train_classifier(args.classifier_steps, 64)
+    classifier_accuracy, _ = accuracy(classifier, images, labels)
+
+    requested = torch.arange(len(PROCEDURAL_CLASSES)).repeat_interleave(args.per_class)
+    sampling = SAMPLING_PRESETS[args.sampling]
+    generated = torch.cat(
+        [
+            generate(generator, tokenizer, requested[i : i + 100], sampling, seed=i)
+            for i in range(0, len(requested), 100)
+        ]
+    )
+    generated_accuracy, generated_per_class = accuracy(classifier, generated, requested)
+    grid = torch.cat([generated[requested == c][:8] for c in range(len(PROCEDURAL_CLASSES))])
+    save_image(image_grid(grid, columns=8), out / "generated.png")
+
+    generated_indices = tokenizer.encode(generated)
+    diversity_generated = np.mean([mean_pairwise_hamming(generated_indices[requested == c], k) for c in range(10)])
+    diversity_real = np.mean([mean_pairwise_hamming(indices[labels == c][: args.per_class], k) for c in range(10)])
+    distinct = len({tuple(row.tolist()) for row in generated_indices.flatten(1)}) / len(generated_indices)
+
+    results = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "tokenizer": args.tokenizer,
+        "generator": args.generator,
+        "sampling": sampling.__dict__,
+        "reconstruction_psnr_db": {
+            "mean": float(reconstruction_psnr.mean()),
+            "median": float(reconstruction_psnr.median()),
+            "p10": float(reconstruction_psnr.quantile(0.1)),
+            "images": len(images),
+        },
+        "classifier_heldout_accuracy": classifier_accuracy,
+        "generated_class_accuracy": generated_accuracy,
+        "generated_class_accuracy_per_class": dict(zip(PROCEDURAL_CLASSES, generated_per_class)),
+        "generated_images": len(generated),
+        "diversity_mean_pairwise_hamming_same_class": {
+            "generated": float(diversity_generated),
+            "real": float(diversity_real),
+            "max": k * indices[0].numel(),
+        },
+        "distinct_generated_token_grids": distinct,
+        "code_usage": float((counts > 0).float().mean()),
+        "code_entropy_bits": code_entropy,
+        "per_bit_p_one": [round(float(p), 4) for p in p_one],
+        "per_bit_entropy": [round(float(e), 4) for e in bit_entropy],
+        "seconds": time.time() - started,
+    }
+    (out / "default_model.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

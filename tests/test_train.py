@@ -1,0 +1,345 @@
+"""Training as users run it: `python -m train` and `accelerate launch -m train` in real subprocesses."""
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from maskbit import Generator, Tokenizer
+from train.config import TOKENIZER_TRAIN_PRESETS, TokenizerTrainConfig, apply_overrides, load_train_config
+from train.ema import EMA
+from train.engine import lr_factor
+from train.losses import Discriminator, LeCAM
+from train.rundir import RunDir
+
+ROOT = Path(__file__).parents[1]
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+
+
+def run_train(
+    *args: str, check: bool = True, env: dict | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, "-m", "train", *args],
+        cwd=ROOT,
+        env={**ENV, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in RunDir(run_dir).read_metrics()}
+
+
+@pytest.fixture(scope="module")
+def tokenizer_run(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("runs") / "tokenizer"
+    run_train("tokenizer", "--preset", "tiny", "--run-dir", str(run_dir))
+    return run_dir
+
+
+def test_tokenizer_run_directory(tokenizer_run):
+    run = RunDir(tokenizer_run)
+    status = run.read_status()
+    assert status["state"] == "finished" and status["step"] == status["total_steps"] == 6 and status["pid"] is None
+    assert [step for step, _ in run.checkpoints()] == [3, 6]  # keep_last = 2
+    metrics = run.read_metrics()
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5, 6]
+    assert all(math.isfinite(m["loss"]) for m in metrics)
+    assert "discriminator_loss" not in metrics[0] and "discriminator_loss" in metrics[2]  # the GAN starts at step 2
+    assert "eval_psnr" in metrics[2]
+    assert (run.samples_dir / "step-6.png").is_file()
+    assert json.loads(run.config_path.read_text())["model"]["token_size"] == 12
+    model = Tokenizer.from_pretrained(tokenizer_run / "model")
+    assert model.encode(torch.rand(1, 3, 32, 32)).shape == (1, 8, 8)
+    assert Tokenizer.from_pretrained(run.checkpoints()[-1][1] / "model").config == model.config
+
+
+def test_generator_from_a_token_file_and_from_images(tokenizer_run, tmp_path):
+    model_dir = str(tokenizer_run / "model")
+    tokens = tmp_path / "tokens.npz"
+    run_train("pretokenize", "--tokenizer", model_dir, "--resolution", "32", "--count", "24", "--out", str(tokens))
+    run_train(
+        "generator",
+        "--preset",
+        "tiny",
+        "--run-dir",
+        str(tmp_path / "gen"),
+        "--set",
+        f"tokenizer={model_dir}",
+        f"data.pretokenized={tokens}",
+        "model.num_classes=10",
+    )
+    generator = Generator.from_pretrained(tmp_path / "gen" / "model")
+    assert generator.config.num_classes == 10
+    assert (tmp_path / "gen" / "samples" / "step-6.png").is_file()
+    run_train(
+        "generator",
+        "--preset",
+        "tiny",
+        "--run-dir",
+        str(tmp_path / "gen_images"),
+        "--set",
+        f"tokenizer={model_dir}",
+        "training.max_steps=2",
+    )
+    assert RunDir(tmp_path / "gen_images").read_status()["state"] == "finished"
+
+
+def test_kill_9_then_resume_reproduces_the_uninterrupted_losses(tmp_path):
+    settings = ["--preset", "tiny", "--set", "training.max_steps=8", "training.save_every=2"]
+    run_train("tokenizer", *settings, "--run-dir", str(tmp_path / "straight"))
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "train", "tokenizer", *settings, "--run-dir", str(killed)],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while RunDir(killed).latest_checkpoint() is None and time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert RunDir(killed).read_status()["state"] == "running"  # killed mid-run, not finished
+    assert RunDir(killed).latest_checkpoint()[0] < 8
+    run_train("tokenizer", "--run-dir", str(killed), "--resume")
+    expected, resumed = losses(tmp_path / "straight"), losses(killed)
+    assert sorted(resumed) == sorted(expected) == list(range(1, 9))
+    for step in expected:
+        assert resumed[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-6), step
+    assert any('"event": "resumed"' in line for line in (killed / "metrics.jsonl").read_text().splitlines())
+
+
+def test_sigterm_stops_with_a_checkpoint_and_resume_finishes(tmp_path):
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "train",
+            "tokenizer",
+            "--preset",
+            "tiny",
+            "--set",
+            "training.max_steps=40",
+            "training.save_every=100",
+            "--run-dir",
+            str(run_dir),
+        ],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while RunDir(run_dir).read_status().get("step", 0) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 0
+    status = RunDir(run_dir).read_status()
+    assert status["state"] == "stopped" and "SIGTERM" in status["last_error"]
+    step, _ = RunDir(run_dir).latest_checkpoint()
+    assert 2 <= step < 40
+    run_train("tokenizer", "--run-dir", str(run_dir), "--resume", "--set", "training.max_steps=" + str(step + 2))
+    assert RunDir(run_dir).read_status()["state"] == "finished"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_cpu_processes_with_accelerate_launch_on_an_image_folder(tmp_path):
+    folder = tmp_path / "images"
+    run_train(
+        "export-dataset",
+        "--dataset",
+        "procedural",
+        "--split",
+        "test",
+        "--resolution",
+        "32",
+        "--limit",
+        "40",
+        "--out",
+        str(folder),
+    )
+    assert (folder / "labels.csv").is_file()
+    run_dir = tmp_path / "run"
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        "-m",
+        "train",
+        "tokenizer",
+        "--preset",
+        "tiny",
+        "--set",
+        f"data.dataset={folder}",
+        "data.split=train",
+        "training.max_steps=3",
+        "--run-dir",
+        str(run_dir),
+    ]
+    result = subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    status = RunDir(run_dir).read_status()
+    assert status["state"] == "finished" and status["num_processes"] == 2
+    assert Tokenizer.from_pretrained(run_dir / "model").num_bits == 12
+
+
+def test_missing_perceptual_weights_stop_at_start_up(tmp_path):
+    result = run_train(
+        "tokenizer",
+        "--preset",
+        "tiny",
+        "--set",
+        "loss.perceptual=resnet50",
+        "--run-dir",
+        str(tmp_path / "run"),
+        check=False,
+        env={"TORCH_HOME": str(tmp_path / "torch")},
+    )
+    assert result.returncode == 2
+    assert "resnet50-0676ba61.pth" in result.stderr and str(tmp_path / "torch" / "hub" / "checkpoints") in result.stderr
+
+
+def test_resnet_perceptual_loss_loads_weights_from_the_torch_cache(tmp_path):
+    """A random ResNet-50 under the expected file name exercises the real loading path offline."""
+    from torchvision.models import resnet50
+
+    checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    torch.save(resnet50().state_dict(), checkpoints / "resnet50-0676ba61.pth")
+    run_train(
+        "tokenizer",
+        "--preset",
+        "tiny",
+        "--set",
+        "loss.perceptual=resnet50",
+        "training.max_steps=1",
+        "--run-dir",
+        str(tmp_path / "run"),
+        env={"TORCH_HOME": str(tmp_path / "torch")},
+    )
+    assert "perceptual_loss" in RunDir(tmp_path / "run").read_metrics()[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "training.max_step=3"], "unknown config key 'training.max_step' (did you mean training.max_steps"),
+        (["--set", "training.max_steps=abc"], "expected int, got 'abc'"),
+        (["--set", "loss.perceptual=vgg"], "loss.perceptual must be resnet50, lpips or none"),
+        (["--set", "data.dataset=/no/such/folder"], "/no/such/folder"),
+        (
+            ["--set", "training.batch_size=5000", "data.dataset=procedural", "data.split=test"],
+            "fewer than one global batch",
+        ),
+    ],
+)
+def test_bad_training_input_gives_a_clear_message(tmp_path, args, message):
+    result = run_train("tokenizer", "--preset", "tiny", *args, "--run-dir", str(tmp_path / "run"), check=False)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_empty_image_folder_is_refused(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = run_train(
+        "tokenizer",
+        "--preset",
+        "tiny",
+        "--set",
+        f"data.dataset={tmp_path / 'empty'}",
+        "--run-dir",
+        str(tmp_path / "run"),
+        check=False,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_a_second_start_in_a_used_run_directory_is_refused(tokenizer_run):
+    result = run_train("tokenizer", "--preset", "tiny", "--run-dir", str(tokenizer_run), check=False)
+    assert result.returncode == 2 and "--resume" in result.stderr
+
+
+# ------------------------------------------------------------------------------------------------- units
+
+
+def test_lr_schedule_warms_up_then_decays_to_the_floor():
+    assert lr_factor(0, 10, 100, 0.1) == 0 and lr_factor(5, 10, 100, 0.1) == 0.5
+    assert lr_factor(10, 10, 100, 0.1) == pytest.approx(1.0)
+    assert lr_factor(100, 10, 100, 0.1) == pytest.approx(0.1)
+    values = [lr_factor(s, 10, 100, 0.1) for s in range(10, 101)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+def test_ema_follows_the_official_decay_schedule():
+    model = torch.nn.Linear(2, 2)
+    ema = EMA(model, decay=0.999)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.update(model)  # first update: a plain copy
+    assert torch.equal(ema.shadow["weight"], model.weight)
+    with torch.no_grad():
+        model.weight.fill_(2.0)
+    ema.update(model)  # j = 2: decay (1 + 1) / (10 + 1)
+    assert ema.shadow["weight"][0, 0].item() == pytest.approx(1 + (1 - 2 / 11))
+    assert EMA(model).current_decay() == 0 and ema.current_decay() == pytest.approx(2 / 11)
+
+
+def test_discriminator_and_lecam_shapes():
+    config = TOKENIZER_TRAIN_PRESETS["default"].discriminator
+    logits = Discriminator(config)(torch.rand(2, 3, 64, 64))
+    assert logits.shape == (2, 1, 8, 8)
+    lecam = LeCAM(0.999)
+    assert lecam(torch.ones(4), -torch.ones(4)).item() == pytest.approx(1.0 + 1.0)
+    lecam.update(torch.ones(4), -torch.ones(4))
+    assert lecam.ema_real_logits_mean.item() == pytest.approx(0.001)
+
+
+def test_overrides_and_official_yaml(tmp_path):
+    config = apply_overrides(TOKENIZER_TRAIN_PRESETS["tiny"], ["model.channel_mult=[1,2]", "training.seed=5"])
+    assert config.model.channel_mult == (1, 2) and config.training.seed == 5
+    import yaml
+
+    from tests.test_config import official_generator_yaml
+
+    raw = official_generator_yaml(14, 4096)
+    raw["training"] = {"max_train_steps": 1350000, "per_gpu_batch_size": 32, "seed": 42}
+    raw["losses"] = {"discriminator_start": 20000, "perceptual_loss": "resnet50"}
+    (tmp_path / "gen.yaml").write_text(yaml.safe_dump(raw))
+    generator = load_train_config("generator", config_file=str(tmp_path / "gen.yaml"))
+    assert generator.model.token_size == 14 and generator.training.batch_size == 32
+    assert generator.optimizer.learning_rate == 1e-4 and generator.optimizer.beta2 == 0.96
+    tokenizer = load_train_config("tokenizer", config_file=str(tmp_path / "gen.yaml"))
+    assert isinstance(tokenizer, TokenizerTrainConfig) and tokenizer.loss.discriminator_start == 20000
