@@ -196,6 +196,10 @@ GENERATOR_PRESETS: dict[str, GeneratorConfig] = {
 # The 128- and 256-step 14-bit configs share the 14-bit checkpoint; only their sampling differs.
 GENERATOR_PRESETS["maskbit_generator_14bit_128steps"] = GENERATOR_PRESETS["maskbit_generator_14bit"]
 GENERATOR_PRESETS["maskbit_generator_14bit_256steps"] = GENERATOR_PRESETS["maskbit_generator_14bit"]
+# The bundled default model (trained by `python -m train generator --preset default`), 10 procedural classes.
+GENERATOR_PRESETS["default"] = GeneratorConfig(
+    token_size=12, codebook_splits=2, grid_size=8, hidden_dim=256, depth=6, heads=8, mlp_dim=1024, num_classes=10
+)
 GENERATOR_PRESETS["tiny"] = GeneratorConfig(
     token_size=12, codebook_splits=2, grid_size=8, hidden_dim=64, depth=2, heads=4, mlp_dim=256
 )
@@ -212,6 +216,8 @@ SAMPLING_PRESETS: dict[str, SamplingConfig] = {
     # published; these are the official sample() defaults for them.
     "demo": SamplingConfig(64, 3.0, "none", 1.0, 4.5),
     "tiny": SamplingConfig(8, 2.0, "cosine", 3.0, 4.5),
+    # The bundled default model: 8×8 tokens × 2 groups = 128 entries.
+    "default": SamplingConfig(16, 2.0, "cosine", 1.0, 2.0),
 }
 
 

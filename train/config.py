@@ -205,6 +205,17 @@ TOKENIZER_TRAIN_PRESETS: dict[str, TokenizerTrainConfig] = {
 
 GENERATOR_TRAIN_PRESETS: dict[str, GeneratorTrainConfig] = {
     **{f"maskbit_generator_{k}bit": _official_generator(k) for k in (10, 12, 14, 16, 18)},
+    # The bundled default model: a 4.8M-parameter generator over the default tokenizer's 8×8 × 12-bit tokens.
+    "default": GeneratorTrainConfig(
+        model=GENERATOR_PRESETS["default"],
+        tokenizer="default",
+        data=DataConfig(resolution=64, random_crop=False, pretokenized="runs/default-tokens.npz"),
+        optimizer=OptimizerConfig(learning_rate=5e-4, beta2=0.96, weight_decay=0.045, warmup_steps=200),
+        sampling=SAMPLING_PRESETS["default"],
+        training=TrainingConfig(
+            max_steps=1500, batch_size=64, seed=0, log_every=10, save_every=250, sample_every=250, num_samples=16
+        ),
+    ),
     "tiny": GeneratorTrainConfig(
         model=GENERATOR_PRESETS["tiny"],
         tokenizer="",  # must be given: e.g. a tiny tokenizer run's model directory
