@@ -322,89 +322,70 @@ def load_train_config(stage: str, preset: str | None = None, config_file: str | 
     raise ValueError(f"config file must be .json (from a run directory) or an official .yaml, got {path}")
 
 
+def _present(cls: type, **values: Any) -> Any:
+    """A config from the values an official file actually has (None = absent: keep our default)."""
+    return config_from_dict(cls, {k: v for k, v in values.items() if v is not None})
+
+
 def _from_official(cls: type, official) -> TrainConfig:
     """The training sections of an official YAML file (spec §1.9, §2.6) as our dataclasses."""
     sections = official.sections
-    losses = sections.get("losses", {}) or {}
-    optimizer = (sections.get("optimizer", {}) or {}).get("params", {}) or {}
-    scheduler = (sections.get("lr_scheduler", {}) or {}).get("params", {}) or {}
-    training = sections.get("training", {}) or {}
-    preprocessing = (sections.get("dataset", {}) or {}).get("preprocessing", {}) or {}
-    data = config_from_dict(
+    losses = sections.get("losses") or {}
+    optimizer = (sections.get("optimizer") or {}).get("params") or {}
+    scheduler = (sections.get("lr_scheduler") or {}).get("params") or {}
+    training = sections.get("training") or {}
+    preprocessing = (sections.get("dataset") or {}).get("preprocessing") or {}
+    data = _present(
         DataConfig,
-        {
-            k: v
-            for k, v in {
-                "resolution": preprocessing.get("resolution", preprocessing.get("crop_size")),
-                "random_crop": preprocessing.get("random_crop"),
-                "random_flip": preprocessing.get("random_flip"),
-                "min_scale": preprocessing.get("min_scale"),
-                "aspect_ratio_aug": preprocessing.get("use_aspect_ratio_aug"),
-                "interpolation": preprocessing.get("interpolation"),
-            }.items()
-            if v is not None
-        },
+        resolution=preprocessing.get("resolution", preprocessing.get("crop_size")),
+        random_crop=preprocessing.get("random_crop"),
+        random_flip=preprocessing.get("random_flip"),
+        min_scale=preprocessing.get("min_scale"),
+        aspect_ratio_aug=preprocessing.get("use_aspect_ratio_aug"),
+        interpolation=preprocessing.get("interpolation"),
     )
-    opt = config_from_dict(
+    opt = _present(
         OptimizerConfig,
-        {
-            k: v
-            for k, v in {
-                "learning_rate": optimizer.get("learning_rate"),
-                "beta1": optimizer.get("beta1"),
-                "beta2": optimizer.get("beta2"),
-                "weight_decay": optimizer.get("weight_decay"),
-                "eps": optimizer.get("epsilon"),
-                "warmup_steps": scheduler.get("warmup_steps"),
-                "max_grad_norm": training.get("max_grad_norm"),
-            }.items()
-            if v is not None
-        },
+        learning_rate=optimizer.get("learning_rate"),
+        beta1=optimizer.get("beta1"),
+        beta2=optimizer.get("beta2"),
+        weight_decay=optimizer.get("weight_decay"),
+        eps=optimizer.get("epsilon"),
+        warmup_steps=scheduler.get("warmup_steps"),
+        max_grad_norm=training.get("max_grad_norm"),
     )
-    train = config_from_dict(
+    train = _present(
         TrainingConfig,
-        {
-            k: v
-            for k, v in {
-                "max_steps": training.get("max_train_steps"),
-                "batch_size": training.get("per_gpu_batch_size"),
-                "gradient_accumulation_steps": training.get("gradient_accumulation_steps"),
-                "mixed_precision": training.get("mixed_precision"),
-                "seed": training.get("seed"),
-                "use_ema": training.get("use_ema"),
-            }.items()
-            if v is not None
-        },
+        max_steps=training.get("max_train_steps"),
+        batch_size=training.get("per_gpu_batch_size"),
+        gradient_accumulation_steps=training.get("gradient_accumulation_steps"),
+        mixed_precision=training.get("mixed_precision"),
+        seed=training.get("seed"),
+        use_ema=training.get("use_ema"),
     )
     if cls is TokenizerTrainConfig:
-        loss = config_from_dict(
+        loss = _present(
             TokenizerLossConfig,
-            {
-                k: v
-                for k, v in {
-                    "reconstruction_weight": losses.get("reconstruction_weight"),
-                    "perceptual": "resnet50"
-                    if losses.get("perceptual_loss") == "resnet50"
-                    else losses.get("perceptual_loss"),
-                    "perceptual_weight": losses.get("perceptual_weight"),
-                    "quantizer_weight": losses.get("quantizer_weight"),
-                    "entropy_annealing_steps": losses.get("entropy_annealing_steps"),
-                    "entropy_annealing_factor": losses.get("entropy_annealing_factor"),
-                    "discriminator_start": losses.get("discriminator_start"),
-                    "discriminator_factor": losses.get("discriminator_factor"),
-                    "discriminator_weight": losses.get("discriminator_weight"),
-                    "lecam_weight": losses.get("lecam_regularization_weight"),
-                    "discriminator_learning_rate": optimizer.get("discriminator_learning_rate"),
-                }.items()
-                if v is not None
-            },
+            reconstruction_weight=losses.get("reconstruction_weight"),
+            perceptual=losses.get("perceptual_loss"),
+            perceptual_weight=losses.get("perceptual_weight"),
+            quantizer_weight=losses.get("quantizer_weight"),
+            entropy_annealing_steps=losses.get("entropy_annealing_steps"),
+            entropy_annealing_factor=losses.get("entropy_annealing_factor"),
+            discriminator_start=losses.get("discriminator_start"),
+            discriminator_factor=losses.get("discriminator_factor"),
+            discriminator_weight=losses.get("discriminator_weight"),
+            lecam_weight=losses.get("lecam_regularization_weight"),
+            discriminator_learning_rate=optimizer.get("discriminator_learning_rate"),
         )
         return TokenizerTrainConfig(model=official.tokenizer, data=data, optimizer=opt, loss=loss, training=train)
     if official.generator is None:
         raise ValueError("this YAML file has no model.mlm_model section: it is not a generator config")
+    if "use_aspect_ratio_aug" not in preprocessing:  # Stage II trains without aspect-ratio jitter
+        data = dataclasses.replace(data, aspect_ratio_aug=False)
     return GeneratorTrainConfig(
         model=official.generator,
-        data=dataclasses.replace(data, aspect_ratio_aug=False) if "use_aspect_ratio_aug" not in preprocessing else data,
+        data=data,
         optimizer=opt,
         sampling=official.sampling or SamplingConfig(),
         training=train,

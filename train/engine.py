@@ -72,8 +72,32 @@ def set_lr(optimizer: torch.optim.Optimizer, base: float, factor: float) -> floa
 # ---------------------------------------------------------------------------------------------------- stages
 
 
-class TokenizerStage:
+class Stage:
+    """What the loop needs of a stage; the two stages below differ in their models, data and step."""
+
+    model_class: type
+    model: torch.nn.Module
+    ema: EMA | None
+    accelerator: Accelerator
+    class_names: list[str]
+
+    def after_step(self) -> None:
+        if self.ema is not None and self.accelerator.sync_gradients:
+            self.ema.update(self.accelerator.unwrap_model(self.model))
+
+    def export_model(self):
+        """A plain copy of the model with the EMA weights (the raw ones without EMA), in eval mode."""
+        model = self.accelerator.unwrap_model(self.model)
+        with torch.random.fork_rng(devices=[]):  # building a model draws initial weights: keep the RNG stream
+            exported = self.model_class(model.config)
+        exported.load_state_dict(model.state_dict())
+        return (self.ema.copy_to(exported) if self.ema is not None else exported).eval()
+
+
+class TokenizerStage(Stage):
     """Stage I: autoencoder with LFQ, perceptual and GAN losses (spec §1.7)."""
+
+    model_class = Tokenizer
 
     def __init__(self, config: TokenizerTrainConfig, accelerator: Accelerator):
         from train.datasets import build_dataset
@@ -178,17 +202,6 @@ class TokenizerStage:
         logs["loss"] = loss
         return {k: float(v) for k, v in logs.items()}
 
-    def after_step(self) -> None:
-        if self.ema is not None and self.accelerator.sync_gradients:
-            self.ema.update(self.accelerator.unwrap_model(self.model))
-
-    def export_model(self) -> Tokenizer:
-        model = self.accelerator.unwrap_model(self.model)
-        with torch.random.fork_rng(devices=[]):  # building a model draws initial weights: keep the RNG stream
-            exported = Tokenizer(model.config)
-        exported.load_state_dict(model.state_dict())
-        return (self.ema.copy_to(exported) if self.ema is not None else exported).eval()
-
     @torch.no_grad()
     def samples(self, model: Tokenizer) -> tuple[torch.Tensor, dict[str, float]]:
         """Eval images (top) over their reconstructions (bottom), and the mean PSNR."""
@@ -197,8 +210,10 @@ class TokenizerStage:
         return grid, {"eval_psnr": float(psnr(reconstructions, self.eval_images).mean())}
 
 
-class GeneratorStage:
+class GeneratorStage(Stage):
     """Stage II: masked bit-group modelling over a frozen tokenizer's tokens (spec §2.4)."""
+
+    model_class = Generator
 
     def __init__(self, config: GeneratorTrainConfig, accelerator: Accelerator):
         self.config, self.accelerator = config, accelerator
@@ -288,17 +303,6 @@ class GeneratorStage:
             "masked_accuracy": float(masked_accuracy),
             "mask_ratio": float(masked.float().mean()),
         }
-
-    def after_step(self) -> None:
-        if self.ema is not None and self.accelerator.sync_gradients:
-            self.ema.update(self.accelerator.unwrap_model(self.model))
-
-    def export_model(self) -> Generator:
-        model = self.accelerator.unwrap_model(self.model)
-        with torch.random.fork_rng(devices=[]):  # building a model draws initial weights: keep the RNG stream
-            exported = Generator(model.config)
-        exported.load_state_dict(model.state_dict())
-        return (self.ema.copy_to(exported) if self.ema is not None else exported).eval()
 
     @torch.no_grad()
     def samples(self, model: Generator) -> tuple[torch.Tensor, dict[str, float]]:
