@@ -343,3 +343,12 @@ def test_overrides_and_official_yaml(tmp_path):
     assert generator.optimizer.learning_rate == 1e-4 and generator.optimizer.beta2 == 0.96
     tokenizer = load_train_config("tokenizer", config_file=str(tmp_path / "gen.yaml"))
     assert isinstance(tokenizer, TokenizerTrainConfig) and tokenizer.loss.discriminator_start == 20000
+
+
+def test_bf16_gradient_accumulation_and_tensorboard(tmp_path):
+    run_dir = tmp_path / "run"
+    run_train("tokenizer", "--preset", "tiny", "--run-dir", str(run_dir), "--set", "training.max_steps=2",
+              "training.mixed_precision=bf16", "training.gradient_accumulation_steps=2", "training.tensorboard=true")
+    metrics = RunDir(run_dir).read_metrics()
+    assert [m["step"] for m in metrics] == [1, 2] and all(math.isfinite(m["loss"]) for m in metrics)
+    assert list(run_dir.rglob("events.out.tfevents.*")), "no TensorBoard event file"
