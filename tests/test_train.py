@@ -347,8 +347,18 @@ def test_overrides_and_official_yaml(tmp_path):
 
 def test_bf16_gradient_accumulation_and_tensorboard(tmp_path):
     run_dir = tmp_path / "run"
-    run_train("tokenizer", "--preset", "tiny", "--run-dir", str(run_dir), "--set", "training.max_steps=2",
-              "training.mixed_precision=bf16", "training.gradient_accumulation_steps=2", "training.tensorboard=true")
+    run_train(
+        "tokenizer",
+        "--preset",
+        "tiny",
+        "--run-dir",
+        str(run_dir),
+        "--set",
+        "training.max_steps=2",
+        "training.mixed_precision=bf16",
+        "training.gradient_accumulation_steps=2",
+        "training.tensorboard=true",
+    )
     metrics = RunDir(run_dir).read_metrics()
     assert [m["step"] for m in metrics] == [1, 2] and all(math.isfinite(m["loss"]) for m in metrics)
     assert list(run_dir.rglob("events.out.tfevents.*")), "no TensorBoard event file"

@@ -149,6 +149,7 @@ def write_json_atomic(path: Path, value: Any) -> None:
         with os.fdopen(fd, "w") as file:
             json.dump(value, file, indent=2)
             file.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp creates files readable by their owner only
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,0 +1,5 @@
+import sys
+
+from indexes.cli import main
+
+sys.exit(main())

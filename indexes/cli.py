@@ -1,0 +1,166 @@
+"""`python -m indexes build | add | search`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from indexes.lpips_embedding import MissingBackboneError
+from indexes.store import METRICS, ImageIndex, IndexError_
+from maskbit import CheckpointError, Tokenizer
+from maskbit.images import find_images, load_image
+
+logger = logging.getLogger("indexes")
+
+EXAMPLES = {
+    "build": """examples:
+  python -m indexes build --dataset procedural --split train --limit 20000 --tokenizer default --out indexes/default
+  python -m indexes build --dataset /data/imagenet --split train --tokenizer markweber/maskbit_tokenizer_12bit \\
+      --resolution 256 --metrics hamming pixel --out indexes/imagenet12""",
+    "add": """examples:
+  python -m indexes add my_images/ --index indexes/default --tokenizer default""",
+    "search": """examples:
+  python -m indexes search generated.png --index indexes/default --tokenizer default --k 5""",
+}
+
+
+def load_tokenizer(args: argparse.Namespace) -> Tokenizer:
+    return Tokenizer.from_pretrained(args.tokenizer, args.tokenizer_config).requires_grad_(False)
+
+
+def cmd_build(args: argparse.Namespace) -> None:
+    """Create the index, or continue a build that stopped: images already indexed are skipped."""
+    from train.config import DataConfig
+    from train.data import AugmentedImages
+    from train.datasets import build_dataset
+
+    tokenizer = load_tokenizer(args)
+    resolution = args.resolution or tokenizer.config.image_size
+    dataset = build_dataset(args.dataset, args.split, args.seed, resolution)
+    view = AugmentedImages(dataset, DataConfig(dataset=args.dataset, resolution=resolution), seed=0, train=False)
+    total = min(args.limit or len(view), len(view))
+    out = Path(args.out)
+    if (out / "manifest.json").is_file():
+        index = ImageIndex.open(out, tokenizer)
+        described = index.manifest.get("dataset", {})
+        if described.get("spec") != args.dataset or described.get("split") != args.split:
+            raise IndexError_(f"{out} indexes {described}; use `python -m indexes add` to add other images")
+    else:
+        index = ImageIndex.create(out, tokenizer, resolution, args.metrics, args.lpips_net, args.random_lpips_backbone)
+        index.manifest["dataset"] = {
+            "spec": args.dataset,
+            "split": args.split,
+            "seed": args.seed,
+            "classes": list(getattr(dataset, "classes", [])),
+        }
+    start = len(index)
+    with tqdm(total=total, initial=start, desc="indexing", unit="image") as bar:
+        for first in range(start, total, args.batch_size):
+            ids = range(first, min(first + args.batch_size, total))
+            items = [view[i] for i in ids]
+            images = torch.stack([image for image, _ in items])
+            index.add(images, [f"{args.dataset}:{args.split}:{i}" for i in ids], [label for _, label in items])
+            bar.update(len(ids))
+            if (first // args.batch_size) % args.save_every == 0:
+                index.save()  # a resumable point
+    index.save()
+    print(f"indexed {len(index)} images of {args.dataset} ({args.split}) into {out}")
+
+
+def cmd_add(args: argparse.Namespace) -> None:
+    tokenizer = load_tokenizer(args)
+    index = ImageIndex.open(args.index, tokenizer)
+    paths = find_images(args.images)
+    size = index.manifest["image_size"]
+    for first in tqdm(range(0, len(paths), args.batch_size), desc="adding", unit="batch"):
+        batch = paths[first : first + args.batch_size]
+        index.add(torch.stack([load_image(p, size) for p in batch]), [str(p) for p in batch], [args.label] * len(batch))
+    index.save()
+    print(f"added {len(paths)} images; {args.index} holds {len(index)}")
+
+
+def cmd_search(args: argparse.Namespace) -> None:
+    tokenizer = load_tokenizer(args)
+    index = ImageIndex.open(args.index, tokenizer)
+    paths = find_images(args.images)
+    size = index.manifest["image_size"]
+    images = torch.stack([load_image(p, size) for p in paths])
+    results = index.search(images, k=args.k, metrics=args.metrics)
+    report = []
+    for q, path in enumerate(paths):
+        entry = {"query": str(path)}
+        for metric, found in results.items():
+            entry[metric] = [
+                {"id": int(i), "distance": float(d), "source": s, "label": label}
+                for i, d, s, label in zip(found.ids[q], found.distances[q], found.sources[q], found.labels[q])
+            ]
+        report.append(entry)
+        print(f"{path}")
+        for metric, found in results.items():
+            row = ", ".join(f"{s} ({d:.4g})" for s, d in zip(found.sources[q], found.distances[q]))
+            print(f"  {metric:8s} {row}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m indexes", description="nearest-neighbour indexes of images")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        p = commands.add_parser(
+            name,
+            help=help,
+            description=help,
+            epilog=EXAMPLES[name],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        p.add_argument("--tokenizer", default="default", help="from_pretrained source")
+        p.add_argument("--tokenizer-config", help="for an official .bin: preset or YAML")
+        p.add_argument("--batch-size", type=int, default=64)
+        return p
+
+    p = command("build", "index a dataset split (resumes an interrupted build)")
+    p.add_argument("--dataset", default="procedural")
+    p.add_argument("--split", default="train")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resolution", type=int, help="default: the tokenizer's image size")
+    p.add_argument("--limit", type=int, help="index the first N images")
+    p.add_argument("--metrics", nargs="+", default=list(METRICS), choices=METRICS)
+    p.add_argument("--lpips-net", default="alex", choices=["alex", "vgg", "squeeze"])
+    p.add_argument("--random-lpips-backbone", action="store_true", help="tests only: LPIPS with a random trunk")
+    p.add_argument("--save-every", type=int, default=50, help="save after this many batches")
+    p.add_argument("--out", required=True)
+    p.set_defaults(run=cmd_build)
+
+    p = command("add", "add image files to an index")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--index", required=True)
+    p.add_argument("--label", type=int, default=-1)
+    p.set_defaults(run=cmd_add)
+
+    p = command("search", "nearest indexed images of image files")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--index", required=True)
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--metrics", nargs="+", choices=METRICS)
+    p.add_argument("--json", help="also write the results as JSON")
+    p.set_defaults(run=cmd_search)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        args.run(args)
+    except (IndexError_, MissingBackboneError, CheckpointError, ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,83 @@
+"""LPIPS as a Euclidean distance, so that exact LPIPS k-NN is a FAISS L2 search.
+
+LPIPS(x, y) = Σ_l 1/(H_l W_l) Σ_{h,w} Σ_c w_{l,c} (x̂_{l,c,h,w} − ŷ_{l,c,h,w})², with x̂ the channel-normalised
+features of layer l and w_l ≥ 0 the learned linear weights (Zhang et al., 2018). Hence LPIPS(x, y) = ‖φ(x) − φ(y)‖²
+for φ(x) = concat_l sqrt(w_l / (H_l W_l)) · x̂_l, which this module computes with the `lpips` package's own layers.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = ["LPIPSEmbedding", "MissingBackboneError", "BACKBONE_FILES"]
+
+# torchvision's ImageNet weights that lpips loads for its trunk (downloaded on first use when online).
+BACKBONE_FILES = {
+    "alex": "alexnet-owt-7be5be79.pth",
+    "vgg": "vgg16-397923af.pth",
+    "squeeze": "squeezenet1_1-b8a52dc0.pth",
+}
+
+
+class MissingBackboneError(RuntimeError):
+    """The LPIPS trunk's ImageNet weights are not on this machine."""
+
+
+def backbone_path(net: str) -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / BACKBONE_FILES[net]
+
+
+class LPIPSEmbedding(nn.Module):
+    """images (B, 3, H, W) in [0, 1] → φ (B, D) float32 with ‖φ(x) − φ(y)‖² = lpips.LPIPS(net)(x, y)."""
+
+    def __init__(self, net: str = "alex", random_backbone: bool = False):
+        super().__init__()
+        import lpips
+
+        if net not in BACKBONE_FILES:
+            raise ValueError(f"LPIPS net must be one of {sorted(BACKBONE_FILES)}, got {net!r}")
+        if not random_backbone and not backbone_path(net).is_file():
+            self._download_or_explain(net)
+        self.net_name = net
+        # lpips still uses torchvision's deprecated `pretrained=` argument; a random trunk (tests, offline) is seeded
+        # so that an index built with one can be searched again.
+        with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
+            warnings.simplefilter("ignore", UserWarning)
+            torch.manual_seed(0)
+            self.lpips = lpips.LPIPS(net=net, pnet_rand=random_backbone, verbose=False).eval().requires_grad_(False)
+        self.random_backbone = random_backbone
+        for layer in self.lpips.lins:
+            if (layer.model[-1].weight < 0).any():
+                raise ValueError("LPIPS linear weights must be non-negative for the Euclidean form")
+
+    @staticmethod
+    def _download_or_explain(net: str) -> None:
+        from torchvision.models import AlexNet_Weights, SqueezeNet1_1_Weights, VGG16_Weights
+
+        url = {"alex": AlexNet_Weights, "vgg": VGG16_Weights, "squeeze": SqueezeNet1_1_Weights}[net].IMAGENET1K_V1.url
+        try:
+            torch.hub.load_state_dict_from_url(url, progress=False, weights_only=True)
+        except Exception:
+            raise MissingBackboneError(
+                f"LPIPS ({net}) needs torchvision's ImageNet weights {BACKBONE_FILES[net]} "
+                f"in {backbone_path(net).parent}; "
+                f"download {url} on a machine that is online and put it there (TORCH_HOME sets the folder). "
+                "Hamming and pixel search work without it."
+            ) from None
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        import lpips
+
+        x = self.lpips.scaling_layer(images.float() * 2 - 1)
+        parts = []
+        for features, layer in zip(self.lpips.net.forward(x), self.lpips.lins):
+            normalized = lpips.normalize_tensor(features)  # (B, C, H, W), unit norm over channels
+            h, w = normalized.shape[-2:]
+            weight = layer.model[-1].weight.view(1, -1, 1, 1)  # (1, C, 1, 1)
+            parts.append((normalized * (weight / (h * w)).sqrt()).flatten(1))
+        return torch.cat(parts, dim=1)

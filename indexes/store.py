@@ -1,0 +1,263 @@
+"""The index directory: FAISS indexes of a set of images, with what was indexed and by which tokenizer.
+
+    manifest.json      tokenizer identity, K, grid, image size, metrics, count, versions (written last)
+    hamming.faiss      IndexBinaryFlat over the packed bit tokens (exact Hamming distance)
+    lpips.faiss        IndexFlatL2 over φ(x), ‖φ(x) − φ(y)‖² = LPIPS(x, y) (exact)
+    pixel.faiss        IndexFlatL2 over 16×16 thumbnails in [0, 1] (squared L2)
+    tokens.npy         (N, h, w) token indices, for per-token Hamming maps
+    thumbnails.npy     (N, T, T, 3) uint8, for display
+    sources.jsonl      one {"source", "label"} per id
+Every file is written under a temporary name and renamed; the manifest last, so a crash leaves the old index.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from indexes.lpips_embedding import LPIPSEmbedding
+from maskbit import Tokenizer, bits
+
+__all__ = ["ImageIndex", "Neighbours", "IndexError_", "METRICS"]
+
+METRICS = ("hamming", "lpips", "pixel")
+PIXEL_SIZE = 16
+THUMBNAIL_SIZE = 64
+FORMAT_VERSION = 1
+
+
+class IndexError_(ValueError):
+    """An index that cannot be used as asked; the message says why and what to do."""
+
+
+@dataclass
+class Neighbours:
+    """Top-k results of one metric for Q queries."""
+
+    metric: str
+    ids: np.ndarray  # (Q, k) int64
+    distances: np.ndarray  # (Q, k): Hamming bits, LPIPS, or squared pixel L2
+    sources: list[list[str]]
+    labels: list[list[int]]
+
+
+class ImageIndex:
+    def __init__(self, directory: Path, tokenizer: Tokenizer, manifest: dict[str, Any], lpips: LPIPSEmbedding | None):
+        self.directory, self.tokenizer, self.manifest, self.lpips = directory, tokenizer, manifest, lpips
+        self.faiss: dict[str, Any] = {}
+        self.tokens = np.zeros((0, *manifest["grid"]), dtype=np.int32)
+        self.thumbnails = np.zeros((0, THUMBNAIL_SIZE, THUMBNAIL_SIZE, 3), dtype=np.uint8)
+        self.sources: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------------------------------------ open / create
+
+    @classmethod
+    def create(
+        cls,
+        directory: str | Path,
+        tokenizer: Tokenizer,
+        image_size: int,
+        metrics: Sequence[str] = METRICS,
+        lpips_net: str = "alex",
+        random_lpips_backbone: bool = False,
+    ) -> ImageIndex:
+        unknown = set(metrics) - set(METRICS)
+        if unknown or not metrics:
+            raise IndexError_(f"metrics must be a non-empty subset of {METRICS}, got {list(metrics)}")
+        directory = Path(directory)
+        if (directory / "manifest.json").exists():
+            raise IndexError_(f"{directory} already holds an index; open it to add images, or choose another --out")
+        f = tokenizer.downsample_factor
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "tokenizer": {
+                "identity": tokenizer.identity(),
+                "num_bits": tokenizer.num_bits,
+                "config": tokenizer.config.__dict__,
+            },
+            "image_size": image_size,
+            "grid": [image_size // f, image_size // f],
+            "metrics": list(metrics),
+            "lpips_net": lpips_net if "lpips" in metrics else None,
+            "lpips_random_backbone": random_lpips_backbone,
+            "count": 0,
+            "versions": {"faiss": faiss.__version__, "torch": torch.__version__},
+        }
+        lpips = LPIPSEmbedding(lpips_net, random_lpips_backbone) if "lpips" in metrics else None
+        index = cls(directory, tokenizer, manifest, lpips)
+        code_bits = manifest["grid"][0] * manifest["grid"][1] * tokenizer.num_bits
+        index.faiss["hamming"] = faiss.IndexBinaryFlat(-(-code_bits // 8) * 8)
+        if lpips is not None:
+            dim = lpips(torch.zeros(1, 3, image_size, image_size)).shape[1]
+            index.faiss["lpips"] = faiss.IndexFlatL2(dim)
+        if "pixel" in metrics:
+            index.faiss["pixel"] = faiss.IndexFlatL2(3 * PIXEL_SIZE * PIXEL_SIZE)
+        directory.mkdir(parents=True, exist_ok=True)
+        index.save()
+        return index
+
+    @classmethod
+    def open(cls, directory: str | Path, tokenizer: Tokenizer) -> ImageIndex:
+        directory = Path(directory)
+        try:
+            manifest = json.loads((directory / "manifest.json").read_text())
+        except FileNotFoundError:
+            raise IndexError_(f"{directory} is not an index: manifest.json is missing (build one first)") from None
+        except json.JSONDecodeError as error:
+            raise IndexError_(f"{directory / 'manifest.json'} is corrupt: {error}") from None
+        if manifest["tokenizer"]["identity"] != tokenizer.identity():
+            raise IndexError_(
+                f"{directory} was built with another tokenizer ({manifest['tokenizer']['num_bits']} bits, identity "
+                f"{manifest['tokenizer']['identity'][:12]}…) than the one given ({tokenizer.num_bits} bits, "
+                f"{tokenizer.identity()[:12]}…); search it with the tokenizer it was built with, or rebuild it"
+            )
+        lpips = None
+        if "lpips" in manifest["metrics"]:
+            lpips = LPIPSEmbedding(manifest["lpips_net"], manifest["lpips_random_backbone"])
+        index = cls(directory, tokenizer, manifest, lpips)
+        count = manifest["count"]
+        try:
+            for metric in manifest["metrics"]:
+                path = str(directory / f"{metric}.faiss")
+                read = faiss.read_index_binary if metric == "hamming" else faiss.read_index
+                index.faiss[metric] = read(path)
+                if index.faiss[metric].ntotal != count:
+                    raise IndexError_(f"{path} holds {index.faiss[metric].ntotal} entries, the manifest says {count}")
+            if "hamming" not in index.faiss:
+                raise IndexError_(f"{directory} has no Hamming index")
+            index.tokens = np.load(directory / "tokens.npy", allow_pickle=False)
+            index.thumbnails = np.load(directory / "thumbnails.npy", allow_pickle=False)
+            index.sources = [json.loads(line) for line in (directory / "sources.jsonl").read_text().splitlines()]
+        except IndexError_:
+            raise
+        except (RuntimeError, OSError, ValueError, json.JSONDecodeError) as error:
+            raise IndexError_(
+                f"{directory} is corrupt or truncated ({type(error).__name__}: {error}); rebuild it"
+            ) from None
+        if not (len(index.tokens) == len(index.thumbnails) == len(index.sources) == count):
+            raise IndexError_(f"{directory} is inconsistent: its files hold different numbers of images; rebuild it")
+        return index
+
+    # ------------------------------------------------------------------------------------------------ add / save
+
+    def __len__(self) -> int:
+        return self.manifest["count"]
+
+    @torch.no_grad()
+    def add(self, images: torch.Tensor, sources: Sequence[str], labels: Sequence[int]) -> None:
+        """Index images (B, 3, S, S) in [0, 1] (S = the index's image size); call save() to persist."""
+        size = self.manifest["image_size"]
+        if images.dim() != 4 or tuple(images.shape[1:]) != (3, size, size):
+            raise IndexError_(f"images must have shape (B, 3, {size}, {size}), got {tuple(images.shape)}")
+        tokens = self.tokenizer.encode(images)
+        self.faiss["hamming"].add(bits.pack_bits(tokens, self.tokenizer.num_bits).cpu().numpy())
+        if "lpips" in self.faiss:
+            self.faiss["lpips"].add(self.lpips(images).cpu().numpy())
+        if "pixel" in self.faiss:
+            self.faiss["pixel"].add(pixel_features(images))
+        self.tokens = np.concatenate([self.tokens, tokens.cpu().numpy().astype(np.int32)])
+        self.thumbnails = np.concatenate([self.thumbnails, thumbnails(images)])
+        self.sources += [{"source": str(s), "label": int(label)} for s, label in zip(sources, labels, strict=True)]
+        self.manifest["count"] += len(images)
+
+    def save(self) -> None:
+        """Write every file whole under a temporary name, rename it, and the manifest last."""
+        d = self.directory
+        for metric, index in self.faiss.items():
+            write = faiss.write_index_binary if metric == "hamming" else faiss.write_index
+            _atomic(d / f"{metric}.faiss", lambda p, index=index, write=write: write(index, p))
+        _atomic(d / "tokens.npy", lambda p: _save_npy(p, self.tokens))
+        _atomic(d / "thumbnails.npy", lambda p: _save_npy(p, self.thumbnails))
+        _atomic(d / "sources.jsonl", lambda p: Path(p).write_text("".join(json.dumps(s) + "\n" for s in self.sources)))
+        self.manifest["updated"] = time.time()
+        _atomic(d / "manifest.json", lambda p: Path(p).write_text(json.dumps(self.manifest, indent=2) + "\n"))
+
+    # ------------------------------------------------------------------------------------------------ search
+
+    @torch.no_grad()
+    def search(
+        self,
+        images: torch.Tensor | None = None,
+        tokens: torch.Tensor | None = None,
+        k: int = 10,
+        metrics: Sequence[str] | None = None,
+    ) -> dict[str, Neighbours]:
+        """Top-k neighbours per metric of images (Q, 3, S, S) in [0, 1], or of token grids (Q, h, w) (Hamming only)."""
+        if (images is None) == (tokens is None):
+            raise IndexError_("give images or tokens")
+        metrics = list(metrics or self.manifest["metrics"])
+        missing = [m for m in metrics if m not in self.faiss]
+        if missing:
+            raise IndexError_(f"this index has no {', '.join(missing)} index (it has {', '.join(self.faiss)})")
+        if images is None and metrics != ["hamming"]:
+            raise IndexError_("token queries can only be searched by Hamming distance; pass metrics=['hamming']")
+        if len(self) == 0:
+            raise IndexError_("the index is empty")
+        k = max(1, min(k, len(self)))
+        if tokens is None:
+            tokens = self.tokenizer.encode(images)
+        results = {}
+        for metric in metrics:
+            if metric == "hamming":
+                grid = tuple(self.manifest["grid"])
+                if tuple(tokens.shape[1:]) != grid:
+                    raise IndexError_(f"token grids must be {grid}, got {tuple(tokens.shape[1:])}")
+                distances, ids = self.faiss[metric].search(
+                    bits.pack_bits(tokens, self.tokenizer.num_bits).cpu().numpy(), k
+                )
+            elif metric == "lpips":
+                distances, ids = self.faiss[metric].search(self.lpips(images).cpu().numpy(), k)
+            else:
+                distances, ids = self.faiss[metric].search(pixel_features(images), k)
+            ids = ids.astype(np.int64)
+            results[metric] = Neighbours(
+                metric,
+                ids,
+                distances,
+                [[self.sources[i]["source"] for i in row] for row in ids],
+                [[self.sources[i]["label"] for i in row] for row in ids],
+            )
+        return results
+
+    def token_distance_map(self, tokens: torch.Tensor, neighbour_id: int) -> np.ndarray:
+        """Per-token Hamming distance (h, w) between one token grid and an indexed image."""
+        return bits.hamming(tokens.cpu().long(), torch.from_numpy(self.tokens[neighbour_id]).long()).numpy()
+
+
+def pixel_features(images: torch.Tensor) -> np.ndarray:
+    """(B, 3·16·16) float32: area-downsampled thumbnails in [0, 1]."""
+    small = F.interpolate(images.float().clamp(0, 1), size=(PIXEL_SIZE, PIXEL_SIZE), mode="area")
+    return small.flatten(1).cpu().numpy().astype(np.float32)
+
+
+def thumbnails(images: torch.Tensor) -> np.ndarray:
+    small = F.interpolate(images.float().clamp(0, 1), size=(THUMBNAIL_SIZE, THUMBNAIL_SIZE), mode="area")
+    return (small * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def _save_npy(path: str, array: np.ndarray) -> None:
+    with open(path, "wb") as file:  # np.save on a name would append ".npy"
+        np.save(file, array)
+
+
+def _atomic(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp creates files readable by their owner only
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

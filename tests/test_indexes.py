@@ -1,0 +1,198 @@
+"""Indexes against brute force and against the lpips package itself."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from indexes.lpips_embedding import LPIPSEmbedding
+from indexes.store import ImageIndex, IndexError_, pixel_features
+from maskbit import Tokenizer, TokenizerConfig, bits
+from tests.conftest import OFFICIAL_TINY
+from train.datasets import ProceduralShapes
+
+ROOT = Path(__file__).parents[1]
+
+
+def procedural(count: int, start: int = 0, split: str = "train") -> tuple[torch.Tensor, list[int]]:
+    dataset = ProceduralShapes(split, resolution=32)
+    items = [dataset[i] for i in range(start, start + count)]
+    images = torch.stack([torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).float() / 255 for im, _ in items])
+    return images, [label for _, label in items]
+
+
+@pytest.fixture(scope="module")
+def index(tmp_path_factory, tiny_tokenizer) -> ImageIndex:
+    directory = tmp_path_factory.mktemp("index")
+    built = ImageIndex.create(directory, tiny_tokenizer, 32, random_lpips_backbone=True)
+    images, labels = procedural(120)
+    built.add(images, [f"train:{i}" for i in range(120)], labels)
+    built.save()
+    return ImageIndex.open(directory, tiny_tokenizer)
+
+
+@pytest.mark.parametrize("net", ["alex", "vgg", "squeeze"])
+def test_lpips_embedding_distance_equals_the_lpips_package(net):
+    torch.manual_seed(0)
+    embedding = LPIPSEmbedding(net, random_backbone=True)
+    x, y = torch.rand(6, 3, 64, 64), torch.rand(6, 3, 64, 64)
+    reference = embedding.lpips(x, y, normalize=True).flatten()
+    ours = (embedding(x) - embedding(y)).pow(2).sum(1)
+    assert ((ours - reference).abs() / reference).max() <= 1e-4
+
+
+def test_hamming_search_equals_brute_force(index):
+    queries, _ = procedural(8, split="test")
+    found = index.search(queries, k=10)["hamming"]
+    packed = np.stack([bits.pack_bits(torch.from_numpy(t[None]).long(), 12)[0].numpy() for t in index.tokens])
+    query_codes = bits.pack_bits(index.tokenizer.encode(queries), 12).numpy()
+    brute = np.unpackbits(query_codes[:, None] ^ packed[None], axis=-1).sum(-1)  # (Q, N)
+    expected = np.sort(brute, axis=1)[:, :10]
+    assert np.array_equal(found.distances, expected)
+    assert np.array_equal(np.take_along_axis(brute, found.ids, 1), found.distances)  # ids carry those distances
+
+
+def test_lpips_search_equals_lpips_over_every_training_image(index):
+    queries, _ = procedural(3, split="test")
+    found = index.search(queries, k=5, metrics=["lpips"])["lpips"]
+    training, _ = procedural(120)
+    for q in range(len(queries)):
+        reference = index.lpips.lpips(queries[q : q + 1].expand(120, -1, -1, -1), training, normalize=True).flatten()
+        best = torch.sort(reference).values[:5].numpy()
+        assert np.allclose(found.distances[q], best, rtol=1e-4, atol=1e-6)
+        assert np.allclose(reference[found.ids[q]].numpy(), found.distances[q], rtol=1e-4, atol=1e-6)
+
+
+def test_pixel_search_equals_brute_force(index):
+    queries, _ = procedural(4, split="test")
+    found = index.search(queries, k=5, metrics=["pixel"])["pixel"]
+    training, _ = procedural(120)
+    brute = ((pixel_features(queries)[:, None] - pixel_features(training)[None]) ** 2).sum(-1)
+    assert np.allclose(found.distances, np.sort(brute, 1)[:, :5], rtol=1e-5, atol=1e-5)
+
+
+def test_an_indexed_image_finds_itself_and_sources_and_labels_come_back(index):
+    images, labels = procedural(2, start=7)
+    results = index.search(images, k=1)
+    for metric in ("hamming", "lpips", "pixel"):
+        assert results[metric].ids[:, 0].tolist() == [7, 8]
+        assert np.allclose(results[metric].distances[:, 0], 0, atol=1e-5)
+        assert results[metric].sources[0][0] == "train:7" and results[metric].labels[1][0] == labels[1]
+    tokens = index.tokenizer.encode(images[:1])
+    assert index.token_distance_map(tokens[0], 7).sum() == 0
+    assert index.search(tokens=tokens, k=1, metrics=["hamming"])["hamming"].ids[0, 0] == 7
+
+
+def test_adding_images_needs_no_rebuild(tmp_path, tiny_tokenizer):
+    built = ImageIndex.create(tmp_path, tiny_tokenizer, 32, metrics=["hamming", "pixel"])
+    first, labels = procedural(30)
+    built.add(first, [str(i) for i in range(30)], labels)
+    built.save()
+    reopened = ImageIndex.open(tmp_path, tiny_tokenizer)
+    extra, extra_labels = procedural(5, start=500)
+    reopened.add(extra, [f"extra{i}" for i in range(5)], extra_labels)
+    reopened.save()
+    final = ImageIndex.open(tmp_path, tiny_tokenizer)
+    assert len(final) == 35
+    assert final.search(extra[2:3], k=1)["hamming"].sources[0][0] == "extra2"
+
+
+def test_a_different_tokenizer_is_refused(index):
+    torch.manual_seed(1)
+    other = Tokenizer(TokenizerConfig(12, 32, (1, 1, 2), 1, image_size=32))
+    with pytest.raises(IndexError_, match="built with another tokenizer"):
+        ImageIndex.open(index.directory, other)
+
+
+def test_corrupt_and_truncated_files_are_reported(tmp_path, index, tiny_tokenizer):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(index.directory, copy)
+    data = (copy / "hamming.faiss").read_bytes()
+    (copy / "hamming.faiss").write_bytes(data[: len(data) // 2])
+    with pytest.raises(IndexError_, match="corrupt or truncated"):
+        ImageIndex.open(copy, tiny_tokenizer)
+    (copy / "manifest.json").write_text("{not json")
+    with pytest.raises(IndexError_, match="manifest.json is corrupt"):
+        ImageIndex.open(copy, tiny_tokenizer)
+    with pytest.raises(IndexError_, match="manifest.json is missing"):
+        ImageIndex.open(tmp_path / "nothing", tiny_tokenizer)
+
+
+def test_bad_queries_are_explained(index):
+    with pytest.raises(IndexError_, match=r"shape \(B, 3, 32, 32\)"):
+        index.add(torch.rand(1, 3, 64, 64), ["x"], [0])
+    with pytest.raises(IndexError_, match="only be searched by Hamming"):
+        index.search(tokens=torch.zeros(1, 8, 8, dtype=torch.long))
+    with pytest.raises(IndexError_, match="give images or tokens"):
+        index.search()
+
+
+def test_missing_lpips_backbone_is_explained_and_hamming_still_works(tmp_path, tiny_tokenizer):
+    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch")}
+    code = "from indexes.lpips_embedding import LPIPSEmbedding\nLPIPSEmbedding('alex')"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert (
+        "alexnet-owt-7be5be79.pth" in result.stderr and str(tmp_path / "torch" / "hub" / "checkpoints") in result.stderr
+    )
+    ImageIndex.create(tmp_path / "index", tiny_tokenizer, 32, metrics=["hamming", "pixel"])  # no LPIPS needed
+
+
+def test_lpips_loads_a_backbone_from_the_torch_cache(tmp_path):
+    """A random AlexNet under the expected name exercises the pretrained loading path offline."""
+    from torchvision.models import alexnet
+
+    checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    torch.save(alexnet().state_dict(), checkpoints / "alexnet-owt-7be5be79.pth")
+    code = (
+        "import torch\nfrom indexes.lpips_embedding import LPIPSEmbedding\n"
+        "e = LPIPSEmbedding('alex')\nx, y = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)\n"
+        "print(float(((e(x) - e(y)).pow(2).sum(1) / e.lpips(x, y, normalize=True).flatten() - 1).abs().max()))"
+    )
+    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch")}
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert float(result.stdout.strip()) <= 1e-4
+
+
+def test_build_resume_add_and_search_from_the_command_line(tmp_path):
+    tokenizer = ["--tokenizer", str(OFFICIAL_TINY / "tiny_tokenizer.bin"), "--tokenizer-config", "tiny"]
+
+    def indexes(*args, check=True):
+        result = subprocess.run([sys.executable, "-m", "indexes", *args], cwd=ROOT, capture_output=True, text=True)
+        assert not check or result.returncode == 0, result.stderr[-2000:]
+        return result
+
+    out = str(tmp_path / "index")
+    indexes("build", *tokenizer, "--limit", "40", "--random-lpips-backbone", "--batch-size", "16", "--out", out)
+    indexes("build", *tokenizer, "--limit", "64", "--batch-size", "16", "--out", out)  # continues at 40
+    assert json.loads((tmp_path / "index" / "manifest.json").read_text())["count"] == 64
+    images, _ = procedural(1, start=3)
+    from maskbit.images import save_image
+
+    save_image(images[0], tmp_path / "query.png")
+    indexes("add", str(tmp_path / "query.png"), "--index", out, *tokenizer)
+    indexes(
+        "search",
+        str(tmp_path / "query.png"),
+        "--index",
+        out,
+        *tokenizer,
+        "--k",
+        "2",
+        "--json",
+        str(tmp_path / "r.json"),
+    )
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report[0]["hamming"][0]["distance"] == 0
+    assert {report[0]["hamming"][0]["source"], report[0]["hamming"][1]["source"]} >= {"procedural:train:3"}
+    bad = indexes("search", str(tmp_path / "query.png"), "--index", str(tmp_path / "none"), *tokenizer, check=False)
+    assert bad.returncode == 2 and "manifest.json is missing" in bad.stderr
