@@ -13,8 +13,6 @@ Every file is written under a temporary name and renamed; the manifest last, so 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +26,7 @@ import torch.nn.functional as F
 
 from indexes.lpips_embedding import LPIPSEmbedding
 from maskbit import Tokenizer, bits
+from maskbit.files import atomic_write, write_json_atomic
 
 __all__ = ["ImageIndex", "Neighbours", "IndexError_", "METRICS"]
 
@@ -176,12 +175,14 @@ class ImageIndex:
         d = self.directory
         for metric, index in self.faiss.items():
             write = faiss.write_index_binary if metric == "hamming" else faiss.write_index
-            _atomic(d / f"{metric}.faiss", lambda p, index=index, write=write: write(index, p))
-        _atomic(d / "tokens.npy", lambda p: _save_npy(p, self.tokens))
-        _atomic(d / "thumbnails.npy", lambda p: _save_npy(p, self.thumbnails))
-        _atomic(d / "sources.jsonl", lambda p: Path(p).write_text("".join(json.dumps(s) + "\n" for s in self.sources)))
+            atomic_write(d / f"{metric}.faiss", lambda p, index=index, write=write: write(index, p))
+        atomic_write(d / "tokens.npy", lambda p: _save_npy(p, self.tokens))
+        atomic_write(d / "thumbnails.npy", lambda p: _save_npy(p, self.thumbnails))
+        atomic_write(
+            d / "sources.jsonl", lambda p: Path(p).write_text("".join(json.dumps(s) + "\n" for s in self.sources))
+        )
         self.manifest["updated"] = time.time()
-        _atomic(d / "manifest.json", lambda p: Path(p).write_text(json.dumps(self.manifest, indent=2) + "\n"))
+        write_json_atomic(d / "manifest.json", self.manifest)
 
     # ------------------------------------------------------------------------------------------------ search
 
@@ -249,15 +250,3 @@ def thumbnails(images: torch.Tensor) -> np.ndarray:
 def _save_npy(path: str, array: np.ndarray) -> None:
     with open(path, "wb") as file:  # np.save on a name would append ".npy"
         np.save(file, array)
-
-
-def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates files readable by their owner only
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -19,7 +19,6 @@ import logging
 import os
 import pickle
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,6 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from maskbit.config import OfficialConfig, config_from_dict, read_official_yaml
+from maskbit.files import atomic_write
 
 __all__ = ["PretrainedMixin", "CheckpointError", "load_official_state_dict", "DEFAULT_MODEL_DIR"]
 
@@ -98,8 +98,8 @@ class PretrainedMixin:
         header = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "kind": self.kind}
         text = json.dumps({**header, "config": dataclasses.asdict(self.config)}, indent=2) + "\n"
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        _atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
-        _atomic_write(directory / CONFIG_FILE, lambda p: Path(p).write_text(text))
+        atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+        atomic_write(directory / CONFIG_FILE, lambda p: Path(p).write_text(text))
         return directory
 
     def identity(self) -> str:
@@ -294,15 +294,3 @@ _TOP_LEVEL_KEYS = {
     "tokenizer": {"encoder", "decoder", "quantize"},
     "generator": {"pos_emb", "class_emb", "input_proj", "transformer", "prediction_layer", "first_layer", "last_layer"},
 }
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates files readable by their owner only
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

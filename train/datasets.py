@@ -32,6 +32,7 @@ from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from maskbit.files import atomic_write
 from maskbit.images import IMAGE_SUFFIXES
 
 __all__ = [
@@ -586,13 +587,6 @@ class Preprocessing:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _write_atomic(path: Path, write) -> None:
-    temporary = _partial(path)
-    with open(temporary, "w", newline="") as file:
-        write(file)
-    os.replace(temporary, path)
-
-
 def export_dataset(
     dataset: Dataset,
     out_dir: str | Path,
@@ -617,13 +611,14 @@ def export_dataset(
         image.save(out_dir / relative)
         rows.append((relative, label, name))
     if classes:
-        _write_atomic(out_dir / CLASS_LIST, lambda file: file.write("".join(f"{name}\n" for name in classes)))
+        atomic_write(out_dir / CLASS_LIST, lambda tmp: Path(tmp).write_text("".join(f"{name}\n" for name in classes)))
 
-    def write_labels(file) -> None:
-        writer = csv.writer(file)
-        writer.writerow(("path", "label", "class_name"))
-        writer.writerows(rows)
+    def write_labels(tmp: str) -> None:
+        with open(tmp, "w", newline="") as file:
+            writer = csv.writer(file)
+            writer.writerow(("path", "label", "class_name"))
+            writer.writerows(rows)
 
-    _write_atomic(out_dir / "labels.csv", write_labels)
+    atomic_write(out_dir / "labels.csv", write_labels)
     logger.info("exported %d images to %s", len(rows), out_dir)
     return out_dir

@@ -25,6 +25,7 @@ from accelerate.utils import set_seed
 from tqdm import tqdm
 
 from maskbit import Generator, Tokenizer, bits, iter_generate, prediction_to_indices
+from maskbit.files import write_json_atomic
 from maskbit.images import image_grid, psnr, save_image
 from train.config import GeneratorTrainConfig, OptimizerConfig, TokenizerTrainConfig, to_dict
 from train.data import AugmentedImages, ResumableBatchSampler, TokenFile, batches
@@ -37,7 +38,7 @@ from train.losses import (
     hinge_discriminator_loss,
     hinge_generator_loss,
 )
-from train.rundir import RunDir, write_json_atomic
+from train.rundir import RunDir
 
 logger = logging.getLogger("train")
 

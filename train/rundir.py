@@ -15,10 +15,11 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from maskbit.files import write_json_atomic
 
 __all__ = ["RunDir", "STATES"]
 
@@ -117,11 +118,6 @@ class RunDir:
         found = self.checkpoints()
         return found[-1] if found else None
 
-    def checkpoint_tmp(self, step: int) -> Path:
-        """A fresh temporary folder for a checkpoint being written."""
-        self.checkpoints_dir.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(dir=self.checkpoints_dir, prefix=f".tmp-step-{step}-"))
-
     def commit_checkpoint(self, tmp: Path, step: int, meta: dict[str, Any], keep_last: int) -> Path:
         """Mark `tmp` complete, rename it to step-N, and delete all but the newest `keep_last` checkpoints."""
         write_json_atomic(tmp / COMPLETE_MARKER, {"step": step, **meta})
@@ -141,16 +137,3 @@ class RunDir:
                     CHECKPOINT.match(child.name) and not (child / COMPLETE_MARKER).is_file()
                 ):
                     shutil.rmtree(child, ignore_errors=True)
-
-
-def write_json_atomic(path: Path, value: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as file:
-            json.dump(value, file, indent=2)
-            file.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp creates files readable by their owner only
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
