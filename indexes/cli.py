@@ -1,4 +1,4 @@
-"""`python -m indexes build | add | search`."""
+"""`python -m indexes build | add | search | report`."""
 
 from __future__ import annotations
 
@@ -25,6 +25,9 @@ EXAMPLES = {
       --resolution 256 --metrics hamming pixel --out indexes/imagenet12""",
     "add": """examples:
   python -m indexes add my_images/ --index indexes/default --tokenizer default""",
+    "report": """examples:
+  python -m indexes report --index indexes/default --generator default --count 500 --out reports/default
+  python -m indexes report --index indexes/default --generated outputs/generate --out reports/mine""",
     "search": """examples:
   python -m indexes search generated.png --index indexes/default --tokenizer default --k 5""",
 }
@@ -109,6 +112,44 @@ def cmd_search(args: argparse.Namespace) -> None:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    from indexes.report import memorization_report
+    from train.config import DataConfig
+    from train.data import AugmentedImages
+    from train.datasets import build_dataset
+
+    tokenizer = load_tokenizer(args)
+    index = ImageIndex.open(args.index, tokenizer)
+    size = index.manifest["image_size"]
+    if args.generated:
+        # `python -m maskbit generate` also writes grid.png, a mosaic of the others: not a generated image
+        paths = [p for p in find_images(args.generated) if p.name != "grid.png"][: args.count]
+        generated, names = torch.stack([load_image(p, size) for p in paths]), [str(p) for p in paths]
+    else:
+        from maskbit import Generator, generate
+
+        generator = Generator.from_pretrained(args.generator, args.generator_config)
+        classes = generator.config.num_classes
+        labels = torch.arange(args.count) % classes
+        generated = torch.cat(
+            [
+                generate(generator, tokenizer, labels[i : i + args.batch_size], args.sampling, seed=args.seed + i)
+                for i in tqdm(range(0, args.count, args.batch_size), desc="generating", unit="batch")
+            ]
+        )
+        names = [f"generated:{i}:class{int(c)}" for i, c in enumerate(labels)]
+    dataset = build_dataset(args.heldout_dataset, args.heldout_split, args.seed, size)
+    view = AugmentedImages(dataset, DataConfig(dataset=args.heldout_dataset, resolution=size), seed=0, train=False)
+    heldout = torch.stack([view[i][0] for i in range(min(args.count, len(view)))])
+    report = memorization_report(index, generated, heldout, args.out, args.percentile, generated_names=names)
+    for metric, data in report["metrics"].items():
+        print(
+            f"{metric:8s} threshold {data['threshold']:.4g} (p{args.percentile:g} of held-out): "
+            f"{data['flagged_fraction']:.1%} of {len(generated)} generated images flagged"
+        )
+    print(f"wrote report.json, report.html, report.png and closest_*.png to {args.out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m indexes", description="nearest-neighbour indexes of images")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -152,6 +193,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", nargs="+", choices=METRICS)
     p.add_argument("--json", help="also write the results as JSON")
     p.set_defaults(run=cmd_search)
+
+    p = command("report", "memorization report: generated versus held-out nearest-neighbour distances")
+    p.add_argument("--index", required=True)
+    p.add_argument("--generated", nargs="+", help="generated image files or folders")
+    p.add_argument("--generator", help="or generate with this model (from_pretrained source)")
+    p.add_argument("--generator-config")
+    p.add_argument("--sampling", default=None, help="sampling preset for --generator")
+    p.add_argument("--count", type=int, default=200, help="generated and held-out images")
+    p.add_argument("--heldout-dataset", default="procedural")
+    p.add_argument("--heldout-split", default="test")
+    p.add_argument("--percentile", type=float, default=1.0, help="held-out percentile that sets the threshold")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.set_defaults(run=cmd_report)
     return parser
 
 

@@ -196,3 +196,21 @@ def test_build_resume_add_and_search_from_the_command_line(tmp_path):
     assert {report[0]["hamming"][0]["source"], report[0]["hamming"][1]["source"]} >= {"procedural:train:3"}
     bad = indexes("search", str(tmp_path / "query.png"), "--index", str(tmp_path / "none"), *tokenizer, check=False)
     assert bad.returncode == 2 and "manifest.json is missing" in bad.stderr
+
+
+def test_memorization_report_flags_copies_of_training_images(tmp_path, index):
+    from indexes.report import memorization_report
+
+    copies, _ = procedural(4, start=10)  # "generations" that are training images
+    novel, _ = procedural(12, start=900)  # unseen images of the same distribution
+    heldout, _ = procedural(40, split="test")
+    report = memorization_report(index, torch.cat([copies, novel]), heldout, tmp_path, percentile=1.0)
+    for metric in ("hamming", "lpips", "pixel"):
+        flagged = {f["generated"] for f in report["metrics"][metric]["flagged"]}
+        assert {f"generated:{i}" for i in range(4)} <= flagged, metric
+        assert len(flagged) <= 4 + 2, metric  # unseen images are seldom closer than the held-out 1st percentile
+        assert report["metrics"][metric]["flagged"][0]["nearest"] in {f"train:{i}" for i in range(10, 14)}
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert saved["metrics"]["hamming"]["threshold"] == report["metrics"]["hamming"]["threshold"]
+    for name in ("report.html", "report.png", "closest_hamming.png", "closest_lpips.png", "closest_pixel.png"):
+        assert (tmp_path / name).stat().st_size > 1000, name
