@@ -9,7 +9,6 @@ distance histograms, and a gallery of the closest generated/training pairs.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
