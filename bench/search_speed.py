@@ -1,0 +1,124 @@
+"""Nearest-neighbour search: latency, recall of the approximate modes, memory per image, LPIPS speed-up.
+
+1. Hamming, k = 10, over random 3072-bit codes (16×16 tokens × 12 bits, the real 12-bit models): exact
+   IndexBinaryFlat versus IndexBinaryIVF at several nprobe, recall@10 measured against the exact distances.
+2. LPIPS k = 10 over 64×64 images: the index (one embedding per training image, an L2 search) versus the naive way
+   (an lpips forward pass against every training image), same top-10 required.
+
+    .venv/bin/python -m bench.search_speed --codes 1000000 --queries 100 --lpips-images 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import faiss
+import numpy as np
+import torch
+
+from indexes.lpips_embedding import LPIPSEmbedding
+from train.datasets import ProceduralShapes
+
+
+def timed(fn, *args):
+    start = time.perf_counter()
+    result = fn(*args)
+    return result, time.perf_counter() - start
+
+
+def recall_at_k(exact_distances: np.ndarray, found_distances: np.ndarray) -> float:
+    """Tie-aware recall: a found neighbour counts if its distance is ≤ the exact k-th distance."""
+    kth = exact_distances[:, -1:]
+    return float((found_distances <= kth).sum(1).clip(max=exact_distances.shape[1]).mean() / exact_distances.shape[1])
+
+
+def hamming(num_codes: int, num_queries: int, bits: int = 3072) -> None:
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 256, (num_codes, bits // 8), dtype=np.uint8)
+    queries = rng.integers(0, 256, (num_queries, bits // 8), dtype=np.uint8)
+    exact = faiss.IndexBinaryFlat(bits)
+    _, build = timed(exact.add, codes)
+    (exact_d, _), search = timed(exact.search, queries, 10)
+    print(
+        f"| Hamming exact (IndexBinaryFlat) | {num_codes:,} | {build:.1f} s | {search * 1000 / num_queries:.1f} ms | "
+        f"1.000 | {bits // 8} B |",
+        flush=True,
+    )
+    nlist = 1024
+    ivf = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(bits), bits, nlist)
+    _, train = timed(ivf.train, codes[: min(num_codes, 64 * nlist)])
+    _, add = timed(ivf.add, codes)
+    for nprobe in (1, 16, 64):
+        ivf.nprobe = nprobe
+        (d, _), search = timed(ivf.search, queries, 10)
+        print(
+            f"| Hamming IVF{nlist}, nprobe {nprobe} | {num_codes:,} | {train + add:.1f} s | "
+            f"{search * 1000 / num_queries:.1f} ms | {recall_at_k(exact_d, d):.3f} | {bits // 8} B + 8 B id |",
+            flush=True,
+        )
+
+
+def lpips_speedup(num_images: int, num_queries: int) -> None:
+    embedding = LPIPSEmbedding("alex", random_backbone=True)  # timings do not depend on the weights
+    dataset = ProceduralShapes("train")
+    images = torch.stack(
+        [torch.from_numpy(np.asarray(dataset[i][0]).copy()).permute(2, 0, 1).float() / 255 for i in range(num_images)]
+    )
+    queries = torch.stack(
+        [
+            torch.from_numpy(np.asarray(ProceduralShapes("test")[i][0]).copy()).permute(2, 0, 1).float() / 255
+            for i in range(num_queries)
+        ]
+    )
+    with torch.no_grad():
+        features, build = timed(lambda: torch.cat([embedding(images[i : i + 256]) for i in range(0, num_images, 256)]))
+        index = faiss.IndexFlatL2(features.shape[1])
+        index.add(features.numpy())
+
+        def indexed():
+            return index.search(embedding(queries).numpy(), 10)
+
+        def naive():
+            rows = []
+            for q in queries:
+                distances = torch.cat(
+                    [
+                        embedding.lpips(q[None].expand(len(chunk), -1, -1, -1), chunk, normalize=True).flatten()
+                        for chunk in images.split(256)
+                    ]
+                )
+                rows.append(torch.sort(distances).values[:10])
+            return torch.stack(rows)
+
+        (found, _), t_index = timed(indexed)
+        reference, t_naive = timed(naive)
+    same = np.allclose(found, reference.numpy(), rtol=1e-4, atol=1e-6)
+    print(
+        f"\nLPIPS (alex) top-10 over {num_images} 64×64 images, {num_queries} queries: index {t_index:.2f} s "
+        f"(+ {build:.1f} s to embed the training images once), naive {t_naive:.1f} s, speed-up "
+        f"{t_naive / t_index:.0f}×, identical top-10 distances: {same}; "
+        f"{features.shape[1] * 4 / 1024:.0f} KiB per image in the exact LPIPS index"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--codes", type=int, default=1_000_000)
+    parser.add_argument("--queries", type=int, default=100)
+    parser.add_argument("--lpips-images", type=int, default=2000)
+    parser.add_argument("--lpips-queries", type=int, default=10)
+    args = parser.parse_args()
+    print(
+        f"# {time.strftime('%Y-%m-%d')}, {platform.machine()}, {faiss.omp_get_max_threads()} threads, "
+        f"faiss {faiss.__version__}"
+    )
+    print("| mode | codes | build | latency / query | recall@10 | memory / image |")
+    print("|---|---|---|---|---|---|")
+    hamming(args.codes, args.queries)
+    lpips_speedup(args.lpips_images, args.lpips_queries)
+
+
+if __name__ == "__main__":
+    main()
