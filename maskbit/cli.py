@@ -204,17 +204,18 @@ def cmd_convert(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m maskbit", description="MaskBit bit-token models")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
-        return commands.add_parser(
+        p = commands.add_parser(
             name,
             help=help,
             description=help,
             epilog=EXAMPLES[name],
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info logs")
+        return p
 
     p = command("generate", "class-conditional generation, written as PNGs, a grid and indices.npy")
     add_tokenizer_args(p)

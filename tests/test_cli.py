@@ -19,7 +19,11 @@ TINY_TOKENIZER = ["--tokenizer", str(OFFICIAL_TINY / "tiny_tokenizer.bin"), "--t
 
 def maskbit_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     result = subprocess.run(
-        [sys.executable, "-m", "maskbit", "-q", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "maskbit", args[0], "-q", *args[1:]],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     if check:
         assert result.returncode == 0, result.stderr
