@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 
 import torch
@@ -13,7 +12,8 @@ from tqdm import tqdm
 
 from indexes.lpips_embedding import MissingBackboneError
 from indexes.store import METRICS, ImageIndex, IndexError_
-from maskbit import CheckpointError, Tokenizer
+from maskbit import Tokenizer
+from maskbit.cli import add_command, run_command
 from maskbit.images import find_images, load_image
 
 logger = logging.getLogger("indexes")
@@ -155,13 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
-        p = commands.add_parser(
-            name,
-            help=help,
-            description=help,
-            epilog=EXAMPLES[name],
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
+        p = add_command(commands, name, help, EXAMPLES[name])
         p.add_argument("--tokenizer", default="default", help="from_pretrained source")
         p.add_argument("--tokenizer-config", help="for an official .bin: preset or YAML")
         p.add_argument("--batch-size", type=int, default=64)
@@ -213,9 +207,4 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        args.run(args)
-    except (IndexError_, MissingBackboneError, CheckpointError, ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(args, (MissingBackboneError, ValueError, FileNotFoundError))  # IndexError_ is a ValueError

@@ -202,18 +202,29 @@ def cmd_convert(args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------------------------------------------ parser
 
 
+def add_command(commands, name: str, help: str, examples: str) -> argparse.ArgumentParser:
+    """A subcommand whose --help shows its description and examples (shared by the project's CLIs)."""
+    return commands.add_parser(
+        name, help=help, description=help, epilog=examples, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+
+
+def run_command(args: argparse.Namespace, expected: tuple[type[BaseException], ...]) -> int:
+    """Run args.run; the errors a user can cause become `error: ...` and exit status 2, not a traceback."""
+    try:
+        args.run(args)
+    except expected as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m maskbit", description="MaskBit bit-token models")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
-        p = commands.add_parser(
-            name,
-            help=help,
-            description=help,
-            epilog=EXAMPLES[name],
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
+        p = add_command(commands, name, help, EXAMPLES[name])
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info logs")
         return p
 
@@ -276,12 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name, None) is not None and getattr(args, name) < 1:
             print(f"error: --{name.replace('_', '-')} must be ≥ 1", file=sys.stderr)
             return 2
-    try:
-        args.run(args)
-    except (ValueError, TypeError, FileNotFoundError, CheckpointError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(args, (ValueError, TypeError, FileNotFoundError, CheckpointError))
 
 
 __all__ = ["main", "build_parser"]

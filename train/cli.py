@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from maskbit.cli import add_command, run_command
 from train.config import (
     GENERATOR_TRAIN_PRESETS,
     TOKENIZER_TRAIN_PRESETS,
@@ -126,13 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
-        return commands.add_parser(
-            name,
-            help=help,
-            description=help,
-            epilog=EXAMPLES[name],
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
+        return add_command(commands, name, help, EXAMPLES[name])
 
     for name, presets in (("tokenizer", TOKENIZER_TRAIN_PRESETS), ("generator", GENERATOR_TRAIN_PRESETS)):
         p = command(name, f"train the {name} (Stage {'I' if name == 'tokenizer' else 'II'})")
@@ -176,10 +170,6 @@ def main(argv: list[str] | None = None) -> int:
     from train.losses import MissingWeightsError
 
     try:
-        args.run(args)
-    except Stop:
+        return run_command(args, (ValueError, TypeError, FileNotFoundError, MissingWeightsError))
+    except Stop:  # SIGTERM/SIGINT: the run saved a checkpoint and stopped as asked
         return 0
-    except (ValueError, TypeError, FileNotFoundError, MissingWeightsError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
