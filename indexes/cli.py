@@ -11,7 +11,7 @@ import torch
 from tqdm import tqdm
 
 from indexes.lpips_embedding import MissingBackboneError
-from indexes.store import METRICS, ImageIndex, IndexError_
+from indexes.store import METRICS, ImageIndex
 from maskbit import Tokenizer
 from maskbit.cli import add_command, run_command
 from maskbit.images import find_images, load_image
@@ -39,41 +39,31 @@ def load_tokenizer(args: argparse.Namespace) -> Tokenizer:
 
 def cmd_build(args: argparse.Namespace) -> None:
     """Create the index, or continue a build that stopped: images already indexed are skipped."""
-    from train.config import DataConfig
-    from train.data import AugmentedImages
-    from train.datasets import build_dataset
+    from indexes.build import build_dataset_index
 
-    tokenizer = load_tokenizer(args)
-    resolution = args.resolution or tokenizer.config.image_size
-    dataset = build_dataset(args.dataset, args.split, args.seed, resolution)
-    view = AugmentedImages(dataset, DataConfig(dataset=args.dataset, resolution=resolution), seed=0, train=False)
-    total = min(args.limit or len(view), len(view))
-    out = Path(args.out)
-    if (out / "manifest.json").is_file():
-        index = ImageIndex.open(out, tokenizer)
-        described = index.manifest.get("dataset", {})
-        if described.get("spec") != args.dataset or described.get("split") != args.split:
-            raise IndexError_(f"{out} indexes {described}; use `python -m indexes add` to add other images")
-    else:
-        index = ImageIndex.create(out, tokenizer, resolution, args.metrics, args.lpips_net, args.random_lpips_backbone)
-        index.manifest["dataset"] = {
-            "spec": args.dataset,
-            "split": args.split,
-            "seed": args.seed,
-            "classes": list(getattr(dataset, "classes", [])),
-        }
-    start = len(index)
-    with tqdm(total=total, initial=start, desc="indexing", unit="image") as bar:
-        for first in range(start, total, args.batch_size):
-            ids = range(first, min(first + args.batch_size, total))
-            items = [view[i] for i in ids]
-            images = torch.stack([image for image, _ in items])
-            index.add(images, [f"{args.dataset}:{args.split}:{i}" for i in ids], [label for _, label in items])
-            bar.update(len(ids))
-            if (first // args.batch_size) % args.save_every == 0:
-                index.save()  # a resumable point
-    index.save()
-    print(f"indexed {len(index)} images of {args.dataset} ({args.split}) into {out}")
+    bar = tqdm(desc="indexing", unit="image")
+
+    def progress(done: int, total: int, what: str) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    index = build_dataset_index(
+        args.out,
+        load_tokenizer(args),
+        args.dataset,
+        args.split,
+        args.seed,
+        args.resolution,
+        args.limit,
+        args.metrics,
+        args.lpips_net,
+        args.random_lpips_backbone,
+        args.batch_size,
+        args.save_every,
+        progress,
+    )
+    bar.close()
+    print(f"indexed {len(index)} images of {args.dataset} ({args.split}) into {args.out}")
 
 
 def cmd_add(args: argparse.Namespace) -> None:
@@ -113,10 +103,8 @@ def cmd_search(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
+    from indexes.build import dataset_view
     from indexes.report import memorization_report
-    from train.config import DataConfig
-    from train.data import AugmentedImages
-    from train.datasets import build_dataset
 
     tokenizer = load_tokenizer(args)
     index = ImageIndex.open(args.index, tokenizer)
@@ -138,8 +126,7 @@ def cmd_report(args: argparse.Namespace) -> None:
             ]
         )
         names = [f"generated:{i}:class{int(c)}" for i, c in enumerate(labels)]
-    dataset = build_dataset(args.heldout_dataset, args.heldout_split, args.seed, size)
-    view = AugmentedImages(dataset, DataConfig(dataset=args.heldout_dataset, resolution=size), seed=0, train=False)
+    view, _ = dataset_view(args.heldout_dataset, args.heldout_split, args.seed, size)
     heldout = torch.stack([view[i][0] for i in range(min(args.count, len(view)))])
     report = memorization_report(index, generated, heldout, args.out, args.percentile, generated_names=names)
     for metric, data in report["metrics"].items():

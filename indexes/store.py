@@ -176,8 +176,8 @@ class ImageIndex:
         for metric, index in self.faiss.items():
             write = faiss.write_index_binary if metric == "hamming" else faiss.write_index
             atomic_write(d / f"{metric}.faiss", lambda p, index=index, write=write: write(index, p))
-        atomic_write(d / "tokens.npy", lambda p: _save_npy(p, self.tokens))
-        atomic_write(d / "thumbnails.npy", lambda p: _save_npy(p, self.thumbnails))
+        atomic_write(d / "tokens.npy", lambda p: save_npy(p, self.tokens))
+        atomic_write(d / "thumbnails.npy", lambda p: save_npy(p, self.thumbnails))
         atomic_write(
             d / "sources.jsonl", lambda p: Path(p).write_text("".join(json.dumps(s) + "\n" for s in self.sources))
         )
@@ -247,6 +247,6 @@ def thumbnails(images: torch.Tensor) -> np.ndarray:
     return (small * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
-def _save_npy(path: str, array: np.ndarray) -> None:
+def save_npy(path: str, array: np.ndarray) -> None:
     with open(path, "wb") as file:  # np.save on a name would append ".npy"
         np.save(file, array)
