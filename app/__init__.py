@@ -1,0 +1,1 @@
+"""MaskBit Explorer: the Gradio app over maskbit/, indexes/ and train/ (`python -m app`)."""

@@ -1,0 +1,189 @@
+"""The app's settings: command-line options, each with an environment variable for Spaces and containers.
+
+Exposure decides the safe defaults: a server bound to a non-loopback address, or running on a Hugging Face Space,
+is *exposed*; there training is off unless `--enable-training` comes with `--auth`, and training-set images are
+not shown unless `--show-dataset-images` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["Settings", "parse_settings", "PROJECT_ROOT"]
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+EXAMPLES = """examples:
+  python -m app                                   # the bundled model on http://127.0.0.1:7860
+  python -m app --tokenizer markweber/maskbit_tokenizer_12bit --generator markweber/maskbit_generator_12bit \\
+      --index indexes/imagenet12                  # the paper's 12-bit pair (hub download) and an index
+  python -m app --host 0.0.0.0 --auth alice:secret --enable-training   # on a shared machine
+
+every option can also come from the environment variable in brackets (Spaces: set them as variables)"""
+
+
+def _env(name: str, default: str = "") -> str:
+    return os.environ.get(name, default)
+
+
+def _env_flag(name: str) -> bool:
+    return _env(name).strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass
+class Settings:
+    tokenizer: str = "default"
+    generator: str = "default"
+    tokenizer_config: str | None = None
+    generator_config: str | None = None
+    index: str = ""  # an index directory; empty: the one built for the loaded tokenizer under index_root
+    index_root: Path = PROJECT_ROOT / "indexes" / "built"
+    index_dataset: str = "procedural"
+    index_size: int = 4000
+    random_lpips_backbone: bool = False
+    host: str = "127.0.0.1"
+    port: int = 7860
+    auth: tuple[str, str] | None = None
+    enable_training: bool = False
+    show_dataset_images: bool = False
+    workspace: Path = PROJECT_ROOT / "runs"
+    data_roots: list[Path] = field(default_factory=list)
+    concurrency: int = 2
+    max_images: int = 16
+    max_upload_mb: float = 10.0
+    max_upload_pixels: int = 25_000_000
+
+    @property
+    def on_space(self) -> bool:
+        return bool(_env("SPACE_ID"))
+
+    @property
+    def exposed(self) -> bool:
+        return self.host not in LOOPBACK or self.on_space
+
+    @property
+    def training_enabled(self) -> bool:
+        return not self.exposed or (self.enable_training and self.auth is not None)
+
+    @property
+    def dataset_images_visible(self) -> bool:
+        return not self.exposed or self.show_dataset_images
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m app",
+        description="MaskBit Explorer: generate, flip bits, find neighbours, see the token space, train.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--tokenizer", default=_env("MASKBIT_TOKENIZER", "default"), help="from_pretrained source [MASKBIT_TOKENIZER]"
+    )
+    p.add_argument(
+        "--generator",
+        default=_env("MASKBIT_GENERATOR", "default"),
+        help="from_pretrained source, or '' for none [MASKBIT_GENERATOR]",
+    )
+    p.add_argument(
+        "--tokenizer-config",
+        default=_env("MASKBIT_TOKENIZER_CONFIG") or None,
+        help="preset or YAML for an official .bin",
+    )
+    p.add_argument(
+        "--generator-config",
+        default=_env("MASKBIT_GENERATOR_CONFIG") or None,
+        help="preset or YAML for an official .bin",
+    )
+    p.add_argument(
+        "--index", default=_env("MASKBIT_INDEX"), help="index directory (python -m indexes build) [MASKBIT_INDEX]"
+    )
+    p.add_argument(
+        "--index-root",
+        type=Path,
+        default=Path(_env("MASKBIT_INDEX_ROOT", str(PROJECT_ROOT / "indexes" / "built"))),
+        help="where indexes built on start live, one per tokenizer [MASKBIT_INDEX_ROOT]",
+    )
+    p.add_argument(
+        "--index-size",
+        type=int,
+        default=int(_env("MASKBIT_INDEX_SIZE", "4000")),
+        help="images of the dataset indexed on first start [MASKBIT_INDEX_SIZE]",
+    )
+    p.add_argument(
+        "--random-lpips-backbone",
+        action="store_true",
+        default=_env_flag("MASKBIT_RANDOM_LPIPS"),
+        help="offline demos and tests: LPIPS with a random trunk (not the real metric)",
+    )
+    p.add_argument("--host", default=_env("MASKBIT_HOST", "127.0.0.1"), help="bind address [MASKBIT_HOST]")
+    p.add_argument("--port", type=int, default=int(_env("MASKBIT_PORT", "7860")), help="[MASKBIT_PORT]")
+    p.add_argument("--auth", default=_env("MASKBIT_AUTH"), help="user:password required to use the app [MASKBIT_AUTH]")
+    p.add_argument(
+        "--enable-training",
+        action="store_true",
+        default=_env_flag("MASKBIT_ENABLE_TRAINING"),
+        help="allow training on an exposed server (needs --auth) [MASKBIT_ENABLE_TRAINING]",
+    )
+    p.add_argument(
+        "--show-dataset-images",
+        action="store_true",
+        default=_env_flag("MASKBIT_SHOW_DATASET_IMAGES"),
+        help="show training-set images on an exposed server [MASKBIT_SHOW_DATASET_IMAGES]",
+    )
+    p.add_argument(
+        "--workspace",
+        type=Path,
+        default=Path(_env("MASKBIT_WORKSPACE", str(PROJECT_ROOT / "runs"))),
+        help="training jobs' run directories [MASKBIT_WORKSPACE]",
+    )
+    p.add_argument(
+        "--data-root",
+        action="append",
+        type=Path,
+        default=[],
+        help="a folder training jobs may read datasets from (repeatable)",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=int(_env("MASKBIT_CONCURRENCY", "2")),
+        help="requests computed at once; the rest wait in the queue",
+    )
+    return p
+
+
+def parse_settings(argv: list[str] | None = None) -> Settings:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    auth = None
+    if args.auth:
+        user, sep, password = args.auth.partition(":")
+        if not sep or not user or not password:
+            parser.error("--auth must look like user:password")
+        auth = (user, password)
+    settings = Settings(
+        tokenizer=args.tokenizer,
+        generator=args.generator,
+        tokenizer_config=args.tokenizer_config,
+        generator_config=args.generator_config,
+        index=args.index,
+        index_root=args.index_root,
+        index_size=args.index_size,
+        random_lpips_backbone=args.random_lpips_backbone,
+        host=args.host,
+        port=args.port,
+        auth=auth,
+        enable_training=args.enable_training,
+        show_dataset_images=args.show_dataset_images,
+        workspace=args.workspace,
+        data_roots=args.data_root,
+        concurrency=max(1, args.concurrency),
+    )
+    if settings.exposed and settings.enable_training and auth is None:
+        parser.error("--enable-training on an exposed server needs --auth user:password")
+    return settings

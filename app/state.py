@@ -1,0 +1,216 @@
+"""What the running app holds: the loaded models, the index (opened or built in the background), LPIPS, jobs.
+
+Callbacks read `state.models` / `state.index` once at their start, so a model switch in the middle of a request
+never mixes two models; the switch itself happens under a lock and replaces both references together.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from app.explorer import Models, UserError, load_models
+from app.jobs import Jobs
+from app.settings import Settings
+from indexes.store import ImageIndex, IndexError_
+
+logger = logging.getLogger("app")
+
+__all__ = ["AppState", "IndexStatus"]
+
+
+@dataclass
+class IndexStatus:
+    state: str = "none"  # none | building | ready | unavailable
+    done: int = 0
+    total: int = 0
+    what: str = ""
+    message: str = ""
+
+    def text(self) -> str:
+        if self.state == "building":
+            percent = f" {self.done}/{self.total}" if self.total else ""
+            return f"⏳ building the index: {self.what}{percent}"
+        return {"ready": "✅ ", "unavailable": "⚠️ ", "none": ""}[self.state] + self.message
+
+
+class AppState:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.lock = threading.RLock()
+        self.models: Models = load_models(
+            settings.tokenizer, settings.generator, settings.tokenizer_config, settings.generator_config
+        )
+        self.index: ImageIndex | None = None
+        self.index_status = IndexStatus()
+        self.projection: np.ndarray | None = None
+        self.lpips = None
+        self.lpips_note = "LPIPS: loading…"
+        self.jobs = Jobs(settings.workspace, settings.data_roots) if settings.training_enabled else None
+        self._generation = 0  # bumped on every model switch; stale background work drops its result
+        self._ready = threading.Event()  # set when the current models' background work has ended
+
+    # ------------------------------------------------------------------------------------------------ models
+
+    def switch_models(self, tokenizer: str, generator: str) -> Models:
+        models = load_models(tokenizer.strip(), (generator or "").strip())
+        with self.lock:
+            self.models = models
+            self._generation += 1
+            self.index, self.projection = None, None
+            self.index_status = IndexStatus()
+        self.start_background()
+        return models
+
+    # ------------------------------------------------------------------------------------------------ background
+
+    def start_background(self) -> threading.Thread:
+        self._ready.clear()
+        thread = threading.Thread(target=self._background, args=(self._generation,), daemon=True, name="index")
+        thread.start()
+        return thread
+
+    def _background(self, generation: int) -> None:
+        try:
+            self._load_lpips()
+            self._prepare_index(generation)
+        except Exception as error:  # never let the thread die silently
+            logger.exception("background index preparation failed")
+            message = f"index failed: {type(error).__name__}: {error}"
+            self._set_status(generation, IndexStatus("unavailable", message=message))
+        finally:
+            if generation == self._generation:
+                self._ready.set()
+
+    def _load_lpips(self) -> None:
+        if self.lpips is not None or self.lpips_note.startswith("LPIPS unavailable"):
+            return
+        from indexes.lpips_embedding import LPIPSEmbedding, MissingBackboneError
+
+        try:
+            self.lpips = LPIPSEmbedding("alex", self.settings.random_lpips_backbone)
+            self.lpips_note = (
+                "LPIPS (AlexNet) with a RANDOM backbone: the formula is exercised but values are not the real metric"
+                if self.settings.random_lpips_backbone
+                else "LPIPS (AlexNet)"
+            )
+        except MissingBackboneError as error:
+            self.lpips_note = f"LPIPS unavailable: {error}"
+
+    def _set_status(self, generation: int, status: IndexStatus) -> bool:
+        with self.lock:
+            if generation != self._generation:
+                return False
+            self.index_status = status
+            return True
+
+    def index_directory(self, models: Models) -> Path:
+        if self.settings.index:
+            return Path(self.settings.index)
+        return self.settings.index_root / models.tokenizer.identity()[:16]
+
+    def _prepare_index(self, generation: int) -> None:
+        from indexes.build import build_dataset_index, calibrate, dataset_view, token_projection
+
+        models = self.models
+        directory = self.index_directory(models)
+        tokenizer = models.tokenizer
+        if (directory / "manifest.json").is_file():
+            index = ImageIndex.open(directory, tokenizer)
+        elif self.settings.index:
+            raise IndexError_(
+                f"{directory} is not an index (no manifest.json); build it with `python -m indexes build`"
+            )
+        elif models.image_size > 128:
+            self._set_status(
+                generation,
+                IndexStatus(
+                    "unavailable",
+                    message=(
+                        f"no index for this {models.image_size}px tokenizer: build one of your dataset with "
+                        "`python -m indexes build --dataset <folder> --tokenizer <source> --out <dir>` and start "
+                        "with --index"
+                    ),
+                ),
+            )
+            return
+        else:
+            index = None
+        size = self.settings.index_size
+        if (
+            index is None
+            or len(index) < size
+            and index.manifest.get("dataset", {}).get("spec") == self.settings.index_dataset
+        ):
+            metrics = ["hamming", "lpips", "pixel"] if self.lpips is not None else ["hamming", "pixel"]
+
+            def progress(done: int, total: int, what: str) -> None:
+                self._set_status(
+                    generation, IndexStatus("building", done, total, f"{what} {self.settings.index_dataset}")
+                )
+
+            progress(0, size, "indexing")
+            index = build_dataset_index(
+                directory,
+                tokenizer,
+                self.settings.index_dataset,
+                "train",
+                resolution=models.image_size,
+                limit=size,
+                metrics=metrics,
+                random_lpips_backbone=self.settings.random_lpips_backbone,
+                progress=progress,
+            )
+        if "calibration" not in index.manifest and index.manifest.get("dataset"):
+            described = index.manifest["dataset"]
+            view, _ = dataset_view(described["spec"], "test", described.get("seed", 0), index.manifest["image_size"])
+            count = min(500, len(view))
+            self._set_status(generation, IndexStatus("building", 0, count, "calibrating on held-out images"))
+            heldout = torch.stack([view[i][0] for i in range(count)])
+            calibrate(
+                index, heldout, progress=lambda d, t, w: self._set_status(generation, IndexStatus("building", d, t, w))
+            )
+        with self.lock:
+            if generation != self._generation:
+                return
+            self.index = index
+        self._set_status(generation, IndexStatus("ready", message=self._describe(index)))
+        if len(index) >= 5:
+            self._set_status(
+                generation, IndexStatus("building", 0, 0, "projecting tokens (UMAP)", self._describe(index))
+            )
+            started = time.time()
+            projection = token_projection(index)
+            logger.info("token projection of %d images in %.1f s", len(projection), time.time() - started)
+            with self.lock:
+                if generation == self._generation:
+                    self.projection = projection
+            self._set_status(generation, IndexStatus("ready", message=self._describe(index)))
+
+    def _describe(self, index: ImageIndex) -> str:
+        described = index.manifest.get("dataset", {})
+        source = f"{described.get('spec')} ({described.get('split')})" if described else "added images"
+        metrics = ", ".join(index.manifest["metrics"])
+        return f"index: {len(index)} images of {source}, metrics {metrics} — {index.directory}"
+
+    def require_index(self) -> ImageIndex:
+        index = self.index
+        if index is None:
+            status = self.index_status
+            if status.state == "building":
+                raise UserError(
+                    f"the index is still being built ({status.what} {status.done}/{status.total}); try again shortly"
+                )
+            raise UserError(status.message or "no index is loaded")
+        return index
+
+    def wait_ready(self, timeout: float = 600) -> None:
+        """Block until the index (and its projection) are ready or unavailable (for scripts and tests)."""
+        if not self._ready.wait(timeout):
+            raise TimeoutError("the index was not ready in time")

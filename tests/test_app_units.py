@@ -1,0 +1,184 @@
+"""The app's pieces without a server: explorer computations against independent ones, uploads, jobs, settings."""
+
+import lpips
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from app import explorer
+from app.explorer import UserError
+from app.jobs import Jobs
+from app.settings import Settings, parse_settings
+from app.validation import load_upload
+from maskbit import bits
+
+
+@pytest.fixture(scope="module")
+def models(app_models):
+    return explorer.load_models(app_models["tokenizer"], app_models["generator"], device=torch.device("cpu"))
+
+
+def test_parse_ids():
+    assert explorer.parse_ids("all", 12, "bits") is None
+    assert explorer.parse_ids(" 0, 3 ,5-7; 3", 12, "bits") == [0, 3, 5, 6, 7]
+    with pytest.raises(UserError, match="bits must be in 0–11"):
+        explorer.parse_ids("12", 12, "bits")
+    with pytest.raises(UserError, match="not a number"):
+        explorer.parse_ids("a-b", 12, "bits")
+
+
+def test_flip_distances_equal_lpips_and_a_direct_psnr(models):
+    from indexes.lpips_embedding import LPIPSEmbedding
+
+    image = torch.rand(3, 32, 32)
+    embedding = LPIPSEmbedding("alex", random_backbone=True)
+    result = explorer.flip_each_bit(models, image, [1, 7], [0, 9, 63], embedding)
+    tokens = models.tokenizer.encode(image[None])
+    recon = models.tokenizer.decode(tokens).clamp(0, 1)
+    flipped = models.tokenizer.decode(bits.flip_bits(tokens, 7, 12, [0, 9, 63])).clamp(0, 1)
+    assert torch.allclose(result.flipped[1], flipped[0], atol=1e-5)  # decoded in a batch of 2, here alone
+    mse = (flipped - recon).pow(2).mean()
+    assert result.psnr[1] == pytest.approx(float(10 * torch.log10(1 / mse)), rel=1e-5)
+    assert result.l2[1] == pytest.approx(float((flipped - recon).norm()), rel=1e-5)
+    reference = embedding.lpips  # the lpips package's own forward, on the same (seeded random) network
+    expected = reference(flipped * 2 - 1, recon * 2 - 1).item()
+    assert result.lpips[1] == pytest.approx(expected, rel=1e-3, abs=1e-5)
+    assert isinstance(reference, lpips.LPIPS)
+
+
+def test_bit_walk_moves_exactly_r_bits_per_step(models):
+    image = torch.rand(3, 32, 32)
+    walk = explorer.bit_walk(models, image, r=7, steps=5, seed=3, lpips=None)
+    start = models.tokenizer.encode(image[None])
+    order = torch.randperm(64 * 12, generator=torch.Generator().manual_seed(3))
+    for step, expected in enumerate(walk.hamming):
+        assert expected == 7 * step
+        flipped = torch.zeros(64 * 12, dtype=torch.long)
+        flipped[order[: 7 * step]] = 1
+        moved = start[0] ^ (flipped.view(64, 12) << torch.arange(12)).sum(1).view(8, 8)
+        assert int(bits.hamming(moved, start[0], dim=(0, 1))) == 7 * step
+    assert walk.psnr[0] == pytest.approx(100.0)
+
+
+def test_token_statistics_against_numpy():
+    tokens = np.random.default_rng(0).integers(0, 4096, size=(20, 8, 8))
+    stats = explorer.token_statistics(tokens, 12)
+    flat = tokens.reshape(-1)
+    for k in (0, 5, 11):
+        p = ((flat >> k) & 1).mean()
+        assert stats.bit_usage[k] == pytest.approx(p)
+        assert stats.bit_entropy[k] == pytest.approx(-(p * np.log2(p) + (1 - p) * np.log2(1 - p)))
+    _, counts = np.unique(flat, return_counts=True)
+    assert stats.codes_used == len(counts) and stats.code_counts.sum() == flat.size
+    q = counts / counts.sum()
+    assert stats.code_entropy == pytest.approx(-(q * np.log2(q)).sum())
+
+
+def test_classes_by_name_or_id(models):
+    assert models.class_id("goldfish") == 1 and models.class_id("GOLDFISH") == 1 and models.class_id("3") == 3
+    with pytest.raises(UserError, match="Did you mean"):
+        models.class_id("gold")
+    with pytest.raises(UserError, match="out of range"):
+        models.class_id(1000)
+
+
+def test_a_mismatched_pair_says_why(app_models, tmp_path):
+    from maskbit import Generator
+    from maskbit.config import GeneratorConfig
+
+    Generator(GeneratorConfig(token_size=10, grid_size=8, hidden_dim=32, depth=1, heads=2, mlp_dim=64)).save_pretrained(
+        tmp_path / "g"
+    )
+    models = explorer.load_models(app_models["tokenizer"], str(tmp_path / "g"), device=torch.device("cpu"))
+    assert not models.can_generate and "10-bit" in models.problem
+    with pytest.raises(UserError, match="load a matching pair"):
+        explorer.generate(models, [0], models.sampling, 0)
+
+
+# ---------------------------------------------------------------------------------------------------- uploads
+
+
+def save(tmp_path, image, name="x.png"):
+    path = tmp_path / name
+    image.save(path)
+    return path
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "LA", "P", "I;16", "CMYK", "1", "F"])
+def test_uploads_of_any_mode_become_rgb(tmp_path, mode):
+    image = Image.new(mode, (48, 40))
+    name = "x.tiff" if mode in ("CMYK", "F") else "x.png"
+    out = load_upload(save(tmp_path, image, name), 32, 10_000_000, 25_000_000)
+    assert out.shape == (3, 32, 32) and 0 <= out.min() and out.max() <= 1
+
+
+def test_transparency_is_composited_on_white(tmp_path):
+    out = load_upload(save(tmp_path, Image.new("RGBA", (8, 8), (0, 0, 0, 0))), 8, 10**7, 10**7)
+    assert torch.equal(out, torch.ones(3, 8, 8))
+
+
+def test_bad_uploads_are_refused_with_a_reason(tmp_path):
+    with pytest.raises(UserError, match="no image given"):
+        load_upload(None, 32, 10**7, 10**7)
+    (tmp_path / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    with pytest.raises(UserError, match="cannot read"):
+        load_upload(tmp_path / "a.png", 32, 10**7, 10**7)
+    with pytest.raises(UserError, match="megapixels"):
+        load_upload(save(tmp_path, Image.new("RGB", (3000, 2000))), 32, 10**8, 5_000_000)
+    with pytest.raises(UserError, match="MB"):
+        load_upload(save(tmp_path, Image.effect_noise((400, 400), 60).convert("RGB")), 32, 1000, 10**8)
+
+
+# ---------------------------------------------------------------------------------------------------- jobs
+
+
+def test_launch_commands_are_argument_lists(tmp_path):
+    jobs = Jobs(tmp_path / "runs", data_roots=[tmp_path / "data"])
+    (tmp_path / "data" / "imgs").mkdir(parents=True)
+    assert jobs.checked_dataset(str(tmp_path / "data" / "imgs")) == str(tmp_path / "data" / "imgs")
+    args = jobs.command("tokenizer", jobs.run_dir("a"), "tiny", ["training.max_steps=3"])
+    assert all(isinstance(a, str) for a in args)
+    assert args[args.index("-m") + 1 : args.index("-m") + 3] == ["train", "tokenizer"]
+    assert args[-4:] == ["--preset", "tiny", "--set", "training.max_steps=3"]
+    assert args[0].endswith("accelerate") and args[1] == "launch"
+    resume = jobs.command("generator", jobs.run_dir("a"), resume=True)
+    assert resume[-1] == "--resume" and "--preset" not in resume
+
+
+def test_jobs_refuse_escapes_and_unknown_keys(tmp_path):
+    jobs = Jobs(tmp_path / "runs")
+    for name in ("../x", "/abs", "", "a b", ".hidden"):
+        with pytest.raises(UserError, match="job name"):
+            jobs.run_dir(name)
+    with pytest.raises(UserError, match="outside the allowed folders"):
+        jobs.launch("tokenizer", "a", "tiny", "/etc", "")
+    with pytest.raises(UserError, match="max_steps"):
+        jobs.launch("tokenizer", "a", "tiny", "procedural", "training.max_step=3")
+    with pytest.raises(UserError, match="no job named"):
+        jobs.resume("nothing")
+
+
+# ---------------------------------------------------------------------------------------------------- settings
+
+
+def test_exposed_servers_are_locked_down(monkeypatch):
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    assert Settings().training_enabled and not Settings().exposed
+    exposed = Settings(host="0.0.0.0")
+    assert exposed.exposed and not exposed.training_enabled and not exposed.dataset_images_visible
+    assert not Settings(host="0.0.0.0", enable_training=True).training_enabled  # no auth
+    assert Settings(host="0.0.0.0", enable_training=True, auth=("a", "b")).training_enabled
+    monkeypatch.setenv("SPACE_ID", "me/explorer")
+    assert Settings().exposed and not Settings().training_enabled
+    with pytest.raises(SystemExit):
+        parse_settings(["--host", "0.0.0.0", "--enable-training"])
+    with pytest.raises(SystemExit):
+        parse_settings(["--auth", "nocolon"])
+
+
+def test_settings_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("MASKBIT_TOKENIZER", "markweber/maskbit_tokenizer_12bit")
+    monkeypatch.setenv("MASKBIT_AUTH", "u:p")
+    settings = parse_settings([])
+    assert settings.tokenizer == "markweber/maskbit_tokenizer_12bit" and settings.auth == ("u", "p")
