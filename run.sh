@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up .venv (once, and again whenever requirements.txt changes), then run the main job or the test suite.
-#   ./run.sh app     the main job (for now: `python -m maskbit generate`, see README)
-#   ./run.sh test    the whole test suite (extra arguments go to pytest)
+#   ./run.sh app     the explorer on http://127.0.0.1:7860 with the bundled model (extra arguments go to the app)
+#   ./run.sh test    the whole test suite, browser tests included (extra arguments go to pytest)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -20,15 +20,27 @@ setup() {
   fi
 }
 
+# The browser tests drive Debian's Chromium through Playwright (never `playwright install`: it downloads a browser).
+browser() {
+  if [ ! -x /usr/bin/chromium ]; then
+    echo "Installing Chromium for the browser tests (apt-get)..." >&2
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+  fi
+}
+
 command=${1:-}
 shift || true
 case "$command" in
   app)
     setup
-    exec .venv/bin/python -m maskbit generate "$@"
+    exec .venv/bin/python -m app "$@"
     ;;
   test)
     setup
+    browser
     exec .venv/bin/python -m pytest "$@"
     ;;
   *)
