@@ -198,7 +198,7 @@ GENERATOR_PRESETS["maskbit_generator_14bit_128steps"] = GENERATOR_PRESETS["maskb
 GENERATOR_PRESETS["maskbit_generator_14bit_256steps"] = GENERATOR_PRESETS["maskbit_generator_14bit"]
 # The bundled default model (trained by `python -m train generator --preset default`), 10 procedural classes.
 GENERATOR_PRESETS["default"] = GeneratorConfig(
-    token_size=12, codebook_splits=2, grid_size=8, hidden_dim=256, depth=6, heads=8, mlp_dim=1024, num_classes=10
+    token_size=12, codebook_splits=2, grid_size=16, hidden_dim=192, depth=4, heads=6, mlp_dim=768, num_classes=10
 )
 GENERATOR_PRESETS["tiny"] = GeneratorConfig(
     token_size=12, codebook_splits=2, grid_size=8, hidden_dim=64, depth=2, heads=4, mlp_dim=256

@@ -320,7 +320,7 @@ def test_ema_follows_the_official_decay_schedule():
 def test_discriminator_and_lecam_shapes():
     config = TOKENIZER_TRAIN_PRESETS["default"].discriminator
     logits = Discriminator(config)(torch.rand(2, 3, 64, 64))
-    assert logits.shape == (2, 1, 8, 8)
+    assert logits.shape == (2, 1, 16, 16)  # max-pooled to the 16×16 token grid
     lecam = LeCAM(0.999)
     assert lecam(torch.ones(4), -torch.ones(4)).item() == pytest.approx(1.0 + 1.0)
     lecam.update(torch.ones(4), -torch.ones(4))
