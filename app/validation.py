@@ -10,8 +10,9 @@ import torch
 from PIL import Image, ImageOps
 
 from app.explorer import UserError
+from maskbit.images import fit_square
 
-__all__ = ["load_upload", "fit"]
+__all__ = ["load_upload"]
 
 
 def load_upload(path: str | Path | None, size: int, max_bytes: int, max_pixels: int) -> torch.Tensor:
@@ -41,7 +42,7 @@ def load_upload(path: str | Path | None, size: int, max_bytes: int, max_pixels: 
         raise UserError("the image is too large to decode safely (a decompression bomb?)") from None
     except (OSError, ValueError, SyntaxError) as error:
         raise UserError(f"cannot read the file as an image ({error}); use PNG, JPEG, WebP, BMP or GIF") from None
-    return fit(image, size)
+    return fit_square(image, size)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -56,13 +57,3 @@ def to_rgb(image: Image.Image) -> Image.Image:
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
     return image.convert("RGB")
-
-
-def fit(image: Image.Image, size: int) -> torch.Tensor:
-    """Resize the shorter side to `size` (bicubic) and center-crop: (3, size, size) in [0, 1]."""
-    scale = size / min(image.size)
-    w, h = max(size, round(image.width * scale)), max(size, round(image.height * scale))
-    image = image.resize((w, h), Image.Resampling.BICUBIC)
-    left, top = (w - size) // 2, (h - size) // 2
-    image = image.crop((left, top, left + size, top + size))
-    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float() / 255

@@ -35,12 +35,19 @@ def load_image(path: str | Path, size: int | None = None) -> torch.Tensor:
             image = image.convert("RGB")
     except (OSError, Image.DecompressionBombError) as error:
         raise ValueError(f"cannot read {path} as an image: {error}") from None
-    if size:
-        scale = size / min(image.size)
-        w, h = max(size, round(image.width * scale)), max(size, round(image.height * scale))
-        image = image.resize((w, h), Image.Resampling.BICUBIC)
-        left, top = (w - size) // 2, (h - size) // 2
-        image = image.crop((left, top, left + size, top + size))
+    return fit_square(image, size) if size else to_tensor(image)
+
+
+def fit_square(image: Image.Image, size: int) -> torch.Tensor:
+    """Resize an RGB image's shorter side to `size` (bicubic) and center-crop: (3, size, size) in [0, 1]."""
+    scale = size / min(image.size)
+    w, h = max(size, round(image.width * scale)), max(size, round(image.height * scale))
+    image = image.resize((w, h), Image.Resampling.BICUBIC)
+    left, top = (w - size) // 2, (h - size) // 2
+    return to_tensor(image.crop((left, top, left + size, top + size)))
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float() / 255
 
 
