@@ -13,7 +13,7 @@ from tqdm import tqdm
 from indexes.lpips_embedding import MissingBackboneError
 from indexes.store import METRICS, ImageIndex
 from maskbit import Tokenizer
-from maskbit.cli import add_command, run_command
+from maskbit.cli import add_command, load_indices, run_command
 from maskbit.images import find_images, load_image
 
 logger = logging.getLogger("indexes")
@@ -29,7 +29,8 @@ EXAMPLES = {
   python -m indexes report --index indexes/default --generator default --count 500 --out reports/default
   python -m indexes report --index indexes/default --generated outputs/generate --out reports/mine""",
     "search": """examples:
-  python -m indexes search generated.png --index indexes/default --tokenizer default --k 5""",
+  python -m indexes search generated.png --index indexes/default --tokenizer default --k 5 --json found.json
+  python -m indexes search --tokens outputs/generate/indices.npy --index indexes/default --tokenizer default""",
 }
 
 
@@ -79,22 +80,36 @@ def cmd_add(args: argparse.Namespace) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> None:
+    """Neighbours of image files by every metric, or of token grids (a .npy written by `maskbit encode` or
+    `maskbit generate`) by Hamming distance; the JSON gives each Hamming neighbour's per-token distance map."""
     tokenizer = load_tokenizer(args)
     index = ImageIndex.open(args.index, tokenizer)
-    paths = find_images(args.images)
-    size = index.manifest["image_size"]
-    images = torch.stack([load_image(p, size) for p in paths])
-    results = index.search(images, k=args.k, metrics=args.metrics)
+    if args.tokens:
+        tokens = load_indices(Path(args.tokens))
+        queries = [f"{args.tokens}[{i}]" for i in range(len(tokens))]
+        results = index.search(tokens=tokens, k=args.k, metrics=["hamming"])
+    else:
+        if not args.images:
+            raise ValueError("give image files or folders to search for, or --tokens FILE.npy")
+        paths = find_images(args.images)
+        size = index.manifest["image_size"]
+        images = torch.stack([load_image(p, size) for p in paths])
+        tokens = tokenizer.encode(images)
+        queries = [str(p) for p in paths]
+        results = index.search(images, tokens=tokens, k=args.k, metrics=args.metrics)
     report = []
-    for q, path in enumerate(paths):
-        entry = {"query": str(path)}
+    for q, query in enumerate(queries):
+        entry = {"query": query}
         for metric, found in results.items():
             entry[metric] = [
                 {"id": int(i), "distance": float(d), "source": s, "label": label}
                 for i, d, s, label in zip(found.ids[q], found.distances[q], found.sources[q], found.labels[q])
             ]
+            if metric == "hamming":
+                for neighbour in entry[metric]:
+                    neighbour["token_distance_map"] = index.token_distance_map(tokens[q], neighbour["id"]).tolist()
         report.append(entry)
-        print(f"{path}")
+        print(query)
         for metric, found in results.items():
             row = ", ".join(f"{s} ({d:.4g})" for s, d in zip(found.sources[q], found.distances[q]))
             print(f"  {metric:8s} {row}")
@@ -167,8 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", type=int, default=-1)
     p.set_defaults(run=cmd_add)
 
-    p = command("search", "nearest indexed images of image files")
-    p.add_argument("images", nargs="+")
+    p = command("search", "nearest indexed images of image files or token grids")
+    p.add_argument("images", nargs="*", help="image files or folders")
+    p.add_argument("--tokens", help="or a .npy of token grids (B, h, w), searched by Hamming distance")
     p.add_argument("--index", required=True)
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--metrics", nargs="+", choices=METRICS)

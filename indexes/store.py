@@ -194,8 +194,9 @@ class ImageIndex:
         k: int = 10,
         metrics: Sequence[str] | None = None,
     ) -> dict[str, Neighbours]:
-        """Top-k neighbours per metric of images (Q, 3, S, S) in [0, 1], or of token grids (Q, h, w) (Hamming only)."""
-        if (images is None) == (tokens is None):
+        """Top-k neighbours per metric of images (Q, 3, S, S) in [0, 1], or of token grids (Q, h, w) (Hamming only).
+        With both, `tokens` are the images' token grids (not encoded again)."""
+        if images is None and tokens is None:
             raise IndexError_("give images or tokens")
         metrics = list(metrics or self.manifest["metrics"])
         missing = [m for m in metrics if m not in self.faiss]

@@ -194,6 +194,31 @@ def test_build_resume_add_and_search_from_the_command_line(tmp_path):
     report = json.loads((tmp_path / "r.json").read_text())
     assert report[0]["hamming"][0]["distance"] == 0
     assert {report[0]["hamming"][0]["source"], report[0]["hamming"][1]["source"]} >= {"procedural:train:3"}
+    # Token-grid queries; each Hamming neighbour's per-token map sums to its distance and is XOR + popcount.
+    codes = np.random.default_rng(0).integers(0, 4096, size=(2, 8, 8))
+    np.save(tmp_path / "tokens.npy", codes)
+    indexes(
+        "search",
+        "--tokens",
+        str(tmp_path / "tokens.npy"),
+        "--index",
+        out,
+        *tokenizer,
+        "--json",
+        str(tmp_path / "t.json"),
+    )
+    report = json.loads((tmp_path / "t.json").read_text())
+    assert [entry["query"] for entry in report] == [f"{tmp_path / 'tokens.npy'}[{i}]" for i in range(2)]
+    stored = np.load(tmp_path / "index" / "tokens.npy")
+    for q, entry in enumerate(report):
+        assert set(entry) == {"query", "hamming"}
+        for neighbour in entry["hamming"]:
+            token_map = np.array(neighbour["token_distance_map"])
+            expected = np.vectorize(lambda v: bin(v).count("1"))(codes[q] ^ stored[neighbour["id"]])
+            assert token_map.shape == (8, 8) and np.array_equal(token_map, expected)
+            assert token_map.sum() == neighbour["distance"]
+    missing = indexes("search", "--index", out, *tokenizer, check=False)
+    assert missing.returncode == 2 and "--tokens" in missing.stderr
     bad = indexes("search", str(tmp_path / "query.png"), "--index", str(tmp_path / "none"), *tokenizer, check=False)
     assert bad.returncode == 2 and "manifest.json is missing" in bad.stderr
 
