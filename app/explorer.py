@@ -404,7 +404,7 @@ def neighbours(index: ImageIndex, image: torch.Tensor, k: int) -> NeighbourResul
             stored = torch.from_numpy(index.tokens[ids]).long()
             shortlist[metric] = bits.hamming(stored, tokens.cpu().long(), dim=(-2, -1)).numpy().astype(np.float64)
         else:
-            vectors = np.stack([index.faiss[metric].reconstruct(int(i)) for i in ids])
+            vectors = np.stack([index.flat[metric].reconstruct(int(i)) for i in ids])
             q = index.lpips(query.cpu()).numpy() if metric == "lpips" else _pixel(query)
             shortlist[metric] = ((vectors - q) ** 2).sum(1).astype(np.float64)
     nearest = int(found["hamming"].ids[0, 0])

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from indexes.backends import BACKENDS
 from indexes.lpips_embedding import MissingBackboneError
 from indexes.store import METRICS, ImageIndex
 from maskbit import Tokenizer
@@ -62,6 +63,7 @@ def cmd_build(args: argparse.Namespace) -> None:
         args.batch_size,
         args.save_every,
         progress,
+        args.backend,
     )
     bar.close()
     print(f"indexed {len(index)} images of {args.dataset} ({args.split}) into {args.out}")
@@ -173,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lpips-net", default="alex", choices=["alex", "vgg", "squeeze"])
     p.add_argument("--random-lpips-backbone", action="store_true", help="tests only: LPIPS with a random trunk")
     p.add_argument("--save-every", type=int, default=50, help="save after this many batches")
+    p.add_argument(
+        "--backend", default="auto", choices=["auto", *BACKENDS], help="auto: faiss when installed, else torch"
+    )
     p.add_argument("--out", required=True)
     p.set_defaults(run=cmd_build)
 

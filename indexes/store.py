@@ -1,9 +1,10 @@
-"""The index directory: FAISS indexes of a set of images, with what was indexed and by which tokenizer.
+"""The index directory: exact k-NN indexes of a set of images, with what was indexed and by which tokenizer.
 
-    manifest.json      tokenizer identity, K, grid, image size, metrics, count, versions (written last)
+    manifest.json      tokenizer identity, K, grid, image size, metrics, backend, count, versions (written last)
     hamming.faiss      IndexBinaryFlat over the packed bit tokens (exact Hamming distance)
     lpips.faiss        IndexFlatL2 over φ(x), ‖φ(x) − φ(y)‖² = LPIPS(x, y) (exact)
     pixel.faiss        IndexFlatL2 over 16×16 thumbnails in [0, 1] (squared L2)
+                       (`<metric>.npy`, the raw vectors, with the torch backend: indexes/backends.py)
     tokens.npy         (N, h, w) token indices, for per-token Hamming maps
     thumbnails.npy     (N, T, T, 3) uint8, for display
     sources.jsonl      one {"source", "label"} per id
@@ -19,11 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from indexes.backends import available_backend, faiss, file_name, new_flat, read_flat, write_flat
 from indexes.lpips_embedding import LPIPSEmbedding
 from maskbit import Tokenizer, bits
 from maskbit.files import atomic_write, write_json_atomic
@@ -54,7 +55,7 @@ class Neighbours:
 class ImageIndex:
     def __init__(self, directory: Path, tokenizer: Tokenizer, manifest: dict[str, Any], lpips: LPIPSEmbedding | None):
         self.directory, self.tokenizer, self.manifest, self.lpips = directory, tokenizer, manifest, lpips
-        self.faiss: dict[str, Any] = {}
+        self.flat: dict[str, Any] = {}  # metric → exact k-NN index (indexes/backends.py)
         self.tokens = np.zeros((0, *manifest["grid"]), dtype=np.int32)
         self.thumbnails = np.zeros((0, THUMBNAIL_SIZE, THUMBNAIL_SIZE, 3), dtype=np.uint8)
         self.sources: list[dict[str, Any]] = []
@@ -70,10 +71,15 @@ class ImageIndex:
         metrics: Sequence[str] = METRICS,
         lpips_net: str = "alex",
         random_lpips_backbone: bool = False,
+        backend: str = "auto",
     ) -> ImageIndex:
         unknown = set(metrics) - set(METRICS)
         if unknown or not metrics:
             raise IndexError_(f"metrics must be a non-empty subset of {METRICS}, got {list(metrics)}")
+        try:
+            backend = available_backend(backend)
+        except ValueError as error:
+            raise IndexError_(str(error)) from None
         directory = Path(directory)
         if (directory / "manifest.json").exists():
             raise IndexError_(f"{directory} already holds an index; open it to add images, or choose another --out")
@@ -90,18 +96,19 @@ class ImageIndex:
             "metrics": list(metrics),
             "lpips_net": lpips_net if "lpips" in metrics else None,
             "lpips_random_backbone": random_lpips_backbone,
+            "backend": backend,
             "count": 0,
-            "versions": {"faiss": faiss.__version__, "torch": torch.__version__},
+            "versions": {"faiss": faiss.__version__ if faiss is not None else None, "torch": torch.__version__},
         }
         lpips = LPIPSEmbedding(lpips_net, random_lpips_backbone) if "lpips" in metrics else None
         index = cls(directory, tokenizer, manifest, lpips)
         code_bits = manifest["grid"][0] * manifest["grid"][1] * tokenizer.num_bits
-        index.faiss["hamming"] = faiss.IndexBinaryFlat(-(-code_bits // 8) * 8)
+        index.flat["hamming"] = new_flat(backend, -(-code_bits // 8) * 8, binary=True)
         if lpips is not None:
             dim = lpips(torch.zeros(1, 3, image_size, image_size)).shape[1]
-            index.faiss["lpips"] = faiss.IndexFlatL2(dim)
+            index.flat["lpips"] = new_flat(backend, dim, binary=False)
         if "pixel" in metrics:
-            index.faiss["pixel"] = faiss.IndexFlatL2(3 * PIXEL_SIZE * PIXEL_SIZE)
+            index.flat["pixel"] = new_flat(backend, 3 * PIXEL_SIZE * PIXEL_SIZE, binary=False)
         directory.mkdir(parents=True, exist_ok=True)
         index.save()
         return index
@@ -125,15 +132,14 @@ class ImageIndex:
         if "lpips" in manifest["metrics"]:
             lpips = LPIPSEmbedding(manifest["lpips_net"], manifest["lpips_random_backbone"])
         index = cls(directory, tokenizer, manifest, lpips)
-        count = manifest["count"]
+        count, backend = manifest["count"], manifest.get("backend", "faiss")
         try:
             for metric in manifest["metrics"]:
-                path = str(directory / f"{metric}.faiss")
-                read = faiss.read_index_binary if metric == "hamming" else faiss.read_index
-                index.faiss[metric] = read(path)
-                if index.faiss[metric].ntotal != count:
-                    raise IndexError_(f"{path} holds {index.faiss[metric].ntotal} entries, the manifest says {count}")
-            if "hamming" not in index.faiss:
+                path = directory / file_name(metric, backend)
+                index.flat[metric] = read_flat(backend, path, binary=metric == "hamming")
+                if index.flat[metric].ntotal != count:
+                    raise IndexError_(f"{path} holds {index.flat[metric].ntotal} entries, the manifest says {count}")
+            if "hamming" not in index.flat:
                 raise IndexError_(f"{directory} has no Hamming index")
             index.tokens = np.load(directory / "tokens.npy", allow_pickle=False)
             index.thumbnails = np.load(directory / "thumbnails.npy", allow_pickle=False)
@@ -160,11 +166,11 @@ class ImageIndex:
         if images.dim() != 4 or tuple(images.shape[1:]) != (3, size, size):
             raise IndexError_(f"images must have shape (B, 3, {size}, {size}), got {tuple(images.shape)}")
         tokens = self.tokenizer.encode(images)
-        self.faiss["hamming"].add(bits.pack_bits(tokens, self.tokenizer.num_bits).cpu().numpy())
-        if "lpips" in self.faiss:
-            self.faiss["lpips"].add(self.lpips(images).cpu().numpy())
-        if "pixel" in self.faiss:
-            self.faiss["pixel"].add(pixel_features(images))
+        self.flat["hamming"].add(bits.pack_bits(tokens, self.tokenizer.num_bits).cpu().numpy())
+        if "lpips" in self.flat:
+            self.flat["lpips"].add(self.lpips(images).cpu().numpy())
+        if "pixel" in self.flat:
+            self.flat["pixel"].add(pixel_features(images))
         self.tokens = np.concatenate([self.tokens, tokens.cpu().numpy().astype(np.int32)])
         self.thumbnails = np.concatenate([self.thumbnails, thumbnails(images)])
         self.sources += [{"source": str(s), "label": int(label)} for s, label in zip(sources, labels, strict=True)]
@@ -173,9 +179,10 @@ class ImageIndex:
     def save(self) -> None:
         """Write every file whole under a temporary name, rename it, and the manifest last."""
         d = self.directory
-        for metric, index in self.faiss.items():
-            write = faiss.write_index_binary if metric == "hamming" else faiss.write_index
-            atomic_write(d / f"{metric}.faiss", lambda p, index=index, write=write: write(index, p))
+        backend = self.manifest.get("backend", "faiss")
+        for metric, index in self.flat.items():
+            binary = metric == "hamming"
+            atomic_write(d / file_name(metric, backend), lambda p, i=index, b=binary: write_flat(i, p, b))
         atomic_write(d / "tokens.npy", lambda p: save_npy(p, self.tokens))
         atomic_write(d / "thumbnails.npy", lambda p: save_npy(p, self.thumbnails))
         atomic_write(
@@ -199,9 +206,9 @@ class ImageIndex:
         if images is None and tokens is None:
             raise IndexError_("give images or tokens")
         metrics = list(metrics or self.manifest["metrics"])
-        missing = [m for m in metrics if m not in self.faiss]
+        missing = [m for m in metrics if m not in self.flat]
         if missing:
-            raise IndexError_(f"this index has no {', '.join(missing)} index (it has {', '.join(self.faiss)})")
+            raise IndexError_(f"this index has no {', '.join(missing)} index (it has {', '.join(self.flat)})")
         if images is None and metrics != ["hamming"]:
             raise IndexError_("token queries can only be searched by Hamming distance; pass metrics=['hamming']")
         if len(self) == 0:
@@ -215,13 +222,13 @@ class ImageIndex:
                 grid = tuple(self.manifest["grid"])
                 if tuple(tokens.shape[1:]) != grid:
                     raise IndexError_(f"token grids must be {grid}, got {tuple(tokens.shape[1:])}")
-                distances, ids = self.faiss[metric].search(
+                distances, ids = self.flat[metric].search(
                     bits.pack_bits(tokens, self.tokenizer.num_bits).cpu().numpy(), k
                 )
             elif metric == "lpips":
-                distances, ids = self.faiss[metric].search(self.lpips(images).cpu().numpy(), k)
+                distances, ids = self.flat[metric].search(self.lpips(images).cpu().numpy(), k)
             else:
-                distances, ids = self.faiss[metric].search(pixel_features(images), k)
+                distances, ids = self.flat[metric].search(pixel_features(images), k)
             ids = ids.astype(np.int64)
             results[metric] = Neighbours(
                 metric,

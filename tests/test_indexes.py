@@ -239,3 +239,75 @@ def test_memorization_report_flags_copies_of_training_images(tmp_path, index):
     assert saved["metrics"]["hamming"]["threshold"] == report["metrics"]["hamming"]["threshold"]
     for name in ("report.html", "report.png", "closest_hamming.png", "closest_lpips.png", "closest_pixel.png"):
         assert (tmp_path / name).stat().st_size > 1000, name
+
+
+# ---------------------------------------------------------------------------------------------------- backends
+
+
+def test_torch_flat_equals_numpy_brute_force_with_ties_by_lower_id():
+    from indexes.backends import TorchFlat
+
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 256, size=(300, 6), dtype=np.uint8)
+    codes[200:] = codes[:100]  # exact duplicates: ties that must come out in ascending-id order
+    flat = TorchFlat(48, binary=True)
+    flat.add(codes[:150])
+    flat.add(codes[150:])
+    queries = codes[[3, 7, 250]]
+    distances, ids = flat.search(queries, 5)
+    brute = np.unpackbits(queries[:, None] ^ codes[None], axis=-1).sum(-1)
+    order = np.argsort(brute, axis=1, kind="stable")[:, :5]
+    assert np.array_equal(ids, order) and np.array_equal(distances, np.take_along_axis(brute, order, 1))
+    assert ids[0, :2].tolist() == [3, 203] and distances[0, :2].tolist() == [0, 0]
+
+    vectors = rng.standard_normal((500, 40)).astype(np.float32)
+    l2 = TorchFlat(40, binary=False)
+    l2.add(vectors)
+    distances, ids = l2.search(vectors[:4], 3)
+    brute = ((vectors[:4, None].astype(np.float64) - vectors[None]) ** 2).sum(-1)
+    assert np.array_equal(ids, np.argsort(brute, axis=1, kind="stable")[:, :3])
+    assert np.allclose(distances, np.sort(brute, axis=1)[:, :3], rtol=1e-6, atol=1e-9)
+    assert np.array_equal(l2.reconstruct(7), vectors[7])
+
+
+def test_torch_backend_index_equals_the_faiss_index(tmp_path, index, tiny_tokenizer):
+    built = ImageIndex.create(tmp_path, tiny_tokenizer, 32, random_lpips_backbone=True, backend="torch")
+    images, labels = procedural(120)
+    built.add(images[:70], [f"train:{i}" for i in range(70)], labels[:70])
+    built.save()
+    reopened = ImageIndex.open(tmp_path, tiny_tokenizer)  # add after a reopen, as `indexes add` does
+    reopened.add(images[70:], [f"train:{i}" for i in range(70, 120)], labels[70:])
+    reopened.save()
+    torch_index = ImageIndex.open(tmp_path, tiny_tokenizer)
+    assert torch_index.manifest["backend"] == "torch" and sorted(p.name for p in tmp_path.glob("*.npy")) == [
+        "hamming.npy", "lpips.npy", "pixel.npy", "thumbnails.npy", "tokens.npy"
+    ]  # fmt: skip
+    queries, _ = procedural(6, split="test")
+    ours, reference = torch_index.search(queries, k=8), index.search(queries, k=8)
+    assert np.array_equal(ours["hamming"].distances, reference["hamming"].distances)
+    for metric in ("lpips", "pixel"):
+        assert np.allclose(ours[metric].distances, reference[metric].distances, rtol=1e-4, atol=1e-6)
+        assert np.array_equal(ours[metric].ids[:, 0], reference[metric].ids[:, 0])
+
+
+def test_without_faiss_the_torch_backend_is_chosen_and_faiss_indexes_are_explained(tmp_path, index):
+    code = f"""
+import sys
+sys.modules["faiss"] = None  # as if faiss-cpu were not installed
+import torch
+from indexes.store import ImageIndex, IndexError_
+from maskbit import Tokenizer
+tiny = {str(OFFICIAL_TINY)!r}
+tokenizer = Tokenizer.from_pretrained(tiny + "/tiny_tokenizer.bin", tiny + "/tiny_tokenizer.yaml")
+built = ImageIndex.create({str(tmp_path / "new")!r}, tokenizer, 32, metrics=["hamming", "pixel"])
+built.add(torch.rand(5, 3, 32, 32), list("abcde"), [0] * 5)
+built.save()
+assert ImageIndex.open({str(tmp_path / "new")!r}, tokenizer).manifest["backend"] == "torch"
+try:
+    ImageIndex.open({str(index.directory)!r}, tokenizer)
+except IndexError_ as error:
+    print(error)
+"""
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "faiss is not installed (pip install faiss-cpu)" in result.stdout and "--backend torch" in result.stdout
