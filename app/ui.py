@@ -30,6 +30,9 @@ __all__ = ["build_ui", "CSS"]
 
 CSS = """
 .pixelated img, img.pixelated { image-rendering: pixelated; }
+/* 32-64 px images: scale them up to the component instead of showing them at their size */
+.pixelated .image-frame { width: 100% !important; }
+.pixelated img { object-fit: contain !important; }
 #token-grid img { image-rendering: pixelated; cursor: crosshair; }
 """
 SCHEDULES = ["arccos", "cosine", "linear", "square"]
