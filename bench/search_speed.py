@@ -2,10 +2,14 @@
 
 1. Hamming, k = 10, over random 3072-bit codes (16×16 tokens × 12 bits, the real 12-bit models): exact
    IndexBinaryFlat versus IndexBinaryIVF at several nprobe, recall@10 measured against the exact distances.
+   Random codes are the worst case for any partitioning; `--real-codes N` measures the same modes, and binary HNSW
+   (the index's `approximate` option), on the bundled tokenizer's codes of N procedural training images, queried
+   with held-out images.
 2. LPIPS k = 10 over 64×64 images: the index (one embedding per training image, an L2 search) versus the naive way
    (an lpips forward pass against every training image), same top-10 required.
 
     .venv/bin/python -m bench.search_speed --codes 1000000 --queries 100 --lpips-images 2000
+    .venv/bin/python -m bench.search_speed --codes 0 --lpips-images 0 --real-codes 20000
 """
 
 from __future__ import annotations
@@ -34,19 +38,48 @@ def recall_at_k(exact_distances: np.ndarray, found_distances: np.ndarray) -> flo
     return float((found_distances <= kth).sum(1).clip(max=exact_distances.shape[1]).mean() / exact_distances.shape[1])
 
 
-def hamming(num_codes: int, num_queries: int, bits: int = 3072) -> None:
-    rng = np.random.default_rng(0)
-    codes = rng.integers(0, 256, (num_codes, bits // 8), dtype=np.uint8)
-    queries = rng.integers(0, 256, (num_queries, bits // 8), dtype=np.uint8)
+def real_codes(num_codes: int, num_queries: int) -> tuple[np.ndarray, np.ndarray]:
+    """Packed token codes of procedural training images (database) and held-out images (queries)."""
+    from maskbit import Tokenizer
+    from maskbit.bits import pack_bits
+
+    tokenizer = Tokenizer.from_pretrained("default")
+
+    def encode(split: str, count: int) -> np.ndarray:
+        dataset, rows = ProceduralShapes(split), []
+        for start in range(0, count, 250):
+            images = torch.stack(
+                [
+                    torch.from_numpy(np.asarray(dataset[i][0]).copy()).permute(2, 0, 1).float() / 255
+                    for i in range(start, min(start + 250, count))
+                ]
+            )
+            with torch.no_grad():
+                rows.append(pack_bits(tokenizer.encode(images), tokenizer.num_bits).numpy())
+        return np.concatenate(rows)
+
+    return encode("train", num_codes), encode("test", num_queries)
+
+
+def hamming(num_codes: int, num_queries: int, bits: int = 3072, real: bool = False) -> None:
+    if real:
+        codes, queries = real_codes(num_codes, num_queries)
+        bits = codes.shape[1] * 8
+    else:
+        rng = np.random.default_rng(0)
+        codes = rng.integers(0, 256, (num_codes, bits // 8), dtype=np.uint8)
+        queries = rng.integers(0, 256, (num_queries, bits // 8), dtype=np.uint8)
+    kind = "real" if real else "random"
     exact = faiss.IndexBinaryFlat(bits)
     _, build = timed(exact.add, codes)
     (exact_d, _), search = timed(exact.search, queries, 10)
     print(
-        f"| Hamming exact (IndexBinaryFlat) | {num_codes:,} | {build:.1f} s | {search * 1000 / num_queries:.1f} ms | "
+        f"| Hamming exact (IndexBinaryFlat) | {num_codes:,} {kind} | {build:.1f} s | "
+        f"{search * 1000 / num_queries:.1f} ms | "
         f"1.000 | {bits // 8} B |",
         flush=True,
     )
-    nlist = 1024
+    nlist = 1024 if num_codes >= 64 * 1024 else max(16, num_codes // 64)
     ivf = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(bits), bits, nlist)
     _, train = timed(ivf.train, codes[: min(num_codes, 64 * nlist)])
     _, add = timed(ivf.add, codes)
@@ -54,8 +87,18 @@ def hamming(num_codes: int, num_queries: int, bits: int = 3072) -> None:
         ivf.nprobe = nprobe
         (d, _), search = timed(ivf.search, queries, 10)
         print(
-            f"| Hamming IVF{nlist}, nprobe {nprobe} | {num_codes:,} | {train + add:.1f} s | "
+            f"| Hamming IVF{nlist}, nprobe {nprobe} | {num_codes:,} {kind} | {train + add:.1f} s | "
             f"{search * 1000 / num_queries:.1f} ms | {recall_at_k(exact_d, d):.3f} | {bits // 8} B + 8 B id |",
+            flush=True,
+        )
+    hnsw = faiss.IndexBinaryHNSW(bits, 32)
+    _, add = timed(hnsw.add, codes)
+    for ef in (16, 64, 256):
+        hnsw.hnsw.efSearch = ef
+        (d, _), search = timed(hnsw.search, queries, 10)
+        print(
+            f"| Hamming HNSW32, efSearch {ef} | {num_codes:,} {kind} | {add:.1f} s | "
+            f"{search * 1000 / num_queries:.1f} ms | {recall_at_k(exact_d, d):.3f} | {bits // 8} B + 256 B links |",
             flush=True,
         )
 
@@ -109,6 +152,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--lpips-images", type=int, default=2000)
     parser.add_argument("--lpips-queries", type=int, default=10)
+    parser.add_argument("--real-codes", type=int, default=0, help="also measure on N real token codes")
     args = parser.parse_args()
     print(
         f"# {time.strftime('%Y-%m-%d')}, {platform.machine()}, {faiss.omp_get_max_threads()} threads, "
@@ -116,8 +160,12 @@ def main() -> None:
     )
     print("| mode | codes | build | latency / query | recall@10 | memory / image |")
     print("|---|---|---|---|---|---|")
-    hamming(args.codes, args.queries)
-    lpips_speedup(args.lpips_images, args.lpips_queries)
+    if args.codes:
+        hamming(args.codes, args.queries)
+    if args.real_codes:
+        hamming(args.real_codes, args.queries, real=True)
+    if args.lpips_images:
+        lpips_speedup(args.lpips_images, args.lpips_queries)
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ def build_dataset_index(
     save_every: int = 50,
     progress: Progress | None = None,
     backend: str = "auto",
+    approximate_hamming: bool = False,
 ) -> ImageIndex:
     """Create the index of the first `limit` images of a dataset split, or continue one that stopped."""
     out = Path(out)
@@ -63,7 +64,9 @@ def build_dataset_index(
         if described.get("spec") != dataset or described.get("split") != split:
             raise IndexError_(f"{out} indexes {described}; use `python -m indexes add` to add other images")
     else:
-        index = ImageIndex.create(out, tokenizer, resolution, metrics, lpips_net, random_lpips_backbone, backend)
+        index = ImageIndex.create(
+            out, tokenizer, resolution, metrics, lpips_net, random_lpips_backbone, backend, approximate_hamming
+        )
         index.manifest["dataset"] = {"spec": dataset, "split": split, "seed": seed, "classes": classes}
     for first in range(len(index), total, batch_size):
         ids = range(first, min(first + batch_size, total))

@@ -64,6 +64,7 @@ def cmd_build(args: argparse.Namespace) -> None:
         args.save_every,
         progress,
         args.backend,
+        args.approximate_hamming,
     )
     bar.close()
     print(f"indexed {len(index)} images of {args.dataset} ({args.split}) into {args.out}")
@@ -86,10 +87,11 @@ def cmd_search(args: argparse.Namespace) -> None:
     `maskbit generate`) by Hamming distance; the JSON gives each Hamming neighbour's per-token distance map."""
     tokenizer = load_tokenizer(args)
     index = ImageIndex.open(args.index, tokenizer)
+    approximate = {"approximate": args.approximate, "ef_search": args.ef_search}
     if args.tokens:
         tokens = load_indices(Path(args.tokens))
         queries = [f"{args.tokens}[{i}]" for i in range(len(tokens))]
-        results = index.search(tokens=tokens, k=args.k, metrics=["hamming"])
+        results = index.search(tokens=tokens, k=args.k, metrics=["hamming"], **approximate)
     else:
         if not args.images:
             raise ValueError("give image files or folders to search for, or --tokens FILE.npy")
@@ -98,7 +100,7 @@ def cmd_search(args: argparse.Namespace) -> None:
         images = torch.stack([load_image(p, size) for p in paths])
         tokens = tokenizer.encode(images)
         queries = [str(p) for p in paths]
-        results = index.search(images, tokens=tokens, k=args.k, metrics=args.metrics)
+        results = index.search(images, tokens=tokens, k=args.k, metrics=args.metrics, **approximate)
     report = []
     for q, query in enumerate(queries):
         entry = {"query": query}
@@ -178,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--backend", default="auto", choices=["auto", *BACKENDS], help="auto: faiss when installed, else torch"
     )
+    p.add_argument("--approximate-hamming", action="store_true", help="also build an HNSW graph for fast search")
     p.add_argument("--out", required=True)
     p.set_defaults(run=cmd_build)
 
@@ -190,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("search", "nearest indexed images of image files or token grids")
     p.add_argument("images", nargs="*", help="image files or folders")
     p.add_argument("--tokens", help="or a .npy of token grids (B, h, w), searched by Hamming distance")
+    p.add_argument("--approximate", action="store_true", help="Hamming by the HNSW graph (--approximate-hamming)")
+    p.add_argument("--ef-search", type=int, default=64, help="HNSW candidates visited per query")
     p.add_argument("--index", required=True)
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--metrics", nargs="+", choices=METRICS)

@@ -5,6 +5,7 @@
     lpips.faiss        IndexFlatL2 over φ(x), ‖φ(x) − φ(y)‖² = LPIPS(x, y) (exact)
     pixel.faiss        IndexFlatL2 over 16×16 thumbnails in [0, 1] (squared L2)
                        (`<metric>.npy`, the raw vectors, with the torch backend: indexes/backends.py)
+    hamming-hnsw.faiss optional IndexBinaryHNSW over the same codes: approximate Hamming search (`approximate=True`)
     tokens.npy         (N, h, w) token indices, for per-token Hamming maps
     thumbnails.npy     (N, T, T, 3) uint8, for display
     sources.jsonl      one {"source", "label"} per id
@@ -35,6 +36,8 @@ METRICS = ("hamming", "lpips", "pixel")
 PIXEL_SIZE = 16
 THUMBNAIL_SIZE = 64
 FORMAT_VERSION = 1
+HNSW_M = 32  # graph links per node of the approximate Hamming index
+HNSW_FILE = "hamming-hnsw.faiss"
 
 
 class IndexError_(ValueError):
@@ -56,6 +59,7 @@ class ImageIndex:
     def __init__(self, directory: Path, tokenizer: Tokenizer, manifest: dict[str, Any], lpips: LPIPSEmbedding | None):
         self.directory, self.tokenizer, self.manifest, self.lpips = directory, tokenizer, manifest, lpips
         self.flat: dict[str, Any] = {}  # metric → exact k-NN index (indexes/backends.py)
+        self.hnsw: Any = None  # optional approximate Hamming index
         self.tokens = np.zeros((0, *manifest["grid"]), dtype=np.int32)
         self.thumbnails = np.zeros((0, THUMBNAIL_SIZE, THUMBNAIL_SIZE, 3), dtype=np.uint8)
         self.sources: list[dict[str, Any]] = []
@@ -72,7 +76,9 @@ class ImageIndex:
         lpips_net: str = "alex",
         random_lpips_backbone: bool = False,
         backend: str = "auto",
+        approximate_hamming: bool = False,
     ) -> ImageIndex:
+        """An empty index; `approximate_hamming` adds a binary HNSW graph (faiss backend) beside the exact index."""
         unknown = set(metrics) - set(METRICS)
         if unknown or not metrics:
             raise IndexError_(f"metrics must be a non-empty subset of {METRICS}, got {list(metrics)}")
@@ -80,6 +86,8 @@ class ImageIndex:
             backend = available_backend(backend)
         except ValueError as error:
             raise IndexError_(str(error)) from None
+        if approximate_hamming and backend != "faiss":
+            raise IndexError_("approximate Hamming search (HNSW) needs the faiss backend")
         directory = Path(directory)
         if (directory / "manifest.json").exists():
             raise IndexError_(f"{directory} already holds an index; open it to add images, or choose another --out")
@@ -97,6 +105,7 @@ class ImageIndex:
             "lpips_net": lpips_net if "lpips" in metrics else None,
             "lpips_random_backbone": random_lpips_backbone,
             "backend": backend,
+            "approximate_hamming": {"kind": "hnsw", "M": HNSW_M} if approximate_hamming else None,
             "count": 0,
             "versions": {"faiss": faiss.__version__ if faiss is not None else None, "torch": torch.__version__},
         }
@@ -104,6 +113,8 @@ class ImageIndex:
         index = cls(directory, tokenizer, manifest, lpips)
         code_bits = manifest["grid"][0] * manifest["grid"][1] * tokenizer.num_bits
         index.flat["hamming"] = new_flat(backend, -(-code_bits // 8) * 8, binary=True)
+        if approximate_hamming:
+            index.hnsw = faiss.IndexBinaryHNSW(-(-code_bits // 8) * 8, HNSW_M)
         if lpips is not None:
             dim = lpips(torch.zeros(1, 3, image_size, image_size)).shape[1]
             index.flat["lpips"] = new_flat(backend, dim, binary=False)
@@ -139,6 +150,16 @@ class ImageIndex:
                 index.flat[metric] = read_flat(backend, path, binary=metric == "hamming")
                 if index.flat[metric].ntotal != count:
                     raise IndexError_(f"{path} holds {index.flat[metric].ntotal} entries, the manifest says {count}")
+            if manifest.get("approximate_hamming"):
+                if faiss is None:
+                    raise IndexError_(
+                        f"{directory} has an HNSW index and faiss is not installed (pip install faiss-cpu)"
+                    )
+                index.hnsw = faiss.read_index_binary(str(directory / HNSW_FILE))
+                if index.hnsw.ntotal != count:
+                    raise IndexError_(
+                        f"{directory / HNSW_FILE} holds {index.hnsw.ntotal} entries, the manifest {count}"
+                    )
             if "hamming" not in index.flat:
                 raise IndexError_(f"{directory} has no Hamming index")
             index.tokens = np.load(directory / "tokens.npy", allow_pickle=False)
@@ -166,7 +187,10 @@ class ImageIndex:
         if images.dim() != 4 or tuple(images.shape[1:]) != (3, size, size):
             raise IndexError_(f"images must have shape (B, 3, {size}, {size}), got {tuple(images.shape)}")
         tokens = self.tokenizer.encode(images)
-        self.flat["hamming"].add(bits.pack_bits(tokens, self.tokenizer.num_bits).cpu().numpy())
+        codes = bits.pack_bits(tokens, self.tokenizer.num_bits).cpu().numpy()
+        self.flat["hamming"].add(codes)
+        if self.hnsw is not None:
+            self.hnsw.add(codes)
         if "lpips" in self.flat:
             self.flat["lpips"].add(self.lpips(images).cpu().numpy())
         if "pixel" in self.flat:
@@ -183,6 +207,8 @@ class ImageIndex:
         for metric, index in self.flat.items():
             binary = metric == "hamming"
             atomic_write(d / file_name(metric, backend), lambda p, i=index, b=binary: write_flat(i, p, b))
+        if self.hnsw is not None:
+            atomic_write(d / HNSW_FILE, lambda p: faiss.write_index_binary(self.hnsw, p))
         atomic_write(d / "tokens.npy", lambda p: save_npy(p, self.tokens))
         atomic_write(d / "thumbnails.npy", lambda p: save_npy(p, self.thumbnails))
         atomic_write(
@@ -200,9 +226,15 @@ class ImageIndex:
         tokens: torch.Tensor | None = None,
         k: int = 10,
         metrics: Sequence[str] | None = None,
+        approximate: bool = False,
+        ef_search: int = 64,
     ) -> dict[str, Neighbours]:
         """Top-k neighbours per metric of images (Q, 3, S, S) in [0, 1], or of token grids (Q, h, w) (Hamming only).
-        With both, `tokens` are the images' token grids (not encoded again)."""
+        With both, `tokens` are the images' token grids (not encoded again). `approximate` searches Hamming distance
+        in the HNSW graph (built with `approximate_hamming`), visiting `ef_search` candidates: faster at scale, and
+        its recall is measured in bench/README.md; distances of what it finds are exact."""
+        if approximate and self.hnsw is None:
+            raise IndexError_("this index has no approximate Hamming index; build it with --approximate-hamming")
         if images is None and tokens is None:
             raise IndexError_("give images or tokens")
         metrics = list(metrics or self.manifest["metrics"])
@@ -222,9 +254,12 @@ class ImageIndex:
                 grid = tuple(self.manifest["grid"])
                 if tuple(tokens.shape[1:]) != grid:
                     raise IndexError_(f"token grids must be {grid}, got {tuple(tokens.shape[1:])}")
-                distances, ids = self.flat[metric].search(
-                    bits.pack_bits(tokens, self.tokenizer.num_bits).cpu().numpy(), k
-                )
+                codes = bits.pack_bits(tokens, self.tokenizer.num_bits).cpu().numpy()
+                if approximate:
+                    self.hnsw.hnsw.efSearch = max(ef_search, k)
+                    distances, ids = self.hnsw.search(codes, k)
+                else:
+                    distances, ids = self.flat[metric].search(codes, k)
             elif metric == "lpips":
                 distances, ids = self.flat[metric].search(self.lpips(images).cpu().numpy(), k)
             else:

@@ -311,3 +311,30 @@ except IndexError_ as error:
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "faiss is not installed (pip install faiss-cpu)" in result.stdout and "--backend torch" in result.stdout
+
+
+def test_approximate_hamming_finds_true_distances_with_high_recall(tmp_path, index, tiny_tokenizer):
+    built = ImageIndex.create(tmp_path, tiny_tokenizer, 32, metrics=["hamming"], approximate_hamming=True)
+    images, labels = procedural(120)
+    built.add(images[:60], [f"train:{i}" for i in range(60)], labels[:60])
+    built.save()
+    reopened = ImageIndex.open(tmp_path, tiny_tokenizer)
+    reopened.add(images[60:], [f"train:{i}" for i in range(60, 120)], labels[60:])
+    reopened.save()
+    approximate_index = ImageIndex.open(tmp_path, tiny_tokenizer)
+    assert (tmp_path / "hamming-hnsw.faiss").is_file() and approximate_index.hnsw.ntotal == 120
+
+    queries, _ = procedural(20, split="test")
+    tokens = tiny_tokenizer.encode(queries)
+    exact = approximate_index.search(tokens=tokens, k=10, metrics=["hamming"])["hamming"]
+    found = approximate_index.search(tokens=tokens, k=10, metrics=["hamming"], approximate=True)["hamming"]
+    packed = np.stack([bits.pack_bits(torch.from_numpy(t[None]).long(), 12)[0].numpy() for t in index.tokens])
+    brute = np.unpackbits(bits.pack_bits(tokens, 12).numpy()[:, None] ^ packed[None], axis=-1).sum(-1)
+    assert np.array_equal(np.take_along_axis(brute, found.ids, 1), found.distances)  # distances are exact
+    recall = (found.distances <= exact.distances[:, -1:]).sum(1).clip(max=10).mean() / 10
+    assert recall >= 0.9
+
+    with pytest.raises(IndexError_, match="no approximate Hamming index"):
+        index.search(tokens=tokens, metrics=["hamming"], approximate=True)
+    with pytest.raises(IndexError_, match="needs the faiss backend"):
+        ImageIndex.create(tmp_path / "t", tiny_tokenizer, 32, backend="torch", approximate_hamming=True)
