@@ -9,6 +9,7 @@ which includes start-up, is left out).
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import subprocess
 import sys
@@ -25,11 +26,13 @@ def run(args: list[str]) -> None:
     subprocess.run([sys.executable, "-m", "train", *args], check=True, capture_output=True, text=True)
 
 
-def throughput(run_dir: Path, batch_size: int) -> tuple[float, float]:
+def throughput(run_dir: Path) -> tuple[int, float, float]:
+    """(batch size, steps/s, images/s) of a finished run, the batch size read from its config.json."""
+    batch_size = json.loads((run_dir / "config.json").read_text())["training"]["batch_size"]
     records = [r for r in RunDir(run_dir).read_metrics() if "time" in r][1:]
     seconds = records[-1]["time"] - records[0]["time"]
     steps = records[-1]["step"] - records[0]["step"]
-    return steps / seconds, steps * batch_size / seconds
+    return batch_size, steps / seconds, steps * batch_size / seconds
 
 
 def main() -> None:
@@ -49,9 +52,9 @@ def main() -> None:
             "training.save_every=100000",
             "training.sample_every=100000",
         ]
-        for preset, batch in (("tiny", 4), ("default", 16)):
+        for preset in ("tiny", "default"):
             run(["tokenizer", "--preset", preset, "--run-dir", str(tmp / f"tok-{preset}"), "--set", *common])
-            steps, images = throughput(tmp / f"tok-{preset}", batch)
+            batch, steps, images = throughput(tmp / f"tok-{preset}")
             print(f"| tokenizer | {preset} | {batch} | {steps:.2f} | {images:.1f} |", flush=True)
         run(["pretokenize", "--tokenizer", args.tokenizer, "--count", "2000", "--out", str(tmp / "tokens.npz")])
         run(
@@ -67,8 +70,8 @@ def main() -> None:
                 f"data.pretokenized={tmp / 'tokens.npz'}",
             ]
         )
-        steps, images = throughput(tmp / "gen", 64)
-        print(f"| generator | default (pre-tokenised) | 64 | {steps:.2f} | {images:.1f} |", flush=True)
+        batch, steps, images = throughput(tmp / "gen")
+        print(f"| generator | default (pre-tokenised) | {batch} | {steps:.2f} | {images:.1f} |", flush=True)
 
 
 if __name__ == "__main__":
