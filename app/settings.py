@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 __all__ = ["Settings", "parse_settings", "PROJECT_ROOT"]
@@ -166,24 +166,9 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         if not sep or not user or not password:
             parser.error("--auth must look like user:password")
         auth = (user, password)
-    settings = Settings(
-        tokenizer=args.tokenizer,
-        generator=args.generator,
-        tokenizer_config=args.tokenizer_config,
-        generator_config=args.generator_config,
-        index=args.index,
-        index_root=args.index_root,
-        index_size=args.index_size,
-        random_lpips_backbone=args.random_lpips_backbone,
-        host=args.host,
-        port=args.port,
-        auth=auth,
-        enable_training=args.enable_training,
-        show_dataset_images=args.show_dataset_images,
-        workspace=args.workspace,
-        data_roots=args.data_root,
-        concurrency=max(1, args.concurrency),
-    )
+    # Every option whose name is a Settings field, plus the two that need converting.
+    given = {f.name: getattr(args, f.name) for f in fields(Settings) if hasattr(args, f.name)}
+    settings = Settings(**given | {"auth": auth, "data_roots": args.data_root, "concurrency": max(1, args.concurrency)})
     if settings.exposed and settings.enable_training and auth is None:
         parser.error("--enable-training on an exposed server needs --auth user:password")
     return settings
