@@ -1,6 +1,7 @@
 """Quality of the bundled default model on its procedural dataset (the numbers of its model card).
 
     .venv/bin/python -m bench.default_model --out bench/results
+    .venv/bin/python -m bench.default_model --guidance-scale 4 --randomize-temperature 4.5 --out /tmp/sweep  # a knob
 
 1. Held-out reconstruction PSNR of the tokenizer (the fixed test split).
 2. A classifier trained only on real dataset images (train split), with its own held-out accuracy and its accuracy
@@ -25,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maskbit import SAMPLING_PRESETS, Generator, Tokenizer, bits, generate
+from maskbit import Generator, Tokenizer, bits, generate
+from maskbit.cli import add_sampling_args, sampling_from_args
 from maskbit.images import image_grid, psnr, save_image
 from train.datasets import PROCEDURAL_CLASSES, ProceduralShapes
 
@@ -109,7 +111,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokenizer", default="default")
     parser.add_argument("--generator", default="default")
-    parser.add_argument("--sampling", default="default")
+    add_sampling_args(parser, preset="default")  # e.g. --guidance-scale 4 --randomize-temperature 4.5 for a sweep
     parser.add_argument("--test-images", type=int, default=2000)
     parser.add_argument("--per-class", type=int, default=50, help="generated images per class")
     parser.add_argument("--classifier-steps", type=int, default=1500)
@@ -142,7 +144,7 @@ def main() -> None:
     reconstruction_accuracy, reconstruction_per_class = accuracy(classifier, reconstructions.clamp(0, 1), labels)
 
     requested = torch.arange(len(PROCEDURAL_CLASSES)).repeat_interleave(args.per_class)
-    sampling = SAMPLING_PRESETS[args.sampling]
+    sampling = sampling_from_args(args)
     generated = torch.cat(
         [
             generate(generator, tokenizer, requested[i : i + 100], sampling, seed=i)

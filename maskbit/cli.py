@@ -122,6 +122,19 @@ def cmd_generate(args: argparse.Namespace) -> None:
     print(f"wrote {len(labels)} images, grid.png and indices.npy to {out} (sampling: {sampling})")
 
 
+def add_sampling_args(parser: argparse.ArgumentParser, preset: str | None = None) -> None:
+    """--preset and one option per sampling knob (each overrides the preset); read back by sampling_from_args."""
+    help = "sampling preset" + ("" if preset else " (default: the generator's)")
+    parser.add_argument("--preset", choices=sorted(SAMPLING_PRESETS), default=preset, help=help)
+    parser.add_argument("--num-steps", type=int)
+    parser.add_argument("--guidance-scale", type=float)
+    parser.add_argument("--guidance-annealing", choices=["none", "linear", "cosine"])
+    parser.add_argument("--scale-pow", type=float)
+    parser.add_argument("--randomize-temperature", type=float)
+    parser.add_argument("--softmax-temperature", type=float)
+    parser.add_argument("--mask-schedule", choices=["arccos", "cosine", "linear", "square", "root"])
+
+
 def sampling_from_args(args: argparse.Namespace) -> SamplingConfig:
     preset = args.preset
     if preset is None:  # the generator's own official preset when it has one
@@ -235,14 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--random-init", action="store_true", help="build --tokenizer/--generator presets, random weights")
     p.add_argument("--labels", type=int, nargs="+", default=[0], help="class ids")
     p.add_argument("--per-class", type=int, default=1, help="images per class id")
-    p.add_argument("--preset", choices=sorted(SAMPLING_PRESETS), help="sampling preset (default: the generator's)")
-    p.add_argument("--num-steps", type=int)
-    p.add_argument("--guidance-scale", type=float)
-    p.add_argument("--guidance-annealing", choices=["none", "linear", "cosine"])
-    p.add_argument("--scale-pow", type=float)
-    p.add_argument("--randomize-temperature", type=float)
-    p.add_argument("--softmax-temperature", type=float)
-    p.add_argument("--mask-schedule", choices=["arccos", "cosine", "linear", "square", "root"])
+    add_sampling_args(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--bf16", action="store_true", help="run the generator under bfloat16 autocast (GPU)")
