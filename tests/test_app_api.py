@@ -218,19 +218,21 @@ def test_a_training_job_runs_stops_resumes_and_loads(client, app_server, app_mod
     def job():
         return jobs.job("tiny-job")
 
-    wait_for(lambda: job().state == "running" and job().step >= 10, 240, "the job to pass step 10")
+    # The bounds only stop a hung test; on a busy 2-core machine each phase can take minutes.
+    wait_for(lambda: job().state == "running" and job().step >= 10, 600, "the job to pass step 10")
     table, _ = client.predict(api_name="/train_status")
     row = next(r for r in table["data"] if r[0] == "tiny-job")
     assert row[1:3] == ["tokenizer", "running"] and row[5]  # has a pid
     client.predict("tiny-job", api_name="/train_stop")
-    stopped = wait_for(lambda: job().state in ("stopped", "finished") and job(), 120, "the job to stop")
+    stopped = wait_for(lambda: job().state in ("stopped", "finished", "failed") and job(), 300, "the job to stop")
     assert stopped.state == "stopped", jobs.console_tail("tiny-job")
     assert jobs.run_dir("tiny-job").latest_checkpoint() is not None
     figure, sample, console = client.predict("tiny-job", api_name="/train_curves")
     assert any(trace["name"] == "loss" for trace in json.loads(figure["plot"])["data"])
 
     client.predict("tiny-job", api_name="/train_resume")
-    wait_for(lambda: job().state == "finished", 300, "the resumed job to finish")
+    ended = wait_for(lambda: job().state in ("finished", "failed", "died") and job(), 900, "the resumed job to end")
+    assert ended.state == "finished", jobs.console_tail("tiny-job")
     steps = [m["step"] for m in jobs.metrics("tiny-job")]
     assert steps == sorted(set(steps)) and steps[-1] == 120
 
