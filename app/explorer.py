@@ -398,15 +398,7 @@ def neighbours(index: ImageIndex, image: torch.Tensor, k: int) -> NeighbourResul
         for b in metrics[i + 1 :]:
             overlap[f"{a}∩{b}"] = len(set(found[a].ids[0]) & set(found[b].ids[0])) / len(found[a].ids[0])
     ids = np.unique(np.concatenate([found[m].ids[0] for m in metrics]))
-    shortlist = {"ids": ids}
-    for metric in metrics:
-        if metric == "hamming":
-            stored = torch.from_numpy(index.tokens[ids]).long()
-            shortlist[metric] = bits.hamming(stored, tokens.cpu().long(), dim=(-2, -1)).numpy().astype(np.float64)
-        else:
-            vectors = np.stack([index.flat[metric].reconstruct(int(i)) for i in ids])
-            q = index.lpips(query.cpu()).numpy() if metric == "lpips" else _pixel(query)
-            shortlist[metric] = ((vectors - q) ** 2).sum(1).astype(np.float64)
+    shortlist = {"ids": ids, **{metric: index.exact_distances(metric, query, tokens, ids) for metric in metrics}}
     nearest = int(found["hamming"].ids[0, 0])
     heatmap = index.token_distance_map(tokens[0], nearest)
     calibration = index.manifest.get("calibration", {})
@@ -420,12 +412,6 @@ def neighbours(index: ImageIndex, image: torch.Tensor, k: int) -> NeighbourResul
             "memorized": None if threshold is None else distance < threshold,
         }
     return NeighbourResult(query[0].cpu(), tokens[0].cpu(), found, overlap, shortlist, heatmap, verdicts)
-
-
-def _pixel(query: torch.Tensor) -> np.ndarray:
-    from indexes.store import pixel_features
-
-    return pixel_features(query.cpu())
 
 
 # ---------------------------------------------------------------------------------------------------- token space

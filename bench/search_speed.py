@@ -7,15 +7,20 @@
    with held-out images.
 2. LPIPS k = 10 over 64×64 images: the index (one embedding per training image, an L2 search) versus the naive way
    (an lpips forward pass against every training image), same top-10 required.
+3. `--lpips-sketch N`: the scalable LPIPS modes (count sketches of φ in flat, PQ and IVF-PQ indexes, shortlist
+   re-ranked by exact LPIPS from the source images) built with `build_dataset_index` over N procedural images:
+   recall@10 against the exact LPIPS index, latency per query and bytes per image.
 
     .venv/bin/python -m bench.search_speed --codes 1000000 --queries 100 --lpips-images 2000
     .venv/bin/python -m bench.search_speed --codes 0 --lpips-images 0 --real-codes 20000
+    .venv/bin/python -m bench.search_speed --codes 0 --lpips-images 0 --lpips-sketch 20000
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
+import tempfile
 import time
 
 import faiss
@@ -26,9 +31,9 @@ from indexes.lpips_embedding import LPIPSEmbedding
 from train.datasets import ProceduralShapes
 
 
-def timed(fn, *args):
+def timed(fn, *args, **kwargs):
     start = time.perf_counter()
-    result = fn(*args)
+    result = fn(*args, **kwargs)
     return result, time.perf_counter() - start
 
 
@@ -146,6 +151,53 @@ def lpips_speedup(num_images: int, num_queries: int) -> None:
     )
 
 
+SKETCH_MODES = (  # (sketch dimension, FAISS index factory, shortlists re-ranked exactly)
+    (256, "Flat", (100,)),
+    (1024, "Flat", (100,)),
+    (1024, "PQ64", (100, 300)),
+    (1024, "IVF128,PQ64", (100, 300)),
+)
+
+
+def lpips_sketch_recall(num_images: int, num_queries: int) -> None:
+    """Exact LPIPS index versus the sketched modes, all built by `build_dataset_index` (random AlexNet trunk:
+    offline there are no ImageNet weights; what is measured is how well sketches keep distances in φ space)."""
+    from indexes.build import build_dataset_index
+    from indexes.store import ImageIndex
+    from maskbit import Tokenizer
+
+    tokenizer = Tokenizer.from_pretrained("default").requires_grad_(False)
+    dataset = ProceduralShapes("test")
+    queries = torch.stack(
+        [torch.from_numpy(np.asarray(dataset[i][0]).copy()).permute(2, 0, 1).float() / 255 for i in range(num_queries)]
+    )
+    common = {"limit": num_images, "metrics": ["hamming", "lpips"], "random_lpips_backbone": True, "batch_size": 250}
+    with tempfile.TemporaryDirectory() as root:
+        exact, build = timed(build_dataset_index, f"{root}/exact", tokenizer, **common)
+        found, search = timed(exact.search, queries, k=10, metrics=["lpips"])
+        found = found["lpips"]
+        dim = exact.flat["lpips"].d
+        print(
+            f"| LPIPS exact (IndexFlatL2 over φ, {dim:,} floats) | {num_images:,} | {build:.0f} s | "
+            f"{search * 1000 / num_queries:.0f} ms | 1.000 | {dim * 4:,} B |",
+            flush=True,
+        )
+        for sketch, factory, shortlists in SKETCH_MODES:
+            path = f"{root}/{sketch}-{factory}"
+            index, build = timed(
+                build_dataset_index, path, tokenizer, **common, lpips_sketch=sketch, lpips_factory=factory
+            )
+            size = faiss.serialize_index(ImageIndex.open(path, tokenizer).flat["lpips"]).size / num_images
+            for shortlist in shortlists:
+                result, search = timed(index.search, queries, k=10, metrics=["lpips"], lpips_shortlist=shortlist)
+                print(
+                    f"| LPIPS sketch {sketch}, {factory}, shortlist {shortlist} | {num_images:,} | {build:.0f} s | "
+                    f"{search * 1000 / num_queries:.0f} ms | "
+                    f"{recall_at_k(found.distances, result['lpips'].distances):.3f} | {size:,.0f} B |",
+                    flush=True,
+                )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--codes", type=int, default=1_000_000)
@@ -153,6 +205,7 @@ def main() -> None:
     parser.add_argument("--lpips-images", type=int, default=2000)
     parser.add_argument("--lpips-queries", type=int, default=10)
     parser.add_argument("--real-codes", type=int, default=0, help="also measure on N real token codes")
+    parser.add_argument("--lpips-sketch", type=int, default=0, help="measure the sketched LPIPS modes on N images")
     args = parser.parse_args()
     print(
         f"# {time.strftime('%Y-%m-%d')}, {platform.machine()}, {faiss.omp_get_max_threads()} threads, "
@@ -164,6 +217,8 @@ def main() -> None:
         hamming(args.codes, args.queries)
     if args.real_codes:
         hamming(args.real_codes, args.queries, real=True)
+    if args.lpips_sketch:
+        lpips_sketch_recall(args.lpips_sketch, args.queries)
     if args.lpips_images:
         lpips_speedup(args.lpips_images, args.lpips_queries)
 

@@ -52,8 +52,13 @@ def build_dataset_index(
     progress: Progress | None = None,
     backend: str = "auto",
     approximate_hamming: bool = False,
+    lpips_sketch: int | None = None,
+    lpips_factory: str = "Flat",
+    train_size: int = 20_000,
 ) -> ImageIndex:
-    """Create the index of the first `limit` images of a dataset split, or continue one that stopped."""
+    """Create the index of the first `limit` images of a dataset split, or continue one that stopped.
+
+    A compressed LPIPS index (`lpips_factory` other than "Flat") is first trained on the first `train_size` images."""
     out = Path(out)
     resolution = resolution or tokenizer.config.image_size
     view, classes = dataset_view(dataset, split, seed, resolution)
@@ -65,9 +70,22 @@ def build_dataset_index(
             raise IndexError_(f"{out} indexes {described}; use `python -m indexes add` to add other images")
     else:
         index = ImageIndex.create(
-            out, tokenizer, resolution, metrics, lpips_net, random_lpips_backbone, backend, approximate_hamming
+            out,
+            tokenizer,
+            resolution,
+            metrics,
+            lpips_net,
+            random_lpips_backbone,
+            backend,
+            approximate_hamming,
+            lpips_sketch,
+            lpips_factory,
         )
         index.manifest["dataset"] = {"spec": dataset, "split": split, "seed": seed, "classes": classes}
+    if index.needs_training:
+        if progress:
+            progress(0, total, "training the LPIPS index")
+        index.train_lpips(torch.stack([view[i][0] for i in range(min(train_size, total))]), batch_size)
     for first in range(len(index), total, batch_size):
         ids = range(first, min(first + batch_size, total))
         items = [view[i] for i in ids]

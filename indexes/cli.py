@@ -23,7 +23,9 @@ EXAMPLES = {
     "build": """examples:
   python -m indexes build --dataset procedural --split train --limit 20000 --tokenizer default --out indexes/default
   python -m indexes build --dataset /data/imagenet --split train --tokenizer markweber/maskbit_tokenizer_12bit \\
-      --resolution 256 --metrics hamming pixel --out indexes/imagenet12""",
+      --resolution 256 --metrics hamming pixel --out indexes/imagenet12
+  python -m indexes build --dataset /data/imagenet --split train --tokenizer markweber/maskbit_tokenizer_12bit \\
+      --resolution 256 --lpips-sketch 1024 --lpips-index "IVF4096,PQ128" --out indexes/imagenet12-lpips""",
     "add": """examples:
   python -m indexes add my_images/ --index indexes/default --tokenizer default""",
     "report": """examples:
@@ -65,6 +67,9 @@ def cmd_build(args: argparse.Namespace) -> None:
         progress,
         args.backend,
         args.approximate_hamming,
+        args.lpips_sketch,
+        args.lpips_index,
+        args.train_size,
     )
     bar.close()
     print(f"indexed {len(index)} images of {args.dataset} ({args.split}) into {args.out}")
@@ -87,7 +92,12 @@ def cmd_search(args: argparse.Namespace) -> None:
     `maskbit generate`) by Hamming distance; the JSON gives each Hamming neighbour's per-token distance map."""
     tokenizer = load_tokenizer(args)
     index = ImageIndex.open(args.index, tokenizer)
-    approximate = {"approximate": args.approximate, "ef_search": args.ef_search}
+    approximate = {
+        "approximate": args.approximate,
+        "ef_search": args.ef_search,
+        "lpips_shortlist": args.lpips_shortlist,
+        "nprobe": args.nprobe,
+    }
     if args.tokens:
         tokens = load_indices(Path(args.tokens))
         queries = [f"{args.tokens}[{i}]" for i in range(len(tokens))]
@@ -181,6 +191,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend", default="auto", choices=["auto", *BACKENDS], help="auto: faiss when installed, else torch"
     )
     p.add_argument("--approximate-hamming", action="store_true", help="also build an HNSW graph for fast search")
+    p.add_argument(
+        "--lpips-sketch",
+        type=int,
+        metavar="D",
+        help="store D-dimensional count sketches of the LPIPS embedding (large datasets); search re-ranks a shortlist "
+        "with exact LPIPS from the source images",
+    )
+    p.add_argument(
+        "--lpips-index",
+        default="Flat",
+        metavar="FACTORY",
+        help='FAISS index_factory string for the sketches, e.g. "PQ64" or "IVF1024,PQ64" (default: Flat)',
+    )
+    p.add_argument("--train-size", type=int, default=20_000, help="images to train a compressed LPIPS index on")
     p.add_argument("--out", required=True)
     p.set_defaults(run=cmd_build)
 
@@ -195,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens", help="or a .npy of token grids (B, h, w), searched by Hamming distance")
     p.add_argument("--approximate", action="store_true", help="Hamming by the HNSW graph (--approximate-hamming)")
     p.add_argument("--ef-search", type=int, default=64, help="HNSW candidates visited per query")
+    p.add_argument("--lpips-shortlist", type=int, default=100, help="sketched LPIPS: candidates re-ranked exactly")
+    p.add_argument("--nprobe", type=int, default=32, help="sketched LPIPS in an IVF index: inverted lists probed")
     p.add_argument("--index", required=True)
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--metrics", nargs="+", choices=METRICS)

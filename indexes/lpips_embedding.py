@@ -3,6 +3,10 @@
 LPIPS(x, y) = Σ_l 1/(H_l W_l) Σ_{h,w} Σ_c w_{l,c} (x̂_{l,c,h,w} − ŷ_{l,c,h,w})², with x̂ the channel-normalised
 features of layer l and w_l ≥ 0 the learned linear weights (Zhang et al., 2018). Hence LPIPS(x, y) = ‖φ(x) − φ(y)‖²
 for φ(x) = concat_l sqrt(w_l / (H_l W_l)) · x̂_l, which this module computes with the `lpips` package's own layers.
+
+φ has D = Σ_l C_l·H_l·W_l dimensions: 31,872 for AlexNet at 64×64, about 640,000 at 256×256, too many to store for
+a large dataset. `CountSketch` maps φ to d ≪ D dimensions while keeping squared distances in expectation, so that a
+compact index of sketches can shortlist LPIPS neighbours that exact LPIPS then re-ranks.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["LPIPSEmbedding", "MissingBackboneError", "BACKBONE_FILES"]
+__all__ = ["LPIPSEmbedding", "CountSketch", "MissingBackboneError", "BACKBONE_FILES"]
 
 # torchvision's ImageNet weights that lpips loads for its trunk (downloaded on first use when online).
 BACKBONE_FILES = {
@@ -81,3 +85,25 @@ class LPIPSEmbedding(nn.Module):
             weight = layer.model[-1].weight.view(1, -1, 1, 1)  # (1, C, 1, 1)
             parts.append((normalized * (weight / (h * w)).sqrt()).flatten(1))
         return torch.cat(parts, dim=1)
+
+
+class CountSketch:
+    """A fixed random linear map R^D → R^d (Charikar et al., 2002): coordinate i goes, with a random sign s_i, into
+    bucket h(i). For every pair, E‖S(x) − S(y)‖² = ‖x − y‖², with a relative standard deviation of at most √(2/d)
+    (about 6 % for d = 512). O(D) per vector and no D × d matrix to store; (h, s) follow from (D, d, seed)."""
+
+    def __init__(self, in_dim: int, out_dim: int, seed: int = 0):
+        if not 1 <= out_dim <= in_dim:
+            raise ValueError(f"the sketch dimension must be in [1, {in_dim}], got {out_dim}")
+        generator = torch.Generator().manual_seed(seed)
+        self.in_dim, self.out_dim = in_dim, out_dim
+        self.buckets = torch.randint(out_dim, (in_dim,), generator=generator)
+        self.signs = torch.randint(2, (in_dim,), generator=generator).float() * 2 - 1
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, D) → (B, d) float32."""
+        if x.dim() != 2 or x.shape[1] != self.in_dim:
+            raise ValueError(f"expected vectors of shape (B, {self.in_dim}), got {tuple(x.shape)}")
+        signs, buckets = self.signs.to(x.device), self.buckets.to(x.device)
+        out = torch.zeros(len(x), self.out_dim, dtype=torch.float32, device=x.device)
+        return out.index_add_(1, buckets, x.float() * signs)

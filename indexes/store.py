@@ -2,7 +2,9 @@
 
     manifest.json      tokenizer identity, K, grid, image size, metrics, backend, count, versions (written last)
     hamming.faiss      IndexBinaryFlat over the packed bit tokens (exact Hamming distance)
-    lpips.faiss        IndexFlatL2 over φ(x), ‖φ(x) − φ(y)‖² = LPIPS(x, y) (exact)
+    lpips.faiss        IndexFlatL2 over φ(x), ‖φ(x) − φ(y)‖² = LPIPS(x, y) (exact); or, for large sets, any FAISS
+                       index (e.g. "IVF1024,PQ64") over count sketches of φ (manifest "lpips_sketch"), whose
+                       shortlist is re-ranked by exact LPIPS computed on the source images
     pixel.faiss        IndexFlatL2 over 16×16 thumbnails in [0, 1] (squared L2)
                        (`<metric>.npy`, the raw vectors, with the torch backend: indexes/backends.py)
     hamming-hnsw.faiss optional IndexBinaryHNSW over the same codes: approximate Hamming search (`approximate=True`)
@@ -26,9 +28,10 @@ import torch
 import torch.nn.functional as F
 
 from indexes.backends import available_backend, faiss, file_name, new_flat, read_flat, write_flat
-from indexes.lpips_embedding import LPIPSEmbedding
+from indexes.lpips_embedding import CountSketch, LPIPSEmbedding
 from maskbit import Tokenizer, bits
 from maskbit.files import atomic_write, write_json_atomic
+from maskbit.images import load_image
 
 __all__ = ["ImageIndex", "Neighbours", "IndexError_", "METRICS"]
 
@@ -58,6 +61,9 @@ class Neighbours:
 class ImageIndex:
     def __init__(self, directory: Path, tokenizer: Tokenizer, manifest: dict[str, Any], lpips: LPIPSEmbedding | None):
         self.directory, self.tokenizer, self.manifest, self.lpips = directory, tokenizer, manifest, lpips
+        sketch = manifest.get("lpips_sketch")
+        self.sketch = CountSketch(sketch["phi_dim"], sketch["dim"], sketch["seed"]) if sketch else None
+        self._datasets: dict[tuple[str, str], Any] = {}  # (spec, split) → dataset view, for loading sources
         self.flat: dict[str, Any] = {}  # metric → exact k-NN index (indexes/backends.py)
         self.hnsw: Any = None  # optional approximate Hamming index
         self.tokens = np.zeros((0, *manifest["grid"]), dtype=np.int32)
@@ -77,8 +83,14 @@ class ImageIndex:
         random_lpips_backbone: bool = False,
         backend: str = "auto",
         approximate_hamming: bool = False,
+        lpips_sketch: int | None = None,
+        lpips_factory: str = "Flat",
     ) -> ImageIndex:
-        """An empty index; `approximate_hamming` adds a binary HNSW graph (faiss backend) beside the exact index."""
+        """An empty index; `approximate_hamming` adds a binary HNSW graph (faiss backend) beside the exact index.
+
+        `lpips_sketch` = d stores d-dimensional count sketches of φ instead of φ itself, in a FAISS index made by
+        `faiss.index_factory(d, lpips_factory)` ("Flat", "PQ64", "IVF1024,PQ64", ...); an index that needs training
+        is trained with `train_lpips` before the first `add` (`build_dataset_index` does it)."""
         unknown = set(metrics) - set(METRICS)
         if unknown or not metrics:
             raise IndexError_(f"metrics must be a non-empty subset of {METRICS}, got {list(metrics)}")
@@ -88,6 +100,10 @@ class ImageIndex:
             raise IndexError_(str(error)) from None
         if approximate_hamming and backend != "faiss":
             raise IndexError_("approximate Hamming search (HNSW) needs the faiss backend")
+        if lpips_sketch is not None and "lpips" not in metrics:
+            raise IndexError_("an LPIPS sketch needs the lpips metric")
+        if lpips_factory != "Flat" and (lpips_sketch is None or backend != "faiss"):
+            raise IndexError_(f"the LPIPS index {lpips_factory!r} needs --lpips-sketch and the faiss backend")
         directory = Path(directory)
         if (directory / "manifest.json").exists():
             raise IndexError_(f"{directory} already holds an index; open it to add images, or choose another --out")
@@ -110,14 +126,30 @@ class ImageIndex:
             "versions": {"faiss": faiss.__version__ if faiss is not None else None, "torch": torch.__version__},
         }
         lpips = LPIPSEmbedding(lpips_net, random_lpips_backbone) if "lpips" in metrics else None
+        if lpips is not None:
+            phi_dim = lpips(torch.zeros(1, 3, image_size, image_size)).shape[1]
+            if lpips_sketch is not None:
+                if not 1 <= lpips_sketch <= phi_dim:
+                    raise IndexError_(f"the LPIPS sketch dimension must be in [1, {phi_dim}], got {lpips_sketch}")
+                manifest["lpips_sketch"] = {
+                    "dim": lpips_sketch,
+                    "phi_dim": phi_dim,
+                    "seed": 0,
+                    "factory": lpips_factory,
+                }
         index = cls(directory, tokenizer, manifest, lpips)
         code_bits = manifest["grid"][0] * manifest["grid"][1] * tokenizer.num_bits
         index.flat["hamming"] = new_flat(backend, -(-code_bits // 8) * 8, binary=True)
         if approximate_hamming:
             index.hnsw = faiss.IndexBinaryHNSW(-(-code_bits // 8) * 8, HNSW_M)
         if lpips is not None:
-            dim = lpips(torch.zeros(1, 3, image_size, image_size)).shape[1]
-            index.flat["lpips"] = new_flat(backend, dim, binary=False)
+            if lpips_factory == "Flat":
+                index.flat["lpips"] = new_flat(backend, lpips_sketch or phi_dim, binary=False)
+            else:
+                try:
+                    index.flat["lpips"] = faiss.index_factory(lpips_sketch, lpips_factory)
+                except RuntimeError as error:
+                    raise IndexError_(f"FAISS cannot make the index {lpips_factory!r}: {error}") from None
         if "pixel" in metrics:
             index.flat["pixel"] = new_flat(backend, 3 * PIXEL_SIZE * PIXEL_SIZE, binary=False)
         directory.mkdir(parents=True, exist_ok=True)
@@ -180,19 +212,46 @@ class ImageIndex:
     def __len__(self) -> int:
         return self.manifest["count"]
 
+    @property
+    def needs_training(self) -> bool:
+        """True while the LPIPS index is a compressed FAISS index that has not been trained yet."""
+        return "lpips" in self.flat and not getattr(self.flat["lpips"], "is_trained", True)
+
+    @torch.no_grad()
+    def train_lpips(self, images: torch.Tensor, batch_size: int = 64) -> None:
+        """Train the compressed LPIPS index (its IVF centroids, PQ codebooks) on images (B, 3, S, S) in [0, 1]:
+        a sample of what will be indexed, at least as many images as the index has centroids."""
+        vectors = np.concatenate(
+            [self._lpips_vectors(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+        )
+        try:
+            self.flat["lpips"].train(vectors)
+        except RuntimeError as error:
+            raise IndexError_(
+                f"training the LPIPS index {self.manifest['lpips_sketch']['factory']!r} on {len(images)} images "
+                f"failed ({error}); train on more images or choose a smaller index"
+            ) from None
+
+    def _lpips_vectors(self, images: torch.Tensor) -> np.ndarray:
+        """What the LPIPS index stores: φ(images), or its sketch."""
+        phi = self.lpips(images)
+        return (self.sketch(phi) if self.sketch is not None else phi).cpu().numpy()
+
     @torch.no_grad()
     def add(self, images: torch.Tensor, sources: Sequence[str], labels: Sequence[int]) -> None:
         """Index images (B, 3, S, S) in [0, 1] (S = the index's image size); call save() to persist."""
         size = self.manifest["image_size"]
         if images.dim() != 4 or tuple(images.shape[1:]) != (3, size, size):
             raise IndexError_(f"images must have shape (B, 3, {size}, {size}), got {tuple(images.shape)}")
+        if self.needs_training:
+            raise IndexError_("the LPIPS index must be trained on a sample of images first (train_lpips)")
         tokens = self.tokenizer.encode(images)
         codes = bits.pack_bits(tokens, self.tokenizer.num_bits).cpu().numpy()
         self.flat["hamming"].add(codes)
         if self.hnsw is not None:
             self.hnsw.add(codes)
         if "lpips" in self.flat:
-            self.flat["lpips"].add(self.lpips(images).cpu().numpy())
+            self.flat["lpips"].add(self._lpips_vectors(images))
         if "pixel" in self.flat:
             self.flat["pixel"].add(pixel_features(images))
         self.tokens = np.concatenate([self.tokens, tokens.cpu().numpy().astype(np.int32)])
@@ -228,11 +287,15 @@ class ImageIndex:
         metrics: Sequence[str] | None = None,
         approximate: bool = False,
         ef_search: int = 64,
+        lpips_shortlist: int = 100,
+        nprobe: int = 32,
     ) -> dict[str, Neighbours]:
         """Top-k neighbours per metric of images (Q, 3, S, S) in [0, 1], or of token grids (Q, h, w) (Hamming only).
         With both, `tokens` are the images' token grids (not encoded again). `approximate` searches Hamming distance
         in the HNSW graph (built with `approximate_hamming`), visiting `ef_search` candidates: faster at scale, and
-        its recall is measured in bench/README.md; distances of what it finds are exact."""
+        its recall is measured in bench/README.md; distances of what it finds are exact. An index of LPIPS sketches
+        shortlists `lpips_shortlist` images (probing `nprobe` inverted lists of an IVF index) and returns their
+        exact LPIPS distances, re-computed from the source images; recall is measured in bench/README.md."""
         if approximate and self.hnsw is None:
             raise IndexError_("this index has no approximate Hamming index; build it with --approximate-hamming")
         if images is None and tokens is None:
@@ -261,7 +324,7 @@ class ImageIndex:
                 else:
                     distances, ids = self.flat[metric].search(codes, k)
             elif metric == "lpips":
-                distances, ids = self.flat[metric].search(self.lpips(images).cpu().numpy(), k)
+                distances, ids = self._search_lpips(images, k, lpips_shortlist, nprobe)
             else:
                 distances, ids = self.flat[metric].search(pixel_features(images), k)
             ids = ids.astype(np.int64)
@@ -269,10 +332,76 @@ class ImageIndex:
                 metric,
                 ids,
                 distances,
-                [[self.sources[i]["source"] for i in row] for row in ids],
-                [[self.sources[i]["label"] for i in row] for row in ids],
+                [[self.sources[i]["source"] if i >= 0 else "" for i in row] for row in ids],
+                [[self.sources[i]["label"] if i >= 0 else -1 for i in row] for row in ids],
             )
         return results
+
+    def _search_lpips(self, images: torch.Tensor, k: int, shortlist: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+        phi = self.lpips(images)
+        index = self.flat["lpips"]
+        if self.sketch is None:
+            return index.search(phi.cpu().numpy(), k)
+        ivf = faiss.try_extract_index_ivf(index) if faiss is not None and isinstance(index, faiss.Index) else None
+        if ivf is not None:
+            ivf.nprobe = nprobe
+        _, candidates = index.search(self.sketch(phi).cpu().numpy(), max(k, shortlist))
+        # An IVF index may find fewer than asked for: the rest stay id −1 at distance +inf, as in FAISS.
+        distances, ids = np.full((len(images), k), np.inf, np.float32), np.full((len(images), k), -1, np.int64)
+        for q, row in enumerate(candidates):
+            row = row[row >= 0]
+            exact = self._exact_lpips(phi[q], row)
+            order = np.argsort(exact, kind="stable")[:k]
+            distances[q, : len(order)], ids[q, : len(order)] = exact[order], row[order]
+        return distances, ids
+
+    def _exact_lpips(self, phi: torch.Tensor, ids: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """LPIPS between one query's φ (D,) and indexed images: from the stored φ, or from the source images."""
+        if self.sketch is None:
+            vectors = torch.from_numpy(np.stack([self.flat["lpips"].reconstruct(int(i)) for i in ids]))
+            return (vectors - phi.cpu()).pow(2).sum(1).numpy()
+        parts = []
+        for first in range(0, len(ids), batch_size):
+            stored = self.lpips(self.load_images(ids[first : first + batch_size]).to(phi.device))
+            parts.append((stored - phi).pow(2).sum(1).cpu().numpy())
+        return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+    @torch.no_grad()
+    def exact_distances(self, metric: str, images: torch.Tensor, tokens: torch.Tensor, ids: np.ndarray) -> np.ndarray:
+        """Exact distances (len(ids),) float64 between one query (images (1, 3, S, S), tokens (1, h, w)) and
+        indexed images, whatever kind of index holds the metric."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if metric == "hamming":
+            stored = torch.from_numpy(self.tokens[ids]).long()
+            return bits.hamming(stored, tokens.cpu().long(), dim=(-2, -1)).numpy().astype(np.float64)
+        if metric == "lpips":
+            return self._exact_lpips(self.lpips(images)[0], ids).astype(np.float64)
+        vectors = np.stack([self.flat[metric].reconstruct(int(i)) for i in ids])
+        return ((vectors - pixel_features(images)) ** 2).sum(1).astype(np.float64)
+
+    def load_images(self, ids: Sequence[int]) -> torch.Tensor:
+        """Indexed images (B, 3, S, S) in [0, 1], read again from their sources: items of the indexed dataset
+        ("spec:split:i", as `build_dataset_index` records them) or image files (as `indexes add` records them)."""
+        from indexes.build import dataset_view
+
+        size, described = self.manifest["image_size"], self.manifest.get("dataset", {})
+        images = []
+        for i in ids:
+            source = self.sources[int(i)]["source"]
+            spec, split, item = (source.rsplit(":", 2) + ["", ""])[:3]
+            if described and spec == described.get("spec") and item.isdigit():
+                key = (spec, split)
+                if key not in self._datasets:
+                    self._datasets[key] = dataset_view(spec, split, described.get("seed", 0), size)[0]
+                images.append(self._datasets[key][int(item)][0])
+            elif Path(source).is_file():
+                images.append(load_image(source, size))
+            else:
+                raise IndexError_(
+                    f"indexed image {int(i)} comes from {source!r}, which is neither an item of the indexed dataset "
+                    "nor a readable image file: exact LPIPS re-ranking needs the source images where they were indexed"
+                )
+        return torch.stack(images)
 
     def token_distance_map(self, tokens: torch.Tensor, neighbour_id: int) -> np.ndarray:
         """Per-token Hamming distance (h, w) between one token grid and an indexed image."""

@@ -338,3 +338,91 @@ def test_approximate_hamming_finds_true_distances_with_high_recall(tmp_path, ind
         index.search(tokens=tokens, metrics=["hamming"], approximate=True)
     with pytest.raises(IndexError_, match="needs the faiss backend"):
         ImageIndex.create(tmp_path / "t", tiny_tokenizer, 32, backend="torch", approximate_hamming=True)
+
+
+# ---------------------------------------------------------------------------------------------------- LPIPS sketches
+
+
+def test_count_sketch_is_linear_and_keeps_squared_distances_in_expectation():
+    from indexes.lpips_embedding import CountSketch
+
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.randn(2, 3000, generator=generator), torch.randn(2, 3000, generator=generator)
+    sketch = CountSketch(3000, 256, seed=1)
+    assert torch.allclose(sketch(x) - sketch(y), sketch(x - y), atol=1e-5)
+    assert torch.equal(sketch(x), CountSketch(3000, 256, seed=1)(x))  # a function of (D, d, seed)
+    one_hot = torch.zeros(1, 3000)
+    one_hot[0, 17] = 3.0
+    assert sketch(one_hot).pow(2).sum() == 9.0  # a single coordinate keeps its norm exactly
+    true = (x - y).pow(2).sum(1)
+    estimates = torch.stack([CountSketch(3000, 256, seed=s)(x - y).pow(2).sum(1) for s in range(200)])
+    assert torch.allclose(estimates.mean(0), true, rtol=0.02)  # unbiased
+    # Var = (2/d)(‖x‖⁴ − Σ x_i⁴): a relative standard deviation of √(2/d) here; 200 draws estimate it to ±10 %
+    relative_std = estimates.std(0) / true
+    assert ((relative_std / (2 / 256) ** 0.5 - 1).abs() < 0.2).all()
+    with pytest.raises(ValueError, match="sketch dimension"):
+        CountSketch(100, 200)
+
+
+@pytest.fixture(scope="module")
+def sketched(tmp_path_factory, tiny_tokenizer):
+    """The procedural dataset's first 150 images, LPIPS stored as 64-dimensional sketches in a PQ index."""
+    from indexes.build import build_dataset_index
+
+    out = tmp_path_factory.mktemp("sketched")
+    build_dataset_index(
+        out,
+        tiny_tokenizer,
+        limit=150,
+        resolution=32,
+        metrics=["hamming", "lpips"],
+        random_lpips_backbone=True,
+        batch_size=50,
+        lpips_sketch=64,
+        lpips_factory="PQ8x4",
+    )
+    return ImageIndex.open(out, tiny_tokenizer)
+
+
+def test_sketched_lpips_returns_exact_lpips_and_with_a_full_shortlist_the_exact_top_k(sketched):
+    queries, _ = procedural(4, split="test")
+    training, _ = procedural(150)
+    assert sketched.manifest["lpips_sketch"]["factory"] == "PQ8x4" and sketched.flat["lpips"].is_trained
+    full = sketched.search(queries, k=6, metrics=["lpips"], lpips_shortlist=150)["lpips"]
+    short = sketched.search(queries, k=6, metrics=["lpips"], lpips_shortlist=30)["lpips"]
+    hits = 0
+    for q in range(len(queries)):
+        reference = sketched.lpips.lpips(queries[q : q + 1].expand(150, -1, -1, -1), training, normalize=True)
+        reference = reference.flatten().numpy()
+        assert np.allclose(np.sort(reference)[:6], full.distances[q], rtol=1e-4, atol=1e-6)
+        assert np.allclose(reference[short.ids[q]], short.distances[q], rtol=1e-4, atol=1e-6)  # exact, re-ranked
+        hits += len(set(short.ids[q]) & set(np.argsort(reference)[:6]))
+    assert hits / (6 * len(queries)) >= 0.8  # a 30-image shortlist of 150 by 64-d PQ sketches keeps most of the top 6
+    images, _ = procedural(1, start=42)
+    assert sketched.search(images, k=1, metrics=["lpips"])["lpips"].ids[0, 0] == 42
+
+
+def test_sketched_lpips_rereads_files_and_explains_what_it_cannot_read(tmp_path, sketched, tiny_tokenizer):
+    import shutil
+
+    from maskbit.images import save_image
+
+    copy = tmp_path / "index"
+    shutil.copytree(sketched.directory, copy)
+    added = ImageIndex.open(copy, tiny_tokenizer)
+    images, _ = procedural(2, start=900)
+    save_image(images[0], tmp_path / "a.png")
+    added.add(images, [str(tmp_path / "a.png"), "nowhere:9"], [0, 0])
+    assert torch.allclose(added.load_images([150]), images[:1], atol=1 / 255)
+    assert torch.allclose(added.load_images([3]), procedural(1, start=3)[0])
+    with pytest.raises(IndexError_, match="'nowhere:9', which is neither an item of the indexed dataset"):
+        added.load_images([151])
+    with pytest.raises(IndexError_, match="needs --lpips-sketch and the faiss backend"):
+        ImageIndex.create(tmp_path / "x", tiny_tokenizer, 32, random_lpips_backbone=True, lpips_factory="PQ8")
+    untrained = ImageIndex.create(
+        tmp_path / "y", tiny_tokenizer, 32, random_lpips_backbone=True, lpips_sketch=64, lpips_factory="PQ8"
+    )
+    with pytest.raises(IndexError_, match="must be trained"):
+        untrained.add(images, ["a", "b"], [0, 0])
+    with pytest.raises(IndexError_, match="train on more images"):
+        untrained.train_lpips(images)
