@@ -1,9 +1,10 @@
 """Exhaustive k-NN backends behind `ImageIndex`: FAISS (the default) and pure torch (no faiss needed; CPU or GPU).
 
-Both expose the few FAISS calls the index uses: `add`, `search(x, k) -> (distances, ids)`, `reconstruct(i)` and
-`ntotal`, and are written to the index directory as `<metric>.faiss` (FAISS's format) or `<metric>.npy` (the raw
-vectors: packed bit codes as uint8, features as float32). With a GPU, FAISS indexes are moved to it when the installed
-faiss has GPU support, and the torch backend computes there (XOR + popcount for Hamming).
+Both expose the few FAISS calls the index uses: `add`, `search(x, k) -> (distances, ids)`, `reconstruct(i)`,
+`reconstruct_n(start, n)` and `ntotal`, and are written to the index directory as `<metric>.faiss` (FAISS's format)
+or `<metric>.npy` (the raw vectors: packed bit codes as uint8, features as float32). With a GPU, FAISS indexes are
+moved to it when the installed faiss has GPU support, and the torch backend computes there (XOR + popcount for
+Hamming).
 """
 
 from __future__ import annotations
@@ -66,6 +67,9 @@ class TorchFlat:
 
     def reconstruct(self, i: int) -> np.ndarray:
         return self.vectors[i].cpu().numpy()
+
+    def reconstruct_n(self, start: int, n: int) -> np.ndarray:
+        return self.vectors[start : start + n].cpu().numpy()
 
     @torch.no_grad()
     def search(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -10,8 +10,10 @@ Each step is resumable or cached in the index directory:
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -36,6 +38,16 @@ def dataset_view(spec: str, split: str, seed: int, resolution: int):
     return view, list(getattr(dataset, "classes", []))
 
 
+class Processes(Protocol):
+    """What a multi-process build needs of its process group (accelerate's `PartialState` has it)."""
+
+    process_index: int
+    num_processes: int
+    is_main_process: bool
+
+    def wait_for_everyone(self) -> None: ...
+
+
 def build_dataset_index(
     out: str | Path,
     tokenizer: Tokenizer,
@@ -55,48 +67,104 @@ def build_dataset_index(
     lpips_sketch: int | None = None,
     lpips_factory: str = "Flat",
     train_size: int = 20_000,
+    processes: Processes | None = None,
 ) -> ImageIndex:
     """Create the index of the first `limit` images of a dataset split, or continue one that stopped.
 
-    A compressed LPIPS index (`lpips_factory` other than "Flat") is first trained on the first `train_size` images."""
+    A compressed LPIPS index (`lpips_factory` other than "Flat") is first trained on the first `train_size` images.
+    With `processes` (several, e.g. under `accelerate launch`), each process indexes a contiguous share of the images
+    still missing into its own resumable part (`<out>.parts/`), on its own device; the main process then appends the
+    parts in order, so the result equals a one-process build."""
     out = Path(out)
     resolution = resolution or tokenizer.config.image_size
     view, classes = dataset_view(dataset, split, seed, resolution)
     total = min(limit or len(view), len(view))
+    described = {"spec": dataset, "split": split, "seed": seed, "classes": classes}
+    settings = {
+        "tokenizer": tokenizer,
+        "image_size": resolution,
+        "metrics": metrics,
+        "lpips_net": lpips_net,
+        "random_lpips_backbone": random_lpips_backbone,
+        "backend": backend,
+        "approximate_hamming": approximate_hamming,
+        "lpips_sketch": lpips_sketch,
+        "lpips_factory": lpips_factory,
+    }
+    if processes is None or processes.num_processes == 1:
+        index = _open_or_create(out, described, settings)
+        if index.needs_training:
+            if progress:
+                progress(0, total, "training the LPIPS index")
+            index.train_lpips(torch.stack([view[i][0] for i in range(min(train_size, total))]), batch_size)
+        _index_items(index, view, range(len(index), total), 0, batch_size, save_every, progress)
+        return index
+
+    if processes.is_main_process:
+        _open_or_create(out, described, settings)
+    processes.wait_for_everyone()
+    index = ImageIndex.open(out, tokenizer)
+    # Parts store raw LPIPS vectors and no HNSW graph: the merge compresses and links them in the final index.
+    rank, count, done = processes.process_index, processes.num_processes, len(index)
+    first, stop = done + (total - done) * rank // count, done + (total - done) * (rank + 1) // count
+    parts_dir = out.with_name(out.name + ".parts")
+    part = _open_or_create(
+        parts_dir / f"part-{rank}-of-{count}",
+        {**described, "part": [first, stop]},
+        {**settings, "approximate_hamming": False, "lpips_factory": "Flat"},
+    )
+    _index_items(part, view, range(first + len(part), stop), first, batch_size, save_every, progress)
+    processes.wait_for_everyone()
+    if processes.is_main_process:
+        parts = [ImageIndex.open(parts_dir / f"part-{r}-of-{count}", tokenizer) for r in range(count)]
+        if index.needs_training:
+            if progress:
+                progress(0, total, "training the LPIPS index")
+            sample, wanted = [], train_size
+            for p in parts:
+                sample.append(p.flat["lpips"].reconstruct_n(0, min(wanted, len(p))))
+                wanted -= len(sample[-1])
+            index.train_lpips_vectors(np.concatenate(sample))
+        for p in parts:
+            index.extend(p)
+        index.save()
+        shutil.rmtree(parts_dir)
+    processes.wait_for_everyone()
+    return ImageIndex.open(out, tokenizer)
+
+
+def _open_or_create(out: Path, described: dict, settings: dict) -> ImageIndex:
+    """The index at `out` if it indexes the same images (continue it), else a new one."""
     if (out / "manifest.json").is_file():
-        index = ImageIndex.open(out, tokenizer)
-        described = index.manifest.get("dataset", {})
-        if described.get("spec") != dataset or described.get("split") != split:
-            raise IndexError_(f"{out} indexes {described}; use `python -m indexes add` to add other images")
-    else:
-        index = ImageIndex.create(
-            out,
-            tokenizer,
-            resolution,
-            metrics,
-            lpips_net,
-            random_lpips_backbone,
-            backend,
-            approximate_hamming,
-            lpips_sketch,
-            lpips_factory,
-        )
-        index.manifest["dataset"] = {"spec": dataset, "split": split, "seed": seed, "classes": classes}
-    if index.needs_training:
-        if progress:
-            progress(0, total, "training the LPIPS index")
-        index.train_lpips(torch.stack([view[i][0] for i in range(min(train_size, total))]), batch_size)
-    for first in range(len(index), total, batch_size):
-        ids = range(first, min(first + batch_size, total))
-        items = [view[i] for i in ids]
-        images = torch.stack([image for image, _ in items])
-        index.add(images, [f"{dataset}:{split}:{i}" for i in ids], [label for _, label in items])
-        if (first // batch_size) % save_every == 0:
-            index.save()  # a resumable point
-        if progress:
-            progress(len(index), total, "indexing")
+        index = ImageIndex.open(out, settings["tokenizer"])
+        if index.manifest.get("dataset", {}) != described:
+            raise IndexError_(
+                f"{out} indexes {index.manifest.get('dataset')}, not {described}; use `python -m indexes add` to "
+                "add other images, or delete it (a leftover part of a multi-process build with other settings)"
+            )
+        return index
+    index = ImageIndex.create(out, **settings)
+    index.manifest["dataset"] = described
     index.save()
     return index
+
+
+def _index_items(
+    index: ImageIndex, view, items: range, base: int, batch_size: int, save_every: int, progress: Progress | None
+) -> None:
+    """Add dataset items (in order, after those `index` holds), saving a resumable point every `save_every`
+    batches; progress counts from item `base`. Sources are "spec:split:i", which `ImageIndex.load_images` reads."""
+    spec, split = index.manifest["dataset"]["spec"], index.manifest["dataset"]["split"]
+    for n, first in enumerate(range(items.start, items.stop, batch_size)):
+        ids = range(first, min(first + batch_size, items.stop))
+        batch = [view[i] for i in ids]
+        sources = [f"{spec}:{split}:{i}" for i in ids]
+        index.add(torch.stack([image for image, _ in batch]), sources, [label for _, label in batch])
+        if n % save_every == 0:
+            index.save()
+        if progress:
+            progress(ids.stop - base, items.stop - base, "indexing")
+    index.save()
 
 
 def calibrate(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -14,7 +15,7 @@ from indexes.backends import BACKENDS
 from indexes.lpips_embedding import MissingBackboneError
 from indexes.store import METRICS, ImageIndex
 from maskbit import Tokenizer
-from maskbit.cli import add_command, load_indices, run_command
+from maskbit.cli import add_command, load_indices, pick_device, run_command
 from maskbit.images import find_images, load_image
 
 logger = logging.getLogger("indexes")
@@ -25,7 +26,9 @@ EXAMPLES = {
   python -m indexes build --dataset /data/imagenet --split train --tokenizer markweber/maskbit_tokenizer_12bit \\
       --resolution 256 --metrics hamming pixel --out indexes/imagenet12
   python -m indexes build --dataset /data/imagenet --split train --tokenizer markweber/maskbit_tokenizer_12bit \\
-      --resolution 256 --lpips-sketch 1024 --lpips-index "IVF4096,PQ128" --out indexes/imagenet12-lpips""",
+      --resolution 256 --lpips-sketch 1024 --lpips-index "IVF4096,PQ128" --out indexes/imagenet12-lpips
+  accelerate launch --num_processes 8 -m indexes build --dataset /data/imagenet --split train \\
+      --tokenizer markweber/maskbit_tokenizer_12bit --resolution 256 --out indexes/imagenet12  # 8 GPUs""",
     "add": """examples:
   python -m indexes add my_images/ --index indexes/default --tokenizer default""",
     "report": """examples:
@@ -37,23 +40,32 @@ EXAMPLES = {
 }
 
 
-def load_tokenizer(args: argparse.Namespace) -> Tokenizer:
-    return Tokenizer.from_pretrained(args.tokenizer, args.tokenizer_config).requires_grad_(False)
+def load_tokenizer(args: argparse.Namespace, device: torch.device | None = None) -> Tokenizer:
+    tokenizer = Tokenizer.from_pretrained(args.tokenizer, args.tokenizer_config).requires_grad_(False)
+    return tokenizer.to(device or pick_device(args.device))
 
 
 def cmd_build(args: argparse.Namespace) -> None:
-    """Create the index, or continue a build that stopped: images already indexed are skipped."""
+    """Create the index, or continue a build that stopped: images already indexed are skipped. Under
+    `accelerate launch --num_processes N`, the N processes share the images (one GPU each where there are GPUs)."""
     from indexes.build import build_dataset_index
 
-    bar = tqdm(desc="indexing", unit="image")
+    processes = None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by accelerate launch (or torchrun)
+        from accelerate import PartialState
+
+        processes = PartialState(cpu=not torch.cuda.is_available())
+    main = processes is None or processes.is_main_process
+    bar = tqdm(desc="indexing", unit="image", disable=not main)
 
     def progress(done: int, total: int, what: str) -> None:
+        bar.set_description(what)
         bar.total = total
         bar.update(done - bar.n)
 
     index = build_dataset_index(
         args.out,
-        load_tokenizer(args),
+        load_tokenizer(args, processes.device if processes is not None else None),
         args.dataset,
         args.split,
         args.seed,
@@ -70,9 +82,11 @@ def cmd_build(args: argparse.Namespace) -> None:
         args.lpips_sketch,
         args.lpips_index,
         args.train_size,
+        processes,
     )
     bar.close()
-    print(f"indexed {len(index)} images of {args.dataset} ({args.split}) into {args.out}")
+    if main:
+        print(f"indexed {len(index)} images of {args.dataset} ({args.split}) into {args.out}")
 
 
 def cmd_add(args: argparse.Namespace) -> None:
@@ -108,7 +122,7 @@ def cmd_search(args: argparse.Namespace) -> None:
         paths = find_images(args.images)
         size = index.manifest["image_size"]
         images = torch.stack([load_image(p, size) for p in paths])
-        tokens = tokenizer.encode(images)
+        tokens = tokenizer.encode(images.to(index.device))
         queries = [str(p) for p in paths]
         results = index.search(images, tokens=tokens, k=args.k, metrics=args.metrics, **approximate)
     report = []
@@ -145,7 +159,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     else:
         from maskbit import Generator, generate
 
-        generator = Generator.from_pretrained(args.generator, args.generator_config)
+        generator = Generator.from_pretrained(args.generator, args.generator_config).to(index.device)
         classes = generator.config.num_classes
         labels = torch.arange(args.count) % classes
         generated = torch.cat(
@@ -175,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--tokenizer", default="default", help="from_pretrained source")
         p.add_argument("--tokenizer-config", help="for an official .bin: preset or YAML")
         p.add_argument("--batch-size", type=int, default=64)
+        p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
         return p
 
     p = command("build", "index a dataset split (resumes an interrupted build)")

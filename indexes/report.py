@@ -33,6 +33,7 @@ def memorization_report(
     """generated, heldout: (N, 3, S, S) in [0, 1]. Returns (and writes) the report."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    generated, heldout = generated.cpu(), heldout.cpu()  # the index searches on its own device
     names = generated_names or [f"generated:{i}" for i in range(len(generated))]
     near_generated = _nearest(index, generated)
     near_heldout = _nearest(index, heldout)

@@ -61,6 +61,9 @@ class Neighbours:
 class ImageIndex:
     def __init__(self, directory: Path, tokenizer: Tokenizer, manifest: dict[str, Any], lpips: LPIPSEmbedding | None):
         self.directory, self.tokenizer, self.manifest, self.lpips = directory, tokenizer, manifest, lpips
+        self.device = next(tokenizer.parameters()).device  # images are encoded and embedded there
+        if lpips is not None:
+            lpips.to(self.device)
         sketch = manifest.get("lpips_sketch")
         self.sketch = CountSketch(sketch["phi_dim"], sketch["dim"], sketch["seed"]) if sketch else None
         self._datasets: dict[tuple[str, str], Any] = {}  # (spec, split) → dataset view, for loading sources
@@ -221,20 +224,23 @@ class ImageIndex:
     def train_lpips(self, images: torch.Tensor, batch_size: int = 64) -> None:
         """Train the compressed LPIPS index (its IVF centroids, PQ codebooks) on images (B, 3, S, S) in [0, 1]:
         a sample of what will be indexed, at least as many images as the index has centroids."""
-        vectors = np.concatenate(
-            [self._lpips_vectors(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+        self.train_lpips_vectors(
+            np.concatenate([self._lpips_vectors(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
         )
+
+    def train_lpips_vectors(self, vectors: np.ndarray) -> None:
+        """Train the compressed LPIPS index on what it stores: sketches (N, d) of φ."""
         try:
             self.flat["lpips"].train(vectors)
         except RuntimeError as error:
             raise IndexError_(
-                f"training the LPIPS index {self.manifest['lpips_sketch']['factory']!r} on {len(images)} images "
+                f"training the LPIPS index {self.manifest['lpips_sketch']['factory']!r} on {len(vectors)} images "
                 f"failed ({error}); train on more images or choose a smaller index"
             ) from None
 
     def _lpips_vectors(self, images: torch.Tensor) -> np.ndarray:
         """What the LPIPS index stores: φ(images), or its sketch."""
-        phi = self.lpips(images)
+        phi = self.lpips(images.to(self.device))
         return (self.sketch(phi) if self.sketch is not None else phi).cpu().numpy()
 
     @torch.no_grad()
@@ -245,6 +251,7 @@ class ImageIndex:
             raise IndexError_(f"images must have shape (B, 3, {size}, {size}), got {tuple(images.shape)}")
         if self.needs_training:
             raise IndexError_("the LPIPS index must be trained on a sample of images first (train_lpips)")
+        images = images.to(self.device)
         tokens = self.tokenizer.encode(images)
         codes = bits.pack_bits(tokens, self.tokenizer.num_bits).cpu().numpy()
         self.flat["hamming"].add(codes)
@@ -258,6 +265,26 @@ class ImageIndex:
         self.thumbnails = np.concatenate([self.thumbnails, thumbnails(images)])
         self.sources += [{"source": str(s), "label": int(label)} for s, label in zip(sources, labels, strict=True)]
         self.manifest["count"] += len(images)
+
+    def extend(self, part: ImageIndex, chunk: int = 10_000) -> None:
+        """Append every image of `part`, an index of other images made with the same tokenizer and metrics whose
+        LPIPS index (if any) stores the raw vectors this one stores or compresses (a part of a multi-process
+        build)."""
+        if part.manifest["metrics"] != self.manifest["metrics"] or part.manifest["grid"] != self.manifest["grid"]:
+            raise IndexError_(f"{part.directory} was built with other metrics or another token grid")
+        if self.needs_training:
+            raise IndexError_("the LPIPS index must be trained before images are added (train_lpips_vectors)")
+        for start in range(0, len(part), chunk):
+            n = min(chunk, len(part) - start)
+            for metric, index in self.flat.items():
+                vectors = part.flat[metric].reconstruct_n(start, n)
+                index.add(vectors)
+                if metric == "hamming" and self.hnsw is not None:
+                    self.hnsw.add(vectors)
+        self.tokens = np.concatenate([self.tokens, part.tokens])
+        self.thumbnails = np.concatenate([self.thumbnails, part.thumbnails])
+        self.sources += part.sources
+        self.manifest["count"] += len(part)
 
     def save(self) -> None:
         """Write every file whole under a temporary name, rename it, and the manifest last."""
@@ -306,6 +333,8 @@ class ImageIndex:
             raise IndexError_(f"this index has no {', '.join(missing)} index (it has {', '.join(self.flat)})")
         if images is None and metrics != ["hamming"]:
             raise IndexError_("token queries can only be searched by Hamming distance; pass metrics=['hamming']")
+        if images is not None:
+            images = images.to(self.device)
         if len(self) == 0:
             raise IndexError_("the index is empty")
         k = max(1, min(k, len(self)))
@@ -370,7 +399,7 @@ class ImageIndex:
     def exact_distances(self, metric: str, images: torch.Tensor, tokens: torch.Tensor, ids: np.ndarray) -> np.ndarray:
         """Exact distances (len(ids),) float64 between one query (images (1, 3, S, S), tokens (1, h, w)) and
         indexed images, whatever kind of index holds the metric."""
-        ids = np.asarray(ids, dtype=np.int64)
+        ids, images = np.asarray(ids, dtype=np.int64), images.to(self.device)
         if metric == "hamming":
             stored = torch.from_numpy(self.tokens[ids]).long()
             return bits.hamming(stored, tokens.cpu().long(), dim=(-2, -1)).numpy().astype(np.float64)

@@ -426,3 +426,39 @@ def test_sketched_lpips_rereads_files_and_explains_what_it_cannot_read(tmp_path,
         untrained.add(images, ["a", "b"], [0, 0])
     with pytest.raises(IndexError_, match="train on more images"):
         untrained.train_lpips(images)
+
+
+def test_a_two_process_accelerate_build_equals_a_one_process_build(tmp_path):
+    """`accelerate launch -m indexes build` on 2 CPU processes (gloo): each indexes a share into its own part, the
+    main process merges them in order (and trains the PQ-compressed LPIPS sketches on the merged vectors)."""
+    from tests.conftest import free_port
+
+    tokenizer = ["--tokenizer", str(OFFICIAL_TINY / "tiny_tokenizer.bin"), "--tokenizer-config", "tiny"]
+    common = [*tokenizer, "--limit", "70", "--batch-size", "16", "--random-lpips-backbone"]
+    common += ["--lpips-sketch", "64", "--lpips-index", "PQ8x4"]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    single = subprocess.run(
+        [sys.executable, "-m", "indexes", "build", *common, "--out", str(tmp_path / "one")],
+        cwd=ROOT, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert single.returncode == 0, single.stderr[-2000:]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launch += ["--main_process_port", str(free_port())]
+    result = subprocess.run(
+        [*launch, "-m", "indexes", "build", *common, "--out", str(tmp_path / "two")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("indexed 70 images") == 1  # the main process reports
+    assert not (tmp_path / "two.parts").exists()  # merged, then removed
+    tiny = Tokenizer.from_pretrained(OFFICIAL_TINY / "tiny_tokenizer.bin", config="tiny")
+    one, two = ImageIndex.open(tmp_path / "one", tiny), ImageIndex.open(tmp_path / "two", tiny)
+    assert len(two) == 70 and two.sources == one.sources
+    assert np.array_equal(two.tokens, one.tokens) and np.array_equal(two.thumbnails, one.thumbnails)
+    assert np.array_equal(two.flat["hamming"].reconstruct_n(0, 70), one.flat["hamming"].reconstruct_n(0, 70))
+    assert np.allclose(two.flat["pixel"].reconstruct_n(0, 70), one.flat["pixel"].reconstruct_n(0, 70))
+    queries, _ = procedural(3, split="test")
+    a, b = one.search(queries, k=5), two.search(queries, k=5)
+    for metric in ("hamming", "lpips", "pixel"):
+        assert np.allclose(a[metric].distances, b[metric].distances, rtol=1e-4, atol=1e-6), metric
