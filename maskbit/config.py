@@ -40,6 +40,7 @@ class TokenizerConfig:
     num_res_blocks: int = 2
     num_res_blocks_decoder: int | None = None  # None: same as the encoder
     sample_with_conv: bool = True
+    norm_groups: int = 32  # GroupNorm groups (the official code always uses 32)
     num_channels: int = 3
     image_size: int = 256  # the resolution the model was trained at; any multiple of the downsampling works
     commitment_cost: float = 0.25
@@ -53,8 +54,8 @@ class TokenizerConfig:
         _require(len(self.channel_mult) >= 1, "channel_mult must not be empty")
         for mult in self.channel_mult:
             _require(
-                self.hidden_channels * mult % 32 == 0,
-                f"hidden_channels × channel_mult must be divisible by 32 (GroupNorm groups), "
+                self.hidden_channels * mult % self.norm_groups == 0,
+                f"hidden_channels × channel_mult must be divisible by norm_groups = {self.norm_groups}, "
                 f"got {self.hidden_channels} × {mult}",
             )
         _require(self.num_res_blocks >= 1, "num_res_blocks must be ≥ 1")

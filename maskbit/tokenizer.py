@@ -44,18 +44,18 @@ class Conv2dSame(nn.Conv2d):
         return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
 
-def group_norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(32, channels, eps=1e-6, affine=True)
+def group_norm(channels: int, groups: int) -> nn.GroupNorm:
+    return nn.GroupNorm(groups, channels, eps=1e-6, affine=True)
 
 
 class ResidualBlock(nn.Module):
     """Pre-activation residual block; for in ≠ out the official code adds nin_shortcut(h), not a projection of x."""
 
-    def __init__(self, in_channels: int, out_channels: int):
+    def __init__(self, in_channels: int, out_channels: int, norm_groups: int):
         super().__init__()
-        self.norm1 = group_norm(in_channels)
+        self.norm1 = group_norm(in_channels, norm_groups)
         self.conv1 = Conv2dSame(in_channels, out_channels, 3, bias=False)
-        self.norm2 = group_norm(out_channels)
+        self.norm2 = group_norm(out_channels, norm_groups)
         self.conv2 = Conv2dSame(out_channels, out_channels, 3, bias=False)
         if in_channels != out_channels:
             self.nin_shortcut = Conv2dSame(out_channels, out_channels, 1, bias=False)
@@ -69,10 +69,10 @@ class ResidualBlock(nn.Module):
 
 
 class ResidualStage(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, num_blocks: int):
+    def __init__(self, in_channels: int, out_channels: int, num_blocks: int, norm_groups: int):
         super().__init__()
         channels = [in_channels] + [out_channels] * num_blocks
-        self.res_blocks = nn.ModuleList(ResidualBlock(i, o) for i, o in zip(channels, channels[1:]))
+        self.res_blocks = nn.ModuleList(ResidualBlock(i, o, norm_groups) for i, o in zip(channels, channels[1:]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.res_blocks:
@@ -81,8 +81,8 @@ class ResidualStage(nn.Module):
 
 
 class DownsamplingStage(ResidualStage):
-    def __init__(self, in_channels: int, out_channels: int, num_blocks: int, sample_with_conv: bool):
-        super().__init__(in_channels, out_channels, num_blocks)
+    def __init__(self, in_channels: int, out_channels: int, num_blocks: int, norm_groups: int, sample_with_conv: bool):
+        super().__init__(in_channels, out_channels, num_blocks, norm_groups)
         if sample_with_conv:
             self.down_conv = Conv2dSame(out_channels, out_channels, 3, stride=2)
 
@@ -92,8 +92,8 @@ class DownsamplingStage(ResidualStage):
 
 
 class UpsamplingStage(ResidualStage):
-    def __init__(self, in_channels: int, out_channels: int, num_blocks: int):
-        super().__init__(in_channels, out_channels, num_blocks)
+    def __init__(self, in_channels: int, out_channels: int, num_blocks: int, norm_groups: int):
+        super().__init__(in_channels, out_channels, num_blocks, norm_groups)
         self.upsample_conv = Conv2dSame(out_channels, out_channels, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -104,19 +104,19 @@ class UpsamplingStage(ResidualStage):
 class Encoder(nn.Module):
     def __init__(self, config: TokenizerConfig):
         super().__init__()
-        c, n, levels = config.hidden_channels, config.num_res_blocks, config.num_resolutions
+        c, n, g, levels = config.hidden_channels, config.num_res_blocks, config.norm_groups, config.num_resolutions
         mult = (1, *config.channel_mult)
         self.conv_in = Conv2dSame(config.num_channels, c, 3, bias=False)
         self.down = nn.ModuleList()
         for i in range(levels):
             in_ch, out_ch = c * mult[i], c * mult[i + 1]
             if i < levels - 1:
-                self.down.append(DownsamplingStage(in_ch, out_ch, n, config.sample_with_conv))
+                self.down.append(DownsamplingStage(in_ch, out_ch, n, g, config.sample_with_conv))
             else:
-                self.down.append(ResidualStage(in_ch, out_ch, n))
+                self.down.append(ResidualStage(in_ch, out_ch, n, g))
         top = c * config.channel_mult[-1]
-        self.mid = ResidualStage(top, top, n)
-        self.norm_out = group_norm(top)
+        self.mid = ResidualStage(top, top, n, g)
+        self.norm_out = group_norm(top, g)
         self.conv_out = Conv2dSame(top, config.token_size, 1)  # the projection to K channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -130,17 +130,17 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     def __init__(self, config: TokenizerConfig):
         super().__init__()
-        c, n, levels = config.hidden_channels, config.decoder_res_blocks, config.num_resolutions
+        c, n, g, levels = config.hidden_channels, config.decoder_res_blocks, config.norm_groups, config.num_resolutions
         mult = (*config.channel_mult, config.channel_mult[-1])
         top = c * config.channel_mult[-1]
         self.conv_in = Conv2dSame(config.token_size, top, 3)
-        self.mid = ResidualStage(top, top, n)
+        self.mid = ResidualStage(top, top, n, g)
         # Built (and stored as up.0, up.1, ...) from the deepest level to full resolution.
         self.up = nn.ModuleList()
         for i in reversed(range(levels)):
             in_ch, out_ch = c * mult[i + 1], c * mult[i]
-            self.up.append(UpsamplingStage(in_ch, out_ch, n) if i > 0 else ResidualStage(in_ch, out_ch, n))
-        self.norm_out = group_norm(c)
+            self.up.append(UpsamplingStage(in_ch, out_ch, n, g) if i > 0 else ResidualStage(in_ch, out_ch, n, g))
+        self.norm_out = group_norm(c, g)
         self.conv_out = Conv2dSame(c, config.num_channels, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

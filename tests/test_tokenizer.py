@@ -1,5 +1,7 @@
 """The tokenizer against the official-tiny fixtures (outputs of the official code), within their tolerances."""
 
+import json
+
 import pytest
 import torch
 
@@ -73,6 +75,20 @@ def test_residual_shortcut_quirk_is_kept():
     )
     block = model.encoder.down[1].res_blocks[0]  # 32 → 64 channels
     assert block.nin_shortcut.weight.shape == (64, 64, 1, 1)  # projects the branch output, as trained
+
+
+def test_norm_groups_default_to_the_official_32_and_configs_without_them_still_load(tmp_path, tiny_tokenizer):
+    norms = [m for m in tiny_tokenizer.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and all(m.num_groups == 32 and m.eps == 1e-6 for m in norms)
+    own = Tokenizer(TokenizerConfig(12, 64, (1, 1, 2), 1, norm_groups=8, image_size=16))
+    assert {m.num_groups for m in own.modules() if isinstance(m, torch.nn.GroupNorm)} == {8}
+    with pytest.raises(ValueError, match="divisible by norm_groups = 24"):
+        TokenizerConfig(12, 64, (1, 1, 2), 1, norm_groups=24)
+    tiny_tokenizer.save_pretrained(tmp_path)  # a config.json written before norm_groups existed loads as 32 groups
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["config"]["norm_groups"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert Tokenizer.from_pretrained(tmp_path).config.norm_groups == 32
 
 
 def test_tokenizer_rejects_bad_images(tiny_tokenizer):
