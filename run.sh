@@ -20,14 +20,15 @@ setup() {
   fi
 }
 
-# The browser tests drive Debian's Chromium through Playwright (never `playwright install`: it downloads a browser).
+# The browser tests drive Debian's Chromium through Playwright (never `playwright install`: it downloads a browser);
+# the emoji font lets its screenshots show the app's status symbols.
 browser() {
-  if [ ! -x /usr/bin/chromium ]; then
-    echo "Installing Chromium for the browser tests (apt-get)..." >&2
+  if [ ! -x /usr/bin/chromium ] || [ ! -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ]; then
+    echo "Installing Chromium and an emoji font for the browser tests (apt-get)..." >&2
     local sudo=""
     [ "$(id -u)" -ne 0 ] && sudo="sudo"
     $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium fonts-noto-color-emoji >/dev/null
   fi
 }
 
