@@ -1,7 +1,8 @@
 """Quality of the bundled default model on its procedural dataset (the numbers of its model card).
 
     .venv/bin/python -m bench.default_model --out bench/results
-    .venv/bin/python -m bench.default_model --guidance-scale 4 --randomize-temperature 4.5 --out /tmp/sweep  # a knob
+    .venv/bin/python -m bench.default_model --guidance-scale 4 --randomize-temperature 4.5 --out /tmp/sweep \
+        --judge /tmp/judge.pt  # one knob; the judge is trained by the first such run and reused by the next
 
 1. Held-out reconstruction PSNR of the tokenizer (the fixed test split).
 2. A classifier trained only on real dataset images (train split), with its own held-out accuracy and its accuracy
@@ -101,6 +102,20 @@ def train_classifier(steps: int, batch_size: int, images: int = 12_000) -> Class
     return model.eval()
 
 
+def load_or_train_classifier(path: Path | None, steps: int) -> Classifier:
+    """The judge from `path` when it holds one trained for `steps` steps; else trained, and saved there if given."""
+    if path is not None and path.exists():
+        saved = torch.load(path, weights_only=True)
+        if saved["steps"] == steps:
+            model = Classifier(len(PROCEDURAL_CLASSES))
+            model.load_state_dict(saved["state_dict"])
+            return model.eval()
+    model = train_classifier(steps, 64)
+    if path is not None:
+        torch.save({"steps": steps, "state_dict": model.state_dict()}, path)
+    return model
+
+
 @torch.no_grad()
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, list[float]]:
     predictions = torch.cat([model(images[i : i + 256]).argmax(1) for i in range(0, len(images), 256)])
@@ -123,6 +138,9 @@ def main() -> None:
     parser.add_argument("--test-images", type=int, default=2000)
     parser.add_argument("--per-class", type=int, default=50, help="generated images per class")
     parser.add_argument("--classifier-steps", type=int, default=1500)
+    parser.add_argument(
+        "--judge", type=Path, help="keep the trained classifier in this file and reuse it (sampling sweeps)"
+    )
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args()
     out = Path(args.out)
@@ -146,7 +164,7 @@ def main() -> None:
     code_probability = counts / counts.sum()
     code_entropy = float(-(code_probability[counts > 0] * code_probability[counts > 0].log2()).sum())
 
-    classifier = train_classifier(args.classifier_steps, 64)
+    classifier = load_or_train_classifier(args.judge, args.classifier_steps)
     classifier_accuracy, _ = accuracy(classifier, images, labels)
     # The ceiling for generated images: the judge on the tokenizer's reconstructions of the same held-out images.
     reconstruction_accuracy, reconstruction_per_class = accuracy(classifier, reconstructions.clamp(0, 1), labels)
