@@ -28,7 +28,7 @@ def create_app(settings: Settings):
 
 
 def launch(demo, settings: Settings, **kwargs):
-    from app.ui import CSS
+    from app.ui import CSS, JS
 
     return demo.launch(
         server_name=settings.host,
@@ -39,6 +39,7 @@ def launch(demo, settings: Settings, **kwargs):
         footer_links=["api"],
         show_error=True,  # messages only: callbacks raise gr.Error; this adds input-decoding errors
         css=CSS,
+        js=JS,
         **kwargs,
     )
 

@@ -26,7 +26,7 @@ from maskbit.config import SAMPLING_PRESETS, SamplingConfig
 
 logger = logging.getLogger("app")
 
-__all__ = ["build_ui", "CSS"]
+__all__ = ["build_ui", "CSS", "JS"]
 
 CSS = """
 .pixelated img, img.pixelated { image-rendering: pixelated; }
@@ -34,6 +34,29 @@ CSS = """
 .pixelated .image-frame { width: 100% !important; }
 .pixelated img { object-fit: contain !important; }
 #token-grid img { image-rendering: pixelated; cursor: crosshair; }
+"""
+# gr.Plot has no click event: clicking a point of the token-space UMAP fills "view index id" with the point's id and
+# presses "View", through plotly's own plotly_click. The handler is bound again whenever plotly rebuilds the plot.
+JS = """
+() => {
+  const view = (event) => {
+    const id = event.points.length ? event.points[0].customdata : undefined;
+    const input = document.querySelector('#view-id input');
+    if (id === undefined || !input) return;
+    input.value = id;
+    input.dispatchEvent(new Event('input', { bubbles: true }));
+    setTimeout(() => document.querySelector('#view-button').click(), 50);
+  };
+  const bound = new WeakMap();  // plot element → the plot.on it was bound with (plotly makes a new one per plot)
+  const bind = () => {
+    const plot = document.querySelector('#umap-plot .js-plotly-plot');
+    if (plot && plot.on && bound.get(plot) !== plot.on) {
+      plot.on('plotly_click', view);
+      bound.set(plot, plot.on);
+    }
+  };
+  new MutationObserver(bind).observe(document.body, { childList: true, subtree: true });
+}
 """
 SCHEDULES = ["arccos", "cosine", "linear", "square"]
 ANNEALING = ["none", "linear", "cosine"]
@@ -513,7 +536,7 @@ def build_ui(state: AppState) -> gr.Blocks:
                     customdata=members,
                     hovertemplate=f"{name} · id %{{customdata}}<extra></extra>",
                 )
-            umap.update_layout(title="UMAP of the images' bit tokens (hover for the id, view it below)", height=520)
+            umap.update_layout(title="UMAP of the images' bit tokens (click a point to view its image)", height=520)
         data = {
             "images": stats.images,
             "codes_used": stats.codes_used,
@@ -789,12 +812,12 @@ def build_ui(state: AppState) -> gr.Blocks:
                     codes_plot = gr.Plot()
                 umap_plot = gr.Plot(elem_id="umap-plot")
                 with gr.Row():
-                    view_id = gr.Number(0, precision=0, label="view index id")
-                    view_button = gr.Button("View")
+                    view_id = gr.Number(0, precision=0, label="view index id", elem_id="view-id")
+                    view_button = gr.Button("View", elem_id="view-button")
                     view_image = gr.Image(
                         format="png", elem_classes="pixelated", interactive=False, height=160, label="indexed image"
                     )
-                    view_caption = gr.Markdown()
+                    view_caption = gr.Markdown(elem_id="view-caption")
                 space_json = gr.JSON(label="statistics", open=False)
 
             # ---------------------------------------------------------------- training
