@@ -127,6 +127,7 @@ def screenshots(url: str, folder: Path) -> None:
         page.get_by_role("tab", name="Generate", exact=True).click()
         page.get_by_role("button", name="Generate", exact=True).click()
         expect(page.locator("#generated-gallery img")).to_have_count(4)
+        expect(page.get_by_text("masked fraction after each step")).to_be_visible()  # plotly draws after the gallery
         page.screenshot(path=folder / "generate.png", full_page=True)
         page.get_by_role("button", name="Send to bit flips").click()
         page.get_by_role("button", name="Flip each bit").click()

@@ -61,8 +61,9 @@ class Classifier(nn.Module):
 def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Flips and quarter turns (every class is closed under both), then what decoding does to an image without
     changing its class: a random blur of up to 1.5 px, for half of the images a trip through a lower resolution
-    (20–56 px, which rounds corners and wobbles edges) and mild noise. The training data stays real images only;
-    without the last two the judge took rounded squares for hearts (34 % on reconstructions of squares)."""
+    (32–56 px, which rounds corners and wobbles edges; from 20 px a hexagon is a circle) and mild noise. The
+    training data stays real images only; without the last two the judge took rounded squares for hearts (34 % on
+    reconstructions of squares)."""
     n = len(x)
     x = torch.where(torch.rand(n, 1, 1, 1, generator=generator) < 0.5, x.flip(-1), x)
     x = torch.where(torch.rand(n, 1, 1, 1, generator=generator) < 0.5, x.flip(-2), x)
@@ -75,7 +76,7 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     flat = F.conv2d(F.pad(flat, (3, 3, 0, 0), mode="replicate"), kernel[:, None, None, :], groups=n * 3)
     flat = F.conv2d(F.pad(flat, (0, 0, 3, 3), mode="replicate"), kernel[:, None, :, None], groups=n * 3)
     x = flat.reshape(x.shape)
-    size = int(torch.randint(20, 57, (), generator=generator))
+    size = int(torch.randint(32, 57, (), generator=generator))
     small = F.interpolate(x, size=(size, size), mode="area")
     round_trip = F.interpolate(small, size=x.shape[-2:], mode="bilinear", align_corners=False)
     x = torch.where(torch.rand(n, 1, 1, 1, generator=generator) < 0.5, round_trip, x)
@@ -137,7 +138,7 @@ def main() -> None:
     add_sampling_args(parser, preset="default")  # e.g. --guidance-scale 4 --randomize-temperature 4.5 for a sweep
     parser.add_argument("--test-images", type=int, default=2000)
     parser.add_argument("--per-class", type=int, default=50, help="generated images per class")
-    parser.add_argument("--classifier-steps", type=int, default=1500)
+    parser.add_argument("--classifier-steps", type=int, default=3000)
     parser.add_argument(
         "--judge", type=Path, help="keep the trained classifier in this file and reuse it (sampling sweeps)"
     )
