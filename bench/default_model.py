@@ -58,6 +58,9 @@ class Classifier(nn.Module):
         return self.head(self.features(x).mean((2, 3)))
 
 
+ROUND_TRIP_SIZES = (32, 56)  # smallest and largest side of augment()'s trip through a lower resolution
+
+
 def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Flips and quarter turns (every class is closed under both), then what decoding does to an image without
     changing its class: a random blur of up to 1.5 px, for half of the images a trip through a lower resolution
@@ -76,7 +79,7 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     flat = F.conv2d(F.pad(flat, (3, 3, 0, 0), mode="replicate"), kernel[:, None, None, :], groups=n * 3)
     flat = F.conv2d(F.pad(flat, (0, 0, 3, 3), mode="replicate"), kernel[:, None, :, None], groups=n * 3)
     x = flat.reshape(x.shape)
-    size = int(torch.randint(32, 57, (), generator=generator))
+    size = int(torch.randint(ROUND_TRIP_SIZES[0], ROUND_TRIP_SIZES[1] + 1, (), generator=generator))
     small = F.interpolate(x, size=(size, size), mode="area")
     round_trip = F.interpolate(small, size=x.shape[-2:], mode="bilinear", align_corners=False)
     x = torch.where(torch.rand(n, 1, 1, 1, generator=generator) < 0.5, round_trip, x)
@@ -104,16 +107,18 @@ def train_classifier(steps: int, batch_size: int, images: int = 12_000) -> Class
 
 
 def load_or_train_classifier(path: Path | None, steps: int) -> Classifier:
-    """The judge from `path` when it holds one trained for `steps` steps; else trained, and saved there if given."""
+    """The judge from `path` when it was trained with this recipe (steps and augmentation); else trained, and saved
+    there if given. A judge from an older recipe is retrained, never silently reused."""
+    recipe = {"steps": steps, "round_trip_sizes": list(ROUND_TRIP_SIZES)}
     if path is not None and path.exists():
         saved = torch.load(path, weights_only=True)
-        if saved["steps"] == steps:
+        if saved.get("recipe") == recipe:
             model = Classifier(len(PROCEDURAL_CLASSES))
             model.load_state_dict(saved["state_dict"])
             return model.eval()
     model = train_classifier(steps, 64)
     if path is not None:
-        torch.save({"steps": steps, "state_dict": model.state_dict()}, path)
+        torch.save({"recipe": recipe, "state_dict": model.state_dict()}, path)
     return model
 
 
