@@ -229,7 +229,8 @@ SAMPLING_PRESETS: dict[str, SamplingConfig] = {
     "demo": SamplingConfig(64, 3.0, "none", 1.0, 4.5),
     "tiny": SamplingConfig(8, 2.0, "cosine", 3.0, 4.5),
     # The bundled default model: 16×16 tokens × 2 groups of 6 bits = 512 entries to unmask. Constant guidance: with
-    # cosine annealing the first steps, which lay out the shape, are unguided (class accuracy 14 % against 24 %).
+    # cosine annealing the first steps, which lay out the shape, are unguided (class accuracy 14 % against 24 %,
+    # earlier judge; model card).
     "default": SamplingConfig(16, 4.0, "none", 1.0, 2.0),
 }
 
