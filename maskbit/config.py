@@ -47,9 +47,16 @@ class TokenizerConfig:
     entropy_loss_weight: float = 0.02
     entropy_loss_temperature: float = 0.01
     entropy_gamma: float = 1.0
+    # Not in the official code, which pads with zeros. "replicate" makes a convolution see the same input at the border
+    # as inside, so the codes of a uniform region no longer depend on its distance to the image border.
+    padding_mode: str = "zeros"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channel_mult", tuple(self.channel_mult))
+        _require(
+            self.padding_mode in ("zeros", "replicate", "reflect"),
+            f"padding_mode must be zeros, replicate or reflect, got {self.padding_mode!r}",
+        )
         _require(1 <= self.token_size <= 24, f"token_size must be in [1, 24], got {self.token_size}")
         _require(len(self.channel_mult) >= 1, "channel_mult must not be empty")
         for mult in self.channel_mult:

@@ -33,14 +33,19 @@ def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tupl
 
 
 class Conv2dSame(nn.Conv2d):
-    """nn.Conv2d with padding computed from the input size like TensorFlow's "SAME" (keys stay weight/bias)."""
+    """nn.Conv2d with padding computed from the input size like TensorFlow's "SAME" (keys stay weight/bias).
+
+    Pads with `padding_mode` (nn.Conv2d's attribute; the tokenizer sets it from its config): zeros, as the official
+    code, or replicate / reflect.
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         top, bottom = same_padding(x.shape[-2], self.kernel_size[0], self.stride[0], self.dilation[0])
         left, right = same_padding(x.shape[-1], self.kernel_size[1], self.stride[1], self.dilation[1])
-        if top == bottom and left == right:  # symmetric: let the conv pad, saving a copy
+        zeros = self.padding_mode == "zeros"
+        if (top == bottom and left == right and zeros) or top + bottom + left + right == 0:
             return F.conv2d(x, self.weight, self.bias, self.stride, (top, left), self.dilation, self.groups)
-        x = F.pad(x, (left, right, top, bottom))
+        x = F.pad(x, (left, right, top, bottom), mode="constant" if zeros else self.padding_mode)
         return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
 
@@ -221,6 +226,9 @@ class Tokenizer(PretrainedMixin, nn.Module):
         # The official state dict names the quantiser `quantize.*`, while the API's `quantize(z)` is a method:
         # register the module under that name directly; the method wins attribute lookup, `quantizer` reaches it.
         self._modules["quantize"] = LookupFreeQuantizer(config)
+        for module in self.modules():
+            if isinstance(module, Conv2dSame):
+                module.padding_mode = config.padding_mode
 
     @property
     def quantizer(self) -> LookupFreeQuantizer:

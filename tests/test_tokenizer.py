@@ -1,5 +1,6 @@
 """The tokenizer against the official-tiny fixtures (outputs of the official code), within their tolerances."""
 
+import dataclasses
 import json
 
 import pytest
@@ -111,3 +112,18 @@ def test_tokenizer_is_fully_convolutional(tiny_tokenizer):
     indices = tiny_tokenizer.encode(images)
     assert indices.shape == (1, 12, 16)
     assert tiny_tokenizer.decode(indices).shape == (1, 3, 48, 64)
+
+
+def test_replicate_padding_makes_codes_of_a_uniform_image_independent_of_the_border(tmp_path, tiny_tokenizer):
+    grey = torch.full((1, 3, 32, 32), 0.4)
+    assert tiny_tokenizer.config.padding_mode == "zeros"  # the official default
+    assert tiny_tokenizer.encode(grey).unique().numel() > 1  # zero padding: the border shows in the codes
+    replicate = Tokenizer(dataclasses.replace(tiny_tokenizer.config, padding_mode="replicate"))
+    replicate.load_state_dict(tiny_tokenizer.state_dict())  # no new weights: the same checkpoint loads
+    assert replicate.encode(grey).unique().numel() == 1
+    images = torch.rand(2, 3, 32, 32)
+    assert replicate.decode(replicate.encode(images)).shape == images.shape
+    replicate.save_pretrained(tmp_path)
+    assert Tokenizer.from_pretrained(tmp_path).config.padding_mode == "replicate"
+    with pytest.raises(ValueError, match="padding_mode must be zeros, replicate or reflect"):
+        dataclasses.replace(tiny_tokenizer.config, padding_mode="circular")
