@@ -10,7 +10,8 @@
    generated images it assigns to the class they were generated for.
 3. Diversity: mean pairwise Hamming distance between the token grids of same-class images, generated versus
    real, and the share of distinct generated grids.
-4. Code usage and per-bit entropy of the tokenizer on the test split.
+4. Code usage and per-bit entropy of the tokenizer on the test split; distinct codes per image, of test images and
+   of uniform colours (1 when a uniform region's code depends on its colour only, not on the distance to the border).
 Writes results.json, a markdown table and image grids.
 """
 
@@ -169,6 +170,13 @@ def main() -> None:
     counts = torch.bincount(indices.flatten(), minlength=2**k).float()
     code_probability = counts / counts.sum()
     code_entropy = float(-(code_probability[counts > 0] * code_probability[counts > 0].log2()).sum())
+    colours = torch.rand(8, 3, 1, 1, generator=torch.Generator().manual_seed(0))
+    uniform = tokenizer.encode(colours.expand(-1, -1, *images.shape[-2:]).contiguous())
+    codes_per_image = {
+        "test_images": float(np.mean([row.unique().numel() for row in indices.flatten(1)])),
+        "uniform_colours": float(np.mean([row.unique().numel() for row in uniform.flatten(1)])),
+        "tokens": indices[0].numel(),
+    }
 
     classifier = load_or_train_classifier(args.judge, args.classifier_steps)
     classifier_accuracy, _ = accuracy(classifier, images, labels)
@@ -219,6 +227,7 @@ def main() -> None:
         "distinct_generated_token_grids": distinct,
         "code_usage": float((counts > 0).float().mean()),
         "code_entropy_bits": code_entropy,
+        "distinct_codes_per_image": codes_per_image,
         "per_bit_p_one": [round(float(p), 4) for p in p_one],
         "per_bit_entropy": [round(float(e), 4) for e in bit_entropy],
         "seconds": time.time() - started,
