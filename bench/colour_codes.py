@@ -46,6 +46,8 @@ def decode(codes: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def write(args: argparse.Namespace) -> None:
+    if args.patch < 1 or 64 % args.patch:
+        raise SystemExit(f"--patch must divide the dataset's 64-pixel side (1, 2, 4, 8, 16, 32, 64), got {args.patch}")
     images, labels = load_split("train", args.count)
     codes = torch.cat([encode(images[i : i + 1000], args.patch) for i in range(0, len(images), 1000)])
     meta = {"num_bits": 12, "classes": list(PROCEDURAL_CLASSES), "tokenizer_identity": f"colour-codes-{args.patch}"}
@@ -56,6 +58,9 @@ def write(args: argparse.Namespace) -> None:
 @torch.no_grad()
 def evaluate(args: argparse.Namespace) -> None:
     generator = Generator.from_pretrained(args.generator)
+    if generator.config.token_size != 12:
+        k = generator.config.token_size
+        raise SystemExit(f"{args.generator} predicts {k}-bit tokens, colour codes have 12: train it on colour codes")
     classifier = load_or_train_classifier(args.judge, args.classifier_steps)
     images, labels = load_split("test", args.test_images)
     patch = images.shape[-1] // generator.config.grid_size

@@ -141,13 +141,18 @@ def mean_pairwise_hamming(indices: torch.Tensor, num_bits: int) -> float:
     return float(torch.cat(distances).mean())
 
 
-@torch.no_grad()
-def class_label_gain(generator: Generator, indices: torch.Tensor, labels: torch.Tensor, ratio: float) -> dict:
-    """Masked cross-entropy (nats per masked group) with the true and with the null label, the same entries masked."""
+def mask_entries(generator: Generator, indices: torch.Tensor, ratio: float):
+    """(groups, masked, tokens): the indices' (position, group) entries, `ratio` of them masked (fixed seed)."""
     c = generator.config
     groups = bits.split_groups(indices.flatten(1), c.token_size, c.num_groups)
     masked = torch.rand(groups.shape, generator=torch.Generator().manual_seed(0)) < ratio
-    tokens = torch.where(masked, c.mask_token, groups)
+    return groups, masked, torch.where(masked, c.mask_token, groups)
+
+
+@torch.no_grad()
+def class_label_gain(generator: Generator, indices: torch.Tensor, labels: torch.Tensor, ratio: float) -> dict:
+    """Masked cross-entropy (nats per masked group) with the true and with the null label, the same entries masked."""
+    groups, masked, tokens = mask_entries(generator, indices, ratio)
     loss = {}
     for name, drop in (("true_label", False), ("null_label", True)):
         drop_mask = torch.full((len(labels),), drop)
@@ -163,16 +168,18 @@ def class_label_gain(generator: Generator, indices: torch.Tensor, labels: torch.
 
 @torch.no_grad()
 def infill_accuracy(
-    generator: Generator, tokenizer: Tokenizer, classifier: nn.Module, indices: torch.Tensor, labels: torch.Tensor,
+    generator: Generator,
+    tokenizer: Tokenizer,
+    classifier: nn.Module,
+    indices: torch.Tensor,
+    labels: torch.Tensor,
     ratio: float,
 ) -> dict:
     """Mask `ratio` of the (position, group) entries, fill each with its argmax in one pass, decode, judge."""
-    c = generator.config
-    groups = bits.split_groups(indices.flatten(1), c.token_size, c.num_groups)
-    masked = torch.rand(groups.shape, generator=torch.Generator().manual_seed(0)) < ratio
-    logits = generator(torch.where(masked, c.mask_token, groups), labels, torch.zeros(len(labels), dtype=torch.bool))
+    groups, masked, tokens = mask_entries(generator, indices, ratio)
+    logits = generator(tokens, labels, torch.zeros(len(labels), dtype=torch.bool))
     filled = torch.where(masked, logits.argmax(-1), groups)
-    completed = tokenizer.decode(bits.combine_groups(filled, c.token_size).view_as(indices)).clamp(0, 1)
+    completed = tokenizer.decode(bits.combine_groups(filled, generator.config.token_size).view_as(indices)).clamp(0, 1)
     return {
         "entry_accuracy": float((filled == groups)[masked].float().mean()),
         "judge_accuracy": accuracy(classifier, completed, labels)[0],
