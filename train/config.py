@@ -216,16 +216,18 @@ TOKENIZER_TRAIN_PRESETS: dict[str, TokenizerTrainConfig] = {
 
 GENERATOR_TRAIN_PRESETS: dict[str, GeneratorTrainConfig] = {
     **{f"maskbit_generator_{k}bit": _official_generator(k) for k in (10, 12, 14, 16, 18)},
-    # The bundled default model: a small generator over the default tokenizer's 16×16 × 12-bit tokens.
+    # The bundled default model: a small generator over the default tokenizer's 16×16 × 12-bit tokens. Batch 16 at
+    # twice the learning rate instead of batch 32: same images per second on the CPU, twice the updates; at 48,000
+    # training images it doubled the generated-class accuracy (model card).
     "default": GeneratorTrainConfig(
         model=GENERATOR_PRESETS["default"],
         tokenizer="default",
         data=DataConfig(resolution=64, random_crop=False, pretokenized="runs/default-tokens.npz"),
-        optimizer=OptimizerConfig(learning_rate=1e-3, beta2=0.96, weight_decay=0.045, warmup_steps=100),
+        optimizer=OptimizerConfig(learning_rate=2e-3, beta2=0.96, weight_decay=0.045, warmup_steps=200),
         sampling=SAMPLING_PRESETS["default"],
         training=TrainingConfig(
             max_steps=3000,
-            batch_size=32,
+            batch_size=16,
             mixed_precision="bf16",
             seed=0,
             log_every=10,
