@@ -7,7 +7,7 @@
 1. Held-out reconstruction PSNR of the tokenizer (the fixed test split).
 2. A classifier trained only on real dataset images (train split), with its own held-out accuracy and its accuracy
    on the tokenizer's reconstructions of those images (the ceiling for generated images); then the fraction of
-   generated images it assigns to the class they were generated for.
+   generated images it assigns to the class they were generated for, and what it takes the others for.
 3. Diversity: mean pairwise Hamming distance between the token grids of same-class images, generated versus
    real, and the share of distinct generated grids.
 4. How much the generator uses the class: its masked cross-entropy on the test images' tokens with the true label
@@ -128,11 +128,25 @@ def load_or_train_classifier(path: Path | None, steps: int) -> Classifier:
 
 
 @torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    return torch.cat([model(images[i : i + 256]).argmax(1) for i in range(0, len(images), 256)])
+
+
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, list[float]]:
-    predictions = torch.cat([model(images[i : i + 256]).argmax(1) for i in range(0, len(images), 256)])
-    correct = predictions == labels
+    correct = predict(model, images) == labels
     per_class = [float(correct[labels == c].float().mean()) for c in range(len(PROCEDURAL_CLASSES))]
     return float(correct.float().mean()), per_class
+
+
+def judged_as(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> dict[str, dict[str, int]]:
+    """For each class, how many of its images the judge assigns to each class (nonzero counts, largest first)."""
+    predictions = predict(model, images)
+    table = {}
+    for c, name in enumerate(PROCEDURAL_CLASSES):
+        counts = torch.bincount(predictions[labels == c], minlength=len(PROCEDURAL_CLASSES))
+        order = counts.argsort(descending=True, stable=True).tolist()
+        table[name] = {PROCEDURAL_CLASSES[j]: int(counts[j]) for j in order if counts[j]}
+    return table
 
 
 def mean_pairwise_hamming(indices: torch.Tensor, num_bits: int) -> float:
@@ -273,6 +287,7 @@ def main() -> None:
         "classifier_accuracy_on_reconstructions_per_class": dict(zip(PROCEDURAL_CLASSES, reconstruction_per_class)),
         "generated_class_accuracy": generated_accuracy,
         "generated_class_accuracy_per_class": dict(zip(PROCEDURAL_CLASSES, generated_per_class)),
+        "generated_judged_as": judged_as(classifier, generated, requested),
         "generated_images": len(generated),
         "diversity_mean_pairwise_hamming_same_class": {
             "generated": float(diversity_generated),
