@@ -12,6 +12,8 @@ from torchvision.transforms import InterpolationMode, RandomResizedCrop
 
 from train.datasets import (
     PROCEDURAL_CLASSES,
+    SHAPE_OFFSET,
+    SHAPE_RADIUS,
     ImageFolder,
     Preprocessing,
     ProceduralShapes,
@@ -91,6 +93,22 @@ def test_every_class_has_a_nontrivial_antialiased_shape_inside_the_image(samples
         composite = sample.background * (1 - alpha[..., None]) + sample.foreground * alpha[..., None]
         np.testing.assert_allclose(sample.image, composite, atol=1e-6)
         assert sample.image.min() >= 0 and sample.image.max() <= 1
+
+
+def test_shapes_are_large_and_near_the_middle_yet_vary():
+    # Circles show both exactly: their area gives the radius, their centroid the centre.
+    shapes = ProceduralShapes("test")
+    assert PROCEDURAL_CLASSES[0] == "circle"
+    radii, offsets = [], []
+    for index in range(0, 400, 10):  # 40 circles
+        alpha = shapes.render(index).alpha
+        ys, xs = np.indices(alpha.shape) + 0.5
+        radii.append(np.sqrt(alpha.sum() / np.pi) / shapes.resolution)
+        offsets.append([(alpha * xs).sum(), (alpha * ys).sum()] / alpha.sum() / shapes.resolution - 0.5)
+    radii, offsets = np.array(radii), np.array(offsets)
+    assert SHAPE_RADIUS[0] - 0.01 < radii.min() and radii.max() < SHAPE_RADIUS[1] + 0.01
+    assert np.abs(offsets).max() < SHAPE_OFFSET + 0.01
+    assert radii.std() > 0.02 and offsets.std(0).min() > 0.02  # sizes and positions still vary
 
 
 def test_shape_and_background_colours_contrast(samples, shapes):
