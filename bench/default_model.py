@@ -133,14 +133,17 @@ def predict(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, list[float]]:
-    correct = predict(model, images) == labels
+    return accuracy_of(predict(model, images), labels)
+
+
+def accuracy_of(predictions: torch.Tensor, labels: torch.Tensor) -> tuple[float, list[float]]:
+    correct = predictions == labels
     per_class = [float(correct[labels == c].float().mean()) for c in range(len(PROCEDURAL_CLASSES))]
     return float(correct.float().mean()), per_class
 
 
-def judged_as(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> dict[str, dict[str, int]]:
+def judged_as(predictions: torch.Tensor, labels: torch.Tensor) -> dict[str, dict[str, int]]:
     """For each class, how many of its images the judge assigns to each class (nonzero counts, largest first)."""
-    predictions = predict(model, images)
     table = {}
     for c, name in enumerate(PROCEDURAL_CLASSES):
         counts = torch.bincount(predictions[labels == c], minlength=len(PROCEDURAL_CLASSES))
@@ -254,7 +257,8 @@ def main() -> None:
             for i in range(0, len(requested), 100)
         ]
     )
-    generated_accuracy, generated_per_class = accuracy(classifier, generated, requested)
+    generated_predictions = predict(classifier, generated)
+    generated_accuracy, generated_per_class = accuracy_of(generated_predictions, requested)
     grid = torch.cat([generated[requested == c][:8] for c in range(len(PROCEDURAL_CLASSES))])
     save_image(image_grid(grid, columns=8), out / "generated.png")
 
@@ -287,7 +291,7 @@ def main() -> None:
         "classifier_accuracy_on_reconstructions_per_class": dict(zip(PROCEDURAL_CLASSES, reconstruction_per_class)),
         "generated_class_accuracy": generated_accuracy,
         "generated_class_accuracy_per_class": dict(zip(PROCEDURAL_CLASSES, generated_per_class)),
-        "generated_judged_as": judged_as(classifier, generated, requested),
+        "generated_judged_as": judged_as(generated_predictions, requested),
         "generated_images": len(generated),
         "diversity_mean_pairwise_hamming_same_class": {
             "generated": float(diversity_generated),
