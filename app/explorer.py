@@ -19,6 +19,7 @@ from indexes.store import ImageIndex
 from maskbit import Generator, Tokenizer, bits
 from maskbit.checkpoint import DEFAULT_MODEL_DIR
 from maskbit.config import GENERATOR_PRESETS, SAMPLING_PRESETS, SamplingConfig
+from maskbit.device import pick_device
 from maskbit.sampling import iter_generate, prediction_to_indices
 
 __all__ = [
@@ -116,10 +117,6 @@ class Models:
         if self.problem:
             info["generation"] = f"unavailable: {self.problem}"
         return info
-
-
-def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def load_models(

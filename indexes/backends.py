@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from maskbit.device import pick_device
+
 try:
     import faiss
 except ImportError:  # the torch backend still works
@@ -42,7 +44,7 @@ def available_backend(requested: str = "auto") -> str:
 
 
 def _default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return pick_device()
 
 
 class TorchFlat:

@@ -15,7 +15,8 @@ from indexes.backends import BACKENDS
 from indexes.lpips_embedding import MissingBackboneError
 from indexes.store import METRICS, ImageIndex
 from maskbit import Tokenizer
-from maskbit.cli import add_command, load_indices, pick_device, run_command
+from maskbit.cli import add_command, load_indices, run_command
+from maskbit.device import DEVICES, pick_device
 from maskbit.images import find_images, load_image
 
 logger = logging.getLogger("indexes")
@@ -189,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--tokenizer", default="default", help="from_pretrained source")
         p.add_argument("--tokenizer-config", help="for an official .bin: preset or YAML")
         p.add_argument("--batch-size", type=int, default=64)
-        p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+        p.add_argument("--device", default="auto", choices=DEVICES)
         return p
 
     p = command("build", "index a dataset split (resumes an interrupted build)")

@@ -15,6 +15,7 @@ from tqdm import tqdm
 from maskbit import bits as bitops
 from maskbit.checkpoint import CheckpointError, load_official_state_dict
 from maskbit.config import SAMPLING_PRESETS, SamplingConfig
+from maskbit.device import DEVICES, pick_device
 from maskbit.generator import Generator
 from maskbit.images import find_images, image_grid, load_image, psnr, save_image
 from maskbit.sampling import iter_generate, prediction_to_indices
@@ -50,14 +51,6 @@ EXAMPLES = {
 # ------------------------------------------------------------------------------------------------------ helpers
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but no CUDA device is available")
-    return torch.device(name)
-
-
 def load_model(cls, source: str, config: str | None, random_init: bool, device: torch.device):
     if random_init:
         name = config or source
@@ -85,7 +78,7 @@ def load_indices(path: Path) -> torch.Tensor:
 def add_tokenizer_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer", default="default", help="'default', a hub id, a directory or an official .bin")
     parser.add_argument("--tokenizer-config", help="preset name or official YAML for an official .bin")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--device", default="auto", choices=DEVICES)
 
 
 # ------------------------------------------------------------------------------------------------------ commands

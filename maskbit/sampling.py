@@ -15,7 +15,6 @@ Axes: B batch, N token positions, m groups, V = 2^(K/m) classes per group, M = N
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Iterator
 from typing import NamedTuple
@@ -24,6 +23,7 @@ import torch
 
 from maskbit import bits as bitops
 from maskbit.config import SAMPLING_PRESETS, SamplingConfig
+from maskbit.device import autocast as device_autocast
 from maskbit.generator import Generator
 from maskbit.tokenizer import Tokenizer
 
@@ -171,9 +171,7 @@ def iter_generate(
     b = labels.shape[0]
     tokens = torch.full((b, config.num_positions, config.num_groups), config.mask_token, device=device)
     keep_labels = torch.zeros(b, dtype=torch.bool, device=device)
-    autocast = (
-        torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None else contextlib.nullcontext()
-    )
+    autocast = device_autocast(device, autocast_dtype)
     for step in range(sampling.num_steps):
         scale = guidance_weight(step, sampling)
         with autocast:

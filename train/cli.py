@@ -12,6 +12,7 @@ import torch
 from tqdm import tqdm
 
 from maskbit.cli import add_command, run_command
+from maskbit.device import pick_device
 from train.config import (
     GENERATOR_TRAIN_PRESETS,
     TOKENIZER_TRAIN_PRESETS,
@@ -69,7 +70,7 @@ def pretokenize(args: argparse.Namespace) -> None:
     from train.data import AugmentedImages
     from train.datasets import build_dataset
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = pick_device()
     tokenizer = Tokenizer.from_pretrained(args.tokenizer, args.tokenizer_config).requires_grad_(False).to(device)
     resolution = args.resolution or tokenizer.config.image_size
     dataset = build_dataset(args.dataset, args.split, args.seed, resolution)

@@ -1,0 +1,44 @@
+"""Where models run and at what precision: one rule for the library, the CLIs, training, indexes and the app.
+
+Nothing here touches CUDA at import time (a ZeroGPU Space attaches the GPU only inside its decorated functions).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+__all__ = ["DEVICES", "PRECISIONS", "pick_device", "autocast_dtype", "autocast"]
+
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def pick_device(name: str | torch.device = "auto") -> torch.device:
+    """ "auto" → the first CUDA device when there is one, else the CPU; "cuda" without a GPU is an error."""
+    if isinstance(name, torch.device):
+        return name
+    if name not in DEVICES and not str(name).startswith("cuda:"):
+        raise ValueError(f"device must be one of {', '.join(DEVICES)} (or cuda:N), got {name!r}")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(name).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} was asked for, but no CUDA device is available; use --device cpu")
+    return torch.device(name)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for a precision name: "auto" is bf16 on CUDA and fp32 (no autocast) on the CPU."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    return torch.bfloat16 if precision == "bf16" else None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """torch.autocast on `device` with `dtype`, or a no-op context for fp32 (dtype None)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
