@@ -32,14 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maskbit import Generator, Tokenizer, bits, generate
+from maskbit import Generator, Tokenizer, analysis, bits, generate
 from maskbit.cli import add_sampling_args, sampling_from_args
-from maskbit.images import image_grid, psnr, save_image
+from maskbit.images import image_grid, psnr, save_image, to_tensor
 from train.datasets import PROCEDURAL_CLASSES, ProceduralShapes
-
-
-def to_tensor(image) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float() / 255
 
 
 def load_split(split: str, count: int, start: int = 0, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -230,12 +226,7 @@ def main() -> None:
         image_grid(torch.cat([images[:10], reconstructions[:10].clamp(0, 1)]), columns=10), out / "reconstructions.png"
     )
 
-    set_bits = bits.indices_to_bits(indices, k).flatten(0, -2) > 0  # (positions, K)
-    p_one = set_bits.float().mean(0)
-    bit_entropy = -(p_one * p_one.clamp_min(1e-12).log2() + (1 - p_one) * (1 - p_one).clamp_min(1e-12).log2())
-    counts = torch.bincount(indices.flatten(), minlength=2**k).float()
-    code_probability = counts / counts.sum()
-    code_entropy = float(-(code_probability[counts > 0] * code_probability[counts > 0].log2()).sum())
+    statistics = analysis.token_statistics(indices, k)
     colours = torch.rand(8, 3, 1, 1, generator=torch.Generator().manual_seed(0))
     uniform = tokenizer.encode(colours.expand(-1, -1, *images.shape[-2:]).contiguous())
     codes_per_image = {
@@ -301,11 +292,11 @@ def main() -> None:
         "distinct_generated_token_grids": distinct,
         "class_label_gain_nats_by_mask_ratio": label_gain,
         "one_pass_infill_by_mask_ratio": infill,
-        "code_usage": float((counts > 0).float().mean()),
-        "code_entropy_bits": code_entropy,
+        "code_usage": statistics.code_usage,
+        "code_entropy_bits": statistics.code_entropy,
         "distinct_codes_per_image": codes_per_image,
-        "per_bit_p_one": [round(float(p), 4) for p in p_one],
-        "per_bit_entropy": [round(float(e), 4) for e in bit_entropy],
+        "per_bit_p_one": [round(float(p), 4) for p in statistics.bit_usage],
+        "per_bit_entropy": [round(float(e), 4) for e in statistics.bit_entropy],
         "seconds": time.time() - started,
     }
     (out / "default_model.json").write_text(json.dumps(results, indent=2) + "\n")

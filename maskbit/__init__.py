@@ -3,7 +3,7 @@
 image → Tokenizer.encode → indices (B, h, w) → bits → Generator + sampler → indices → Tokenizer.decode → image
 """
 
-from maskbit import bits
+from maskbit import analysis, bits
 from maskbit.checkpoint import CheckpointError
 from maskbit.config import (
     GENERATOR_PRESETS,
@@ -19,6 +19,7 @@ from maskbit.sampling import SamplingState, generate, iter_generate, prediction_
 from maskbit.tokenizer import Tokenizer
 
 __all__ = [
+    "analysis",
     "bits",
     "CheckpointError",
     "Tokenizer",

@@ -12,12 +12,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from maskbit import bits as bitops
+from maskbit import analysis
 from maskbit.checkpoint import CheckpointError, load_official_state_dict
 from maskbit.config import SAMPLING_PRESETS, SamplingConfig
 from maskbit.device import DEVICES, pick_device
 from maskbit.generator import Generator
-from maskbit.images import find_images, image_grid, load_image, psnr, save_image
+from maskbit.images import find_images, image_grid, load_image, save_image
 from maskbit.sampling import iter_generate, prediction_to_indices
 from maskbit.tokenizer import Tokenizer
 
@@ -41,7 +41,7 @@ EXAMPLES = {
   # flip each bit of every token in turn, measure PSNR against the reconstruction
   python -m maskbit flip photo.png --tokenizer default --out outputs/flip
   # flip bits 0 and 5 only at token positions 0..7 (row-major)
-  python -m maskbit flip photo.png --bits 0 5 --positions 0 1 2 3 4 5 6 7 --out outputs/flip""",
+  python -m maskbit flip photo.png --bit-ids 0 5 --positions 0 1 2 3 4 5 6 7 --out outputs/flip""",
     "convert": """examples:
   python -m maskbit convert maskbit_tokenizer_12bit.bin --config maskbit_tokenizer_12bit --out models/tok12
   python -m maskbit convert my_generator.bin --config maskbit_generator_14bit.yaml --out models/gen14""",
@@ -171,27 +171,22 @@ def cmd_flip(args: argparse.Namespace) -> None:
     tokenizer = load_model(Tokenizer, args.tokenizer, args.tokenizer_config, False, device)
     source = Path(args.source)
     if source.suffix == ".npy":
-        indices = load_indices(source)[:1].to(device)
+        indices = load_indices(source)[0]
     else:
         size = tokenizer.config.image_size if args.size is None else args.size
-        indices = tokenizer.encode(load_image(source, size)[None].to(device))
-    bit_ids = args.bits if args.bits is not None else list(range(tokenizer.num_bits))
-    reconstruction = tokenizer.decode(indices).clamp(0, 1)
+        indices = tokenizer.encode(load_image(source, size)[None].to(device))[0]
+    flips = analysis.flip_each_bit(tokenizer, indices, args.bit_ids, args.positions)
     out = Path(args.out)
-    save_image(reconstruction[0], out / "reconstruction.png")
-    flipped_images, rows = [], ["bit,psnr_db,l2"]
-    for bit in tqdm(bit_ids, desc="flipping", unit="bit", disable=args.quiet):
-        flipped = bitops.flip_bits(indices, bit, tokenizer.num_bits, args.positions)
-        image = tokenizer.decode(flipped).clamp(0, 1)
-        flipped_images.append(image[0].cpu())
-        save_image(image[0], out / f"flip_bit{bit:02d}.png")
-        l2 = float((image - reconstruction).flatten().norm())
-        rows.append(f"{bit},{float(psnr(image, reconstruction)[0]):.3f},{l2:.4f}")
-    grid = image_grid(torch.stack([reconstruction[0].cpu(), *flipped_images]), columns=min(8, len(bit_ids) + 1))
+    save_image(flips.reconstruction, out / "reconstruction.png")
+    rows = ["bit,psnr_db,l2"]
+    for bit, image, p, d in zip(flips.bit_ids, flips.flipped, flips.distances.psnr, flips.distances.l2):
+        save_image(image, out / f"flip_bit{bit:02d}.png")
+        rows.append(f"{bit},{p:.3f},{d:.4f}")
+    grid = image_grid(torch.cat([flips.reconstruction[None], flips.flipped]), columns=min(8, len(flips.bit_ids) + 1))
     save_image(grid, out / "grid.png")
     (out / "distances.csv").write_text("\n".join(rows) + "\n")
     print("\n".join(rows))
-    print(f"wrote reconstruction.png, {len(bit_ids)} flipped images, grid.png and distances.csv to {out}")
+    print(f"wrote reconstruction.png, {len(flips.bit_ids)} flipped images, grid.png and distances.csv to {out}")
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
@@ -264,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("flip", "flip bits of an image's tokens, decode, and measure the change")
     add_tokenizer_args(p)
     p.add_argument("source", help="an image, or a .npy of indices")
-    p.add_argument("--bits", type=int, nargs="+", help="bit ids to flip one at a time (default: all)")
+    p.add_argument("--bit-ids", type=int, nargs="+", help="bits to flip, one at a time (default: all)")
     p.add_argument("--positions", type=int, nargs="+", help="flat token positions to flip (default: all)")
     p.add_argument("--size", type=int, help="resize shorter side and center-crop (default: the tokenizer's; 0: keep)")
     p.add_argument("--out", default="outputs/flip")

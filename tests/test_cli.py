@@ -136,7 +136,7 @@ def test_flip_writes_every_bit_and_distances(tmp_path, image_files):
         "flip",
         str(image_files / "img0.png"),
         *TINY_TOKENIZER,
-        "--bits",
+        "--bit-ids",
         "0",
         "11",
         "--positions",
