@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from app.explorer import Models, UserError, load_models
 from app.jobs import Jobs
@@ -116,7 +115,8 @@ class AppState:
         return self.settings.index_root / models.tokenizer.identity()[:16]
 
     def _prepare_index(self, generation: int) -> None:
-        from indexes.build import build_dataset_index, calibrate, dataset_view, token_projection
+        from data import heldout_images
+        from indexes.build import build_dataset_index, calibrate, token_projection
 
         models = self.models
         directory = self.index_directory(models)
@@ -169,10 +169,8 @@ class AppState:
             )
         if "calibration" not in index.manifest and index.manifest.get("dataset"):
             described = index.manifest["dataset"]
-            view, _ = dataset_view(described["spec"], "test", described.get("seed", 0), index.manifest["image_size"])
-            count = min(500, len(view))
-            self._set_status(generation, IndexStatus("building", 0, count, "calibrating on held-out images"))
-            heldout = torch.stack([view[i][0] for i in range(count)])
+            self._set_status(generation, IndexStatus("building", 0, 0, "calibrating on held-out images"))
+            heldout = heldout_images(described["spec"], 500, index.manifest["image_size"], described.get("seed", 0))
             calibrate(
                 index, heldout, progress=lambda d, t, w: self._set_status(generation, IndexStatus("building", d, t, w))
             )

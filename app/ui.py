@@ -368,14 +368,15 @@ def build_ui(state: AppState) -> gr.Blocks:
     def dataset_image(number):
         if not settings.dataset_images_visible:
             raise UserError("training-set images are not shown on this server (the deployer can turn them on)")
-        from indexes.build import dataset_view
+        from data import eval_view
 
         models = state.models
         index = state.index
         spec = (
             index.manifest.get("dataset", {}).get("spec", settings.index_dataset) if index else settings.index_dataset
         )
-        view, classes = dataset_view(spec, "train", 0, models.image_size)
+        view = eval_view(spec, "train", 0, models.image_size)
+        classes = view.classes
         number = int(number)
         if not 0 <= number < len(view):
             raise UserError(f"dataset image number must be in 0–{len(view) - 1}")
@@ -472,7 +473,7 @@ def build_ui(state: AppState) -> gr.Blocks:
         count = int(count)
         if not 4 <= count <= 256:
             raise UserError("the report needs between 4 and 256 generated images")
-        from indexes.build import dataset_view
+        from data import heldout_images
         from indexes.report import memorization_report as report
 
         labels = [i % len(models.class_names) for i in range(count)]
@@ -483,8 +484,7 @@ def build_ui(state: AppState) -> gr.Blocks:
             ]
         )
         spec = index.manifest.get("dataset", {}).get("spec", settings.index_dataset)
-        view, _ = dataset_view(spec, "test", 0, index.manifest["image_size"])
-        heldout = torch.stack([view[i][0] for i in range(min(count, len(view)))])
+        heldout = heldout_images(spec, count, index.manifest["image_size"])
         out = Path(tempfile.mkdtemp(prefix="maskbit-report-"))
         data = report(index, generated.cpu(), heldout, out)
         lines = [

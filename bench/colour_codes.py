@@ -24,11 +24,11 @@ import torch
 import torch.nn.functional as F
 
 from bench.default_model import accuracy, load_or_train_classifier, load_split
+from data.datasets import PROCEDURAL_CLASSES
 from maskbit import Generator
 from maskbit.cli import add_sampling_args, sampling_from_args
 from maskbit.images import image_grid, save_image
 from maskbit.sampling import iter_generate, prediction_to_indices
-from train.datasets import PROCEDURAL_CLASSES
 
 LEVELS = 16  # 4 bits per channel
 

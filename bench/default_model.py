@@ -32,10 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from data.datasets import PROCEDURAL_CLASSES, ProceduralShapes
 from maskbit import Generator, Tokenizer, analysis, bits, generate
 from maskbit.cli import add_sampling_args, sampling_from_args
 from maskbit.images import image_grid, psnr, save_image, to_tensor
-from train.datasets import PROCEDURAL_CLASSES, ProceduralShapes
 
 
 def load_split(split: str, count: int, start: int = 0, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

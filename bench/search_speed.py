@@ -27,8 +27,8 @@ import faiss
 import numpy as np
 import torch
 
+from data.datasets import ProceduralShapes
 from indexes.lpips_embedding import LPIPSEmbedding
-from train.datasets import ProceduralShapes
 
 
 def timed(fn, *args, **kwargs):

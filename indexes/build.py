@@ -18,24 +18,14 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from data import eval_view
 from indexes.store import METRICS, ImageIndex, IndexError_, save_npy
 from maskbit import Tokenizer, bits
 from maskbit.files import atomic_write
 
-__all__ = ["build_dataset_index", "calibrate", "token_projection", "dataset_view"]
+__all__ = ["build_dataset_index", "calibrate", "token_projection"]
 
 Progress = Callable[[int, int, str], None]  # (done, total, what)
-
-
-def dataset_view(spec: str, split: str, seed: int, resolution: int):
-    """The evaluation view of a dataset (resize + center crop, no augmentation): item i → (image, label)."""
-    from train.config import DataConfig
-    from train.data import AugmentedImages
-    from train.datasets import build_dataset
-
-    dataset = build_dataset(spec, split, seed, resolution)
-    view = AugmentedImages(dataset, DataConfig(dataset=spec, resolution=resolution), seed=0, train=False)
-    return view, list(getattr(dataset, "classes", []))
 
 
 class Processes(Protocol):
@@ -77,7 +67,8 @@ def build_dataset_index(
     parts in order, so the result equals a one-process build."""
     out = Path(out)
     resolution = resolution or tokenizer.config.image_size
-    view, classes = dataset_view(dataset, split, seed, resolution)
+    view = eval_view(dataset, split, seed, resolution)
+    classes = view.classes
     total = min(limit or len(view), len(view))
     described = {"spec": dataset, "split": split, "seed": seed, "classes": classes}
     settings = {

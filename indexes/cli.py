@@ -147,7 +147,7 @@ def cmd_search(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from indexes.build import dataset_view
+    from data import heldout_images
     from indexes.report import memorization_report
 
     tokenizer = load_tokenizer(args)
@@ -170,8 +170,7 @@ def cmd_report(args: argparse.Namespace) -> None:
             ]
         )
         names = [f"generated:{i}:class{int(c)}" for i, c in enumerate(labels)]
-    view, _ = dataset_view(args.heldout_dataset, args.heldout_split, args.seed, size)
-    heldout = torch.stack([view[i][0] for i in range(min(args.count, len(view)))])
+    heldout = heldout_images(args.heldout_dataset, args.count, size, args.seed, args.heldout_split)
     report = memorization_report(index, generated, heldout, args.out, args.percentile, generated_names=names)
     for metric, data in report["metrics"].items():
         print(

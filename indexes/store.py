@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from data import eval_view
 from indexes.backends import available_backend, faiss, file_name, new_flat, read_flat, write_flat
 from indexes.lpips_embedding import CountSketch, LPIPSEmbedding
 from maskbit import Tokenizer, bits
@@ -411,8 +412,6 @@ class ImageIndex:
     def load_images(self, ids: Sequence[int]) -> torch.Tensor:
         """Indexed images (B, 3, S, S) in [0, 1], read again from their sources: items of the indexed dataset
         ("spec:split:i", as `build_dataset_index` records them) or image files (as `indexes add` records them)."""
-        from indexes.build import dataset_view
-
         size, described = self.manifest["image_size"], self.manifest.get("dataset", {})
         images = []
         for i in ids:
@@ -421,7 +420,7 @@ class ImageIndex:
             if described and spec == described.get("spec") and item.isdigit():
                 key = (spec, split)
                 if key not in self._datasets:
-                    self._datasets[key] = dataset_view(spec, split, described.get("seed", 0), size)[0]
+                    self._datasets[key] = eval_view(spec, split, described.get("seed", 0), size)
                 images.append(self._datasets[key][int(item)][0])
             elif Path(source).is_file():
                 images.append(load_image(source, size))

@@ -8,7 +8,18 @@ import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["IMAGE_SUFFIXES", "find_images", "load_image", "to_pil", "save_image", "image_grid", "psnr"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "find_images",
+    "load_image",
+    "fit_square",
+    "to_tensor",
+    "to_array",
+    "to_pil",
+    "save_image",
+    "image_grid",
+    "psnr",
+]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
@@ -47,14 +58,19 @@ def fit_square(image: Image.Image, size: int) -> torch.Tensor:
     return to_tensor(image.crop((left, top, left + size, top + size)))
 
 
-def to_tensor(image: Image.Image) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float() / 255
+def to_tensor(image: Image.Image | np.ndarray) -> torch.Tensor:
+    """A PIL RGB image or an (H, W, 3) uint8 array → (3, H, W) float32 in [0, 1]."""
+    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255)
+
+
+def to_array(image: torch.Tensor) -> np.ndarray:
+    """(3, H, W) float (clamped to [0, 1]) → (H, W, 3) uint8, rounded to the nearest level."""
+    return (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:
     """(3, H, W) float (clamped to [0, 1]) → PIL RGB image."""
-    array = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(array)
+    return Image.fromarray(to_array(image))
 
 
 def save_image(image: torch.Tensor, path: str | Path) -> Path:

@@ -32,9 +32,9 @@ def generated(client):
 @pytest.fixture(scope="module")
 def image_file(app_server, tmp_path_factory):
     """A procedural test image as a PNG upload, at the tiny tokenizer's 32×32."""
-    from indexes.build import dataset_view
+    from data import eval_view
 
-    view, _ = dataset_view("procedural", "test", 0, 32)
+    view = eval_view("procedural", "test", 0, 32)
     path = tmp_path_factory.mktemp("uploads") / "shape.png"
     Image.fromarray((view[0][0] * 255).round().byte().permute(1, 2, 0).numpy()).save(path)
     return str(path)

@@ -10,7 +10,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torchvision.transforms import InterpolationMode, RandomResizedCrop
 
-from train.datasets import (
+from data.datasets import (
     PROCEDURAL_CLASSES,
     SHAPE_OFFSET,
     SHAPE_RADIUS,
@@ -167,7 +167,7 @@ def test_image_folder_skips_non_images_and_survives_corrupt_files(tmp_path, capl
     (tmp_path / "dog" / "b.png").write_bytes(b"not a png at all")
     (tmp_path / "cat" / "notes.txt").write_text("hello")
     (tmp_path / "labels.csv").write_text("files at the root are not classes")
-    with caplog.at_level(logging.WARNING, logger="train.datasets"):
+    with caplog.at_level(logging.WARNING, logger="data.datasets"):
         folder = ImageFolder(tmp_path)
     assert folder.classes == ["cat", "dog"] and len(folder) == 4 and folder.skipped == 1
     assert "skipped 1" in caplog.text
@@ -175,7 +175,7 @@ def test_image_folder_skips_non_images_and_survives_corrupt_files(tmp_path, capl
     assert np.array_equal(pixels(folder[0][0]), pixels(cat[0]))
     # samples: cat/0, cat/1, dog/b.png (corrupt), dog/nested/a.png → index 2 falls through to index 3.
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="train.datasets"):
+    with caplog.at_level(logging.WARNING, logger="data.datasets"):
         for _ in range(2):
             image, label = folder[2]
             assert label == 1 and np.array_equal(pixels(image), pixels(dog))

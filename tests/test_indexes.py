@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from data.datasets import ProceduralShapes
 from indexes.lpips_embedding import LPIPSEmbedding
 from indexes.store import ImageIndex, IndexError_, pixel_features
 from maskbit import Tokenizer, TokenizerConfig, bits
 from tests.conftest import OFFICIAL_TINY
-from train.datasets import ProceduralShapes
 
 ROOT = Path(__file__).parents[1]
 

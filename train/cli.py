@@ -66,9 +66,9 @@ def run_stage(args: argparse.Namespace) -> None:
 
 def pretokenize(args: argparse.Namespace) -> None:
     """Encode `count` dataset images once; Stage II then trains on the token file."""
+    from data.datasets import build_dataset
     from maskbit import Tokenizer
     from train.data import AugmentedImages
-    from train.datasets import build_dataset
 
     device = pick_device()
     tokenizer = Tokenizer.from_pretrained(args.tokenizer, args.tokenizer_config).requires_grad_(False).to(device)
@@ -115,7 +115,7 @@ def pretokenize(args: argparse.Namespace) -> None:
 
 
 def export(args: argparse.Namespace) -> None:
-    from train.datasets import build_dataset, export_dataset
+    from data.datasets import build_dataset, export_dataset
 
     dataset = build_dataset(args.dataset, args.split, args.seed, args.resolution)
     out = export_dataset(dataset, args.out, limit=args.limit, start=args.start)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from data.datasets import Preprocessing
 from train.config import DataConfig
 
 logger = logging.getLogger(__name__)
@@ -58,8 +59,6 @@ class AugmentedImages(Dataset):
     """(epoch, index) → (image (3, R, R) float in [0, 1], label), augmentations seeded per item."""
 
     def __init__(self, dataset: Dataset, config: DataConfig, seed: int, train: bool = True):
-        from train.datasets import Preprocessing
-
         self.dataset, self.seed, self.train = dataset, seed, train
         self.preprocessing = Preprocessing(
             resolution=config.resolution,

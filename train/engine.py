@@ -101,7 +101,7 @@ class TokenizerStage(Stage):
     model_class = Tokenizer
 
     def __init__(self, config: TokenizerTrainConfig, accelerator: Accelerator):
-        from train.datasets import build_dataset
+        from data.datasets import build_dataset
 
         self.config, self.accelerator = config, accelerator
         self.perceptual = build_perceptual_loss(config.loss)  # fails here, at start-up, if weights are missing
@@ -232,7 +232,7 @@ class GeneratorStage(Stage):
             self._check_token_file()
             self.class_names = list(self.dataset.meta.get("classes", []))
         else:
-            from train.datasets import build_dataset
+            from data.datasets import build_dataset
 
             dataset = build_dataset(config.data.dataset, config.data.split, config.data.seed, config.data.resolution)
             self.dataset = AugmentedImages(dataset, config.data, seed=config.training.seed)

@@ -1,4 +1,4 @@
-"""Training data: the procedural shapes dataset, image folders, webdataset tar shards and MaskBit's preprocessing.
+"""Datasets: the procedural shapes dataset, image folders, webdataset tar shards and MaskBit's preprocessing.
 
 Every dataset is a map-style `torch.utils.data.Dataset` of `(PIL RGB image, int label)` with `classes: list[str]`
 (index = label); `build_dataset` picks one from a string. `Preprocessing` turns an image into a (3, H, W) float
@@ -35,7 +35,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from maskbit.files import atomic_write
-from maskbit.images import IMAGE_SUFFIXES
+from maskbit.images import IMAGE_SUFFIXES, to_tensor
 
 __all__ = [
     "PROCEDURAL_CLASSES",
@@ -535,12 +535,6 @@ def random_resized_crop_params(
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def _to_tensor(image: Image.Image) -> torch.Tensor:
-    """PIL image → (3, H, W) float32 in [0, 1], like torchvision's ToTensor."""
-    array = np.asarray(image.convert("RGB"), dtype=np.uint8)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous().float().div_(255)
-
-
 @dataclass(frozen=True)
 class Preprocessing:
     """MaskBit's image transforms (spec §6). Training: `RandomResizedCrop(resolution, scale=(min_scale, 1),
@@ -577,11 +571,11 @@ class Preprocessing:
             image = self._resize_center_crop(image)
         if self.random_flip and rng.random() < 0.5:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        return _to_tensor(image)
+        return to_tensor(image)
 
     def eval(self, image: Image.Image) -> torch.Tensor:
         """(3, resolution, resolution) float32 in [0, 1]: shorter side resized to `resolution`, center crop."""
-        return _to_tensor(self._resize_center_crop(image.convert("RGB")))
+        return to_tensor(self._resize_center_crop(image.convert("RGB")))
 
     def _resize_center_crop(self, image: Image.Image) -> Image.Image:
         # torchvision's Resize(int) and CenterCrop arithmetic, so results match them pixel for pixel.
