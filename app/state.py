@@ -17,7 +17,7 @@ import numpy as np
 from app.explorer import Models, UserError, load_models
 from app.jobs import Jobs
 from app.settings import Settings
-from indexes.store import ImageIndex, IndexError_
+from indexes.store import ImageIndex, IndexError_, IndexOptions
 
 logger = logging.getLogger("app")
 
@@ -134,7 +134,7 @@ class AppState:
                     "unavailable",
                     message=(
                         f"no index for this {models.image_size}px tokenizer: build one of your dataset with "
-                        "`python -m indexes build --dataset <folder> --tokenizer <source> --out <dir>` and start "
+                        "`python -m indexes build --dataset <folder> --tokenizer <source> --index <dir>` and start "
                         "with --index"
                     ),
                 ),
@@ -159,12 +159,10 @@ class AppState:
             index = build_dataset_index(
                 directory,
                 tokenizer,
-                self.settings.index_dataset,
-                "train",
+                dataset=self.settings.index_dataset,
                 resolution=models.image_size,
                 limit=size,
-                metrics=metrics,
-                random_lpips_backbone=self.settings.random_lpips_backbone,
+                options=IndexOptions(metrics, random_lpips_backbone=self.settings.random_lpips_backbone),
                 progress=progress,
             )
         if "calibration" not in index.manifest and index.manifest.get("dataset"):

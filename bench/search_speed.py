@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import platform
 import tempfile
 import time
@@ -164,7 +165,7 @@ def lpips_sketch_recall(num_images: int, num_queries: int) -> None:
     """Exact LPIPS index versus the sketched modes, all built by `build_dataset_index` (random AlexNet trunk:
     offline there are no ImageNet weights; what is measured is how well sketches keep distances in φ space)."""
     from indexes.build import build_dataset_index
-    from indexes.store import ImageIndex
+    from indexes.store import ImageIndex, IndexOptions
     from maskbit import Tokenizer
 
     tokenizer = Tokenizer.from_pretrained("default").requires_grad_(False)
@@ -172,9 +173,10 @@ def lpips_sketch_recall(num_images: int, num_queries: int) -> None:
     queries = torch.stack(
         [torch.from_numpy(np.asarray(dataset[i][0]).copy()).permute(2, 0, 1).float() / 255 for i in range(num_queries)]
     )
-    common = {"limit": num_images, "metrics": ["hamming", "lpips"], "random_lpips_backbone": True, "batch_size": 250}
+    common = {"limit": num_images, "batch_size": 250}
+    options = IndexOptions(metrics=["hamming", "lpips"], random_lpips_backbone=True)
     with tempfile.TemporaryDirectory() as root:
-        exact, build = timed(build_dataset_index, f"{root}/exact", tokenizer, **common)
+        exact, build = timed(build_dataset_index, f"{root}/exact", tokenizer, **common, options=options)
         found, search = timed(exact.search, queries, k=10, metrics=["lpips"])
         found = found["lpips"]
         dim = exact.flat["lpips"].d
@@ -185,9 +187,8 @@ def lpips_sketch_recall(num_images: int, num_queries: int) -> None:
         )
         for sketch, factory, shortlists in SKETCH_MODES:
             path = f"{root}/{sketch}-{factory}"
-            index, build = timed(
-                build_dataset_index, path, tokenizer, **common, lpips_sketch=sketch, lpips_factory=factory
-            )
+            sketched = dataclasses.replace(options, lpips_sketch=sketch, lpips_factory=factory)
+            index, build = timed(build_dataset_index, path, tokenizer, **common, options=sketched)
             size = faiss.serialize_index(ImageIndex.open(path, tokenizer).flat["lpips"]).size / num_images
             for shortlist in shortlists:
                 result, search = timed(index.search, queries, k=10, metrics=["lpips"], lpips_shortlist=shortlist)

@@ -10,8 +10,9 @@ Each step is resumable or cached in the index directory:
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 from data import eval_view
-from indexes.store import METRICS, ImageIndex, IndexError_, save_npy
+from indexes.store import ImageIndex, IndexError_, IndexOptions, save_npy
 from maskbit import Tokenizer, bits
 from maskbit.files import atomic_write
 
@@ -41,49 +42,33 @@ class Processes(Protocol):
 def build_dataset_index(
     out: str | Path,
     tokenizer: Tokenizer,
+    *,
     dataset: str = "procedural",
     split: str = "train",
     seed: int = 0,
     resolution: int | None = None,
     limit: int | None = None,
-    metrics: Sequence[str] = METRICS,
-    lpips_net: str = "alex",
-    random_lpips_backbone: bool = False,
+    options: IndexOptions | None = None,
     batch_size: int = 64,
     save_every: int = 50,
-    progress: Progress | None = None,
-    backend: str = "auto",
-    approximate_hamming: bool = False,
-    lpips_sketch: int | None = None,
-    lpips_factory: str = "Flat",
     train_size: int = 20_000,
+    progress: Progress | None = None,
     processes: Processes | None = None,
 ) -> ImageIndex:
     """Create the index of the first `limit` images of a dataset split, or continue one that stopped.
 
-    A compressed LPIPS index (`lpips_factory` other than "Flat") is first trained on the first `train_size` images.
-    With `processes` (several, e.g. under `accelerate launch`), each process indexes a contiguous share of the images
-    still missing into its own resumable part (`<out>.parts/`), on its own device; the main process then appends the
-    parts in order, so the result equals a one-process build."""
+    A compressed LPIPS index (`options.lpips_factory` other than "Flat") is first trained on the first `train_size`
+    images. With `processes` (several, e.g. under `accelerate launch`), each process indexes a contiguous share of the
+    images still missing into its own resumable part (`<out>.parts/`), on its own device; the main process then
+    appends the parts in order, so the result equals a one-process build."""
     out = Path(out)
+    options = options or IndexOptions()
     resolution = resolution or tokenizer.config.image_size
     view = eval_view(dataset, split, seed, resolution)
-    classes = view.classes
     total = min(limit or len(view), len(view))
-    described = {"spec": dataset, "split": split, "seed": seed, "classes": classes}
-    settings = {
-        "tokenizer": tokenizer,
-        "image_size": resolution,
-        "metrics": metrics,
-        "lpips_net": lpips_net,
-        "random_lpips_backbone": random_lpips_backbone,
-        "backend": backend,
-        "approximate_hamming": approximate_hamming,
-        "lpips_sketch": lpips_sketch,
-        "lpips_factory": lpips_factory,
-    }
+    described = {"spec": dataset, "split": split, "seed": seed, "classes": view.classes}
     if processes is None or processes.num_processes == 1:
-        index = _open_or_create(out, described, settings)
+        index = _open_or_create(out, tokenizer, resolution, options, described)
         if index.needs_training:
             if progress:
                 progress(0, total, "training the LPIPS index")
@@ -92,17 +77,16 @@ def build_dataset_index(
         return index
 
     if processes.is_main_process:
-        _open_or_create(out, described, settings)
+        _open_or_create(out, tokenizer, resolution, options, described)
     processes.wait_for_everyone()
     index = ImageIndex.open(out, tokenizer)
     # Parts store raw LPIPS vectors and no HNSW graph: the merge compresses and links them in the final index.
     rank, count, done = processes.process_index, processes.num_processes, len(index)
     first, stop = done + (total - done) * rank // count, done + (total - done) * (rank + 1) // count
     parts_dir = out.with_name(out.name + ".parts")
+    raw = dataclasses.replace(options, approximate_hamming=False, lpips_factory="Flat")
     part = _open_or_create(
-        parts_dir / f"part-{rank}-of-{count}",
-        {**described, "part": [first, stop]},
-        {**settings, "approximate_hamming": False, "lpips_factory": "Flat"},
+        parts_dir / f"part-{rank}-of-{count}", tokenizer, resolution, raw, {**described, "part": [first, stop]}
     )
     _index_items(part, view, range(first + len(part), stop), first, batch_size, save_every, progress)
     processes.wait_for_everyone()
@@ -124,17 +108,19 @@ def build_dataset_index(
     return ImageIndex.open(out, tokenizer)
 
 
-def _open_or_create(out: Path, described: dict, settings: dict) -> ImageIndex:
+def _open_or_create(
+    out: Path, tokenizer: Tokenizer, resolution: int, options: IndexOptions, described: dict
+) -> ImageIndex:
     """The index at `out` if it indexes the same images (continue it), else a new one."""
     if (out / "manifest.json").is_file():
-        index = ImageIndex.open(out, settings["tokenizer"])
+        index = ImageIndex.open(out, tokenizer)
         if index.manifest.get("dataset", {}) != described:
             raise IndexError_(
                 f"{out} indexes {index.manifest.get('dataset')}, not {described}; use `python -m indexes add` to "
                 "add other images, or delete it (a leftover part of a multi-process build with other settings)"
             )
         return index
-    index = ImageIndex.create(out, **settings)
+    index = ImageIndex.create(out, tokenizer, resolution, options)
     index.manifest["dataset"] = described
     index.save()
     return index

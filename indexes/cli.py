@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -13,7 +14,8 @@ from tqdm import tqdm
 
 from indexes.backends import BACKENDS
 from indexes.lpips_embedding import MissingBackboneError
-from indexes.store import METRICS, ImageIndex
+from indexes.neighbours import find_neighbours
+from indexes.store import METRICS, ImageIndex, IndexOptions
 from maskbit import Tokenizer
 from maskbit.cli import add_command, load_indices, run_command
 from maskbit.device import DEVICES, pick_device
@@ -23,13 +25,13 @@ logger = logging.getLogger("indexes")
 
 EXAMPLES = {
     "build": """examples:
-  python -m indexes build --dataset procedural --split train --limit 20000 --tokenizer default --out indexes/default
+  python -m indexes build --dataset procedural --split train --limit 20000 --tokenizer default --index indexes/default
   python -m indexes build --dataset /data/imagenet --split train --tokenizer markweber/maskbit_tokenizer_12bit \\
-      --resolution 256 --metrics hamming pixel --out indexes/imagenet12
+      --resolution 256 --metrics hamming pixel --index indexes/imagenet12
   python -m indexes build --dataset /data/imagenet --split train --tokenizer markweber/maskbit_tokenizer_12bit \\
-      --resolution 256 --lpips-sketch 1024 --lpips-index "IVF4096,PQ128" --out indexes/imagenet12-lpips
+      --resolution 256 --lpips-sketch 1024 --lpips-index "IVF4096,PQ128" --index indexes/imagenet12-lpips
   accelerate launch --num_processes 8 -m indexes build --dataset /data/imagenet --split train \\
-      --tokenizer markweber/maskbit_tokenizer_12bit --resolution 256 --out indexes/imagenet12  # 8 GPUs""",
+      --tokenizer markweber/maskbit_tokenizer_12bit --resolution 256 --index indexes/imagenet12  # 8 GPUs""",
     "add": """examples:
   python -m indexes add my_images/ --index indexes/default --tokenizer default""",
     "report": """examples:
@@ -44,6 +46,11 @@ EXAMPLES = {
 def load_tokenizer(args: argparse.Namespace, device: torch.device | None = None) -> Tokenizer:
     tokenizer = Tokenizer.from_pretrained(args.tokenizer, args.tokenizer_config).requires_grad_(False)
     return tokenizer.to(device or pick_device(args.device))
+
+
+def index_options(args: argparse.Namespace) -> IndexOptions:
+    """The build options given on the command line (each IndexOptions field is an option of `build`)."""
+    return IndexOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(IndexOptions)})
 
 
 def cmd_build(args: argparse.Namespace) -> None:
@@ -65,29 +72,23 @@ def cmd_build(args: argparse.Namespace) -> None:
         bar.update(done - bar.n)
 
     index = build_dataset_index(
-        args.out,
+        args.index,
         load_tokenizer(args, processes.device if processes is not None else None),
-        args.dataset,
-        args.split,
-        args.seed,
-        args.resolution,
-        args.limit,
-        args.metrics,
-        args.lpips_net,
-        args.random_lpips_backbone,
-        args.batch_size,
-        args.save_every,
-        progress,
-        args.backend,
-        args.approximate_hamming,
-        args.lpips_sketch,
-        args.lpips_index,
-        args.train_size,
-        processes,
+        dataset=args.dataset,
+        split=args.split,
+        seed=args.seed,
+        resolution=args.resolution,
+        limit=args.limit,
+        options=index_options(args),
+        batch_size=args.batch_size,
+        save_every=args.save_every,
+        train_size=args.train_size,
+        progress=progress,
+        processes=processes,
     )
     bar.close()
     if main:
-        print(f"indexed {len(index)} images of {args.dataset} ({args.split}) into {args.out}")
+        print(f"indexed {len(index)} images of {args.dataset} ({args.split}) into {args.index}")
 
 
 def cmd_add(args: argparse.Namespace) -> None:
@@ -104,10 +105,12 @@ def cmd_add(args: argparse.Namespace) -> None:
 
 def cmd_search(args: argparse.Namespace) -> None:
     """Neighbours of image files by every metric, or of token grids (a .npy written by `maskbit encode` or
-    `maskbit generate`) by Hamming distance; the JSON gives each Hamming neighbour's per-token distance map."""
+    `maskbit generate`) by Hamming distance, with each metric's memorization verdict; the JSON gives each Hamming
+    neighbour's per-token distance map."""
     tokenizer = load_tokenizer(args)
     index = ImageIndex.open(args.index, tokenizer)
-    approximate = {
+    options = {
+        "k": args.k,
         "approximate": args.approximate,
         "ef_search": args.ef_search,
         "lpips_shortlist": args.lpips_shortlist,
@@ -115,35 +118,24 @@ def cmd_search(args: argparse.Namespace) -> None:
     }
     if args.tokens:
         tokens = load_indices(Path(args.tokens))
-        queries = [f"{args.tokens}[{i}]" for i in range(len(tokens))]
-        results = index.search(tokens=tokens, k=args.k, metrics=["hamming"], **approximate)
+        names = [f"{args.tokens}[{i}]" for i in range(len(tokens))]
+        results = find_neighbours(index, tokens=tokens, names=names, metrics=["hamming"], **options)
     else:
         if not args.images:
             raise ValueError("give image files or folders to search for, or --tokens FILE.npy")
         paths = find_images(args.images)
-        size = index.manifest["image_size"]
-        images = torch.stack([load_image(p, size) for p in paths])
-        tokens = tokenizer.encode(images.to(index.device))
-        queries = [str(p) for p in paths]
-        results = index.search(images, tokens=tokens, k=args.k, metrics=args.metrics, **approximate)
-    report = []
-    for q, query in enumerate(queries):
-        entry = {"query": query}
-        for metric, found in results.items():
-            entry[metric] = [
-                {"id": int(i), "distance": float(d), "source": s, "label": label}
-                for i, d, s, label in zip(found.ids[q], found.distances[q], found.sources[q], found.labels[q])
-            ]
-            if metric == "hamming":
-                for neighbour in entry[metric]:
-                    neighbour["token_distance_map"] = index.token_distance_map(tokens[q], neighbour["id"]).tolist()
-        report.append(entry)
-        print(query)
-        for metric, found in results.items():
-            row = ", ".join(f"{s} ({d:.4g})" for s, d in zip(found.sources[q], found.distances[q]))
-            print(f"  {metric:8s} {row}")
+        images = torch.stack([load_image(p, index.manifest["image_size"]) for p in paths])
+        results = find_neighbours(index, images, names=[str(p) for p in paths], metrics=args.metrics, **options)
+    for result in results:
+        print(result.query)
+        for metric, rows in result.rows.items():
+            print(f"  {metric:8s} " + ", ".join(f"{row.source} ({row.distance:.4g})" for row in rows))
+            verdict = result.verdicts[metric]
+            if verdict.memorized is not None:
+                closer = "closer than" if verdict.memorized else "not closer than"
+                print(f"  {'':8s} nearest {closer} the calibrated threshold {verdict.threshold:.4g}")
     if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps([result.to_json() for result in results], indent=2) + "\n")
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -215,12 +207,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--lpips-index",
+        dest="lpips_factory",
         default="Flat",
         metavar="FACTORY",
         help='FAISS index_factory string for the sketches, e.g. "PQ64" or "IVF1024,PQ64" (default: Flat)',
     )
     p.add_argument("--train-size", type=int, default=20_000, help="images to train a compressed LPIPS index on")
-    p.add_argument("--out", required=True)
+    p.add_argument("--index", required=True, help="the index directory (created, or continued)")
     p.set_defaults(run=cmd_build)
 
     p = command("add", "add image files to an index")

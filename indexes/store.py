@@ -34,7 +34,7 @@ from maskbit import Tokenizer, bits
 from maskbit.files import atomic_write, write_json_atomic
 from maskbit.images import load_image
 
-__all__ = ["ImageIndex", "Neighbours", "IndexError_", "METRICS"]
+__all__ = ["ImageIndex", "IndexOptions", "Neighbours", "IndexError_", "METRICS"]
 
 METRICS = ("hamming", "lpips", "pixel")
 PIXEL_SIZE = 16
@@ -46,6 +46,38 @@ HNSW_FILE = "hamming-hnsw.faiss"
 
 class IndexError_(ValueError):
     """An index that cannot be used as asked; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class IndexOptions:
+    """How an index is built, from the command line (`indexes build`) to the manifest, which records each field."""
+
+    metrics: tuple[str, ...] = METRICS  # any of hamming, lpips, pixel
+    lpips_net: str = "alex"  # the LPIPS backbone: alex, vgg or squeeze
+    random_lpips_backbone: bool = False  # tests and offline demos: a random trunk (not the real metric)
+    backend: str = "auto"  # faiss, torch, or auto (faiss when installed)
+    approximate_hamming: bool = False  # also an HNSW graph for fast approximate Hamming search (faiss)
+    lpips_sketch: int | None = None  # store d-dimensional count sketches of φ instead of φ (large datasets)
+    lpips_factory: str = "Flat"  # the FAISS index_factory string for the sketches, e.g. "IVF1024,PQ64"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "metrics", tuple(self.metrics))
+        unknown = set(self.metrics) - set(METRICS)
+        if unknown or not self.metrics:
+            raise IndexError_(f"metrics must be a non-empty subset of {METRICS}, got {list(self.metrics)}")
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any]) -> IndexOptions:
+        sketch = manifest.get("lpips_sketch") or {}
+        return cls(
+            metrics=tuple(manifest["metrics"]),
+            lpips_net=manifest.get("lpips_net") or "alex",
+            random_lpips_backbone=bool(manifest.get("lpips_random_backbone")),
+            backend=manifest.get("backend", "faiss"),
+            approximate_hamming=bool(manifest.get("approximate_hamming")),
+            lpips_sketch=sketch.get("dim"),
+            lpips_factory=sketch.get("factory", "Flat"),
+        )
 
 
 @dataclass
@@ -77,37 +109,24 @@ class ImageIndex:
     # ------------------------------------------------------------------------------------------------ open / create
 
     @classmethod
-    def create(
-        cls,
-        directory: str | Path,
-        tokenizer: Tokenizer,
-        image_size: int,
-        metrics: Sequence[str] = METRICS,
-        lpips_net: str = "alex",
-        random_lpips_backbone: bool = False,
-        backend: str = "auto",
-        approximate_hamming: bool = False,
-        lpips_sketch: int | None = None,
-        lpips_factory: str = "Flat",
-    ) -> ImageIndex:
-        """An empty index; `approximate_hamming` adds a binary HNSW graph (faiss backend) beside the exact index.
+    def create(cls, directory: str | Path, tokenizer: Tokenizer, image_size: int, options: IndexOptions | None = None):
+        """An empty index of images of `image_size` pixels, built as `options` say (see IndexOptions).
 
-        `lpips_sketch` = d stores d-dimensional count sketches of φ instead of φ itself, in a FAISS index made by
-        `faiss.index_factory(d, lpips_factory)` ("Flat", "PQ64", "IVF1024,PQ64", ...); an index that needs training
-        is trained with `train_lpips` before the first `add` (`build_dataset_index` does it)."""
-        unknown = set(metrics) - set(METRICS)
-        if unknown or not metrics:
-            raise IndexError_(f"metrics must be a non-empty subset of {METRICS}, got {list(metrics)}")
+        A compressed LPIPS index (`options.lpips_factory` other than "Flat") is trained with `train_lpips` before the
+        first `add` (`build_dataset_index` does it)."""
+        options = options or IndexOptions()
+        metrics, backend = options.metrics, options.backend
+        sketch, factory = options.lpips_sketch, options.lpips_factory
         try:
             backend = available_backend(backend)
         except ValueError as error:
             raise IndexError_(str(error)) from None
-        if approximate_hamming and backend != "faiss":
+        if options.approximate_hamming and backend != "faiss":
             raise IndexError_("approximate Hamming search (HNSW) needs the faiss backend")
-        if lpips_sketch is not None and "lpips" not in metrics:
+        if sketch is not None and "lpips" not in metrics:
             raise IndexError_("an LPIPS sketch needs the lpips metric")
-        if lpips_factory != "Flat" and (lpips_sketch is None or backend != "faiss"):
-            raise IndexError_(f"the LPIPS index {lpips_factory!r} needs --lpips-sketch and the faiss backend")
+        if factory != "Flat" and (sketch is None or backend != "faiss"):
+            raise IndexError_(f"the LPIPS index {factory!r} needs --lpips-sketch and the faiss backend")
         directory = Path(directory)
         if (directory / "manifest.json").exists():
             raise IndexError_(f"{directory} already holds an index; open it to add images, or choose another --out")
@@ -122,38 +141,33 @@ class ImageIndex:
             "image_size": image_size,
             "grid": [image_size // f, image_size // f],
             "metrics": list(metrics),
-            "lpips_net": lpips_net if "lpips" in metrics else None,
-            "lpips_random_backbone": random_lpips_backbone,
+            "lpips_net": options.lpips_net if "lpips" in metrics else None,
+            "lpips_random_backbone": options.random_lpips_backbone,
             "backend": backend,
-            "approximate_hamming": {"kind": "hnsw", "M": HNSW_M} if approximate_hamming else None,
+            "approximate_hamming": {"kind": "hnsw", "M": HNSW_M} if options.approximate_hamming else None,
             "count": 0,
             "versions": {"faiss": faiss.__version__ if faiss is not None else None, "torch": torch.__version__},
         }
-        lpips = LPIPSEmbedding(lpips_net, random_lpips_backbone) if "lpips" in metrics else None
+        lpips = LPIPSEmbedding(options.lpips_net, options.random_lpips_backbone) if "lpips" in metrics else None
         if lpips is not None:
             phi_dim = lpips(torch.zeros(1, 3, image_size, image_size)).shape[1]
-            if lpips_sketch is not None:
-                if not 1 <= lpips_sketch <= phi_dim:
-                    raise IndexError_(f"the LPIPS sketch dimension must be in [1, {phi_dim}], got {lpips_sketch}")
-                manifest["lpips_sketch"] = {
-                    "dim": lpips_sketch,
-                    "phi_dim": phi_dim,
-                    "seed": 0,
-                    "factory": lpips_factory,
-                }
+            if sketch is not None:
+                if not 1 <= sketch <= phi_dim:
+                    raise IndexError_(f"the LPIPS sketch dimension must be in [1, {phi_dim}], got {sketch}")
+                manifest["lpips_sketch"] = {"dim": sketch, "phi_dim": phi_dim, "seed": 0, "factory": factory}
         index = cls(directory, tokenizer, manifest, lpips)
         code_bits = manifest["grid"][0] * manifest["grid"][1] * tokenizer.num_bits
         index.flat["hamming"] = new_flat(backend, -(-code_bits // 8) * 8, binary=True)
-        if approximate_hamming:
+        if options.approximate_hamming:
             index.hnsw = faiss.IndexBinaryHNSW(-(-code_bits // 8) * 8, HNSW_M)
         if lpips is not None:
-            if lpips_factory == "Flat":
-                index.flat["lpips"] = new_flat(backend, lpips_sketch or phi_dim, binary=False)
+            if factory == "Flat":
+                index.flat["lpips"] = new_flat(backend, sketch or phi_dim, binary=False)
             else:
                 try:
-                    index.flat["lpips"] = faiss.index_factory(lpips_sketch, lpips_factory)
+                    index.flat["lpips"] = faiss.index_factory(sketch, factory)
                 except RuntimeError as error:
-                    raise IndexError_(f"FAISS cannot make the index {lpips_factory!r}: {error}") from None
+                    raise IndexError_(f"FAISS cannot make the index {factory!r}: {error}") from None
         if "pixel" in metrics:
             index.flat["pixel"] = new_flat(backend, 3 * PIXEL_SIZE * PIXEL_SIZE, binary=False)
         directory.mkdir(parents=True, exist_ok=True)
@@ -215,6 +229,10 @@ class ImageIndex:
 
     def __len__(self) -> int:
         return self.manifest["count"]
+
+    @property
+    def options(self) -> IndexOptions:
+        return IndexOptions.from_manifest(self.manifest)
 
     @property
     def needs_training(self) -> bool:

@@ -12,8 +12,9 @@ import torch
 
 from data.datasets import ProceduralShapes
 from indexes.lpips_embedding import LPIPSEmbedding
-from indexes.store import ImageIndex, IndexError_, pixel_features
+from indexes.store import ImageIndex, IndexError_, IndexOptions, pixel_features
 from maskbit import Tokenizer, TokenizerConfig, bits
+from maskbit.images import to_tensor
 from tests.conftest import OFFICIAL_TINY
 
 ROOT = Path(__file__).parents[1]
@@ -22,18 +23,53 @@ ROOT = Path(__file__).parents[1]
 def procedural(count: int, start: int = 0, split: str = "train") -> tuple[torch.Tensor, list[int]]:
     dataset = ProceduralShapes(split, resolution=32)
     items = [dataset[i] for i in range(start, start + count)]
-    images = torch.stack([torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).float() / 255 for im, _ in items])
+    images = torch.stack([to_tensor(image) for image, _ in items])
     return images, [label for _, label in items]
 
 
 @pytest.fixture(scope="module")
 def index(tmp_path_factory, tiny_tokenizer) -> ImageIndex:
     directory = tmp_path_factory.mktemp("index")
-    built = ImageIndex.create(directory, tiny_tokenizer, 32, random_lpips_backbone=True)
+    built = ImageIndex.create(directory, tiny_tokenizer, 32, IndexOptions(random_lpips_backbone=True))
     images, labels = procedural(120)
     built.add(images, [f"train:{i}" for i in range(120)], labels)
     built.save()
     return ImageIndex.open(directory, tiny_tokenizer)
+
+
+def test_neighbour_rows_verdicts_and_overlap(tmp_path, tiny_tokenizer):
+    from indexes.build import calibrate
+    from indexes.neighbours import find_neighbours, union_distances
+
+    index = ImageIndex.create(tmp_path, tiny_tokenizer, 32, IndexOptions(metrics=["hamming", "pixel"]))
+    images, labels = procedural(40)
+    index.add(images, [f"train:{i}" for i in range(40)], labels)
+    index.manifest["dataset"] = {"classes": [f"shape {c}" for c in range(10)]}
+    heldout, _ = procedural(20, split="test")
+    calibration = calibrate(index, heldout, percentile=5.0)
+    queries = torch.cat([images[7:8], heldout[:1]])
+    first, second = find_neighbours(index, queries, names=["train 7", "test 0"], k=4)
+    assert first.query == "train 7" and first.rows["hamming"][0].id == 7 and first.rows["hamming"][0].distance == 0
+    assert first.rows["pixel"][0].class_name == f"shape {labels[7]}" and first.verdicts["hamming"].memorized
+    big = torch.nn.functional.interpolate(queries[:1], size=(64, 64), mode="nearest")  # resized to the index's 32 px
+    assert find_neighbours(index, big, k=1)[0].rows["pixel"][0].id == 7
+    for result in (first, second):
+        shared = set(result.ids("hamming")) & set(result.ids("pixel"))
+        assert result.overlap == {"hamming∩pixel": len(shared) / 4}
+        for metric, verdict in result.verdicts.items():
+            threshold = calibration[metric]["threshold"]
+            assert verdict.memorized == (result.rows[metric][0].distance < threshold) and verdict.percentile == 5.0
+        for row in result.rows["hamming"]:
+            assert row.token_distance_map.sum() == row.distance  # per-token maps add up to the image's distance
+        exact = union_distances(index, queries[0 if result is first else 1], result)
+        assert set(exact["ids"]) == set(result.ids("hamming")) | set(result.ids("pixel"))
+        for metric in ("hamming", "pixel"):
+            for row in result.rows[metric]:
+                position = list(exact["ids"]).index(row.id)
+                assert exact[metric][position] == pytest.approx(row.distance, rel=1e-5, abs=1e-5)
+    assert (
+        json.loads(json.dumps(second.to_json()))["verdicts"]["pixel"]["threshold"] == calibration["pixel"]["threshold"]
+    )
 
 
 @pytest.mark.parametrize("net", ["alex", "vgg", "squeeze"])
@@ -89,7 +125,7 @@ def test_an_indexed_image_finds_itself_and_sources_and_labels_come_back(index):
 
 
 def test_adding_images_needs_no_rebuild(tmp_path, tiny_tokenizer):
-    built = ImageIndex.create(tmp_path, tiny_tokenizer, 32, metrics=["hamming", "pixel"])
+    built = ImageIndex.create(tmp_path, tiny_tokenizer, 32, IndexOptions(metrics=["hamming", "pixel"]))
     first, labels = procedural(30)
     built.add(first, [str(i) for i in range(30)], labels)
     built.save()
@@ -142,7 +178,9 @@ def test_missing_lpips_backbone_is_explained_and_hamming_still_works(tmp_path, t
     assert (
         "alexnet-owt-7be5be79.pth" in result.stderr and str(tmp_path / "torch" / "hub" / "checkpoints") in result.stderr
     )
-    ImageIndex.create(tmp_path / "index", tiny_tokenizer, 32, metrics=["hamming", "pixel"])  # no LPIPS needed
+    ImageIndex.create(
+        tmp_path / "index", tiny_tokenizer, 32, IndexOptions(metrics=["hamming", "pixel"])
+    )  # no LPIPS needed
 
 
 def test_lpips_loads_a_backbone_from_the_torch_cache(tmp_path):
@@ -172,8 +210,8 @@ def test_build_resume_add_and_search_from_the_command_line(tmp_path):
         return result
 
     out = str(tmp_path / "index")
-    indexes("build", *tokenizer, "--limit", "40", "--random-lpips-backbone", "--batch-size", "16", "--out", out)
-    indexes("build", *tokenizer, "--limit", "64", "--batch-size", "16", "--out", out)  # continues at 40
+    indexes("build", *tokenizer, "--limit", "40", "--random-lpips-backbone", "--batch-size", "16", "--index", out)
+    indexes("build", *tokenizer, "--limit", "64", "--batch-size", "16", "--index", out)  # continues at 40
     assert json.loads((tmp_path / "index" / "manifest.json").read_text())["count"] == 64
     images, _ = procedural(1, start=3)
     from maskbit.images import save_image
@@ -211,7 +249,14 @@ def test_build_resume_add_and_search_from_the_command_line(tmp_path):
     assert [entry["query"] for entry in report] == [f"{tmp_path / 'tokens.npy'}[{i}]" for i in range(2)]
     stored = np.load(tmp_path / "index" / "tokens.npy")
     for q, entry in enumerate(report):
-        assert set(entry) == {"query", "hamming"}
+        assert set(entry) == {"query", "hamming", "verdicts", "overlap"} and entry["overlap"] == {}
+        nearest = entry["hamming"][0]["distance"]  # an index built by the CLI has no calibrated threshold
+        assert entry["verdicts"]["hamming"] == {
+            "nearest_distance": nearest,
+            "threshold": None,
+            "percentile": None,
+            "memorized": None,
+        }
         for neighbour in entry["hamming"]:
             token_map = np.array(neighbour["token_distance_map"])
             expected = np.vectorize(lambda v: bin(v).count("1"))(codes[q] ^ stored[neighbour["id"]])
@@ -271,7 +316,7 @@ def test_torch_flat_equals_numpy_brute_force_with_ties_by_lower_id():
 
 
 def test_torch_backend_index_equals_the_faiss_index(tmp_path, index, tiny_tokenizer):
-    built = ImageIndex.create(tmp_path, tiny_tokenizer, 32, random_lpips_backbone=True, backend="torch")
+    built = ImageIndex.create(tmp_path, tiny_tokenizer, 32, IndexOptions(random_lpips_backbone=True, backend="torch"))
     images, labels = procedural(120)
     built.add(images[:70], [f"train:{i}" for i in range(70)], labels[:70])
     built.save()
@@ -295,11 +340,11 @@ def test_without_faiss_the_torch_backend_is_chosen_and_faiss_indexes_are_explain
 import sys
 sys.modules["faiss"] = None  # as if faiss-cpu were not installed
 import torch
-from indexes.store import ImageIndex, IndexError_
+from indexes.store import ImageIndex, IndexError_, IndexOptions
 from maskbit import Tokenizer
 tiny = {str(OFFICIAL_TINY)!r}
 tokenizer = Tokenizer.from_pretrained(tiny + "/tiny_tokenizer.bin", tiny + "/tiny_tokenizer.yaml")
-built = ImageIndex.create({str(tmp_path / "new")!r}, tokenizer, 32, metrics=["hamming", "pixel"])
+built = ImageIndex.create({str(tmp_path / "new")!r}, tokenizer, 32, IndexOptions(metrics=["hamming", "pixel"]))
 built.add(torch.rand(5, 3, 32, 32), list("abcde"), [0] * 5)
 built.save()
 assert ImageIndex.open({str(tmp_path / "new")!r}, tokenizer).manifest["backend"] == "torch"
@@ -314,7 +359,7 @@ except IndexError_ as error:
 
 
 def test_approximate_hamming_finds_true_distances_with_high_recall(tmp_path, index, tiny_tokenizer):
-    built = ImageIndex.create(tmp_path, tiny_tokenizer, 32, metrics=["hamming"], approximate_hamming=True)
+    built = ImageIndex.create(tmp_path, tiny_tokenizer, 32, IndexOptions(metrics=["hamming"], approximate_hamming=True))
     images, labels = procedural(120)
     built.add(images[:60], [f"train:{i}" for i in range(60)], labels[:60])
     built.save()
@@ -337,7 +382,7 @@ def test_approximate_hamming_finds_true_distances_with_high_recall(tmp_path, ind
     with pytest.raises(IndexError_, match="no approximate Hamming index"):
         index.search(tokens=tokens, metrics=["hamming"], approximate=True)
     with pytest.raises(IndexError_, match="needs the faiss backend"):
-        ImageIndex.create(tmp_path / "t", tiny_tokenizer, 32, backend="torch", approximate_hamming=True)
+        ImageIndex.create(tmp_path / "t", tiny_tokenizer, 32, IndexOptions(backend="torch", approximate_hamming=True))
 
 
 # ---------------------------------------------------------------------------------------------------- LPIPS sketches
@@ -375,11 +420,10 @@ def sketched(tmp_path_factory, tiny_tokenizer):
         tiny_tokenizer,
         limit=150,
         resolution=32,
-        metrics=["hamming", "lpips"],
-        random_lpips_backbone=True,
+        options=IndexOptions(
+            metrics=["hamming", "lpips"], random_lpips_backbone=True, lpips_sketch=64, lpips_factory="PQ8x4"
+        ),
         batch_size=50,
-        lpips_sketch=64,
-        lpips_factory="PQ8x4",
     )
     return ImageIndex.open(out, tiny_tokenizer)
 
@@ -418,9 +462,14 @@ def test_sketched_lpips_rereads_files_and_explains_what_it_cannot_read(tmp_path,
     with pytest.raises(IndexError_, match="'nowhere:9', which is neither an item of the indexed dataset"):
         added.load_images([151])
     with pytest.raises(IndexError_, match="needs --lpips-sketch and the faiss backend"):
-        ImageIndex.create(tmp_path / "x", tiny_tokenizer, 32, random_lpips_backbone=True, lpips_factory="PQ8")
+        ImageIndex.create(
+            tmp_path / "x", tiny_tokenizer, 32, IndexOptions(random_lpips_backbone=True, lpips_factory="PQ8")
+        )
     untrained = ImageIndex.create(
-        tmp_path / "y", tiny_tokenizer, 32, random_lpips_backbone=True, lpips_sketch=64, lpips_factory="PQ8"
+        tmp_path / "y",
+        tiny_tokenizer,
+        32,
+        IndexOptions(random_lpips_backbone=True, lpips_sketch=64, lpips_factory="PQ8"),
     )
     with pytest.raises(IndexError_, match="must be trained"):
         untrained.add(images, ["a", "b"], [0, 0])
@@ -438,7 +487,7 @@ def test_a_two_process_accelerate_build_equals_a_one_process_build(tmp_path):
     common += ["--lpips-sketch", "64", "--lpips-index", "PQ8x4"]
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
     single = subprocess.run(
-        [sys.executable, "-m", "indexes", "build", *common, "--out", str(tmp_path / "one")],
+        [sys.executable, "-m", "indexes", "build", *common, "--index", str(tmp_path / "one")],
         cwd=ROOT, env=env, capture_output=True, text=True,
     )  # fmt: skip
     assert single.returncode == 0, single.stderr[-2000:]
@@ -446,7 +495,7 @@ def test_a_two_process_accelerate_build_equals_a_one_process_build(tmp_path):
     launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     launch += ["--main_process_port", str(free_port())]
     result = subprocess.run(
-        [*launch, "-m", "indexes", "build", *common, "--out", str(tmp_path / "two")],
+        [*launch, "-m", "indexes", "build", *common, "--index", str(tmp_path / "two")],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
