@@ -91,7 +91,7 @@ def main() -> None:
     w.add_argument("--out", type=Path, required=True)
     e = commands.add_parser("eval", help="judge a generator trained on colour codes")
     e.add_argument("--generator", required=True)
-    add_sampling_args(e, preset="default")
+    add_sampling_args(e, sampling="default")
     e.add_argument("--judge", type=Path, help="the classifier file of bench.default_model (trained if missing)")
     e.add_argument("--classifier-steps", type=int, default=3000)
     e.add_argument("--test-images", type=int, default=300)

@@ -203,7 +203,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokenizer", default="default")
     parser.add_argument("--generator", default="default")
-    add_sampling_args(parser, preset="default")  # e.g. --guidance-scale 4 --randomize-temperature 4.5 for a sweep
+    add_sampling_args(parser, sampling="default")  # e.g. --guidance-scale 4 --randomize-temperature 4.5 for a sweep
     parser.add_argument("--test-images", type=int, default=2000)
     parser.add_argument("--per-class", type=int, default=50, help="generated images per class")
     parser.add_argument("--classifier-steps", type=int, default=3000)

@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from maskbit.config import OfficialConfig, config_from_dict, read_official_yaml
 from maskbit.files import atomic_write
 
-__all__ = ["PretrainedMixin", "CheckpointError", "load_official_state_dict", "DEFAULT_MODEL_DIR"]
+__all__ = ["PretrainedMixin", "CheckpointError", "load_official_state_dict", "class_names", "DEFAULT_MODEL_DIR"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,24 @@ CONFIG_FILE, WEIGHTS_FILE, OFFICIAL_WEIGHTS_FILE = "config.json", "model.safeten
 # The published generator files still name the input projection `token_emb` (spec §4.2).
 OFFICIAL_RENAMES = {"token_emb.": "input_proj."}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def class_names(generator_source: str | Path, num_classes: int) -> list[str]:
+    """The names of a generator's classes: `classes.json` beside the model (the bundled model, training runs),
+    ImageNet's for 1000 classes (torchvision's list), else "class i"."""
+    source = DEFAULT_MODEL_DIR / "generator" if str(generator_source) == "default" else Path(generator_source)
+    directory = source if source.is_dir() else source.parent
+    try:
+        names = json.loads((directory / "classes.json").read_text())
+        if isinstance(names, list) and len(names) >= num_classes:
+            return [str(n) for n in names[:num_classes]]
+    except (OSError, ValueError):
+        pass
+    if num_classes == 1000:
+        from torchvision.models._meta import _IMAGENET_CATEGORIES
+
+        return list(_IMAGENET_CATEGORIES)
+    return [f"class {i}" for i in range(num_classes)]
 
 
 class CheckpointError(ValueError):
@@ -91,12 +109,17 @@ class PretrainedMixin:
 
     # ---------------------------------------------------------------------------------------------- saving
 
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write `config.json` and `model.safetensors` into `directory` (each file written whole, then renamed)."""
+    def save_pretrained(self, directory: str | Path, sampling: Any = None) -> Path:
+        """Write `config.json` and `model.safetensors` into `directory` (each file written whole, then renamed).
+
+        A generator may carry the sampling it was made for (a SamplingConfig): `default_sampling` reads it back."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         header = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "kind": self.kind}
-        text = json.dumps({**header, "config": dataclasses.asdict(self.config)}, indent=2) + "\n"
+        body = {"config": dataclasses.asdict(self.config)}
+        if sampling is not None:
+            body["sampling"] = dataclasses.asdict(sampling)
+        text = json.dumps({**header, **body}, indent=2) + "\n"
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
         atomic_write(directory / CONFIG_FILE, lambda p: Path(p).write_text(text))

@@ -14,11 +14,11 @@ from tqdm import tqdm
 
 from maskbit import analysis
 from maskbit.checkpoint import CheckpointError, load_official_state_dict
-from maskbit.config import SAMPLING_PRESETS, SamplingConfig
+from maskbit.config import GUIDANCE_ANNEALINGS, MASK_SCHEDULES, SAMPLING_PRESETS, SamplingConfig
 from maskbit.device import DEVICES, pick_device
 from maskbit.generator import Generator
 from maskbit.images import find_images, image_grid, load_image, save_image
-from maskbit.sampling import iter_generate, prediction_to_indices
+from maskbit.sampling import default_sampling, iter_generate, prediction_to_indices
 from maskbit.tokenizer import Tokenizer
 
 logger = logging.getLogger("maskbit")
@@ -115,25 +115,25 @@ def cmd_generate(args: argparse.Namespace) -> None:
     print(f"wrote {len(labels)} images, grid.png and indices.npy to {out} (sampling: {sampling})")
 
 
-def add_sampling_args(parser: argparse.ArgumentParser, preset: str | None = None) -> None:
-    """--preset and one option per sampling knob (each overrides the preset); read back by sampling_from_args."""
-    help = "sampling preset" + ("" if preset else " (default: the generator's)")
-    parser.add_argument("--preset", choices=sorted(SAMPLING_PRESETS), default=preset, help=help)
+def add_sampling_args(parser: argparse.ArgumentParser, sampling: str | None = None) -> None:
+    """--sampling (a preset) and one option per sampling knob, each overriding the preset; see sampling_from_args."""
+    help = "sampling preset" + ("" if sampling else " (default: the generator's own, see default_sampling)")
+    parser.add_argument("--sampling", choices=sorted(SAMPLING_PRESETS), default=sampling, help=help)
     parser.add_argument("--num-steps", type=int)
     parser.add_argument("--guidance-scale", type=float)
-    parser.add_argument("--guidance-annealing", choices=["none", "linear", "cosine"])
+    parser.add_argument("--guidance-annealing", choices=GUIDANCE_ANNEALINGS)
     parser.add_argument("--scale-pow", type=float)
     parser.add_argument("--randomize-temperature", type=float)
     parser.add_argument("--softmax-temperature", type=float)
-    parser.add_argument("--mask-schedule", choices=["arccos", "cosine", "linear", "square", "root"])
+    parser.add_argument("--mask-schedule", choices=MASK_SCHEDULES)
 
 
 def sampling_from_args(args: argparse.Namespace) -> SamplingConfig:
-    preset = args.preset
-    if preset is None:  # the generator's own official preset when it has one
-        name = Path(str(args.generator_config or args.generator)).stem.split("/")[-1]
-        preset = name if name in SAMPLING_PRESETS else None
-    sampling = SAMPLING_PRESETS[preset] if preset else SamplingConfig()
+    """The --sampling preset, else the generator's own sampling, with the single knobs given applied on top."""
+    if args.sampling:
+        sampling = SAMPLING_PRESETS[args.sampling]
+    else:
+        sampling = default_sampling(args.generator, getattr(args, "generator_config", None))
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(SamplingConfig)}
     return dataclasses.replace(sampling, **{k: v for k, v in overrides.items() if v is not None})
 

@@ -188,3 +188,15 @@ def test_every_official_bit_count_builds_matching_pairs():
 
 def test_tokenizer_preset_identity():
     assert maskbit.TOKENIZER_PRESETS["maskbit_tokenizer_12bit"] == TokenizerConfig()
+
+
+def test_class_names_come_from_beside_the_model(tmp_path, tiny_generator):
+    from maskbit.checkpoint import class_names
+
+    assert class_names("default", 10)[:3] == ["circle", "square", "triangle"]
+    assert class_names(tmp_path / "none.bin", 1000)[1] == "goldfish"  # ImageNet's, from torchvision
+    assert class_names(tmp_path / "none.bin", 3) == ["class 0", "class 1", "class 2"]
+    tiny_generator.save_pretrained(tmp_path / "model")
+    (tmp_path / "model" / "classes.json").write_text('["cat", "dog", "owl"]')
+    assert class_names(tmp_path / "model", 2) == ["cat", "dog"]
+    assert class_names(tmp_path / "model", 4) == ["class 0", "class 1", "class 2", "class 3"]  # too few names

@@ -172,3 +172,25 @@ def test_generate_rejects_bad_input(tiny_tokenizer, tiny_generator, grid16_gener
     mismatched = Generator(GeneratorConfig(token_size=10, grid_size=8, hidden_dim=32, depth=1, heads=2, mlp_dim=64))
     with pytest.raises(ValueError, match="12-bit tokens but the generator expects 10-bit"):
         generate(mismatched, tiny_tokenizer, [1], "tiny")
+
+
+def test_default_sampling_is_the_generators_own(tmp_path, tiny_generator):
+    import dataclasses
+    import json
+
+    from maskbit import SAMPLING_PRESETS, SamplingConfig
+    from maskbit.sampling import default_sampling
+
+    assert default_sampling("default") == SAMPLING_PRESETS["default"]  # stored with the bundled model
+    assert default_sampling("markweber/maskbit_generator_14bit") == SAMPLING_PRESETS["maskbit_generator_14bit"]
+    assert default_sampling("weights/maskbit_generator_10bit.bin") == SAMPLING_PRESETS["maskbit_generator_10bit"]
+    assert default_sampling("some.bin", "maskbit_generator_16bit") == SAMPLING_PRESETS["maskbit_generator_16bit"]
+    assert default_sampling(tmp_path / "nothing.bin") == SamplingConfig()
+    own = SamplingConfig(5, 1.5, "linear", 2.0, 3.0, 0.9, "root")
+    tiny_generator.save_pretrained(tmp_path / "saved", sampling=own)
+    assert default_sampling(tmp_path / "saved") == own
+    run = tmp_path / "run"  # a training run: config.json with its sampling, the exported model in model/
+    tiny_generator.save_pretrained(run / "model")
+    run_sampling = SamplingConfig(7, 2.0, "none", 1.0, 1.0, 1.0, "cosine")
+    (run / "config.json").write_text(json.dumps({"stage": "generator", "sampling": dataclasses.asdict(run_sampling)}))
+    assert default_sampling(run / "model") == run_sampling

@@ -468,7 +468,7 @@ def _save_checkpoint(accelerator: Accelerator, stage, run: RunDir, step: int, co
 
 def _export(stage, directory: Path) -> None:
     """The EMA model in the own format, plus the dataset's class names (classes.json) when it has them."""
-    stage.export_model().save_pretrained(directory)
+    stage.export_model().save_pretrained(directory, sampling=getattr(stage.config, "sampling", None))
     if stage.class_names:
         write_json_atomic(directory / "classes.json", list(stage.class_names))
 
