@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 from indexes.backends import BACKENDS
-from indexes.lpips_embedding import MissingBackboneError
+from indexes.lpips_embedding import BACKBONE_FILES, MissingBackboneError, fetch_weights
 from indexes.neighbours import find_neighbours
 from indexes.store import METRICS, ImageIndex, IndexOptions
 from maskbit import Tokenizer
@@ -37,6 +37,9 @@ EXAMPLES = {
     "report": """examples:
   python -m indexes report --index indexes/default --generator default --count 500 --out reports/default
   python -m indexes report --index indexes/default --generated outputs/generate --out reports/mine""",
+    "fetch": """examples:
+  python -m indexes fetch-weights                 # AlexNet (233 MB) into $TORCH_HOME/hub/checkpoints
+  python -m indexes fetch-weights --net vgg --url file:///mnt/usb/vgg16-397923af.pth""",
     "search": """examples:
   python -m indexes search generated.png --index indexes/default --tokenizer default --k 5 --json found.json
   python -m indexes search --tokens outputs/generate/indices.npy --index indexes/default --tokenizer default""",
@@ -172,6 +175,11 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(f"wrote report.json, report.html, report.png and closest_*.png to {args.out}")
 
 
+def cmd_fetch_weights(args: argparse.Namespace) -> None:
+    path = fetch_weights(args.net, args.url, args.sha256)
+    print(f"LPIPS ({args.net}) weights verified and installed: {path}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m indexes", description="nearest-neighbour indexes of images")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -248,6 +256,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     p.set_defaults(run=cmd_report)
+
+    p = add_command(
+        commands, "fetch-weights", "download and verify the LPIPS trunk's ImageNet weights", EXAMPLES["fetch"]
+    )
+    p.add_argument("--net", default="alex", choices=sorted(BACKBONE_FILES))
+    p.add_argument("--url", help="a mirror, or a file:// URL of a copy (default: download.pytorch.org)")
+    p.add_argument("--sha256", help="the expected sha256 (prefix) of a --url copy (default: the one in the file name)")
+    p.set_defaults(run=cmd_fetch_weights)
     return parser
 
 

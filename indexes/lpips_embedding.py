@@ -11,20 +11,31 @@ compact index of sketches can shortlist LPIPS neighbours that exact LPIPS then r
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import urllib.request
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
-__all__ = ["LPIPSEmbedding", "CountSketch", "MissingBackboneError", "BACKBONE_FILES"]
+__all__ = ["LPIPSEmbedding", "CountSketch", "MissingBackboneError", "BACKBONE_FILES", "fetch_weights", "is_offline"]
 
-# torchvision's ImageNet weights that lpips loads for its trunk (downloaded on first use when online).
+logger = logging.getLogger(__name__)
+
+# torchvision's ImageNet weights that lpips loads for its trunk; the hex part of each name starts their sha256.
 BACKBONE_FILES = {
     "alex": "alexnet-owt-7be5be79.pth",
     "vgg": "vgg16-397923af.pth",
     "squeeze": "squeezenet1_1-b8a52dc0.pth",
 }
+BACKBONE_MB = {"alex": 233, "vgg": 528, "squeeze": 5}
+BACKBONE_URL = "https://download.pytorch.org/models/"
+FETCH_COMMAND = "python -m indexes fetch-weights"
 
 
 class MissingBackboneError(RuntimeError):
@@ -33,6 +44,53 @@ class MissingBackboneError(RuntimeError):
 
 def backbone_path(net: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / BACKBONE_FILES[net]
+
+
+def is_offline() -> bool:
+    """The offline switches users already set for model hubs (HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE) also stop the
+    LPIPS weights download."""
+    return any(
+        os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+        for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
+def missing_message(net: str) -> str:
+    return (
+        f"LPIPS needs torchvision's {net} ImageNet weights ({BACKBONE_MB[net]} MB, {BACKBONE_FILES[net]}); on a "
+        f"machine with internet: `{FETCH_COMMAND}{'' if net == 'alex' else f' --net {net}'}` (or put the file in "
+        f"{backbone_path(net).parent}). Hamming and pixel search work without it."
+    )
+
+
+def fetch_weights(net: str = "alex", url: str | None = None, sha256_prefix: str | None = None) -> Path:
+    """Download the LPIPS trunk's weights (from `url`, default download.pytorch.org), check that their sha256 starts
+    with the hash in the file name (or `sha256_prefix`), and put them where torchvision and lpips look for them."""
+    if net not in BACKBONE_FILES:
+        raise ValueError(f"LPIPS net must be one of {sorted(BACKBONE_FILES)}, got {net!r}")
+    name = BACKBONE_FILES[net]
+    url = url or BACKBONE_URL + name
+    expected = sha256_prefix or name.rsplit("-", 1)[1].removesuffix(".pth")
+    target = backbone_path(net)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".part", delete=False) as partial:
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response:
+                shutil.copyfileobj(response, partial)
+        except OSError as error:
+            os.unlink(partial.name)
+            raise MissingBackboneError(f"could not download {url} ({error}); {missing_message(net)}") from None
+    digest = hashlib.sha256(Path(partial.name).read_bytes()).hexdigest()
+    if not digest.startswith(expected):
+        os.unlink(partial.name)
+        raise MissingBackboneError(f"{url} has sha256 {digest[:12]}…, expected {expected}…: a damaged or wrong file")
+    try:
+        torch.load(partial.name, map_location="cpu", weights_only=True)
+    except Exception as error:
+        os.unlink(partial.name)
+        raise MissingBackboneError(f"{url} is not a PyTorch state dict ({type(error).__name__}: {error})") from None
+    os.replace(partial.name, target)
+    return target
 
 
 class LPIPSEmbedding(nn.Module):
@@ -60,18 +118,14 @@ class LPIPSEmbedding(nn.Module):
 
     @staticmethod
     def _download_or_explain(net: str) -> None:
-        from torchvision.models import AlexNet_Weights, SqueezeNet1_1_Weights, VGG16_Weights
-
-        url = {"alex": AlexNet_Weights, "vgg": VGG16_Weights, "squeeze": SqueezeNet1_1_Weights}[net].IMAGENET1K_V1.url
+        """Fetch the trunk's weights once, unless the user has said this machine is offline."""
+        if is_offline():
+            raise MissingBackboneError(missing_message(net))
         try:
-            torch.hub.load_state_dict_from_url(url, progress=False, weights_only=True)
-        except Exception:
-            raise MissingBackboneError(
-                f"LPIPS ({net}) needs torchvision's ImageNet weights {BACKBONE_FILES[net]} "
-                f"in {backbone_path(net).parent}; "
-                f"download {url} on a machine that is online and put it there (TORCH_HOME sets the folder). "
-                "Hamming and pixel search work without it."
-            ) from None
+            fetch_weights(net)
+        except MissingBackboneError as error:
+            logger.warning("%s", error)
+            raise MissingBackboneError(missing_message(net)) from None
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:

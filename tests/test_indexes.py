@@ -171,31 +171,44 @@ def test_bad_queries_are_explained(index):
 
 
 def test_missing_lpips_backbone_is_explained_and_hamming_still_works(tmp_path, tiny_tokenizer):
-    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch")}
+    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch"), "HF_HUB_OFFLINE": "1"}  # offline: no download try
     code = "from indexes.lpips_embedding import LPIPSEmbedding\nLPIPSEmbedding('alex')"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
     assert result.returncode != 0
-    assert (
-        "alexnet-owt-7be5be79.pth" in result.stderr and str(tmp_path / "torch" / "hub" / "checkpoints") in result.stderr
-    )
-    ImageIndex.create(
-        tmp_path / "index", tiny_tokenizer, 32, IndexOptions(metrics=["hamming", "pixel"])
-    )  # no LPIPS needed
+    assert "alex ImageNet weights (233 MB" in result.stderr and "python -m indexes fetch-weights" in result.stderr
+    assert str(tmp_path / "torch" / "hub" / "checkpoints") in result.stderr and "urlopen" not in result.stderr
+    no_lpips = IndexOptions(metrics=["hamming", "pixel"])
+    ImageIndex.create(tmp_path / "index", tiny_tokenizer, 32, no_lpips)  # works without the LPIPS weights
 
 
-def test_lpips_loads_a_backbone_from_the_torch_cache(tmp_path):
-    """A random AlexNet under the expected name exercises the pretrained loading path offline."""
+def test_fetched_lpips_weights_are_verified_then_loaded(tmp_path):
+    """`indexes fetch-weights` from a local copy (a random AlexNet): a wrong hash is refused, a right one installed,
+    and LPIPS then runs with that trunk (the pretrained loading path, offline)."""
+    import hashlib
+
     from torchvision.models import alexnet
 
-    checkpoints = tmp_path / "torch" / "hub" / "checkpoints"
-    checkpoints.mkdir(parents=True)
-    torch.save(alexnet().state_dict(), checkpoints / "alexnet-owt-7be5be79.pth")
+    copy = tmp_path / "copy.pth"
+    torch.save(alexnet().state_dict(), copy)
+    digest = hashlib.sha256(copy.read_bytes()).hexdigest()
+    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch")}
+    installed = tmp_path / "torch" / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth"
+
+    def fetch(*args):
+        command = [sys.executable, "-m", "indexes", "fetch-weights", "--url", copy.as_uri(), *args]
+        return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+
+    wrong = fetch()  # the real file's hash (7be5be79…) is not this copy's
+    assert wrong.returncode == 2 and "expected 7be5be79" in wrong.stderr and not installed.exists()
+    assert not list(installed.parent.glob("*.part"))
+    right = fetch("--sha256", digest[:16])
+    assert right.returncode == 0, right.stderr[-2000:]
+    assert installed.read_bytes() == copy.read_bytes()
     code = (
         "import torch\nfrom indexes.lpips_embedding import LPIPSEmbedding\n"
         "e = LPIPSEmbedding('alex')\nx, y = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)\n"
         "print(float(((e(x) - e(y)).pow(2).sum(1) / e.lpips(x, y, normalize=True).flatten() - 1).abs().max()))"
     )
-    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch")}
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert float(result.stdout.strip()) <= 1e-4

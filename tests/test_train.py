@@ -362,3 +362,16 @@ def test_bf16_gradient_accumulation_and_tensorboard(tmp_path):
     metrics = RunDir(run_dir).read_metrics()
     assert [m["step"] for m in metrics] == [1, 2] and all(math.isfinite(m["loss"]) for m in metrics)
     assert list(run_dir.rglob("events.out.tfevents.*")), "no TensorBoard event file"
+
+
+def test_an_unknown_override_names_the_closest_keys_not_all_of_them():
+    config = load_train_config("tokenizer", "tiny")
+    cases = {
+        "training.max_step": r"\(did you mean training.max_steps\?\)$",
+        "training.nope": r"the keys of training: max_steps, batch_size, .*tensorboard$",
+        "zzz": r"sections data, discriminator, loss, model, optimizer, training$",
+    }
+    for key, message in cases.items():
+        with pytest.raises(ValueError, match=message) as raised:
+            apply_overrides(config, [f"{key}=1"])
+        assert "model.hidden_channels" not in str(raised.value)  # not the ~80 keys of every section

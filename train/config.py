@@ -286,6 +286,23 @@ def flat_keys(config: Any, prefix: str = "") -> dict[str, Any]:
     return keys
 
 
+def unknown_key_message(key: str, valid: list[str]) -> str:
+    """Name the few closest keys (a typo), or else the keys of the section named, or the sections; never all ~80."""
+    section, _, name = key.rpartition(".")
+    in_section = [k.rpartition(".")[2] for k in valid if k.rpartition(".")[0] == section] if section else []
+    if in_section:
+        close = difflib.get_close_matches(name, in_section, n=3, cutoff=0.6)
+        if close:
+            return f"unknown config key {key!r} (did you mean {', '.join(f'{section}.{c}' for c in close)}?)"
+        return f"unknown config key {key!r}; the keys of {section}: {', '.join(in_section)}"
+    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
+    if close:
+        return f"unknown config key {key!r} (did you mean {', '.join(close)}?)"
+    sections = sorted({k.split(".")[0] for k in valid if "." in k})
+    single = [k for k in valid if "." not in k]
+    return f"unknown config key {key!r}; keys are section.name, sections {', '.join(sections + single)}"
+
+
 def apply_overrides(config: Any, overrides: list[str]) -> Any:
     """Apply `key=value` strings (dotted keys, YAML values: `training.max_steps=100`, `model.channel_mult=[1,2]`)."""
     import yaml
@@ -298,11 +315,7 @@ def apply_overrides(config: Any, overrides: list[str]) -> Any:
         if not sep:
             raise ValueError(f"override {item!r} is not of the form key=value")
         if key not in valid or key == "stage":
-            close = difflib.get_close_matches(key, [k for k in valid if k != "stage"], n=3)
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise ValueError(
-                f"unknown config key {key!r}{hint}; valid keys: {', '.join(k for k in valid if k != 'stage')}"
-            )
+            raise ValueError(unknown_key_message(key, [k for k in valid if k != "stage"]))
         try:
             value = yaml.safe_load(raw)
         except yaml.YAMLError:
