@@ -35,6 +35,9 @@ __all__ = [
     "hamming_walk",
     "TokenStatistics",
     "token_statistics",
+    "gray_code",
+    "Atlas",
+    "code_atlas",
 ]
 
 # A perceptual embedding: images (n, 3, H, W) in [0, 1] → features (n, D) whose squared Euclidean distance is the
@@ -200,3 +203,55 @@ def token_statistics(indices: np.ndarray | torch.Tensor, num_bits: int) -> Token
     p = counts / counts.sum()
     code_entropy = float(-(p * np.log2(p)).sum())
     return TokenStatistics(len(indices), num_bits, usage, entropy, np.sort(counts)[::-1], len(counts), code_entropy)
+
+
+# ---------------------------------------------------------------------------------------------------- the code atlas
+
+
+def gray_code(n: torch.Tensor) -> torch.Tensor:
+    """The n-th reflected binary Gray code: consecutive values differ in exactly one bit."""
+    return n ^ (n >> 1)
+
+
+class Atlas(NamedTuple):
+    """What every code of a tokenizer looks like, laid out so that codes one bit apart sit side by side."""
+
+    image: torch.Tensor  # (3, rows·S, cols·S) in [0, 1]: one S×S cell per code
+    codes: torch.Tensor  # (rows, cols) the code shown in each cell
+    cell: int  # S, pixels per cell side
+    base: int  # the bits above the atlas's 2·half bits, fixed for every cell (0 unless asked)
+
+
+@torch.no_grad()
+def code_atlas(tokenizer, half_bits: int | None = None, base: int = 0, grid: int = 6, crop: int = 2, batch_size=256):
+    """Decode every code as a uniform grid×grid token grid and keep the central crop×crop tokens of the image.
+
+    A uniform grid, not one token among others, because that is defined the same way for any tokenizer (a lookup-free
+    code has no "neutral" neighbour to sit among), and the centre crop, because a convolutional decoder's border
+    (zero padding) changes what the code looks like there. Cells are indexed by the two halves of the code's low
+    2·half_bits bits, each in Gray-code order: row r holds high half gray(r), column c low half gray(c), so a step to
+    a neighbouring cell flips exactly one bit of the code. `half_bits` defaults to K/2, at most 6 (a 64×64 sheet);
+    bits above those are fixed to those of `base`.
+    """
+    k = tokenizer.num_bits
+    half_bits = min(6, k // 2) if half_bits is None else half_bits
+    if not 1 <= half_bits <= k // 2:
+        raise ValueError(f"half_bits must be in [1, {k // 2}] for {k}-bit tokens, got {half_bits}")
+    if not 0 <= base < 2**k:
+        raise ValueError(f"base must be a {k}-bit code, got {base}")
+    if not 1 <= crop <= grid:
+        raise ValueError(f"crop must be between 1 and grid = {grid}, got {crop}")
+    side = 2**half_bits
+    order = gray_code(torch.arange(side))
+    high = base >> (2 * half_bits) << (2 * half_bits)
+    codes = high | order[:, None] << half_bits | order[None, :]  # (side, side)
+    f = tokenizer.downsample_factor
+    start, size = (grid - crop) // 2 * f, crop * f
+    cells = []
+    for chunk in codes.flatten().split(batch_size):
+        uniform = chunk[:, None, None].expand(-1, grid, grid)
+        images = decode_images(tokenizer, uniform, batch_size).cpu()
+        cells.append(images[:, :, start : start + size, start : start + size])
+    cells = torch.cat(cells).view(side, side, 3, size, size)
+    sheet = cells.permute(2, 0, 3, 1, 4).reshape(3, side * size, side * size)
+    return Atlas(sheet, codes, size, high)

@@ -85,3 +85,21 @@ def test_token_statistics_against_numpy():
     assert stats.perplexity == pytest.approx(2**stats.code_entropy) and stats.code_usage == len(counts) / 4096
     constant = analysis.token_statistics(np.zeros((3, 2, 2), dtype=np.int64), 12)
     assert constant.bit_entropy.max() == 0 and constant.codes_used == 1 and constant.perplexity == 1
+
+
+def test_the_atlas_shows_every_code_once_with_one_bit_between_neighbouring_cells(tiny_tokenizer):
+    atlas = analysis.code_atlas(tiny_tokenizer, half_bits=3, base=0b101 << 6, grid=4, crop=2)
+    codes = atlas.codes
+    assert codes.shape == (8, 8) and sorted((codes & 63).flatten().tolist()) == list(range(64))
+    assert ((codes >> 6) == 0b101).all() and atlas.base == 0b101 << 6
+    assert (bits.hamming(codes[:, 1:], codes[:, :-1]) == 1).all()  # side by side: one bit apart
+    assert (bits.hamming(codes[1:], codes[:-1]) == 1).all()
+    f = tiny_tokenizer.downsample_factor
+    assert atlas.cell == 2 * f and atlas.image.shape == (3, 8 * 2 * f, 8 * 2 * f)
+    r, c = 5, 2
+    uniform = torch.full((1, 4, 4), int(codes[r, c]))
+    expected = tiny_tokenizer.decode(uniform).clamp(0, 1)[0, :, f : 3 * f, f : 3 * f]
+    cell = atlas.image[:, r * 2 * f : (r + 1) * 2 * f, c * 2 * f : (c + 1) * 2 * f]
+    assert torch.allclose(cell, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="half_bits must be in"):
+        analysis.code_atlas(tiny_tokenizer, half_bits=7)
