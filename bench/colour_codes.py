@@ -23,7 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.default_model import accuracy, load_or_train_classifier, load_split
+from bench.default_model import accuracy
+from data import judge, split_images
 from data.datasets import PROCEDURAL_CLASSES
 from maskbit import Generator
 from maskbit.cli import add_sampling_args, sampling_from_args
@@ -48,7 +49,7 @@ def decode(codes: torch.Tensor, size: int) -> torch.Tensor:
 def write(args: argparse.Namespace) -> None:
     if args.patch < 1 or 64 % args.patch:
         raise SystemExit(f"--patch must divide the dataset's 64-pixel side (1, 2, 4, 8, 16, 32, 64), got {args.patch}")
-    images, labels = load_split("train", args.count)
+    images, labels = split_images("procedural", "train", args.count, 64)
     codes = torch.cat([encode(images[i : i + 1000], args.patch) for i in range(0, len(images), 1000)])
     meta = {"num_bits": 12, "classes": list(PROCEDURAL_CLASSES), "tokenizer_identity": f"colour-codes-{args.patch}"}
     np.savez(args.out, indices=codes.numpy().astype(np.uint16), labels=labels.numpy(), meta=json.dumps(meta))
@@ -61,8 +62,8 @@ def evaluate(args: argparse.Namespace) -> None:
     if generator.config.token_size != 12:
         k = generator.config.token_size
         raise SystemExit(f"{args.generator} predicts {k}-bit tokens, colour codes have 12: train it on colour codes")
-    classifier = load_or_train_classifier(args.judge, args.classifier_steps)
-    images, labels = load_split("test", args.test_images)
+    classifier = judge.load_or_train(args.judge, args.classifier_steps)
+    images, labels = split_images("procedural", "test", args.test_images, 64)
     patch = images.shape[-1] // generator.config.grid_size
     ceiling, _ = accuracy(classifier, decode(encode(images, patch), images.shape[-1]), labels)
     requested = torch.arange(len(PROCEDURAL_CLASSES)).repeat_interleave(args.per_class)

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.default_model --out bench/results
     .venv/bin/python -m bench.default_model --guidance-scale 4 --randomize-temperature 4.5 --out /tmp/sweep \
-        --judge /tmp/judge.pt  # one knob; the judge is trained by the first such run and reused by the next
+        --judge /tmp/judge.safetensors  # another judge: trained by the first such run, reused by the next
 
 1. Held-out reconstruction PSNR of the tokenizer (the fixed test split).
 2. A classifier trained only on real dataset images (train split), with its own held-out accuracy and its accuracy
@@ -32,104 +32,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data.datasets import PROCEDURAL_CLASSES, ProceduralShapes
+from data import judge, split_images
+from data.datasets import PROCEDURAL_CLASSES
 from maskbit import Generator, Tokenizer, analysis, bits, generate
 from maskbit.cli import add_sampling_args, sampling_from_args
-from maskbit.images import image_grid, psnr, save_image, to_tensor
-
-
-def load_split(split: str, count: int, start: int = 0, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    dataset = ProceduralShapes(split, seed=seed)
-    items = [dataset[i] for i in range(start, start + count)]
-    return torch.stack([to_tensor(image) for image, _ in items]), torch.tensor([label for _, label in items])
-
-
-class Classifier(nn.Module):
-    """A small CNN for 64×64 images: the judge of generated classes, trained on real images only."""
-
-    def __init__(self, num_classes: int):
-        super().__init__()
-        layers, channels, strides = [], [3, 32, 64, 128, 128, 256], [1, 2, 2, 2, 2]
-        for i, o, s in zip(channels, channels[1:], strides):
-            layers += [nn.Conv2d(i, o, 3, stride=s, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU()]
-        self.features = nn.Sequential(*layers)
-        self.head = nn.Linear(channels[-1], num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x).mean((2, 3)))
-
-
-ROUND_TRIP_SIZES = (32, 56)  # smallest and largest side of augment()'s trip through a lower resolution
-
-
-def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Flips and quarter turns (every class is closed under both), then what decoding does to an image without
-    changing its class: a random blur of up to 1.5 px, for half of the images a trip through a lower resolution
-    (32–56 px, which rounds corners and wobbles edges; from 20 px a hexagon is a circle) and mild noise. The
-    training data stays real images only; without the last two the judge took rounded squares for hearts (34 % on
-    reconstructions of squares)."""
-    n = len(x)
-    x = torch.where(torch.rand(n, 1, 1, 1, generator=generator) < 0.5, x.flip(-1), x)
-    x = torch.where(torch.rand(n, 1, 1, 1, generator=generator) < 0.5, x.flip(-2), x)
-    x = torch.where(torch.rand(n, 1, 1, 1, generator=generator) < 0.5, x.transpose(-1, -2), x)
-    sigma = torch.rand(n, generator=generator) * 1.5
-    radius = torch.arange(-3, 4, dtype=torch.float32)
-    kernel = torch.exp(-(radius**2) / (2 * sigma[:, None].clamp_min(1e-3) ** 2))
-    kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(3, 0)  # (n·3, 7), one per image and channel
-    flat = x.reshape(1, n * 3, *x.shape[-2:])
-    flat = F.conv2d(F.pad(flat, (3, 3, 0, 0), mode="replicate"), kernel[:, None, None, :], groups=n * 3)
-    flat = F.conv2d(F.pad(flat, (0, 0, 3, 3), mode="replicate"), kernel[:, None, :, None], groups=n * 3)
-    x = flat.reshape(x.shape)
-    size = int(torch.randint(ROUND_TRIP_SIZES[0], ROUND_TRIP_SIZES[1] + 1, (), generator=generator))
-    small = F.interpolate(x, size=(size, size), mode="area")
-    round_trip = F.interpolate(small, size=x.shape[-2:], mode="bilinear", align_corners=False)
-    x = torch.where(torch.rand(n, 1, 1, 1, generator=generator) < 0.5, round_trip, x)
-    noise = torch.randn(x.shape, generator=generator) * torch.rand(n, 1, 1, 1, generator=generator) * 0.03
-    return (x + noise).clamp(0, 1)
-
-
-def train_classifier(steps: int, batch_size: int, images: int = 12_000) -> Classifier:
-    """AdamW with a cosine schedule over `steps` batches drawn from `images` pre-rendered training images (seed 1:
-    other images than the tokenizer's and generator's training data)."""
-    torch.manual_seed(0)
-    generator = torch.Generator().manual_seed(0)
-    x, y = load_split("train", images, seed=1)
-    model = Classifier(len(PROCEDURAL_CLASSES))
-    optimizer = torch.optim.AdamW(model.parameters(), 2e-3, weight_decay=5e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 2e-3, total_steps=steps, pct_start=0.1)
-    for _ in range(steps):
-        batch = torch.randint(len(x), (batch_size,), generator=generator)
-        loss = F.cross_entropy(model(augment(x[batch], generator)), y[batch], label_smoothing=0.05)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-    return model.eval()
-
-
-def load_or_train_classifier(path: Path | None, steps: int) -> Classifier:
-    """The judge from `path` when it was trained with this recipe (steps and augmentation); else trained, and saved
-    there if given. A judge from an older recipe is retrained, never silently reused."""
-    recipe = {"steps": steps, "round_trip_sizes": list(ROUND_TRIP_SIZES)}
-    if path is not None and path.exists():
-        saved = torch.load(path, weights_only=True)
-        if saved.get("recipe") == recipe:
-            model = Classifier(len(PROCEDURAL_CLASSES))
-            model.load_state_dict(saved["state_dict"])
-            return model.eval()
-    model = train_classifier(steps, 64)
-    if path is not None:
-        torch.save({"recipe": recipe, "state_dict": model.state_dict()}, path)
-    return model
-
-
-@torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    return torch.cat([model(images[i : i + 256]).argmax(1) for i in range(0, len(images), 256)])
+from maskbit.images import image_grid, psnr, save_image
 
 
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, list[float]]:
-    return accuracy_of(predict(model, images), labels)
+    return accuracy_of(judge.predict(model, images), labels)
 
 
 def accuracy_of(predictions: torch.Tensor, labels: torch.Tensor) -> tuple[float, list[float]]:
@@ -208,7 +119,7 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=50, help="generated images per class")
     parser.add_argument("--classifier-steps", type=int, default=3000)
     parser.add_argument(
-        "--judge", type=Path, help="keep the trained classifier in this file and reuse it (sampling sweeps)"
+        "--judge", type=Path, help="a judge file to reuse or train into (default: the bundled data/judge.safetensors)"
     )
     parser.add_argument("--out", default="bench/results")
     args = parser.parse_args()
@@ -218,7 +129,7 @@ def main() -> None:
     tokenizer, generator = Tokenizer.from_pretrained(args.tokenizer), Generator.from_pretrained(args.generator)
     k = tokenizer.num_bits
 
-    images, labels = load_split("test", args.test_images)
+    images, labels = split_images("procedural", "test", args.test_images, 64)
     indices = torch.cat([tokenizer.encode(images[i : i + 100]) for i in range(0, len(images), 100)])
     reconstructions = torch.cat([tokenizer.decode(indices[i : i + 100]) for i in range(0, len(indices), 100)])
     reconstruction_psnr = psnr(reconstructions, images)
@@ -235,7 +146,7 @@ def main() -> None:
         "tokens": indices[0].numel(),
     }
 
-    classifier = load_or_train_classifier(args.judge, args.classifier_steps)
+    classifier = judge.load_or_train(args.judge, args.classifier_steps)
     classifier_accuracy, _ = accuracy(classifier, images, labels)
     # The ceiling for generated images: the judge on the tokenizer's reconstructions of the same held-out images.
     reconstruction_accuracy, reconstruction_per_class = accuracy(classifier, reconstructions.clamp(0, 1), labels)
@@ -248,7 +159,7 @@ def main() -> None:
             for i in range(0, len(requested), 100)
         ]
     )
-    generated_predictions = predict(classifier, generated)
+    generated_predictions = judge.predict(classifier, generated)
     generated_accuracy, generated_per_class = accuracy_of(generated_predictions, requested)
     grid = torch.cat([generated[requested == c][:8] for c in range(len(PROCEDURAL_CLASSES))])
     save_image(image_grid(grid, columns=8), out / "generated.png")

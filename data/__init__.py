@@ -15,7 +15,7 @@ from data.datasets import (
     export_dataset,
     write_tar_shards,
 )
-from data.views import EvalView, eval_view, heldout_images
+from data.views import EvalView, eval_view, heldout_images, split_images
 
 __all__ = [
     "PROCEDURAL_CLASSES",
@@ -28,5 +28,6 @@ __all__ = [
     "write_tar_shards",
     "EvalView",
     "eval_view",
+    "split_images",
     "heldout_images",
 ]

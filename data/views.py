@@ -7,7 +7,7 @@ from torch.utils.data import Dataset
 
 from data.datasets import Preprocessing, build_dataset
 
-__all__ = ["EvalView", "eval_view", "heldout_images"]
+__all__ = ["EvalView", "eval_view", "split_images", "heldout_images"]
 
 
 class EvalView(Dataset):
@@ -31,9 +31,19 @@ def eval_view(spec: str, split: str, seed: int, resolution: int) -> EvalView:
     return EvalView(build_dataset(spec, split, seed, resolution), resolution)
 
 
+def split_images(
+    spec: str, split: str, count: int, resolution: int, seed: int = 0, start: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images [start, start + count) of a split (fewer at its end): (n, 3, R, R) in [0, 1] and their labels (n,)."""
+    if count < 1:
+        raise ValueError(f"count must be ≥ 1, got {count}")
+    view = eval_view(spec, split, seed, resolution)
+    items = [view[i] for i in range(start, min(start + count, len(view)))]
+    if not items:
+        raise ValueError(f"{spec} ({split}) has {len(view)} images, none from {start} on")
+    return torch.stack([image for image, _ in items]), torch.tensor([label for _, label in items])
+
+
 def heldout_images(spec: str, count: int, resolution: int, seed: int = 0, split: str = "test") -> torch.Tensor:
     """The first `count` images (at most the split's size) of a held-out split, (count, 3, R, R) in [0, 1]."""
-    view = eval_view(spec, split, seed, resolution)
-    if count < 1:
-        raise ValueError(f"held-out images: count must be ≥ 1, got {count}")
-    return torch.stack([view[i][0] for i in range(min(count, len(view)))])
+    return split_images(spec, split, count, resolution, seed)[0]

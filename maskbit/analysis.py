@@ -26,6 +26,7 @@ __all__ = [
     "Embed",
     "Distances",
     "distances",
+    "random_token_mask",
     "reconstruct",
     "decode_images",
     "Flips",
@@ -57,16 +58,28 @@ class Distances(NamedTuple):
 
 
 def distances(images: torch.Tensor, reference: torch.Tensor, embed: Embed | None = None, batch_size: int = 32):
-    """Distances of images (n, 3, H, W) to reference (3, H, W), all in [0, 1]."""
-    reference = reference[None].to(images.device)
+    """Distances of images (n, 3, H, W) to one reference (3, H, W), or each to its own (n, 3, H, W); all in [0, 1]."""
+    reference = (reference[None] if reference.dim() == 3 else reference).to(images.device)
     p = psnr(images, reference).cpu().numpy()
     d = (images - reference).flatten(1).norm(dim=1).cpu().numpy()
     lp = None
     if embed is not None:
-        anchor = embed(reference)
-        chunks = [embed(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
-        lp = np.concatenate([(features - anchor).pow(2).sum(1).cpu().numpy() for features in chunks])
+        anchor = embed(reference) if len(reference) == 1 else None
+        parts = []
+        for i in range(0, len(images), batch_size):
+            other = anchor if anchor is not None else embed(reference[i : i + batch_size])
+            parts.append((embed(images[i : i + batch_size]) - other).pow(2).sum(1).cpu().numpy())
+        lp = np.concatenate(parts)
     return Distances(p, d, lp)
+
+
+def random_token_mask(shape: tuple[int, int, int], count: int, generator: torch.Generator) -> torch.Tensor:
+    """(B, h, w) bool with `count` distinct random tokens set in each of the B grids."""
+    b, h, w = shape
+    if not 1 <= count <= h * w:
+        raise ValueError(f"count must be between 1 and the grid's {h * w} tokens, got {count}")
+    order = torch.rand(b, h * w, generator=generator).argsort(1)[:, :count]
+    return torch.zeros(b, h * w, dtype=torch.bool).scatter_(1, order, True).view(b, h, w)
 
 
 # ---------------------------------------------------------------------------------------------------- decoding

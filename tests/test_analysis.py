@@ -103,3 +103,22 @@ def test_the_atlas_shows_every_code_once_with_one_bit_between_neighbouring_cells
     assert torch.allclose(cell, expected, atol=1e-5)
     with pytest.raises(ValueError, match="half_bits must be in"):
         analysis.code_atlas(tiny_tokenizer, half_bits=7)
+
+
+def test_distances_to_one_reference_or_each_its_own():
+    images, references = torch.rand(5, 3, 8, 8), torch.rand(5, 3, 8, 8)
+    one, own = analysis.distances(images, references[0]), analysis.distances(images, references)
+    for i in range(5):
+        assert own.l2[i] == pytest.approx(float((images[i] - references[i]).norm()), rel=1e-5)
+        assert one.l2[i] == pytest.approx(float((images[i] - references[0]).norm()), rel=1e-5)
+    embed = lambda x: x.flatten(1)  # noqa: E731  (squared L2 in pixel space as a stand-in embedding)
+    paired = analysis.distances(images, references, embed, batch_size=2)
+    assert np.allclose(paired.lpips, (images - references).flatten(1).pow(2).sum(1).numpy(), rtol=1e-5)
+
+
+def test_random_token_masks_set_exactly_count_tokens_per_grid():
+    mask = analysis.random_token_mask((6, 4, 4), 3, torch.Generator().manual_seed(0))
+    assert mask.shape == (6, 4, 4) and mask.flatten(1).sum(1).tolist() == [3] * 6
+    assert len({tuple(m.flatten().tolist()) for m in mask}) > 1  # different tokens in different grids
+    with pytest.raises(ValueError, match="between 1 and the grid's 16 tokens"):
+        analysis.random_token_mask((1, 4, 4), 17, torch.Generator())
