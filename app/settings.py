@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from maskbit.cli import whole
+
 __all__ = ["Settings", "parse_settings", "PROJECT_ROOT"]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -110,8 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--index-size",
-        type=int,
-        default=int(_env("MASKBIT_INDEX_SIZE", "4000")),
+        type=whole(1, 10_000_000),
+        default=_env("MASKBIT_INDEX_SIZE", "4000"),  # a string default goes through `type` too
         help="images of the dataset indexed on first start [MASKBIT_INDEX_SIZE]",
     )
     p.add_argument(
@@ -121,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="offline demos and tests: LPIPS with a random trunk (not the real metric)",
     )
     p.add_argument("--host", default=_env("MASKBIT_HOST", "127.0.0.1"), help="bind address [MASKBIT_HOST]")
-    p.add_argument("--port", type=int, default=int(_env("MASKBIT_PORT", "7860")), help="[MASKBIT_PORT]")
+    p.add_argument("--port", type=whole(0, 65_535), default=_env("MASKBIT_PORT", "7860"), help="[MASKBIT_PORT]")
     p.add_argument("--auth", default=_env("MASKBIT_AUTH"), help="user:password required to use the app [MASKBIT_AUTH]")
     p.add_argument(
         "--enable-training",
@@ -150,9 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--concurrency",
-        type=int,
-        default=int(_env("MASKBIT_CONCURRENCY", "2")),
-        help="requests computed at once; the rest wait in the queue",
+        type=whole(1, 64),
+        default=_env("MASKBIT_CONCURRENCY", "2"),
+        help="requests computed at once; the rest wait in the queue [MASKBIT_CONCURRENCY]",
     )
     return p
 
@@ -168,7 +170,7 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         auth = (user, password)
     # Every option whose name is a Settings field, plus the two that need converting.
     given = {f.name: getattr(args, f.name) for f in fields(Settings) if hasattr(args, f.name)}
-    settings = Settings(**given | {"auth": auth, "data_roots": args.data_root, "concurrency": max(1, args.concurrency)})
+    settings = Settings(**given | {"auth": auth, "data_roots": args.data_root})
     if settings.exposed and settings.enable_training and auth is None:
         parser.error("--enable-training on an exposed server needs --auth user:password")
     return settings

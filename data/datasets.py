@@ -346,8 +346,23 @@ class ImageFolder(Dataset):
 TAR_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 
 
-def _expand_braces(pattern: str) -> list[str]:
-    """Webdataset shard notation: "a-{0000..0002}.tar" → a-0000.tar, a-0001.tar, a-0002.tar; "{x,y}" lists too."""
+MAX_SHARDS = 100_000  # names a shard pattern may expand to
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """Webdataset shard notation: "a-{0000..0002}.tar" → a-0000.tar, a-0001.tar, a-0002.tar; "{x,y}" lists too.
+
+    The number of names is counted before any is built: a pattern of more than MAX_SHARDS names is a ValueError."""
+    count = 1
+    for body in re.findall(r"\{([^{}]*)\}", pattern):
+        numbers = re.fullmatch(r"(\d+)\.\.(\d+)", body)
+        count *= max(0, int(numbers[2]) - int(numbers[1]) + 1) if numbers else body.count(",") + 1
+        if count > MAX_SHARDS:
+            raise ValueError(f"the shard pattern {pattern[:200]!r} names more than {MAX_SHARDS:,} files; split it up")
+    return _expand(pattern)
+
+
+def _expand(pattern: str) -> list[str]:
     match = re.search(r"\{([^{}]*)\}", pattern)
     if match is None:
         return [pattern]
@@ -357,16 +372,16 @@ def _expand_braces(pattern: str) -> list[str]:
         options = [str(i).zfill(len(first)) for i in range(int(first), int(last) + 1)]
     else:
         options = body.split(",")
-    return [expanded for option in options for expanded in _expand_braces(head + option + tail)]
+    return [expanded for option in options for expanded in _expand(head + option + tail)]
 
 
-def _shard_paths(paths: str | Path | Sequence[str | Path]) -> list[Path]:
+def shard_paths(paths: str | Path | Sequence[str | Path]) -> list[Path]:
     if isinstance(paths, (str, Path)):
         text = str(paths)
         if Path(text).is_dir():
             found = sorted(Path(text).glob("*.tar"))
         elif any(c in text for c in "*?[{"):
-            found = [Path(p) for pattern in _expand_braces(text) for p in sorted(glob.glob(pattern))]
+            found = [Path(p) for pattern in expand_braces(text) for p in sorted(glob.glob(pattern))]
             found = list(dict.fromkeys(found))
         else:
             found = [Path(text)]
@@ -389,7 +404,7 @@ class TarShards(Dataset):
     """
 
     def __init__(self, paths: str | Path | Sequence[str | Path]) -> None:
-        self.shards = _shard_paths(paths)
+        self.shards = shard_paths(paths)
         self.samples: list[tuple[int, int, int, int]] = []  # (shard number, data offset, size, label)
         incomplete = 0
         for shard_id, shard in enumerate(self.shards):

@@ -17,7 +17,7 @@ from indexes.lpips_embedding import BACKBONE_FILES, MissingBackboneError, fetch_
 from indexes.neighbours import find_neighbours
 from indexes.store import METRICS, ImageIndex, IndexOptions
 from maskbit import Tokenizer
-from maskbit.cli import add_command, load_indices, run_command
+from maskbit.cli import BATCH, IMAGE_SIZE, MAX_IMAGES, SEED, add_command, load_indices, real, run_command, whole
 from maskbit.device import DEVICES, pick_device
 from maskbit.images import find_images, load_image
 
@@ -188,27 +188,27 @@ def build_parser() -> argparse.ArgumentParser:
         p = add_command(commands, name, help, EXAMPLES[name])
         p.add_argument("--tokenizer", default="default", help="from_pretrained source")
         p.add_argument("--tokenizer-config", help="for an official .bin: preset or YAML")
-        p.add_argument("--batch-size", type=int, default=64)
+        p.add_argument("--batch-size", type=BATCH, default=64)
         p.add_argument("--device", default="auto", choices=DEVICES)
         return p
 
     p = command("build", "index a dataset split (resumes an interrupted build)")
     p.add_argument("--dataset", default="procedural")
     p.add_argument("--split", default="train")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resolution", type=int, help="default: the tokenizer's image size")
-    p.add_argument("--limit", type=int, help="index the first N images")
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--resolution", type=IMAGE_SIZE, help="default: the tokenizer's image size")
+    p.add_argument("--limit", type=whole(1), help="index the first N images")
     p.add_argument("--metrics", nargs="+", default=list(METRICS), choices=METRICS)
     p.add_argument("--lpips-net", default="alex", choices=["alex", "vgg", "squeeze"])
     p.add_argument("--random-lpips-backbone", action="store_true", help="tests only: LPIPS with a random trunk")
-    p.add_argument("--save-every", type=int, default=50, help="save after this many batches")
+    p.add_argument("--save-every", type=whole(1), default=50, help="save after this many batches")
     p.add_argument(
         "--backend", default="auto", choices=["auto", *BACKENDS], help="auto: faiss when installed, else torch"
     )
     p.add_argument("--approximate-hamming", action="store_true", help="also build an HNSW graph for fast search")
     p.add_argument(
         "--lpips-sketch",
-        type=int,
+        type=whole(1, 65_536),
         metavar="D",
         help="store D-dimensional count sketches of the LPIPS embedding (large datasets); search re-ranks a shortlist "
         "with exact LPIPS from the source images",
@@ -220,25 +220,32 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FACTORY",
         help='FAISS index_factory string for the sketches, e.g. "PQ64" or "IVF1024,PQ64" (default: Flat)',
     )
-    p.add_argument("--train-size", type=int, default=20_000, help="images to train a compressed LPIPS index on")
+    p.add_argument("--train-size", type=whole(1), default=20_000, help="images to train a compressed LPIPS index on")
     p.add_argument("--index", required=True, help="the index directory (created, or continued)")
     p.set_defaults(run=cmd_build)
 
     p = command("add", "add image files to an index")
     p.add_argument("images", nargs="+")
     p.add_argument("--index", required=True)
-    p.add_argument("--label", type=int, default=-1)
+    p.add_argument("--label", type=whole(-1), default=-1)
     p.set_defaults(run=cmd_add)
 
     p = command("search", "nearest indexed images of image files or token grids")
     p.add_argument("images", nargs="*", help="image files or folders")
     p.add_argument("--tokens", help="or a .npy of token grids (B, h, w), searched by Hamming distance")
     p.add_argument("--approximate", action="store_true", help="Hamming by the HNSW graph (--approximate-hamming)")
-    p.add_argument("--ef-search", type=int, default=64, help="HNSW candidates visited per query")
-    p.add_argument("--lpips-shortlist", type=int, default=100, help="sketched LPIPS: candidates re-ranked exactly")
-    p.add_argument("--nprobe", type=int, default=32, help="sketched LPIPS in an IVF index: inverted lists probed")
+    p.add_argument("--ef-search", type=whole(1, 100_000), default=64, help="HNSW candidates visited per query")
+    p.add_argument(
+        "--lpips-shortlist",
+        type=whole(1, 100_000),
+        default=100,
+        help="sketched LPIPS: candidates re-ranked exactly",
+    )
+    p.add_argument(
+        "--nprobe", type=whole(1, 1_000_000), default=32, help="sketched LPIPS in an IVF index: inverted lists probed"
+    )
     p.add_argument("--index", required=True)
-    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--k", type=whole(1, 10_000), default=10, help="neighbours per query (at most 10,000)")
     p.add_argument("--metrics", nargs="+", choices=METRICS)
     p.add_argument("--json", help="also write the results as JSON")
     p.set_defaults(run=cmd_search)
@@ -249,11 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--generator", help="or generate with this model (from_pretrained source)")
     p.add_argument("--generator-config")
     p.add_argument("--sampling", default=None, help="sampling preset for --generator")
-    p.add_argument("--count", type=int, default=200, help="generated and held-out images")
+    p.add_argument("--count", type=whole(1, MAX_IMAGES), default=200, help="generated and held-out images")
     p.add_argument("--heldout-dataset", default="procedural")
     p.add_argument("--heldout-split", default="test")
-    p.add_argument("--percentile", type=float, default=1.0, help="held-out percentile that sets the threshold")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--percentile", type=real(0, 100), default=1.0, help="held-out percentile that sets the threshold")
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--out", required=True)
     p.set_defaults(run=cmd_report)
 

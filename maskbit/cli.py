@@ -18,7 +18,7 @@ from maskbit.config import GUIDANCE_ANNEALINGS, MASK_SCHEDULES, SAMPLING_PRESETS
 from maskbit.device import DEVICES, pick_device
 from maskbit.generator import Generator
 from maskbit.images import find_images, image_grid, load_image, save_image
-from maskbit.sampling import default_sampling, iter_generate, prediction_to_indices
+from maskbit.sampling import MAX_SEED, default_sampling, iter_generate, prediction_to_indices
 from maskbit.tokenizer import Tokenizer
 
 logger = logging.getLogger("maskbit")
@@ -48,6 +48,53 @@ EXAMPLES = {
 }
 
 
+# ------------------------------------------------------------------------------------------------------ bounds
+# Every option that sizes an allocation (counts, batch sizes, image sizes, steps) or seeds a generator is bounded
+# here, so a typo gets argparse's "argument --x: ..." message instead of a traceback or an exhausted machine.
+
+MAX_BATCH = 4096
+MAX_IMAGE_SIZE = 4096  # pixels per side
+MAX_STEPS = 1024  # sampling steps
+MAX_IMAGES = 10_000  # images one `generate` or `report` run holds in memory
+MAX_GRID = 256  # tokens per side of a token grid read from a file
+
+
+def whole(low: int, high: int | None = None):
+    """An argparse `type`: a whole number in [low, high] (no upper bound when high is None)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, got {text[:40]!r}") from None
+        if value < low or (high is not None and value > high):
+            bound = f"from {low} to {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
+        return value
+
+    return parse
+
+
+def real(low: float, high: float):
+    """An argparse `type`: a finite number in [low, high]."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, got {text[:40]!r}") from None
+        if not low <= value <= high:  # NaN fails too
+            raise argparse.ArgumentTypeError(f"must be a number from {low:g} to {high:g}, got {text[:40]}")
+        return value
+
+    return parse
+
+
+SEED = whole(0, MAX_SEED)
+BATCH = whole(1, MAX_BATCH)
+IMAGE_SIZE = whole(8, MAX_IMAGE_SIZE)
+
+
 # ------------------------------------------------------------------------------------------------------ helpers
 
 
@@ -71,6 +118,11 @@ def load_indices(path: Path) -> torch.Tensor:
         raise ValueError(
             f"{path} must hold integer indices of shape (B, h, w) or (h, w), got {array.dtype} {array.shape}"
         )
+    if max(array.shape[-2:]) > MAX_GRID:
+        raise ValueError(
+            f"{path} holds {array.shape[-2]}×{array.shape[-1]} token grids; grids of at most {MAX_GRID}×{MAX_GRID} "
+            "tokens are decoded (a 16× tokenizer makes 4096×4096 images of those)"
+        )
     indices = torch.from_numpy(array.astype(np.int64))
     return indices[None] if indices.dim() == 2 else indices
 
@@ -85,6 +137,11 @@ def add_tokenizer_args(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
+    if len(args.labels) * args.per_class > MAX_IMAGES:
+        raise ValueError(
+            f"--labels × --per-class asks for {len(args.labels) * args.per_class:,} images; one run makes at most "
+            f"{MAX_IMAGES:,} (they are all held for the grid): run several times with other --seed values"
+        )
     device = pick_device(args.device)
     tokenizer = load_model(Tokenizer, args.tokenizer, args.tokenizer_config, args.random_init, device)
     generator = load_model(Generator, args.generator, args.generator_config, args.random_init, device)
@@ -119,12 +176,12 @@ def add_sampling_args(parser: argparse.ArgumentParser, sampling: str | None = No
     """--sampling (a preset) and one option per sampling knob, each overriding the preset; see sampling_from_args."""
     help = "sampling preset" + ("" if sampling else " (default: the generator's own, see default_sampling)")
     parser.add_argument("--sampling", choices=sorted(SAMPLING_PRESETS), default=sampling, help=help)
-    parser.add_argument("--num-steps", type=int)
-    parser.add_argument("--guidance-scale", type=float)
+    parser.add_argument("--num-steps", type=whole(1, MAX_STEPS))
+    parser.add_argument("--guidance-scale", type=real(0, 100))
     parser.add_argument("--guidance-annealing", choices=GUIDANCE_ANNEALINGS)
-    parser.add_argument("--scale-pow", type=float)
-    parser.add_argument("--randomize-temperature", type=float)
-    parser.add_argument("--softmax-temperature", type=float)
+    parser.add_argument("--scale-pow", type=real(1e-6, 100))
+    parser.add_argument("--randomize-temperature", type=real(0, 100))
+    parser.add_argument("--softmax-temperature", type=real(1e-6, 100))
     parser.add_argument("--mask-schedule", choices=MASK_SCHEDULES)
 
 
@@ -234,11 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--generator", default="default", help="'default', a hub id, a directory or an official .bin")
     p.add_argument("--generator-config", help="preset name or official YAML for an official .bin")
     p.add_argument("--random-init", action="store_true", help="build --tokenizer/--generator presets, random weights")
-    p.add_argument("--labels", type=int, nargs="+", default=[0], help="class ids")
-    p.add_argument("--per-class", type=int, default=1, help="images per class id")
+    p.add_argument("--labels", type=whole(0), nargs="+", default=[0], help="class ids")
+    p.add_argument("--per-class", type=whole(1, MAX_IMAGES), default=1, help="images per class id")
     add_sampling_args(p)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--batch-size", type=BATCH, default=8)
     p.add_argument("--bf16", action="store_true", help="run the generator under bfloat16 autocast (GPU)")
     p.add_argument("--out", default="outputs/generate")
     p.set_defaults(run=cmd_generate)
@@ -246,7 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("encode", "images → token indices (.npy, shape (B, h, w))")
     add_tokenizer_args(p)
     p.add_argument("images", nargs="+", help="image files or directories")
-    p.add_argument("--size", type=int, help="resize shorter side and center-crop (default: the tokenizer's; 0: keep)")
+    p.add_argument(
+        "--size",
+        type=whole(0, MAX_IMAGE_SIZE),
+        help="resize shorter side and center-crop (default: the tokenizer's; 0: keep)",
+    )
     p.add_argument("--out", default="outputs/indices.npy")
     p.set_defaults(run=cmd_encode)
 
@@ -259,9 +320,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("flip", "flip bits of an image's tokens, decode, and measure the change")
     add_tokenizer_args(p)
     p.add_argument("source", help="an image, or a .npy of indices")
-    p.add_argument("--bit-ids", type=int, nargs="+", help="bits to flip, one at a time (default: all)")
-    p.add_argument("--positions", type=int, nargs="+", help="flat token positions to flip (default: all)")
-    p.add_argument("--size", type=int, help="resize shorter side and center-crop (default: the tokenizer's; 0: keep)")
+    p.add_argument("--bit-ids", type=whole(0), nargs="+", help="bits to flip, one at a time (default: all)")
+    p.add_argument("--positions", type=whole(0), nargs="+", help="flat token positions to flip (default: all)")
+    p.add_argument(
+        "--size",
+        type=whole(0, MAX_IMAGE_SIZE),
+        help="resize shorter side and center-crop (default: the tokenizer's; 0: keep)",
+    )
     p.add_argument("--out", default="outputs/flip")
     p.set_defaults(run=cmd_flip)
 
@@ -277,11 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
-    for name in ("per_class", "batch_size", "num_steps"):
-        if getattr(args, name, None) is not None and getattr(args, name) < 1:
-            print(f"error: --{name.replace('_', '-')} must be ≥ 1", file=sys.stderr)
-            return 2
     return run_command(args, (ValueError, TypeError, FileNotFoundError, CheckpointError))
 
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "whole", "real", "SEED", "BATCH", "IMAGE_SIZE"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -40,7 +41,22 @@ __all__ = [
     "generate",
     "resolve_sampling",
     "default_sampling",
+    "MAX_SEED",
+    "check_seed",
 ]
+
+MAX_SEED = 2**63 - 1  # seeds are 0 … 2**63 − 1 (torch.Generator.manual_seed takes up to 2**64 − 1)
+
+
+def check_seed(seed: int) -> int:
+    """A seed in 0 … MAX_SEED as an int; else a ValueError that states the range."""
+    try:
+        value = operator.index(seed)  # ints, numpy ints; not floats
+    except TypeError:
+        value = None
+    if value is None or not 0 <= value <= MAX_SEED:
+        raise ValueError(f"seed must be a whole number from 0 to {MAX_SEED} (2**63 − 1), got {seed!r}")
+    return value
 
 
 def mask_ratio(progress: float, schedule: str) -> float:
@@ -200,7 +216,7 @@ def iter_generate(
         raise ValueError(f"class ids must be in [0, {config.num_classes}), got {labels.tolist()}")
     if rng is None:
         rng = torch.Generator(device=device)
-        rng.manual_seed(seed) if seed is not None else rng.seed()
+        rng.manual_seed(check_seed(seed)) if seed is not None else rng.seed()
     generator.eval()
     b = labels.shape[0]
     tokens = torch.full((b, config.num_positions, config.num_groups), config.mask_token, device=device)

@@ -193,3 +193,44 @@ def test_unreadable_image_is_reported(tmp_path):
         "encode", str(tmp_path / "fake.png"), *TINY_TOKENIZER, "--out", str(tmp_path / "t.npy"), check=False
     )
     assert result.returncode == 2 and "cannot read" in result.stderr and "fake.png" in result.stderr
+
+
+# ------------------------------------------------------------------------------------------------- bounds (issue 17)
+
+
+@pytest.mark.parametrize(
+    ("module", "argv", "message"),
+    [
+        ("maskbit.cli", ["generate", "--seed", str(2**70)], "--seed: must be from 0 to 9223372036854775807, got 1180"),
+        ("maskbit.cli", ["generate", "--batch-size", "1000000"], "--batch-size: must be from 1 to 4096, got 1000000"),
+        ("maskbit.cli", ["generate", "--num-steps", "0"], "--num-steps: must be from 1 to 1024, got 0"),
+        ("maskbit.cli", ["generate", "--guidance-scale", "nan"], "--guidance-scale: must be a number from 0 to 100"),
+        ("maskbit.cli", ["generate", "--labels", "-1"], "--labels: must be at least 0, got -1"),
+        ("maskbit.cli", ["encode", "x.png", "--size", "100000"], "--size: must be from 0 to 4096, got 100000"),
+        ("maskbit.cli", ["flip", "x.png", "--positions", "x"], "--positions: must be a whole number, got 'x'"),
+        ("train.cli", ["pretokenize", "--tokenizer", "t", "--out", "o", "--resolution", "99999"], "--resolution"),
+        ("train.cli", ["pretokenize", "--tokenizer", "t", "--out", "o", "--count", "0"], "--count: must be from 1"),
+        ("train.cli", ["export-dataset", "--out", "o", "--limit", "0"], "--limit: must be at least 1, got 0"),
+        ("indexes.cli", ["search", "x.png", "--index", "i", "--k", "1000000000"], "--k: must be from 1 to 10000"),
+        ("indexes.cli", ["build", "--index", "i", "--lpips-sketch", "0"], "--lpips-sketch: must be from 1 to 65536"),
+        ("indexes.cli", ["report", "--index", "i", "--out", "o", "--percentile", "nan"], "--percentile: must be"),
+        ("app.settings", ["--port", "99999"], "--port: must be from 0 to 65535, got 99999"),
+        ("app.settings", ["--concurrency", "100000"], "--concurrency: must be from 1 to 64"),
+    ],
+)
+def test_sizes_and_seeds_are_bounded_before_anything_runs(capsys, module, argv, message):
+    import importlib
+
+    with pytest.raises(SystemExit):
+        importlib.import_module(module).build_parser().parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_generate_and_decode_refuse_what_would_not_fit(tmp_path, capsys):
+    from maskbit.cli import main
+
+    assert main(["generate", "-q", "--labels", "0", "1", "--per-class", "6000", "--out", str(tmp_path)]) == 2
+    assert "asks for 12,000 images; one run makes at most 10,000" in capsys.readouterr().err
+    np.save(tmp_path / "huge.npy", np.zeros((1, 300, 300), dtype=np.int64))
+    assert main(["decode", "-q", str(tmp_path / "huge.npy"), *TINY_TOKENIZER, "--out", str(tmp_path)]) == 2
+    assert "holds 300×300 token grids; grids of at most 256×256" in capsys.readouterr().err

@@ -388,3 +388,12 @@ def test_export_then_image_folder_round_trip(tmp_path):
         image, folder_label = folder[index]
         assert folder_label == label == original_label
         assert np.array_equal(pixels(image), pixels(original))  # PNG is lossless
+
+
+def test_shard_patterns_are_counted_before_they_are_expanded():
+    """Issue 17: "{0..1000000000}" would build a billion names before looking for one file."""
+    from data.datasets import expand_braces
+
+    assert expand_braces("a-{0..1}-{x,y}.tar") == ["a-0-x.tar", "a-0-y.tar", "a-1-x.tar", "a-1-y.tar"]
+    with pytest.raises(ValueError, match="names more than 100,000 files"):
+        expand_braces("a-{0..999}-{0..999}.tar")

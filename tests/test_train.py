@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -261,7 +262,7 @@ def test_resnet_perceptual_loss_loads_weights_from_the_torch_cache(tmp_path):
         (["--set", "loss.perceptual=vgg"], "loss.perceptual must be resnet50, lpips or none"),
         (["--set", "data.dataset=/no/such/folder"], "/no/such/folder"),
         (
-            ["--set", "training.batch_size=5000", "data.dataset=procedural", "data.split=test"],
+            ["--set", "training.batch_size=4000", "data.dataset=procedural", "data.split=test"],
             "fewer than one global batch",
         ),
     ],
@@ -375,3 +376,20 @@ def test_an_unknown_override_names_the_closest_keys_not_all_of_them():
         with pytest.raises(ValueError, match=message) as raised:
             apply_overrides(config, [f"{key}=1"])
         assert "model.hidden_channels" not in str(raised.value)  # not the ~80 keys of every section
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.resolution=100000", "data.resolution must be a whole number from 8 to 4096, got 100000"),
+        ("training.batch_size=1000000", "training.batch_size must be a whole number from 1 to 4096"),
+        ("training.num_samples=100000", "training.num_samples must be a whole number from 1 to 256"),
+        ("training.seed=99999999999", "training.seed must be a whole number from 0 to 2147483647"),
+        ("data.seed=-1", "data.seed must be a whole number from 0 to 9223372036854775807"),
+        ("data.num_workers=1000", "data.num_workers must be a whole number from 0 to 64"),
+    ],
+)
+def test_sizes_and_seeds_in_a_config_are_bounded(override, message):
+    """Issue 17: a size or seed from an override is refused when the config is built, before anything is allocated."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        apply_overrides(load_train_config("tokenizer", "tiny"), [override])

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from maskbit.cli import add_command, run_command
+from maskbit.cli import BATCH, IMAGE_SIZE, SEED, add_command, run_command, whole
 from maskbit.device import pick_device
 from train.config import (
     GENERATOR_TRAIN_PRESETS,
@@ -26,6 +26,8 @@ from train.config import (
 from train.rundir import RunDir
 
 logger = logging.getLogger("train")
+
+MAX_TOKEN_FILE = 10_000_000  # token grids one pretokenize run holds in memory (ImageNet's train split is 1.28M)
 
 EXAMPLES = {
     "tokenizer": """examples:
@@ -84,7 +86,7 @@ def pretokenize(args: argparse.Namespace) -> None:
         aspect_ratio_aug=False,
     )
     view = AugmentedImages(dataset, data, seed=args.seed, train=args.augment)
-    count = min(args.count or len(view), len(view))
+    count = min(args.count or len(view), len(view), MAX_TOKEN_FILE)
     loader = torch.utils.data.DataLoader(
         torch.utils.data.Subset(view, range(count)), batch_size=args.batch_size, num_workers=args.num_workers
     )
@@ -143,22 +145,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer-config", help="for an official .bin: preset or YAML")
     p.add_argument("--dataset", default="procedural")
     p.add_argument("--split", default="train")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resolution", type=int, help="default: the tokenizer's image size")
-    p.add_argument("--count", type=int, help="images to encode (default: the whole split)")
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--resolution", type=IMAGE_SIZE, help="default: the tokenizer's image size")
+    p.add_argument(
+        "--count", type=whole(1, MAX_TOKEN_FILE), help="images to encode (default: the whole split, at most 10M)"
+    )
     p.add_argument("--augment", action="store_true", help="random crop and flip (default: eval preprocessing)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--batch-size", type=BATCH, default=64)
+    p.add_argument("--num-workers", type=whole(0, 64), default=0)
     p.add_argument("--out", required=True)
     p.set_defaults(run=pretokenize)
 
     p = command("export-dataset", "write a dataset split as <class>/<id>.png plus labels.csv")
     p.add_argument("--dataset", default="procedural")
     p.add_argument("--split", default="test")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resolution", type=int, default=64)
-    p.add_argument("--start", type=int, default=0)
-    p.add_argument("--limit", type=int)
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--resolution", type=IMAGE_SIZE, default=64)
+    p.add_argument("--start", type=whole(0), default=0)
+    p.add_argument("--limit", type=whole(1))
     p.add_argument("--out", required=True)
     p.set_defaults(run=export)
     return parser

@@ -41,6 +41,16 @@ __all__ = [
     "from_dict",
 ]
 
+MAX_RESOLUTION = 4096  # pixels per side
+MAX_BATCH = 4096  # images per process and step
+
+
+def _bounded(name: str, value: int, low: int, high: int | None) -> None:
+    """Sizes and seeds are checked when a config is built, before anything is allocated from them."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
+        bound = f"from {low} to {high}" if high is not None else f"at least {low}"
+        raise ValueError(f"{name} must be a whole number {bound}, got {value!r}")
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -55,6 +65,15 @@ class DataConfig:
     interpolation: str = "bilinear"
     num_workers: int = 0
     pretokenized: str = ""  # generator: token file written by `python -m train pretokenize`
+
+    def __post_init__(self) -> None:
+        _bounded("data.resolution", self.resolution, 8, MAX_RESOLUTION)
+        _bounded("data.num_workers", self.num_workers, 0, 64)
+        _bounded("data.seed", self.seed, 0, 2**63 - 1)
+        if not 0 < self.min_scale <= 1:
+            raise ValueError(f"data.min_scale must be in (0, 1], got {self.min_scale}")
+        if self.interpolation not in ("bilinear", "bicubic"):
+            raise ValueError(f"data.interpolation must be bilinear or bicubic, got {self.interpolation!r}")
 
 
 @dataclass(frozen=True)
@@ -93,6 +112,12 @@ class TrainingConfig:
         for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "log_every", "save_every", "keep_last"):
             if getattr(self, name) < 1:
                 raise ValueError(f"training.{name} must be ≥ 1, got {getattr(self, name)}")
+        _bounded("training.batch_size", self.batch_size, 1, MAX_BATCH)
+        _bounded("training.num_samples", self.num_samples, 1, 256)
+        _bounded("training.sample_every", self.sample_every, 1, None)
+        _bounded("training.seed", self.seed, 0, 2**31 - 1)  # seed + process index seeds numpy (< 2**32)
+        if not 0 <= self.ema_decay <= 1:
+            raise ValueError(f"training.ema_decay must be in [0, 1], got {self.ema_decay}")
 
 
 @dataclass(frozen=True)
