@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from maskbit import Generator, Tokenizer, bits
 from maskbit.checkpoint import DEFAULT_MODEL_DIR
 from maskbit.config import GENERATOR_PRESETS, SAMPLING_PRESETS, SamplingConfig
 from maskbit.device import pick_device
-from maskbit.sampling import iter_generate, prediction_to_indices
+from maskbit.sampling import check_seed, iter_generate, prediction_to_indices
 
 __all__ = [
     "UserError",
@@ -77,6 +78,8 @@ class Models:
 
     def class_id(self, name_or_id: str | int) -> int:
         """A class given by name (as listed) or by id."""
+        if isinstance(name_or_id, str) and len(name_or_id) > 200:
+            raise UserError(f"a class name is {len(name_or_id):,} characters long; class names are at most 200")
         if isinstance(name_or_id, int) or str(name_or_id).strip().lstrip("-").isdigit():
             class_id = int(name_or_id)
             if not 0 <= class_id < len(self.class_names):
@@ -258,35 +261,50 @@ class FlipResult:
     positions: int  # how many tokens were flipped
 
 
+ID_PART = re.compile(r"(-?\d+)(?:\s*-\s*(-?\d+))?")
+MAX_ID_TEXT = 10_000  # characters (or list items) of an id list
+
+
 def parse_ids(text: str | list | None, limit: int, what: str) -> list[int] | None:
-    """'all' or '' → None (all); '0, 3, 5-7' → [0, 3, 5, 6, 7]; each in [0, limit)."""
+    """'all' or '' → None (all); '0, 3, 5-7' → [0, 3, 5, 6, 7]; each in [0, limit).
+
+    Every number is checked against [0, limit) before a range is expanded, and the chosen ids are marked in one
+    array of `limit` flags, so neither "0-1000000000" nor ten thousand overlapping ranges can allocate more.
+    """
     if text is None:
         return None
     if isinstance(text, list | tuple):
-        values = [int(v) for v in text]
+        parts = [str(v) for v in text[: MAX_ID_TEXT + 1]]
+        size = len(text)
     else:
-        text = str(text).strip().lower()
+        text = str(text)
+        size = len(text)
+        text = text.strip().lower()
         if text in ("", "all"):
             return None
-        values = []
-        for part in text.replace(";", ",").split(","):
-            part = part.strip()
-            if not part:
-                continue
-            try:
-                if "-" in part[1:]:
-                    lo, hi = part.split("-", 1)
-                    values += list(range(int(lo), int(hi) + 1))
-                else:
-                    values.append(int(part))
-            except ValueError:
-                raise UserError(f"{what}: {part!r} is not a number or a range like 3-7") from None
-    bad = [v for v in values if not 0 <= v < limit]
-    if bad:
-        raise UserError(f"{what} must be in 0–{limit - 1}; got {bad[:5]}")
-    if not values:
+        parts = text.replace(";", ",").split(",")
+    if size > MAX_ID_TEXT:
+        raise UserError(f"{what}: the list is {size:,} long; the limit is {MAX_ID_TEXT:,}: use ranges like 0-63")
+    chosen = np.zeros(limit, dtype=bool)
+    for part in parts:
+        part = part.strip()
+        if not part:
+            continue
+        match = ID_PART.fullmatch(part)
+        if match is None:
+            raise UserError(f"{what}: {part[:40]!r} is not a number or a range like 3-7")
+        ends = [match[1]] if match[2] is None else [match[1], match[2]]
+        for end in ends:
+            if len(end) > 18 or not 0 <= int(end) < limit:  # 18 digits: no 4,000-digit conversions
+                shown = end if len(end) <= 18 else f"a {len(end)}-digit number"
+                raise UserError(f"{what} must be in 0–{limit - 1}; got {shown}")
+        first, last = int(ends[0]), int(ends[-1])
+        if last < first:
+            raise UserError(f"{what}: the range {part} runs backwards; write {last}-{first}")
+        chosen[first : last + 1] = True
+    if not chosen.any():
         raise UserError(f"no {what} chosen")
-    return sorted(set(values))
+    return np.flatnonzero(chosen).tolist()
 
 
 def distances(
@@ -347,6 +365,9 @@ class Walk:
 def bit_walk(models: Models, image: torch.Tensor, r: int, steps: int, seed: int, lpips=None) -> Walk:
     """A random walk in Hamming space: each step flips r more random bits (never one already flipped)."""
     tokenizer = models.tokenizer
+    check_seed(seed)
+    if r < 1 or steps < 1:
+        raise UserError(f"r and steps must be at least 1; got r={r}, steps={steps}")
     tokens = tokenizer.encode(image[None].to(models.device))
     k, total = tokenizer.num_bits, tokens.numel() * tokenizer.num_bits
     if not 1 <= r * steps <= total:

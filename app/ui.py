@@ -21,8 +21,18 @@ from app import explorer
 from app.explorer import OFFICIAL_PAIRS, UserError
 from app.jobs import PRESETS, STAGES
 from app.state import AppState
-from app.validation import load_upload
-from maskbit.config import SAMPLING_PRESETS, SamplingConfig
+from app.validation import (
+    ANNEALING,
+    LIMITS,
+    SCHEDULES,
+    bounded_text,
+    checked_seed,
+    load_upload,
+    public_message,
+    sampling_from,
+    whole_number,
+)
+from maskbit.config import SAMPLING_PRESETS
 
 logger = logging.getLogger("app")
 
@@ -58,8 +68,12 @@ JS = """
   new MutationObserver(bind).observe(document.body, { childList: true, subtree: true });
 }
 """
-SCHEDULES = ["arccos", "cosine", "linear", "square"]
-ANNEALING = ["none", "linear", "cosine"]
+# Events that read an uploaded image skip Gradio's preprocessing: gr.Image would decode the upload first (seconds of
+# CPU for a small PNG declaring 10000×10000 pixels, 16-bit images clipped to white, transparency dropped onto black,
+# decoding errors that name the server's temporary path). The callbacks get Gradio's file payload ({"path": ...},
+# already checked to be an upload) and app/validation.py:load_upload is the first reader of the file; their other
+# inputs arrive unconverted too, and every one of them is checked by the callback.
+UNREAD = {"preprocess": False}
 JOB_COLUMNS = ["job", "stage", "state", "step", "loss", "pid", "error"]
 
 
@@ -83,7 +97,7 @@ def guarded(fn):
         except gr.Error:
             raise
         except (UserError, ValueError, FileNotFoundError) as error:
-            raise gr.Error(str(error), print_exception=False) from None
+            raise gr.Error(public_message(str(error)), print_exception=False) from None
         except torch.OutOfMemoryError:
             raise gr.Error("out of memory: ask for fewer images or steps", print_exception=False) from None
         except Exception as error:
@@ -187,32 +201,25 @@ def build_ui(state: AppState) -> gr.Blocks:
 
     # ------------------------------------------------------------------------------------------------ generate
 
-    def sampling_from(steps, guidance, annealing, scale_pow, randomize, temperature, schedule) -> SamplingConfig:
-        if not 1 <= int(steps) <= 256:
-            raise UserError("steps must be between 1 and 256")
-        if annealing not in ANNEALING or schedule not in SCHEDULES:
-            raise UserError(f"guidance annealing must be one of {ANNEALING} and the schedule one of {SCHEDULES}")
-        if float(temperature) <= 0:
-            raise UserError("the softmax temperature must be positive")
-        return SamplingConfig(
-            int(steps), float(guidance), annealing, float(scale_pow), float(randomize), float(temperature), schedule
-        )
-
     @gpu
     @guarded
     def generate(classes, count, seed, steps, guidance, annealing, scale_pow, randomize, temperature, schedule):
         models = state.models
         if isinstance(classes, str):
+            classes = bounded_text(classes, "classes")
             classes = [c for c in classes.split(",") if c.strip()] if classes.strip() else []
         if not classes:
             raise UserError("choose at least one class")
-        count = int(count)
-        if not 1 <= count <= settings.max_images:
-            raise UserError(f"number of images must be between 1 and {settings.max_images}")
+        if not isinstance(classes, list) or len(classes) > max(len(models.class_names), 1):
+            raise UserError(
+                f"classes: choose at most {len(models.class_names)} (the model's classes); got {len(classes)}"
+            )
+        count = whole_number(count, "count (images)", 1, settings.max_images)
+        seed = checked_seed(seed)
         ids = [models.class_id(c) for c in classes]
         labels = [ids[i % len(ids)] for i in range(count)]
         sampling = sampling_from(steps, guidance, annealing, scale_pow, randomize, temperature, schedule)
-        result = explorer.generate(models, labels, sampling, int(seed))
+        result = explorer.generate(models, labels, sampling, seed)
         names = models.class_names
         gallery = [(to_numpy(image), f"{names[c]} (#{i})") for i, (image, c) in enumerate(zip(result.images, labels))]
         frames = [[to_numpy(torch.cat(list(frame), dim=2))] for frame in result.frames]  # each step: a strip
@@ -344,7 +351,9 @@ def build_ui(state: AppState) -> gr.Blocks:
     def bit_walk(path, r, steps, seed):
         models = state.models
         image = image_input(path)
-        walk = explorer.bit_walk(models, image, int(r), int(steps), int(seed), state.lpips)
+        r = whole_number(r, "r (bits flipped per step)", 1, LIMITS.walk_r)
+        steps = whole_number(steps, "steps", 1, LIMITS.walk_steps)
+        walk = explorer.bit_walk(models, image, r, steps, checked_seed(seed), state.lpips)
         gallery = [
             (to_numpy(img), f"{d} bits flipped: PSNR {p:.1f} dB")
             for img, d, p in zip(walk.images, walk.hamming, walk.psnr)
@@ -377,9 +386,7 @@ def build_ui(state: AppState) -> gr.Blocks:
         )
         view = eval_view(spec, "train", 0, models.image_size)
         classes = view.classes
-        number = int(number)
-        if not 0 <= number < len(view):
-            raise UserError(f"dataset image number must be in 0–{len(view) - 1}")
+        number = whole_number(number, "number (dataset image number)", 0, len(view) - 1)
         image, label = view[number]
         return save_png(image, f"dataset-{number}"), f"{spec} train #{number}: {classes[label] if classes else label}"
 
@@ -393,9 +400,7 @@ def build_ui(state: AppState) -> gr.Blocks:
     def neighbours(path, k):
         index = state.require_index()
         image = image_input(path)
-        k = int(k)
-        if not 1 <= k <= 50:
-            raise UserError("k must be between 1 and 50")
+        k = whole_number(k, "k", 1, LIMITS.k)
         result = explorer.neighbours(index, image, k)
         classes = index.manifest.get("dataset", {}).get("classes", [])
         galleries = {}
@@ -470,16 +475,15 @@ def build_ui(state: AppState) -> gr.Blocks:
         models = state.models
         if not models.can_generate:
             raise UserError(models.problem or "load a generator to report on its images")
-        count = int(count)
-        if not 4 <= count <= 256:
-            raise UserError("the report needs between 4 and 256 generated images")
+        count = whole_number(count, "count (generated images)", *LIMITS.report_images)
+        seed = checked_seed(seed)
         from data import heldout_images
         from indexes.report import memorization_report as report
 
         labels = [i % len(models.class_names) for i in range(count)]
         generated = torch.cat(
             [
-                explorer.generate(models, labels[i : i + 16], models.sampling, int(seed) + i, frames=False).images
+                explorer.generate(models, labels[i : i + 16], models.sampling, seed + i, frames=False).images
                 for i in range(0, count, 16)
             ]
         )
@@ -550,9 +554,7 @@ def build_ui(state: AppState) -> gr.Blocks:
     @guarded
     def indexed_image(number):
         index = state.require_index()
-        number = int(number)
-        if not 0 <= number < len(index):
-            raise UserError(f"index ids are 0–{len(index) - 1}")
+        number = whole_number(number, "number (index id)", 0, len(index) - 1)
         if not settings.dataset_images_visible:
             raise UserError("training-set images are not shown on this server")
         classes = index.manifest.get("dataset", {}).get("classes", [])
@@ -626,6 +628,8 @@ def build_ui(state: AppState) -> gr.Blocks:
     # ------------------------------------------------------------------------------------------------ layout
 
     models = state.models
+    # Numbers have no precision: Gradio would turn NaN into an error that names no parameter; the callbacks check
+    # whole numbers themselves.
     with gr.Blocks(title="MaskBit Explorer") as demo:
         gr.Markdown(
             "# MaskBit Explorer\nBit-token image generation (Weber et al., TMLR 2024): generate, flip bits, find "
@@ -657,12 +661,12 @@ def build_ui(state: AppState) -> gr.Blocks:
                             label="classes (cycled over the images)",
                         )
                         count = gr.Slider(1, settings.max_images, value=4, step=1, label="images")
-                        seed = gr.Number(0, precision=0, label="seed")
+                        seed = gr.Number(0, label="seed")
                         preset = gr.Dropdown(
                             list(SAMPLING_PRESETS), value=None, label="sampling preset (fills the knobs)"
                         )
                         s = models.sampling
-                        steps = gr.Slider(1, 256, value=s.num_steps, step=1, label="steps")
+                        steps = gr.Slider(1, LIMITS.steps, value=s.num_steps, step=1, label="steps")
                         guidance = gr.Slider(0, 15, value=s.guidance_scale, step=0.1, label="guidance scale")
                         annealing = gr.Radio(ANNEALING, value=s.guidance_annealing, label="guidance annealing")
                         scale_pow = gr.Slider(0, 5, value=s.scale_pow, step=0.1, label="scale power")
@@ -704,6 +708,7 @@ def build_ui(state: AppState) -> gr.Blocks:
                     with gr.Column(scale=1):
                         flip_image = gr.Image(
                             type="filepath",
+                            image_mode=None,  # events that read it skip Gradio's preprocessing (UNREAD) anyway
                             label="image (upload, dataset or generated)",
                             sources=["upload", "clipboard"],
                             elem_classes="pixelated",
@@ -711,7 +716,7 @@ def build_ui(state: AppState) -> gr.Blocks:
                         )
                         with gr.Row():
                             dataset_number = gr.Number(
-                                0, precision=0, label="dataset image #", visible=settings.dataset_images_visible
+                                0, label="dataset image #", visible=settings.dataset_images_visible
                             )
                             dataset_button = gr.Button("Use dataset image", visible=settings.dataset_images_visible)
                         dataset_caption = gr.Markdown()
@@ -761,9 +766,9 @@ def build_ui(state: AppState) -> gr.Blocks:
                     token_json = gr.JSON(visible=False)
                 with gr.Accordion("Random walk in Hamming space", open=False):
                     with gr.Row():
-                        walk_r = gr.Slider(1, 256, value=8, step=1, label="r: bits flipped per step")
-                        walk_steps = gr.Slider(1, 16, value=8, step=1, label="steps")
-                        walk_seed = gr.Number(0, precision=0, label="seed")
+                        walk_r = gr.Slider(1, LIMITS.walk_r, value=8, step=1, label="r: bits flipped per step")
+                        walk_steps = gr.Slider(1, LIMITS.walk_steps, value=8, step=1, label="steps")
+                        walk_seed = gr.Number(0, label="seed")
                         walk_button = gr.Button("Walk")
                     walk_gallery = gr.Gallery(columns=9, format="png", elem_classes="pixelated", height=200)
                     walk_plot = gr.Plot()
@@ -772,8 +777,10 @@ def build_ui(state: AppState) -> gr.Blocks:
             with gr.Tab("Neighbours", id="neighbours"):
                 with gr.Row():
                     with gr.Column(scale=1):
-                        query = gr.Image(type="filepath", label="query image", elem_classes="pixelated", height=240)
-                        k = gr.Slider(1, 50, value=8, step=1, label="k")
+                        query = gr.Image(
+                            type="filepath", image_mode=None, label="query image", elem_classes="pixelated", height=240
+                        )
+                        k = gr.Slider(1, LIMITS.k, value=8, step=1, label="k")
                         neighbours_button = gr.Button("Find neighbours", variant="primary")
                         verdict = gr.Markdown(elem_id="verdict")
                     with gr.Column(scale=2):
@@ -797,8 +804,8 @@ def build_ui(state: AppState) -> gr.Blocks:
                 neighbours_json = gr.JSON(label="neighbours", open=False)
                 with gr.Accordion("Memorization report over generated images", open=False):
                     with gr.Row():
-                        report_count = gr.Slider(4, 256, value=32, step=4, label="generated images")
-                        report_seed = gr.Number(0, precision=0, label="seed")
+                        report_count = gr.Slider(*LIMITS.report_images, value=32, step=4, label="generated images")
+                        report_seed = gr.Number(0, label="seed")
                         report_button = gr.Button("Run report")
                     report_text = gr.Markdown()
                     report_image = gr.Image(label="nearest-distance histograms", format="png", interactive=False)
@@ -812,7 +819,7 @@ def build_ui(state: AppState) -> gr.Blocks:
                     codes_plot = gr.Plot()
                 umap_plot = gr.Plot(elem_id="umap-plot")
                 with gr.Row():
-                    view_id = gr.Number(0, precision=0, label="view index id", elem_id="view-id")
+                    view_id = gr.Number(0, label="view index id", elem_id="view-id")
                     view_button = gr.Button("View", elem_id="view-button")
                     view_image = gr.Image(
                         format="png", elem_classes="pixelated", interactive=False, height=160, label="indexed image"
@@ -901,11 +908,18 @@ def build_ui(state: AppState) -> gr.Blocks:
             [flip_image, bit_text, token_text],
             [original, reconstruction, flipped, flip_chart, flip_chart2, flip_json, token_grid],
             api_name="flip_bits",
+            **UNREAD,
         )
-        token_grid.select(toggle_token, [flip_image, token_text], [token_text, token_grid], api_visibility="private")
-        planes_button.click(token_map, flip_image, [planes, token_heat, token_json], api_name="token_map")
+        token_grid.select(
+            toggle_token, [flip_image, token_text], [token_text, token_grid], api_visibility="private", **UNREAD
+        )
+        planes_button.click(token_map, flip_image, [planes, token_heat, token_json], api_name="token_map", **UNREAD)
         walk_button.click(
-            bit_walk, [flip_image, walk_r, walk_steps, walk_seed], [walk_gallery, walk_plot], api_name="bit_walk"
+            bit_walk,
+            [flip_image, walk_r, walk_steps, walk_seed],
+            [walk_gallery, walk_plot],
+            api_name="bit_walk",
+            **UNREAD,
         )
 
         neighbours_button.click(
@@ -913,6 +927,7 @@ def build_ui(state: AppState) -> gr.Blocks:
             [query, k],
             [hamming_gallery, lpips_gallery, pixel_gallery, verdict, scatter, heatmap, neighbours_json],
             api_name="neighbours",
+            **UNREAD,
         )
         report_button.click(
             memorization_report,

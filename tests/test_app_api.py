@@ -2,8 +2,10 @@
 and a training job launched, stopped, resumed and loaded from the app."""
 
 import json
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +18,9 @@ from maskbit import Tokenizer, bits
 from maskbit.images import load_image
 
 KNOBS = [4, 2.0, "cosine", 1.0, 2.0, 1.0, "arccos"]  # steps, guidance, annealing, scale_pow, randomize, temp, schedule
+NAN = float("nan")
+SEED_RANGE = "seed must be a whole number from 0 to 9223372036854775807 (2**63 − 1)"
+UPLOADS = str(Path(tempfile.gettempdir()) / "gradio")  # Gradio's upload cache
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +165,7 @@ def test_token_space_matches_a_direct_count(client, app_server):
         ("/flip_bits", ("IMAGE", "all", "64"), "tokens must be in 0–63"),
         ("/flip_bits", ("TEXT", "all", "all"), "cannot identify image file"),
         ("/flip_bits", ("BIG", "all", "all"), "megapixels"),
-        ("/neighbours", ("IMAGE", 0), "less than minimum value 1"),
+        ("/neighbours", ("IMAGE", 0), "k must be a whole number from 1 to 50; got 0"),
         ("/bit_walk", ("IMAGE", 200, 16, 0), "r × steps"),
         ("/dataset_image", (-1,), "dataset image number"),
         ("/train_launch", ("tokenizer", "../escape", "tiny", "procedural", ""), "job name"),
@@ -169,6 +174,12 @@ def test_token_space_matches_a_direct_count(client, app_server):
         ("/train_launch", ("tokenizer", "ok", "nope", "procedural", ""), "nope is not in the list of choices"),
         ("/train_stop", ("never-launched",), "not running"),
         ("/load_models", ("/no/such/tokenizer", ""), "cannot load the tokenizer"),
+        # issue 17: hostile input
+        ("/flip_bits", ("IMAGE", "0-1000000000", "all"), "bits must be in 0–11; got 1000000000"),
+        ("/generate", (["tench"], 1, 2**70, *KNOBS), SEED_RANGE),
+        ("/bit_walk", ("IMAGE", 5, 3, 2**70), SEED_RANGE),
+        ("/memorization_report", (8, 2**70), SEED_RANGE),
+        ("/indexed_image", (10**30,), "number (index id) must be a whole number from 0 to 95"),
     ],
 )
 def test_bad_input_gets_a_message_and_the_server_survives(client, image_file, tmp_path, api, args, message):
@@ -182,7 +193,58 @@ def test_bad_input_gets_a_message_and_the_server_survives(client, image_file, tm
         client.predict(*args, api_name=api)
     assert message in str(error.value)
     assert "Traceback" not in str(error.value)
+    assert UPLOADS not in str(error.value) and "maskbit-" not in str(error.value)  # no server temp paths
     assert client.predict(api_name="/model_info")["bits_per_token"] == 12  # still serving
+
+
+@pytest.mark.parametrize(
+    "api, args, message",
+    [
+        ("generate", (["tench"], NAN, 0, *KNOBS), "count (images) must be a whole number from 1 to 16; got nan"),
+        ("generate", (["tench"], 1, NAN, *KNOBS), SEED_RANGE),
+        ("generate", (["tench"], 1, 0, NAN, *KNOBS[1:]), "steps must be a whole number from 1 to 256; got nan"),
+        ("generate", (["tench"], 1, 0, 4, NAN, *KNOBS[2:]), "guidance (scale) must be a number from 0 to 15"),
+        ("dataset_image", (NAN,), "number (dataset image number) must be a whole number from 0"),
+        ("memorization_report", (NAN, 0), "count (generated images) must be a whole number from 4 to 256"),
+        ("indexed_image", (float("inf"),), "number (index id) must be a whole number from 0 to 95; got inf"),
+    ],
+)
+def test_nan_and_infinity_name_the_parameter(app_server, api, args, message):
+    """Issue 17.7: count=NaN gave "cannot convert float NaN to integer". gradio_client refuses to send NaN, so the
+    request is written with the json module (NaN, Infinity), as any HTTP client can."""
+    import httpx
+
+    url = f"{app_server.url}gradio_api/call/{api}"
+    body = json.dumps({"data": list(args)})  # allow_nan: NaN and Infinity literals
+    event = httpx.post(url, content=body, headers={"content-type": "application/json"}, timeout=30).json()
+    lines = httpx.get(f"{url}/{event['event_id']}", timeout=60).text.splitlines()
+    assert "event: error" in lines, lines
+    error = json.loads(lines[lines.index("event: error") + 1].removeprefix("data: "))["error"]
+    assert message in error and "cannot convert" not in error
+
+
+def test_uploads_are_read_by_the_apps_own_loader(client, tmp_path):
+    """Issue 17.6: Gradio decoded uploads before the app's checks: a huge declared size cost seconds of CPU, a 16-bit
+    gradient came back almost white, transparency came out on black."""
+    big = tmp_path / "big.png"
+    Image.new("1", (10000, 10000)).save(big)  # 12 kB on disk, 100 megapixels declared
+    started = time.perf_counter()
+    with pytest.raises(AppError, match="the image is 10000×10000 pixels; the limit is 25 megapixels"):
+        client.predict(handle_file(str(big)), "0", "0", api_name="/flip_bits")
+    assert time.perf_counter() - started < 2.0  # the header only: Gradio's decode and re-encode took seconds
+
+    def original(image: Image.Image, name: str) -> np.ndarray:
+        image.save(tmp_path / name)
+        shown = client.predict(handle_file(str(tmp_path / name)), "0", "0", api_name="/flip_bits")[0]
+        return np.asarray(Image.open(shown).convert("RGB")).astype(np.float64)
+
+    gradient = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    assert abs(original(Image.fromarray(gradient), "gradient16.png").mean() - 127.5) < 4  # Gradio's clip gave 251
+
+    shape = Image.new("RGBA", (64, 64), (0, 0, 0, 0))  # transparent black everywhere …
+    shape.paste((0, 0, 0, 255), (16, 16, 48, 48))  # … but an opaque black square in the middle
+    rgba = original(shape, "shape.png")
+    assert rgba[:4, :4].min() == 255 and rgba[12:20, 12:20].max() < 40  # on white, as documented
 
 
 def test_eight_concurrent_clients_generate(app_server):

@@ -1,5 +1,7 @@
 """The app's pieces without a server: explorer computations against independent ones, uploads, jobs, settings."""
 
+from pathlib import Path
+
 import lpips
 import numpy as np
 import pytest
@@ -10,8 +12,17 @@ from app import explorer
 from app.explorer import UserError
 from app.jobs import Jobs
 from app.settings import Settings, parse_settings
-from app.validation import load_upload
+from app.validation import (
+    bounded_text,
+    checked_seed,
+    load_upload,
+    public_message,
+    real_number,
+    whole_number,
+)
 from maskbit import bits
+
+ROOT = Path(__file__).parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -182,3 +193,96 @@ def test_settings_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("MASKBIT_AUTH", "u:p")
     settings = parse_settings([])
     assert settings.tokenizer == "markweber/maskbit_tokenizer_12bit" and settings.auth == ("u", "p")
+
+
+# ---------------------------------------------------------------------------------------------------- hostile input
+
+BOUNDED_IDS = """
+import resource, sys, time
+from app.explorer import UserError, parse_ids
+data = [int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmData:")][0]
+limit = data + 512 * 2**20  # what the imports use, plus 512 MiB: building range(0, 10**9) needs 8 GiB
+resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+for text, size, what in [("0-1000000000", 64, "tokens"), ("0-100000000", 12, "bits"), ("0-63," * 2000, 64, "x")]:
+    started = time.perf_counter()
+    try:
+        result = parse_ids(text, size, what)
+        print("ok", len(result), time.perf_counter() - started)
+    except UserError as error:
+        print("refused", time.perf_counter() - started, error)
+"""
+
+
+def test_id_ranges_are_bounded_before_anything_is_allocated():
+    """Issue 17.1: "0-1000000000" used to build the whole range first (22 GB, the OOM killer took the server). Run
+    under RLIMIT_DATA so that a regression fails here (MemoryError) instead of taking the machine down."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", BOUNDED_IDS], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("refused") and "tokens must be in 0–63; got 1000000000" in lines[0]
+    assert lines[1].startswith("refused") and "bits must be in 0–11; got 100000000" in lines[1]
+    assert lines[2].startswith("ok 64")  # 2,000 overlapping ranges: one flag per id, not a list per range
+    assert all(float(line.split()[1 if line.startswith("refused") else 2]) < 1.0 for line in lines)
+
+
+def test_id_lists_explain_what_is_wrong():
+    with pytest.raises(UserError, match="runs backwards; write 3-7"):
+        explorer.parse_ids("7-3", 12, "bits")
+    with pytest.raises(UserError, match="got a 50-digit number"):
+        explorer.parse_ids("1" * 50, 12, "bits")
+    with pytest.raises(UserError, match="the limit is 10,000"):
+        explorer.parse_ids("0," * 6000, 12, "bits")
+    with pytest.raises(UserError, match="bits must be in 0–11; got -1"):
+        explorer.parse_ids("-1", 12, "bits")
+    assert explorer.parse_ids([3, 1, 3], 12, "bits") == [1, 3]
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (float("nan"), "count must be a whole number from 1 to 16; got nan"),
+        (float("inf"), "got inf"),
+        (2.5, "got 2.5"),
+        ("9" * 5000, "(5000 characters)"),
+        (None, "got None"),
+        (True, "got True"),
+        (17, "got 17"),
+    ],
+)
+def test_whole_numbers_name_the_parameter_and_the_range(value, message):
+    with pytest.raises(UserError) as error:
+        whole_number(value, "count", 1, 16)
+    assert message in str(error.value)
+
+
+def test_seeds_state_their_range_and_so_does_the_library():
+    assert checked_seed(4.0) == 4 and checked_seed(2**63 - 1) == 2**63 - 1
+    for bad in (2**70, -1, float("nan")):
+        with pytest.raises(UserError, match=r"seed must be a whole number from 0 to 9223372036854775807"):
+            checked_seed(bad)
+    from maskbit.sampling import check_seed
+
+    with pytest.raises(ValueError, match=r"from 0 to 9223372036854775807 \(2\*\*63 − 1\), got 1180591620717411303424"):
+        check_seed(2**70)
+
+
+def test_real_numbers_and_text_are_bounded():
+    assert real_number("2.5", "guidance", 0, 15) == 2.5
+    for bad in (float("nan"), float("inf"), 16, "x", None):
+        with pytest.raises(UserError, match="guidance must be a number from 0 to 15"):
+            real_number(bad, "guidance", 0, 15)
+    with pytest.raises(UserError, match="overrides is 20,000 characters long; the limit is 10,000"):
+        bounded_text("x" * 20_000, "overrides", 10_000)
+
+
+def test_temporary_paths_are_left_out_of_messages():
+    import tempfile
+
+    gradio_cache = str(Path(tempfile.gettempdir()) / "gradio" / "3f2a" / "notes.png")
+    own = str(Path(tempfile.gettempdir()) / "maskbit-x1y2" / "000001-report.png")
+    message = public_message(f"cannot identify image file '{gradio_cache}' or {own}")
+    assert message == "cannot identify image file 'notes.png' or 000001-report.png"
+    assert public_message("/data/models/tok is outside") == "/data/models/tok is outside"  # not temporary: kept
