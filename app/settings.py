@@ -1,8 +1,13 @@
 """The app's settings: command-line options, each with an environment variable for Spaces and containers.
 
 Exposure decides the safe defaults: a server bound to a non-loopback address, or running on a Hugging Face Space,
-is *exposed*; there training is off unless `--enable-training` comes with `--auth`, and training-set images are
-not shown unless `--show-dataset-images` is given.
+is *exposed*; there training is off unless `--enable-training` comes with `--auth`, training-set images are not
+shown unless `--show-dataset-images` is given, and hub downloads are off unless `--allow-hub` is given.
+
+Trust: the settings come from the deployer (command line, environment), so they are trusted: the models, index and
+folders named here are used as given. What users send is not: a model a user asks to load must be 'default', lie in
+the workspace or a `--model-root`, be one of the start-up models, or be a hub id where hub downloads are allowed;
+a training job may read only from the workspace and the `--data-root`s (app/validation.py, app/jobs.py).
 """
 
 from __future__ import annotations
@@ -36,6 +41,11 @@ def _env_flag(name: str) -> bool:
     return _env(name).strip().lower() in ("1", "true", "yes", "on")
 
 
+def _env_paths(name: str) -> list[Path]:
+    """Folders listed in an environment variable, separated by os.pathsep (':' on Linux)."""
+    return [Path(p) for p in _env(name).split(os.pathsep) if p.strip()]
+
+
 @dataclass
 class Settings:
     tokenizer: str = "default"
@@ -54,6 +64,8 @@ class Settings:
     show_dataset_images: bool = False
     workspace: Path = PROJECT_ROOT / "runs"
     data_roots: list[Path] = field(default_factory=list)
+    model_roots: list[Path] = field(default_factory=list)  # folders users may load models from (besides runs)
+    allow_hub: bool = False  # hub ids on an exposed server
     concurrency: int = 2
     max_images: int = 16
     max_upload_mb: float = 10.0
@@ -74,6 +86,15 @@ class Settings:
     @property
     def dataset_images_visible(self) -> bool:
         return not self.exposed or self.show_dataset_images
+
+    @property
+    def hub_allowed(self) -> bool:
+        return not self.exposed or self.allow_hub
+
+    @property
+    def trusted_models(self) -> list[str]:
+        """The start-up models: chosen by the deployer, so a user may always load them again."""
+        return [s for s in (self.tokenizer, self.generator) if s]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,8 +168,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-root",
         action="append",
         type=Path,
-        default=[],
-        help="a folder training jobs may read datasets from (repeatable)",
+        default=None,
+        help="a folder training jobs may read datasets from (repeatable) [MASKBIT_DATA_ROOTS, ':'-separated]",
+    )
+    p.add_argument(
+        "--model-root",
+        action="append",
+        type=Path,
+        default=None,
+        help="a folder users may load models from, besides the workspace's runs (repeatable) "
+        "[MASKBIT_MODEL_ROOTS, ':'-separated]",
+    )
+    p.add_argument(
+        "--allow-hub",
+        action="store_true",
+        default=_env_flag("MASKBIT_ALLOW_HUB"),
+        help="let users load hub ids on an exposed server (always allowed on localhost) [MASKBIT_ALLOW_HUB]",
     )
     p.add_argument(
         "--concurrency",
@@ -170,7 +205,11 @@ def parse_settings(argv: list[str] | None = None) -> Settings:
         auth = (user, password)
     # Every option whose name is a Settings field, plus the two that need converting.
     given = {f.name: getattr(args, f.name) for f in fields(Settings) if hasattr(args, f.name)}
-    settings = Settings(**given | {"auth": auth, "data_roots": args.data_root})
+    roots = {
+        "data_roots": args.data_root if args.data_root is not None else _env_paths("MASKBIT_DATA_ROOTS"),
+        "model_roots": args.model_root if args.model_root is not None else _env_paths("MASKBIT_MODEL_ROOTS"),
+    }
+    settings = Settings(**given | roots | {"auth": auth})
     if settings.exposed and settings.enable_training and auth is None:
         parser.error("--enable-training on an exposed server needs --auth user:password")
     return settings

@@ -17,6 +17,7 @@ import numpy as np
 from app.explorer import Models, UserError, load_models
 from app.jobs import Jobs
 from app.settings import Settings
+from app.validation import checked_model_source
 from indexes.store import ImageIndex, IndexError_, IndexOptions
 
 logger = logging.getLogger("app")
@@ -58,7 +59,10 @@ class AppState:
     # ------------------------------------------------------------------------------------------------ models
 
     def switch_models(self, tokenizer: str, generator: str) -> Models:
-        models = load_models(tokenizer.strip(), (generator or "").strip())
+        """Load a pair a user asked for: only 'default', the workspace's runs, the model roots, the start-up models,
+        and hub ids where they are allowed (app/validation.py:checked_model_source)."""
+        tokenizer, generator = self.checked_sources(tokenizer, generator)
+        models = load_models(tokenizer, generator)
         with self.lock:
             self.models = models
             self._generation += 1
@@ -66,6 +70,14 @@ class AppState:
             self.index_status = IndexStatus()
         self.start_background()
         return models
+
+    def checked_sources(self, tokenizer: str, generator: str) -> tuple[str, str]:
+        s = self.settings
+        roots, trusted = [s.workspace, *s.model_roots], s.trusted_models
+        tokenizer = checked_model_source(tokenizer, "tokenizer", roots, s.hub_allowed, trusted)
+        if generator is None or (isinstance(generator, str) and not generator.strip()):
+            return tokenizer, ""
+        return tokenizer, checked_model_source(generator, "generator", roots, s.hub_allowed, trusted)
 
     # ------------------------------------------------------------------------------------------------ background
 

@@ -160,7 +160,7 @@ def build_ui(state: AppState) -> gr.Blocks:
     # ------------------------------------------------------------------------------------------------ models
 
     def model_choices() -> list[str]:
-        choices = ["bundled default", *OFFICIAL_PAIRS]
+        choices = ["bundled default", *(OFFICIAL_PAIRS if settings.hub_allowed else [])]
         if state.jobs is not None:
             for name in state.jobs.names():
                 if (state.jobs.run_dir(name).path / "model" / "config.json").is_file():

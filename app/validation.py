@@ -13,6 +13,7 @@ import os
 import re
 import tempfile
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ import torch
 from PIL import Image, ImageOps
 
 from app.explorer import UserError
+from maskbit.checkpoint import HUB_ID
 from maskbit.config import SamplingConfig
 from maskbit.images import fit_square
 from maskbit.sampling import MAX_SEED
@@ -31,6 +33,8 @@ __all__ = [
     "checked_seed",
     "bounded_text",
     "sampling_from",
+    "inside",
+    "checked_model_source",
     "public_message",
     "LIMITS",
     "SCHEDULES",
@@ -144,7 +148,49 @@ def sampling_from(steps, guidance, annealing, scale_pow, randomize, temperature,
     )
 
 
-# ---------------------------------------------------------------------------------------------------- messages
+# ---------------------------------------------------------------------------------------------------- paths
+
+
+def inside(path: Path, roots: Iterable[Path]) -> bool:
+    """Whether the resolved `path` is one of the resolved `roots` or lies below one."""
+    path = path.resolve()
+    return any(path == root or root in path.parents for root in (Path(r).resolve() for r in roots))
+
+
+def checked_model_source(
+    source: str,
+    kind: str,
+    roots: Iterable[Path],
+    allow_hub: bool,
+    trusted: Iterable[str] = (),
+    base: Path | None = None,
+) -> str:
+    """A model source a user may load: 'default'; a path inside `roots` (returned absolute and resolved; relative
+    paths are relative to `base`, default the working directory); a hub id when `allow_hub`; or one of the
+    `trusted` sources (those the deployer started the app with, returned unchanged). Anything else: a UserError
+    that says where models may come from, without saying whether the path exists."""
+    source = bounded_text(source, kind, LIMITS.source).strip()
+    if source == "default" or (source and source in set(trusted)):
+        return source
+    if not source:
+        raise UserError(f"no {kind} given: type 'default', a run's model folder, or a hub id")
+    path = Path(source).expanduser()
+    path = path if path.is_absolute() else (base or Path.cwd()) / path
+    hub_like = HUB_ID.match(source) is not None and not source.startswith((".", "/", "~"))
+    if hub_like and not path.exists():  # what from_pretrained does: an existing path wins over a hub id
+        if not allow_hub:
+            raise UserError(
+                f"{kind} {source!r}: hub downloads are off on this exposed server; load 'default' or a model in "
+                "the workspace or a model root, or ask the deployer to start the app with --allow-hub"
+            )
+        return source
+    roots = [Path(r).resolve() for r in roots]
+    if not inside(path, roots):
+        raise UserError(
+            f"{kind} {source[:200]!r} is outside the folders models may be loaded from "
+            f"({', '.join(map(str, roots))}); put the model there, or start the app with --model-root FOLDER"
+        )
+    return str(path.resolve())
 
 
 def public_message(message: str) -> str:

@@ -173,13 +173,15 @@ def test_token_space_matches_a_direct_count(client, app_server):
         ("/train_launch", ("tokenizer", "ok", "tiny", "procedural", "training.max_stpes=3"), "max_steps"),
         ("/train_launch", ("tokenizer", "ok", "nope", "procedural", ""), "nope is not in the list of choices"),
         ("/train_stop", ("never-launched",), "not running"),
-        ("/load_models", ("/no/such/tokenizer", ""), "cannot load the tokenizer"),
+        ("/load_models", ("/no/such/tokenizer", ""), "outside the folders models may be loaded from"),
         # issue 17: hostile input
         ("/flip_bits", ("IMAGE", "0-1000000000", "all"), "bits must be in 0–11; got 1000000000"),
         ("/generate", (["tench"], 1, 2**70, *KNOBS), SEED_RANGE),
         ("/bit_walk", ("IMAGE", 5, 3, 2**70), SEED_RANGE),
         ("/memorization_report", (8, 2**70), SEED_RANGE),
         ("/indexed_image", (10**30,), "number (index id) must be a whole number from 0 to 95"),
+        ("/load_models", ("/etc/passwd", ""), "outside the folders models may be loaded from"),
+        ("/load_models", ("default", "../../../../../etc"), "generator '../../../../../etc' is outside"),
     ],
 )
 def test_bad_input_gets_a_message_and_the_server_survives(client, image_file, tmp_path, api, args, message):

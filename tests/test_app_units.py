@@ -14,6 +14,7 @@ from app.jobs import Jobs
 from app.settings import Settings, parse_settings
 from app.validation import (
     bounded_text,
+    checked_model_source,
     checked_seed,
     load_upload,
     public_message,
@@ -286,3 +287,42 @@ def test_temporary_paths_are_left_out_of_messages():
     message = public_message(f"cannot identify image file '{gradio_cache}' or {own}")
     assert message == "cannot identify image file 'notes.png' or 000001-report.png"
     assert public_message("/data/models/tok is outside") == "/data/models/tok is outside"  # not temporary: kept
+
+
+# ---------------------------------------------------------------------------------------------------- model sources
+
+
+def test_model_sources_stay_inside_their_roots(tmp_path):
+    (tmp_path / "runs" / "job" / "model").mkdir(parents=True)
+    (tmp_path / "models" / "tok").mkdir(parents=True)
+    (tmp_path / "runs" / "escape").symlink_to("/etc")
+    roots = [tmp_path / "runs", tmp_path / "models"]
+
+    def check(source, allow_hub=False, trusted=()):
+        return checked_model_source(source, "tokenizer", roots, allow_hub, trusted, base=tmp_path)
+
+    assert check("default") == "default"
+    assert check("runs/job/model") == str(tmp_path / "runs" / "job" / "model")  # relative to base, made absolute
+    assert check(str(tmp_path / "models" / "tok")) == str(tmp_path / "models" / "tok")
+    for outside in ("/etc/passwd", "../../etc", "runs/../../etc", "runs/escape/passwd", "/tmp/gradio/abc/x.bin"):
+        with pytest.raises(UserError, match="outside the folders models may be loaded from"):
+            check(outside)
+    with pytest.raises(UserError, match="hub downloads are off on this exposed server"):
+        check("markweber/maskbit_tokenizer_12bit")
+    assert check("markweber/maskbit_tokenizer_12bit", allow_hub=True) == "markweber/maskbit_tokenizer_12bit"
+    # the deployer's start-up models may always be loaded again (a Space starts with MASKBIT_TOKENIZER=<hub id>)
+    assert check("/srv/tok", trusted=["/srv/tok"]) == "/srv/tok"
+    with pytest.raises(UserError, match="1,000"):
+        check("x" * 2000)
+
+
+def test_model_roots_and_hub_permission_come_from_the_command_line_or_the_environment(monkeypatch, tmp_path):
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    monkeypatch.setenv("MASKBIT_MODEL_ROOTS", f"{tmp_path / 'a'}:{tmp_path / 'b'}")
+    monkeypatch.setenv("MASKBIT_DATA_ROOTS", str(tmp_path / "d"))
+    settings = parse_settings(["--host", "0.0.0.0"])
+    assert settings.model_roots == [tmp_path / "a", tmp_path / "b"] and settings.data_roots == [tmp_path / "d"]
+    assert not settings.hub_allowed and Settings().hub_allowed  # exposed: off; on localhost: on
+    assert parse_settings(["--host", "0.0.0.0", "--allow-hub", "--model-root", "/m"]).model_roots == [Path("/m")]
+    monkeypatch.setenv("MASKBIT_ALLOW_HUB", "1")
+    assert parse_settings(["--host", "0.0.0.0"]).hub_allowed
