@@ -11,15 +11,26 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from app.explorer import UserError
-from train.config import GENERATOR_TRAIN_PRESETS, TOKENIZER_TRAIN_PRESETS, apply_overrides, load_train_config
+from app.validation import LIMITS, bounded_text, checked_model_source, inside
+from data.datasets import expand_braces, shard_paths
+from maskbit.config import TOKENIZER_PRESETS
+from train.config import (
+    GENERATOR_TRAIN_PRESETS,
+    TOKENIZER_TRAIN_PRESETS,
+    apply_overrides,
+    flat_keys,
+    load_train_config,
+)
 from train.rundir import RunDir
 
 __all__ = ["Jobs", "Job", "STAGES", "PRESETS"]
@@ -28,6 +39,9 @@ STAGES = ("tokenizer", "generator")
 PRESETS = {"tokenizer": sorted(TOKENIZER_TRAIN_PRESETS), "generator": sorted(GENERATOR_TRAIN_PRESETS)}
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 CONSOLE = "console.txt"  # the process's own stdout and stderr
+PROJECT_ROOT = Path(__file__).resolve().parent.parent  # the trainer's working directory
+MAX_OVERRIDE_BYTES = 16_384  # every config key once is about 3 kB
+MAX_OVERRIDES = 200  # key=value items
 
 
 @dataclass
@@ -71,37 +85,112 @@ def pid_alive(pid: int | None) -> bool:
 
 
 class Jobs:
-    def __init__(self, workspace: str | Path, data_roots: list[str | Path] = ()):
+    """Launch, resume, stop and read the training jobs under `workspace`.
+
+    Every path a job will read (its dataset, token file, tokenizer and tokenizer config, however they were given)
+    must lie inside the workspace or a data root (tokenizers also: 'default', a model root, or a hub id when
+    `allow_hub`); the trainer is handed the checked absolute paths. A job name is reserved by creating its run
+    directory, which succeeds for one launch only."""
+
+    def __init__(
+        self,
+        workspace: str | Path,
+        data_roots: list[str | Path] = (),
+        model_roots: list[str | Path] = (),
+        allow_hub: bool = False,
+    ):
         self.workspace = Path(workspace).resolve()
         self.data_roots = [Path(p).resolve() for p in data_roots]
+        self.model_roots = [Path(p).resolve() for p in model_roots]
+        self.allow_hub = allow_hub
         self.processes: dict[str, subprocess.Popen] = {}  # started by this app instance (reaped here)
+        self._resuming = threading.Lock()
 
     # ------------------------------------------------------------------------------------------------ paths
 
     def run_dir(self, name: str) -> RunDir:
         if not isinstance(name, str) or not NAME.match(name):
+            shown = repr(name) if not isinstance(name, str) or len(name) <= 80 else f"{name[:80]!r}…"
             raise UserError(
-                f"job name {name!r} is invalid: use 1–64 letters, digits, _ - or ., starting with a letter or digit"
+                f"job name {shown} is invalid: use 1–64 letters, digits, _ - or ., starting with a letter or digit"
             )
         return RunDir(self.workspace / name)
 
-    def checked_dataset(self, dataset: str) -> str:
-        """'procedural', or a folder / tar-shard pattern inside the allowed data roots or the workspace."""
-        dataset = (dataset or "").strip()
+    def _absolute(self, text: str) -> Path:
+        """A path as the trainer will read it: relative paths are relative to its working directory."""
+        path = Path(text).expanduser()
+        return path if path.is_absolute() else PROJECT_ROOT / path
+
+    def _outside(self, what: str, value: str, roots: list[Path]) -> UserError:
+        return UserError(
+            f"{what} {value[:200]!r} is outside the allowed folders ({', '.join(map(str, roots))}); "
+            "put it there or start the app with --data-root"
+        )
+
+    def checked_dataset(self, dataset: str, what: str = "dataset") -> str:
+        """'procedural', or a folder / tar file / shard pattern inside the data roots or the workspace (absolute)."""
+        dataset = bounded_text(dataset, what, LIMITS.source).strip()
         if dataset in ("", "procedural"):
             return "procedural"
-        path = Path(dataset).expanduser()
-        resolved = (path if path.is_absolute() else Path.cwd() / path).resolve()
         roots = [self.workspace, *self.data_roots]
-        if not any(resolved == root or root in resolved.parents for root in roots):
-            raise UserError(
-                f"dataset {dataset!r} is outside the allowed folders ({', '.join(map(str, roots))}); "
-                "put it there or start the app with --data-root"
-            )
-        target = resolved if "{" not in resolved.name else resolved.parent
-        if not target.exists():
-            raise UserError(f"dataset {dataset!r} does not exist")
-        return str(resolved)
+        path = self._absolute(dataset)
+        if not any(c in str(path) for c in "*?[{"):
+            if not inside(path, roots):
+                raise self._outside(what, dataset, roots)
+            if not path.exists():
+                raise UserError(f"{what} {dataset!r} does not exist")
+            return str(path.resolve())
+        # A shard pattern: every folder it names, and every file it matches, must be inside the roots.
+        if ".." in path.parts:
+            raise UserError(f"{what} {dataset[:200]!r}: '..' is not allowed in a shard pattern; give the full path")
+        try:
+            patterns = expand_braces(str(path))
+        except ValueError as error:
+            raise UserError(f"{what}: {error}") from None
+        folders = {Path(re.split(r"[*?\[]", p, maxsplit=1)[0]).parent for p in patterns}
+        if not all(inside(folder, roots) for folder in folders):
+            raise self._outside(what, dataset, roots)
+        try:
+            shards = shard_paths(str(path))
+        except (FileNotFoundError, ValueError) as error:
+            raise UserError(f"{what} {dataset[:200]!r}: {error}") from None
+        if not all(inside(shard, roots) for shard in shards):
+            raise self._outside(what, dataset, roots)
+        return str(path)
+
+    def checked_file(self, value: str, what: str) -> str:
+        """'' or an existing file inside the workspace or a data root (absolute)."""
+        if not value:
+            return ""
+        roots = [self.workspace, *self.data_roots]
+        path = self._absolute(bounded_text(value, what, LIMITS.source))
+        if not inside(path, roots):
+            raise self._outside(what, value, roots)
+        if not path.is_file():
+            raise UserError(f"{what} {value[:200]!r} is not a file")
+        return str(path.resolve())
+
+    def checked_paths(self, stage: str, config) -> dict[str, str]:
+        """Every path setting of a resolved config (PATH_FIELDS), checked and made absolute: {key: value}."""
+        values = flat_keys(config)
+        checked = {
+            "data.dataset": self.checked_dataset(values["data.dataset"], "data.dataset"),
+            "data.pretokenized": self.checked_file(values["data.pretokenized"], "data.pretokenized"),
+        }
+        if stage == "generator":
+            tokenizer, tokenizer_config = values["tokenizer"], values["tokenizer_config"]
+            if not tokenizer and not checked["data.pretokenized"]:
+                raise UserError(
+                    "the generator needs a tokenizer: add the override tokenizer=<a tokenizer job's model folder> "
+                    "(or tokenizer=default)"
+                )
+            if tokenizer:
+                roots = [self.workspace, *self.data_roots, *self.model_roots]
+                tokenizer = checked_model_source(tokenizer, "tokenizer", roots, self.allow_hub, base=PROJECT_ROOT)
+            if tokenizer_config and tokenizer_config not in TOKENIZER_PRESETS:
+                tokenizer_config = self.checked_file(tokenizer_config, "tokenizer_config")
+            checked |= {"tokenizer": tokenizer, "tokenizer_config": tokenizer_config}
+        return checked
 
     # ------------------------------------------------------------------------------------------------ commands
 
@@ -118,66 +207,111 @@ class Jobs:
             return args + ["--resume"]
         return args + ["--preset", preset] + (["--set", *overrides] if overrides else [])
 
+    @staticmethod
+    def override_items(overrides: str) -> list[str]:
+        """'key=value' items, one or more per line; bounded in bytes and count before anything else is done."""
+        overrides = overrides or ""
+        if not isinstance(overrides, str):
+            raise UserError(f"overrides must be text, one key=value per line; got {type(overrides).__name__}")
+        size = len(overrides.encode("utf-8", "replace"))
+        items = overrides.split(maxsplit=MAX_OVERRIDES)  # at most MAX_OVERRIDES + 1 items are ever split off
+        if size > MAX_OVERRIDE_BYTES or len(items) > MAX_OVERRIDES:
+            lines = overrides.count("\n") + (not overrides.endswith("\n"))
+            raise UserError(
+                f"overrides are {size:,} bytes in {lines:,} lines; the limit is {MAX_OVERRIDE_BYTES:,} bytes and "
+                f"{MAX_OVERRIDES} key=value items: set each key once"
+            )
+        return items
+
     def launch(self, stage: str, name: str, preset: str, dataset: str = "procedural", overrides: str = "") -> str:
         """Validate everything a user typed (the config is resolved here first), then start the process."""
         if stage not in STAGES:
-            raise UserError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
+            raise UserError(f"stage must be one of {', '.join(STAGES)}, got {str(stage)[:40]!r}")
         if preset not in PRESETS[stage]:
-            raise UserError(f"unknown {stage} preset {preset!r}; presets: {', '.join(PRESETS[stage])}")
+            raise UserError(f"unknown {stage} preset {str(preset)[:80]!r}; presets: {', '.join(PRESETS[stage])}")
         run = self.run_dir(name)
-        if run.path.exists() and any(run.path.iterdir()):
-            raise UserError(
-                f"a job named {name!r} already exists in {self.workspace}; resume it or choose another name"
-            )
-        items = [line.strip() for line in re.split(r"[\n]+", overrides or "") if line.strip()]
-        items = [part for line in items for part in line.split()]
+        if run.path.exists():
+            raise UserError(f"a job named {name!r} already exists; resume it or choose another name")
+        items = self.override_items(overrides)
         data = self.checked_dataset(dataset)
         if data != "procedural" or not any(i.startswith("data.dataset=") for i in items):
             items = [i for i in items if not i.startswith("data.dataset=")] + [f"data.dataset={data}"]
         try:
-            apply_overrides(load_train_config(stage, preset, None), items)
+            config = apply_overrides(load_train_config(stage, preset, None), items)
         except (ValueError, KeyError, TypeError) as error:
             raise UserError(str(error)) from None
-        self._start(name, self.command(stage, run, preset, items))
+        # However a path was given (preset, form field, override), the trainer gets the checked absolute value.
+        checked = {key: value for key, value in self.checked_paths(stage, config).items() if value}
+        items = [i for i in items if i.partition("=")[0].strip() not in checked]
+        items += [f"{key}={value}" for key, value in checked.items()]
+        self.workspace.mkdir(parents=True, exist_ok=True)
+        try:
+            run.path.mkdir()  # the reservation: exactly one of simultaneous launches with this name gets it
+        except FileExistsError:
+            raise UserError(f"a job named {name!r} already exists; resume it or choose another name") from None
+        try:
+            self._start(name, self.command(stage, run, preset, items))
+        except BaseException:  # a launch that did not start leaves nothing behind, not a "died" job
+            self.processes.pop(name, None)
+            shutil.rmtree(run.path, ignore_errors=True)
+            raise
         return name
 
     def resume(self, name: str) -> str:
         run = self.run_dir(name)
-        status = run.read_status()
-        if not run.config_path.is_file():
-            raise UserError(f"no job named {name!r} in {self.workspace}")
-        if pid_alive(status.get("pid")):
-            raise UserError(f"job {name!r} is still running (pid {status['pid']})")
-        if status.get("state") == "finished":
-            raise UserError(f"job {name!r} has finished; launch a new job to train further")
-        if run.latest_checkpoint() is None:
-            raise UserError(f"job {name!r} has no complete checkpoint yet; launch it again under a new name")
-        self._start(name, self.command(status.get("stage", "tokenizer"), run, resume=True))
+        with self._resuming:  # two resume requests at once: the second sees the first's process
+            status = run.read_status()
+            if not run.config_path.is_file():
+                raise UserError(f"no job named {name!r} in {self.workspace}")
+            if pid_alive(status.get("pid")) or pid_alive(self._launcher_pid(run)):
+                raise UserError(f"job {name!r} is still running (pid {status.get('pid') or self._launcher_pid(run)})")
+            if status.get("state") == "finished":
+                raise UserError(f"job {name!r} has finished; launch a new job to train further")
+            if run.latest_checkpoint() is None:
+                raise UserError(f"job {name!r} has no complete checkpoint yet; launch it again under a new name")
+            self._start(name, self.command(status.get("stage", "tokenizer"), run, resume=True))
         return name
 
     def _start(self, name: str, args: list[str]) -> None:
         run = self.run_dir(name)
         run.path.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        with open(run.path / CONSOLE, "ab") as console:
-            process = subprocess.Popen(
-                args,
-                stdout=console,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=Path(__file__).resolve().parent.parent,
-                env=env,
-                start_new_session=True,  # its own process group: stop() signals accelerate and the trainer together
-            )
+        try:
+            with open(run.path / CONSOLE, "ab") as console:
+                process = subprocess.Popen(
+                    args,
+                    stdout=console,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    cwd=PROJECT_ROOT,
+                    env=env,
+                    start_new_session=True,  # its own process group: stop() signals accelerate and the trainer
+                )
+        except OSError as error:
+            raise UserError(f"could not start the training process: {error.strerror or error}") from None
         self.processes[name] = process
-        (run.path / "launcher.json").write_text(json.dumps({"pid": process.pid, "args": args, "started": time.time()}))
+        try:
+            (run.path / "launcher.json").write_text(
+                json.dumps({"pid": process.pid, "args": args, "started": time.time()})
+            )
+        except OSError:
+            os.killpg(process.pid, signal.SIGKILL)  # unwatchable: stop it rather than leave it running unseen
+            process.wait()
+            raise
 
     def stop(self, name: str) -> str:
         run = self.run_dir(name)
         pids = [run.read_status().get("pid"), self._launcher_pid(run)]
         alive = [p for p in pids if pid_alive(p)]
         if not alive:
-            raise UserError(f"job {name!r} is not running")
+            if not run.path.is_dir():
+                raise UserError(f"job {name!r} is not running: there is no job of that name")
+            state = self.job(name).state
+            if state == "finished":
+                raise UserError(f"job {name!r} has already finished: there is nothing to stop")
+            if state in ("stopped", "failed"):
+                raise UserError(f"job {name!r} is not running: it has already {state}")
+            raise UserError(f"job {name!r} is not running ({state}); resume it to continue")
         for pid in alive:
             try:
                 os.killpg(os.getpgid(pid), signal.SIGTERM)  # the trainer checkpoints, then exits
@@ -246,10 +380,14 @@ class Jobs:
         return found[-1] if found else None
 
     def console_tail(self, name: str, lines: int = 20) -> str:
+        """The last lines of the job's console, read from its last 64 kB (the file grows for the whole run)."""
         path = self.run_dir(name).path / CONSOLE
         if not path.is_file():
             return ""
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        with open(path, "rb") as file:
+            file.seek(max(0, path.stat().st_size - 65_536))
+            text = file.read().decode("utf-8", "replace")
+        return "\n".join(text.splitlines()[-lines:])
 
     def model(self, name: str) -> tuple[str, Path, str]:
         """(stage, exported model directory, the tokenizer it was trained with) of a job that has one."""

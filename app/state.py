@@ -52,7 +52,11 @@ class AppState:
         self.projection: np.ndarray | None = None
         self.lpips = None
         self.lpips_note = "LPIPS: loading…"
-        self.jobs = Jobs(settings.workspace, settings.data_roots) if settings.training_enabled else None
+        self.jobs = (
+            Jobs(settings.workspace, settings.data_roots, settings.model_roots, settings.hub_allowed)
+            if settings.training_enabled
+            else None
+        )
         self._generation = 0  # bumped on every model switch; stale background work drops its result
         self._ready = threading.Event()  # set when the current models' background work has ended
 

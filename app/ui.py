@@ -577,7 +577,7 @@ def build_ui(state: AppState) -> gr.Blocks:
 
     @guarded
     def train_launch(stage, name, preset, dataset, overrides):
-        name = (name or "").strip()
+        name = bounded_text(name, "name (job name)", 200).strip()
         jobs().launch(stage, name, preset, dataset, overrides or "")
         table = jobs().table()
         return table, gr.update(choices=[row[0] for row in table], value=name), f"launched {name}"

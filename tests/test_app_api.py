@@ -182,6 +182,9 @@ def test_token_space_matches_a_direct_count(client, app_server):
         ("/indexed_image", (10**30,), "number (index id) must be a whole number from 0 to 95"),
         ("/load_models", ("/etc/passwd", ""), "outside the folders models may be loaded from"),
         ("/load_models", ("default", "../../../../../etc"), "generator '../../../../../etc' is outside"),
+        ("/train_launch", ("tokenizer", "ok", "tiny", "procedural", "data.dataset=/etc"), "outside the allowed"),
+        ("/train_launch", ("generator", "ok", "tiny", "procedural", "tokenizer=/etc/passwd"), "outside the folders"),
+        ("/train_launch", ("tokenizer", "ok", "tiny", "procedural", "a=1\n" * 5000), "the limit is 16,384 bytes"),
     ],
 )
 def test_bad_input_gets_a_message_and_the_server_survives(client, image_file, tmp_path, api, args, message):

@@ -326,3 +326,138 @@ def test_model_roots_and_hub_permission_come_from_the_command_line_or_the_enviro
     assert parse_settings(["--host", "0.0.0.0", "--allow-hub", "--model-root", "/m"]).model_roots == [Path("/m")]
     monkeypatch.setenv("MASKBIT_ALLOW_HUB", "1")
     assert parse_settings(["--host", "0.0.0.0"]).hub_allowed
+
+
+# ---------------------------------------------------------------------------------------------------- training jobs
+
+
+@pytest.fixture
+def jobs(tmp_path):
+    (tmp_path / "data" / "imgs" / "a").mkdir(parents=True)
+    (tmp_path / "data" / "shards").mkdir()
+    (tmp_path / "data" / "shards" / "s-0.tar").write_bytes(b"")
+    (tmp_path / "data" / "tokens.npz").write_bytes(b"")
+    (tmp_path / "data" / "tok.yaml").write_text("model: {}\n")
+    (tmp_path / "runs" / "tok" / "model").mkdir(parents=True)
+    return Jobs(tmp_path / "runs", data_roots=[tmp_path / "data"])
+
+
+@pytest.mark.parametrize(
+    "stage, dataset, overrides, message",
+    [
+        ("tokenizer", "procedural", "data.dataset=/etc", "data.dataset '/etc' is outside the allowed folders"),
+        ("tokenizer", "/etc", "", "dataset '/etc' is outside the allowed folders"),
+        ("tokenizer", "procedural", "data.dataset=../../../../../../etc", "outside the allowed folders"),
+        ("tokenizer", "procedural", "data.pretokenized=/etc/passwd", "data.pretokenized '/etc/passwd' is outside"),
+        ("generator", "procedural", "tokenizer=/etc/passwd", "tokenizer '/etc/passwd' is outside"),
+        ("generator", "procedural", "tokenizer=default data.pretokenized=/etc/passwd", "data.pretokenized"),
+        ("generator", "procedural", "tokenizer=default tokenizer_config=/etc/x.yaml", "tokenizer_config '/etc/x.yaml'"),
+        ("generator", "procedural", "tokenizer=markweber/maskbit_tokenizer_12bit", "hub downloads are off"),
+        ("generator", "procedural", "", "the generator needs a tokenizer"),
+        ("tokenizer", "DATA/{imgs,../../../../etc}/x.tar", "", "'..' is not allowed in a shard pattern"),
+        ("tokenizer", "DATA/s-{0..1000000000}.tar", "", "names more than 100,000 files"),
+    ],
+)
+def test_every_path_of_a_launch_is_checked_however_it_is_given(jobs, tmp_path, stage, dataset, overrides, message):
+    """Issue 17.2: the checks run on the resolved config, so an override cannot bypass the dataset field's."""
+    dataset = dataset.replace("DATA", str(tmp_path / "data"))
+    with pytest.raises(UserError) as error:
+        jobs.launch(stage, "job", "tiny", dataset, overrides)
+    assert message in str(error.value)
+    assert not (tmp_path / "runs" / "job").exists()  # a refused launch leaves nothing behind
+
+
+def test_checked_paths_are_absolute_and_cover_every_path_setting(jobs, tmp_path, monkeypatch):
+    from train.config import GENERATOR_TRAIN_PRESETS, PATH_FIELDS, apply_overrides, flat_keys
+
+    data = tmp_path / "data"
+    config = apply_overrides(
+        GENERATOR_TRAIN_PRESETS["tiny"],
+        [f"data.dataset={data / 'shards' / 's-{0..0}.tar'}", f"data.pretokenized={data / 'tokens.npz'}"]
+        + [f"tokenizer={tmp_path / 'runs' / 'tok' / 'model'}", f"tokenizer_config={data / 'tok.yaml'}"],
+    )
+    checked = jobs.checked_paths("generator", config)
+    assert set(checked) == set(PATH_FIELDS["generator"])
+    assert checked["data.pretokenized"] == str(data / "tokens.npz")
+    assert checked["tokenizer"] == str(tmp_path / "runs" / "tok" / "model")
+    assert set(jobs.checked_paths("tokenizer", config)) == set(PATH_FIELDS["tokenizer"])
+    # Every other text setting is a choice from a fixed list, not a path: a new path field must join PATH_FIELDS.
+    text = {key for key, value in flat_keys(config).items() if isinstance(value, str)}
+    choices = {"data.split", "data.interpolation", "training.mixed_precision", "sampling.guidance_annealing"}
+    assert text - set(PATH_FIELDS["generator"]) <= choices | {"sampling.mask_schedule", "stage"}
+
+
+def test_a_name_is_reserved_by_exactly_one_of_simultaneous_launches(jobs):
+    """Issue 17.3: two launches with one name were both accepted and wrote into one run directory."""
+    import threading
+
+    barrier, outcomes = threading.Barrier(6), []
+
+    def launch():
+        barrier.wait()
+        try:
+            outcomes.append(jobs.launch("tokenizer", "same", "tiny", "procedural", "training.max_steps=2"))
+        except UserError as error:
+            outcomes.append(str(error))
+
+    threads = [threading.Thread(target=launch) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        assert outcomes.count("same") == 1, outcomes
+        assert all("already exists" in o for o in outcomes if o != "same")
+        assert list(jobs.processes) == ["same"]
+    finally:
+        for name, process in jobs.processes.items():
+            jobs.stop(name)
+            process.wait(60)
+
+
+def test_oversized_overrides_are_refused_quickly_and_leave_nothing(jobs, tmp_path):
+    """Issue 17.4: 120,000 override lines made the argument list too long and left a "died" job behind."""
+    import time
+
+    started = time.perf_counter()
+    with pytest.raises(UserError, match=r"overrides are 2,760,000 bytes in 120,000 lines; the limit is 16,384"):
+        jobs.launch("tokenizer", "big", "tiny", "procedural", "training.max_steps=200\n" * 120_000)
+    assert time.perf_counter() - started < 1
+    with pytest.raises(UserError, match="200 key=value items"):
+        jobs.launch("tokenizer", "big", "tiny", "procedural", "training.log_every=5 " * 201)
+    assert not (tmp_path / "runs" / "big").exists() and jobs.names() == []
+
+
+def test_a_launch_that_cannot_start_leaves_no_job_behind(jobs, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python" / "python"))  # no launcher to run
+    with pytest.raises(UserError, match="could not start the training process"):
+        jobs.launch("tokenizer", "doomed", "tiny", "procedural", "")
+    assert not (tmp_path / "runs" / "doomed").exists() and jobs.names() == [] and jobs.processes == {}
+
+
+@pytest.mark.parametrize(
+    "state, message",
+    [
+        ("finished", "job 'done' has already finished: there is nothing to stop"),
+        ("stopped", "job 'done' is not running: it has already stopped"),
+        ("failed", "it has already failed"),
+        ("running", "is not running (died); resume it to continue"),
+    ],
+)
+def test_stopping_a_job_that_is_not_running_says_why(jobs, state, message):
+    """Issue 17.9: stopping a finished job answered "asked to stop"."""
+    run = jobs.run_dir("done")
+    run.create()
+    run.write_status(state=state, stage="tokenizer", pid=None, step=6, total_steps=6)
+    with pytest.raises(UserError) as error:
+        jobs.stop("done")
+    assert message in str(error.value)
+
+
+def test_the_console_tail_reads_only_the_end_of_the_file(jobs):
+    run = jobs.run_dir("chatty")
+    run.create()
+    (run.path / "console.txt").write_text("".join(f"line {i}\n" for i in range(200_000)))
+    assert jobs.console_tail("chatty", 3) == "line 199997\nline 199998\nline 199999"

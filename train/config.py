@@ -39,7 +39,15 @@ __all__ = [
     "apply_overrides",
     "to_dict",
     "from_dict",
+    "PATH_FIELDS",
 ]
+
+# The settings whose values name files or folders the trainer reads (an app that starts training checks them all).
+PATH_FIELDS = {
+    "tokenizer": ("data.dataset", "data.pretokenized"),
+    "generator": ("data.dataset", "data.pretokenized", "tokenizer", "tokenizer_config"),
+}
+
 
 MAX_RESOLUTION = 4096  # pixels per side
 MAX_BATCH = 4096  # images per process and step
