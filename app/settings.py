@@ -70,6 +70,7 @@ class Settings:
     max_images: int = 16
     max_upload_mb: float = 10.0
     max_upload_pixels: int = 25_000_000
+    max_temp_files: int = 512  # generated PNGs kept for the UI to hand between tabs (oldest deleted first)
 
     @property
     def on_space(self) -> bool:

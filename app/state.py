@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from app.explorer import Models, UserError, load_models
+from app.files import TempFiles
 from app.jobs import Jobs
 from app.settings import Settings
 from app.validation import checked_model_source
@@ -57,6 +58,7 @@ class AppState:
             if settings.training_enabled
             else None
         )
+        self.files = TempFiles(settings.max_temp_files)  # the PNGs the UI hands between tabs
         self._generation = 0  # bumped on every model switch; stale background work drops its result
         self._ready = threading.Event()  # set when the current models' background work has ended
 

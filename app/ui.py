@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -149,9 +150,8 @@ def build_ui(state: AppState) -> gr.Blocks:
         return load_upload(path, models.image_size, max_bytes, settings.max_upload_pixels)
 
     def save_png(image: torch.Tensor, name: str) -> str:
-        """Generated images handed between tabs travel as PNG files in a private temporary folder."""
-        folder = Path(tempfile.mkdtemp(prefix="maskbit-"))
-        path = folder / f"{name}.png"
+        """Generated images handed between tabs travel as PNG files in the app's bounded temporary folder."""
+        path = state.files.path(f"{name}.png")
         from PIL import Image
 
         Image.fromarray(to_numpy(image)).save(path)
@@ -489,8 +489,9 @@ def build_ui(state: AppState) -> gr.Blocks:
         )
         spec = index.manifest.get("dataset", {}).get("spec", settings.index_dataset)
         heldout = heldout_images(spec, count, index.manifest["image_size"])
-        out = Path(tempfile.mkdtemp(prefix="maskbit-report-"))
-        data = report(index, generated.cpu(), heldout, out)
+        with tempfile.TemporaryDirectory(prefix="maskbit-report-") as out:  # the figure is kept, the rest removed
+            data = report(index, generated.cpu(), heldout, Path(out))
+            figure = shutil.copyfile(Path(out) / "report.png", state.files.path("report.png"))
         lines = [
             f"- **{m}**: threshold {d['threshold']:.4g} (p{data['percentile']:g} of held-out), "
             f"{d['flagged_fraction']:.1%} of {count} generated images flagged; median nearest distance "
@@ -501,7 +502,7 @@ def build_ui(state: AppState) -> gr.Blocks:
             m: {k: d[k] for k in ("threshold", "flagged_fraction", "generated", "heldout")}
             for m, d in data["metrics"].items()
         }
-        return str(out / "report.png"), "\n".join(lines), summary
+        return str(figure), "\n".join(lines), summary
 
     # ------------------------------------------------------------------------------------------------ token space
 
@@ -629,8 +630,9 @@ def build_ui(state: AppState) -> gr.Blocks:
 
     models = state.models
     # Numbers have no precision: Gradio would turn NaN into an error that names no parameter; the callbacks check
-    # whole numbers themselves.
-    with gr.Blocks(title="MaskBit Explorer") as demo:
+    # whole numbers themselves. Every 10 minutes Gradio deletes the files of its own cache (uploads, copies of
+    # returned files) that are older than an hour; the app's own files are bounded by state.files.
+    with gr.Blocks(title="MaskBit Explorer", delete_cache=(600, 3600)) as demo:
         gr.Markdown(
             "# MaskBit Explorer\nBit-token image generation (Weber et al., TMLR 2024): generate, flip bits, find "
             "training-set neighbours, look at the token space, train."
@@ -893,6 +895,8 @@ def build_ui(state: AppState) -> gr.Blocks:
             path = chosen or (files[0] if files else None)
             if path is None:
                 raise gr.Error("generate an image first")
+            if not Path(path).is_file():  # the app keeps its newest files only (state.files)
+                raise gr.Error("this generated image is no longer kept on the server; generate again")
             return path
 
         to_flip.click(send, [files_state, chosen_state], flip_image, api_visibility="private").then(

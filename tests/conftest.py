@@ -68,11 +68,12 @@ def app_server(tmp_path_factory, app_models):
         workspace=root / "runs",
         port=free_port(),
         concurrency=4,
+        max_temp_files=16,  # small, so that a test can pass the bound (no test has two requests in flight with files)
     )
     state, demo = create_app(settings)
     launch(demo, settings, prevent_thread_lock=True, quiet=True)
     state.wait_ready(600)
-    yield SimpleNamespace(url=f"http://127.0.0.1:{settings.port}/", state=state, settings=settings)
+    yield SimpleNamespace(url=f"http://127.0.0.1:{settings.port}/", state=state, settings=settings, demo=demo)
     demo.close()
     if state.jobs is not None:
         for name in state.jobs.names():

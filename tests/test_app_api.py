@@ -252,6 +252,16 @@ def test_uploads_are_read_by_the_apps_own_loader(client, tmp_path):
     assert rgba[:4, :4].min() == 255 and rgba[12:20, 12:20].max() < 40  # on white, as documented
 
 
+def test_the_apps_temporary_files_stay_bounded(client, app_server):
+    """Issue 17.8: every saved PNG got a temporary folder of its own, never deleted."""
+    files = app_server.state.files
+    for seed in range(2):  # 32 generated PNGs
+        client.predict(["tench"], 16, seed, *KNOBS, api_name="/generate")
+    assert len(files) == files.keep == 16
+    assert all(p.is_file() for p in files.folder.iterdir())  # files only: no folder per image
+    assert app_server.demo.delete_cache == (600, 3600)  # Gradio's own copies: deleted after an hour
+
+
 def test_eight_concurrent_clients_generate(app_server):
     def one(seed):
         return Client(app_server.url, verbose=False).predict(["tench"], 2, seed, *KNOBS, api_name="/generate")[0]

@@ -461,3 +461,21 @@ def test_the_console_tail_reads_only_the_end_of_the_file(jobs):
     run.create()
     (run.path / "console.txt").write_text("".join(f"line {i}\n" for i in range(200_000)))
     assert jobs.console_tail("chatty", 3) == "line 199997\nline 199998\nline 199999"
+
+
+# ---------------------------------------------------------------------------------------------------- temporary files
+
+
+def test_the_app_keeps_only_its_newest_files():
+    from app.files import TempFiles
+
+    files = TempFiles(keep=3)
+    paths = []
+    for i in range(10):
+        paths.append(files.path(f"image-{i}.png"))
+        paths[-1].write_bytes(b"x")  # as the UI does: a path, then the file
+    assert sorted(p.name for p in files.folder.iterdir()) == [p.name for p in paths[-3:]]
+    assert paths[-1].name.endswith("image-9.png")
+    folder = files.folder
+    files.close()
+    assert not folder.exists()
