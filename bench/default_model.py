@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.default_model --out bench/results
     .venv/bin/python -m bench.default_model --guidance-scale 4 --randomize-temperature 4.5 --out /tmp/sweep \
         --judge /tmp/judge.safetensors  # another judge: trained by the first such run, reused by the next
+    .venv/bin/python -m bench.default_model --tokenizer default-vq --tokenizer-only --out bench/results/default-vq
 
 1. Held-out reconstruction PSNR of the tokenizer (the fixed test split).
 2. A classifier trained only on real dataset images (train split), with its own held-out accuracy and its accuracy
@@ -16,7 +17,8 @@
    each masked entry replaced by the generator's most likely group in one forward pass, decoded and judged.
 6. Code usage and per-bit entropy of the tokenizer on the test split; distinct codes per image, of test images and
    of uniform colours (1 when a uniform region's code depends on its colour only, not on the distance to the border).
-Writes results.json, a markdown table and image grids.
+Writes default_model.json and image grids; with --tokenizer-only, figures 1 and 6 (plus dead codes) for any tokenizer,
+LFQ or VQ, in tokenizer_quality.json.
 """
 
 from __future__ import annotations
@@ -110,6 +112,37 @@ def infill_accuracy(
     }
 
 
+def tokenizer_quality(tokenizer: Tokenizer, images: torch.Tensor) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """Reconstruction PSNR; code usage, dead codes and code entropy; per-bit statistics of the indices (for a VQ
+    tokenizer: of its codebook indices); distinct codes per image, of `images` and of uniform colours. Returns the
+    figures, the indices (B, h, w) and the reconstructions (unclamped)."""
+    indices = torch.cat([tokenizer.encode(images[i : i + 100]) for i in range(0, len(images), 100)])
+    reconstructions = torch.cat([tokenizer.decode(indices[i : i + 100]) for i in range(0, len(indices), 100)])
+    reconstruction_psnr = psnr(reconstructions, images)
+    statistics = analysis.token_statistics(indices, tokenizer.num_bits)
+    colours = torch.rand(8, 3, 1, 1, generator=torch.Generator().manual_seed(0))
+    uniform = tokenizer.encode(colours.expand(-1, -1, *images.shape[-2:]).contiguous())
+    figures = {
+        "reconstruction_psnr_db": {
+            "mean": float(reconstruction_psnr.mean()),
+            "median": float(reconstruction_psnr.median()),
+            "p10": float(reconstruction_psnr.quantile(0.1)),
+            "images": len(images),
+        },
+        "code_usage": statistics.code_usage,
+        "dead_codes": 2**tokenizer.num_bits - statistics.codes_used,
+        "code_entropy_bits": statistics.code_entropy,
+        "distinct_codes_per_image": {
+            "test_images": float(np.mean([row.unique().numel() for row in indices.flatten(1)])),
+            "uniform_colours": float(np.mean([row.unique().numel() for row in uniform.flatten(1)])),
+            "tokens": indices[0].numel(),
+        },
+        "per_bit_p_one": [round(float(p), 4) for p in statistics.bit_usage],
+        "per_bit_entropy": [round(float(e), 4) for e in statistics.bit_entropy],
+    }
+    return figures, indices, reconstructions
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokenizer", default="default")
@@ -122,29 +155,35 @@ def main() -> None:
         "--judge", type=Path, help="a judge file to reuse or train into (default: the bundled data/judge.safetensors)"
     )
     parser.add_argument("--out", default="bench/results")
+    parser.add_argument(
+        "--tokenizer-only",
+        action="store_true",
+        help="only the tokenizer's figures (1. and 6.), written to tokenizer_quality.json; any tokenizer, LFQ or VQ",
+    )
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    tokenizer, generator = Tokenizer.from_pretrained(args.tokenizer), Generator.from_pretrained(args.generator)
-    k = tokenizer.num_bits
-
+    tokenizer = Tokenizer.from_pretrained(args.tokenizer)
     images, labels = split_images("procedural", "test", args.test_images, 64)
-    indices = torch.cat([tokenizer.encode(images[i : i + 100]) for i in range(0, len(images), 100)])
-    reconstructions = torch.cat([tokenizer.decode(indices[i : i + 100]) for i in range(0, len(indices), 100)])
-    reconstruction_psnr = psnr(reconstructions, images)
+    tokenizer_figures, indices, reconstructions = tokenizer_quality(tokenizer, images)
     save_image(
         image_grid(torch.cat([images[:10], reconstructions[:10].clamp(0, 1)]), columns=10), out / "reconstructions.png"
     )
-
-    statistics = analysis.token_statistics(indices, k)
-    colours = torch.rand(8, 3, 1, 1, generator=torch.Generator().manual_seed(0))
-    uniform = tokenizer.encode(colours.expand(-1, -1, *images.shape[-2:]).contiguous())
-    codes_per_image = {
-        "test_images": float(np.mean([row.unique().numel() for row in indices.flatten(1)])),
-        "uniform_colours": float(np.mean([row.unique().numel() for row in uniform.flatten(1)])),
-        "tokens": indices[0].numel(),
-    }
+    if args.tokenizer_only:
+        results = {
+            "date": time.strftime("%Y-%m-%d"),
+            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+            "tokenizer": args.tokenizer,
+            "quantizer": tokenizer.quantizer_kind,
+            **tokenizer_figures,
+            "seconds": time.time() - started,
+        }
+        (out / "tokenizer_quality.json").write_text(json.dumps(results, indent=2) + "\n")
+        print(json.dumps(results, indent=2))
+        return
+    generator = Generator.from_pretrained(args.generator)
+    k = tokenizer.num_bits
 
     classifier = judge.load_or_train(args.judge, args.classifier_steps)
     classifier_accuracy, _ = accuracy(classifier, images, labels)
@@ -181,12 +220,7 @@ def main() -> None:
         "tokenizer": args.tokenizer,
         "generator": args.generator,
         "sampling": sampling.__dict__,
-        "reconstruction_psnr_db": {
-            "mean": float(reconstruction_psnr.mean()),
-            "median": float(reconstruction_psnr.median()),
-            "p10": float(reconstruction_psnr.quantile(0.1)),
-            "images": len(images),
-        },
+        "reconstruction_psnr_db": tokenizer_figures["reconstruction_psnr_db"],
         "classifier_heldout_accuracy": classifier_accuracy,
         "classifier_steps": args.classifier_steps,
         "classifier_accuracy_on_reconstructions": reconstruction_accuracy,
@@ -203,11 +237,7 @@ def main() -> None:
         "distinct_generated_token_grids": distinct,
         "class_label_gain_nats_by_mask_ratio": label_gain,
         "one_pass_infill_by_mask_ratio": infill,
-        "code_usage": statistics.code_usage,
-        "code_entropy_bits": statistics.code_entropy,
-        "distinct_codes_per_image": codes_per_image,
-        "per_bit_p_one": [round(float(p), 4) for p in statistics.bit_usage],
-        "per_bit_entropy": [round(float(e), 4) for e in statistics.bit_entropy],
+        **{k: v for k, v in tokenizer_figures.items() if k not in ("reconstruction_psnr_db", "dead_codes")},
         "seconds": time.time() - started,
     }
     (out / "default_model.json").write_text(json.dumps(results, indent=2) + "\n")

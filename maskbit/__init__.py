@@ -1,6 +1,9 @@
 """MaskBit: embedding-free image generation via bit tokens (Weber et al., TMLR 2024), checkpoint-compatible.
 
 image → Tokenizer.encode → indices (B, h, w) → bits → Generator + sampler → indices → Tokenizer.decode → image
+
+`Tokenizer` also loads the vector-quantised tokenizers of the official model zoo (VQGAN+, MaskGIT, Taming); they
+encode and decode, but only lookup-free (bit) tokenizers pair with a generator (`check_pair`).
 """
 
 from maskbit import analysis, bits
@@ -15,7 +18,7 @@ from maskbit.config import (
     read_official_yaml,
 )
 from maskbit.generator import Generator
-from maskbit.sampling import SamplingState, generate, iter_generate, prediction_to_indices
+from maskbit.sampling import SamplingState, check_pair, generate, iter_generate, prediction_to_indices
 from maskbit.tokenizer import Tokenizer
 
 __all__ = [
@@ -33,6 +36,7 @@ __all__ = [
     "read_official_yaml",
     "generate",
     "iter_generate",
+    "check_pair",
     "prediction_to_indices",
     "SamplingState",
 ]

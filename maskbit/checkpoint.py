@@ -1,13 +1,17 @@
-"""Loading and saving models: official `.bin` state dicts, the hub, and our own safetensors format.
+"""Loading and saving models: official `.bin` state dicts, Lightning `.ckpt` files, the hub, and our own format.
 
 `from_pretrained(source, config=None)` accepts
   * a directory written by `save_pretrained` (`config.json` + `model.safetensors`);
-  * an official `.bin` state dict (or a directory holding `pytorch_model.bin`), with `config` an official YAML
-    file, a preset name or a config object; without `config` the preset whose shapes match is used;
-  * a hub id such as "markweber/maskbit_tokenizer_12bit" (official file name `<repo name>.bin`, downloaded
-    with huggingface_hub; repos in our own format are read as such);
-  * "default": the small model bundled with this package.
-Official files are read with `torch.load(weights_only=True)` only: nothing in a checkpoint can run code.
+  * an official `.bin` state dict (or a directory holding `pytorch_model.bin`), or a Lightning `.ckpt` (the Taming
+    VQGAN's: its `state_dict` without the training loss's `loss.*` keys), with `config` an official YAML file, a
+    preset name or a config object; without `config` the preset whose shapes match is used;
+  * a hub id such as "markweber/maskbit_tokenizer_12bit" (official file name `<repo name>.bin`, or the VQ
+    tokenizers' names in `OFFICIAL_VQ_HUB_FILES`, downloaded with huggingface_hub; other repos are read in our
+    own format);
+  * "default" (and "default-vq" for the tokenizer): the small models bundled with this package.
+Official files are read with `torch.load(weights_only=True)` only: nothing in a checkpoint can run code. Training
+metadata that Lightning pickles beside the weights (callback states, hyper-parameters) is read as inert
+placeholders, never imported or called; any other Python object is refused with its name.
 """
 
 from __future__ import annotations
@@ -29,11 +33,25 @@ from safetensors.torch import load_file, save_file
 from maskbit.config import OfficialConfig, config_from_dict, read_official_yaml
 from maskbit.files import atomic_write
 
-__all__ = ["PretrainedMixin", "CheckpointError", "load_official_state_dict", "class_names", "DEFAULT_MODEL_DIR"]
+__all__ = [
+    "PretrainedMixin",
+    "CheckpointError",
+    "MetadataPlaceholder",
+    "load_official_state_dict",
+    "class_names",
+    "DEFAULT_MODEL_DIR",
+    "BUNDLED_MODELS",
+]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "pretrained" / "default"
+# The bundled models by name: the LFQ pair, and the VQ tokenizer trained with the same recipe (its "twin").
+BUNDLED_MODELS = {
+    ("tokenizer", "default"): DEFAULT_MODEL_DIR / "tokenizer",
+    ("generator", "default"): DEFAULT_MODEL_DIR / "generator",
+    ("tokenizer", "default-vq"): DEFAULT_MODEL_DIR / "tokenizer-vq",
+}
 FORMAT_NAME = "maskbit-explorer"
 FORMAT_VERSION = 1
 CONFIG_FILE, WEIGHTS_FILE, OFFICIAL_WEIGHTS_FILE = "config.json", "model.safetensors", "pytorch_model.bin"
@@ -65,31 +83,107 @@ class CheckpointError(ValueError):
 
 
 def load_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a flat `{key: tensor}` file saved with torch.save, refusing anything but tensors."""
+    """Read an official weights file: a flat `{key: tensor}` torch.save file, or a Lightning checkpoint whose
+    `state_dict` is taken without the `loss.*` keys (the training loss's discriminator, as the official loader does)."""
     path = Path(path)
     with open(path, "rb") as file:
         magic = file.read(4)
     if magic[:4] != b"PK\x03\x04" and magic[:1] != b"\x80":  # torch.save's zip format, or a legacy pickle
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint (torch.save file); pass the .bin weights file")
-    try:
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        reason = _unpickling_reason(str(error))
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (torch.save file); pass the .bin or .ckpt file")
+    checkpoint = _load_restricted(path)
+    if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get("state_dict"), Mapping):
+        checkpoint = {k: v for k, v in checkpoint["state_dict"].items() if not str(k).startswith("loss.")}
+    if not isinstance(checkpoint, Mapping) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
         raise CheckpointError(
-            f"refused to load {path}: it contains Python objects other than tensors ({reason}), and loading it "
-            "could run arbitrary code. Only plain state dicts are accepted (torch.load weights_only=True)."
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise CheckpointError(
-            f"could not read {path} as a PyTorch checkpoint ({type(error).__name__}: {error}); "
-            "the file is probably truncated or not a torch.save file: download it again"
-        ) from None
-    if not isinstance(state_dict, Mapping) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise CheckpointError(f"{path} does not hold a flat {{key: tensor}} state dict as the official files do")
-    state_dict = dict(state_dict)
+            f"{path} holds neither a flat {{key: tensor}} state dict, as the official .bin files do, nor a "
+            "Lightning checkpoint with a state_dict"
+        )
+    state_dict = dict(checkpoint)
     for old, new in OFFICIAL_RENAMES.items():
         state_dict = {new + k[len(old) :] if k.startswith(old) else k: v for k, v in state_dict.items()}
     return state_dict
+
+
+# Globals that training checkpoints pickle as metadata beside the weights: Lightning callback classes (keys of the
+# callback states in Lightning < 1.5) and other Lightning objects, hyper-parameters as argparse.Namespace or
+# omegaconf containers, numpy scalars and arrays in callback states, paths. They load as placeholders.
+_METADATA_PREFIXES = ("pytorch_lightning.", "lightning.", "lightning_fabric.", "omegaconf.", "numpy.dtypes.")
+_METADATA_GLOBALS = {
+    "argparse.Namespace",
+    "typing.Any",
+    "pathlib.Path",
+    "pathlib.PosixPath",
+    "pathlib.WindowsPath",
+    "numpy.dtype",
+    "numpy.ndarray",
+    "numpy.core.multiarray.scalar",
+    "numpy.core.multiarray._reconstruct",
+    "numpy._core.multiarray.scalar",
+    "numpy._core.multiarray._reconstruct",
+}
+
+
+class MetadataPlaceholder:
+    """Stands in for a metadata object of a training checkpoint: it keeps the pickle's arguments and state as data,
+    and its real class is never imported, constructed or called."""
+
+    qualified_name: ClassVar[str] = ""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        self.args, self.kwargs = args, kwargs
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def __repr__(self) -> str:
+        return f"<placeholder for {self.qualified_name}>"
+
+
+def _is_metadata(name: str) -> bool:
+    return name in _METADATA_GLOBALS or name.startswith(_METADATA_PREFIXES)
+
+
+def _load_restricted(path: Path) -> Any:
+    """torch.load(weights_only=True), with the known training-metadata globals as placeholders."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        first_error = error
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        raise _unreadable(path, error) from None
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # a legacy (non-zip) file cannot be scanned: explain the first refusal
+        names = []
+    refused = [name for name in names if not _is_metadata(name)]
+    if refused or not names:
+        reason = f"it calls {', '.join(refused)}" if refused else _unpickling_reason(str(first_error))
+        raise CheckpointError(
+            f"refused to load {path}: {reason}, which is neither a tensor nor known training metadata, and loading "
+            "it could run arbitrary code. If you trust the file, extract its weights once in an environment you "
+            "trust: torch.save(torch.load(path, weights_only=False)['state_dict'], 'weights.bin') (or the checkpoint "
+            "itself if it is a state dict), then pass weights.bin."
+        ) from None
+    placeholders = [
+        (type(name.rsplit(".", 1)[-1], (MetadataPlaceholder,), {"qualified_name": name}), name) for name in names
+    ]
+    try:
+        with torch.serialization.safe_globals(placeholders):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f"refused to load {path}: {_unpickling_reason(str(error))}; only tensors and training metadata "
+            "(read as placeholders) are accepted"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, TypeError) as error:
+        raise _unreadable(path, error) from None
+
+
+def _unreadable(path: Path, error: BaseException) -> CheckpointError:
+    return CheckpointError(
+        f"could not read {path} as a PyTorch checkpoint ({type(error).__name__}: {error}); "
+        "the file is probably truncated or not a torch.save file: download it again"
+    )
 
 
 def _unpickling_reason(message: str) -> str:
@@ -104,6 +198,7 @@ class PretrainedMixin:
 
     config_class: ClassVar[type]
     presets: ClassVar[dict[str, Any]]
+    official_hub_files: ClassVar[dict[str, tuple[str, str]]] = {}  # hub repo name → (preset, weights file name)
     kind: ClassVar[str]  # "tokenizer" or "generator"
     config: Any
 
@@ -141,10 +236,10 @@ class PretrainedMixin:
     @classmethod
     def from_pretrained(cls, source: str | Path, config: Any = None):
         """Build the model and load its weights strictly; see the module docstring for `source` and `config`."""
-        if str(source) == "default":
-            source = DEFAULT_MODEL_DIR / cls.kind
+        if (cls.kind, str(source)) in BUNDLED_MODELS:
+            name, source = str(source), BUNDLED_MODELS[cls.kind, str(source)]
             if not source.is_dir():
-                raise FileNotFoundError(f"the bundled default {cls.kind} is missing: expected {source}")
+                raise FileNotFoundError(f"the bundled {name} {cls.kind} is missing: expected {source}")
         path = Path(source)
         if not path.exists():
             if HUB_ID.match(str(source)) and not str(source).startswith((".", "/")):
@@ -191,8 +286,13 @@ class PretrainedMixin:
     @classmethod
     def _from_hub(cls, repo_id: str, config: Any):
         name = repo_id.split("/")[-1]
-        official = name in cls.presets
-        files = [f"{name}.bin"] if official else [CONFIG_FILE, WEIGHTS_FILE]
+        if name in cls.official_hub_files:
+            preset, weights = cls.official_hub_files[name]
+        elif name in cls.presets:
+            preset, weights = name, f"{name}.bin"
+        else:
+            preset = weights = None
+        files = [weights] if weights else [CONFIG_FILE, WEIGHTS_FILE]
         try:
             from huggingface_hub import hf_hub_download
 
@@ -204,11 +304,13 @@ class PretrainedMixin:
                 f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}). "
                 f"If this machine is offline, download https://huggingface.co/{repo_id}/resolve/main/{files[0]} "
                 f"elsewhere and pass its local path: {cls.__name__}.from_pretrained('path/to/{files[0]}'"
-                + (f", config='{name}')" if official else ")")
+                + (f", config='{preset}')" if preset else ")")
             ) from None
-        if official:
+        if weights:
             return cls._build(
-                cls.resolve_config(config if config is not None else name), load_official_state_dict(paths[0]), paths[0]
+                cls.resolve_config(config if config is not None else preset),
+                load_official_state_dict(paths[0]),
+                paths[0],
             )
         return cls._from_own_format(paths[0].parent, config)
 
@@ -247,7 +349,10 @@ class PretrainedMixin:
     def _infer_config(cls, state_dict: dict[str, torch.Tensor], path: Path):
         """The first preset whose state-dict shapes match the file exactly."""
         shapes = {k: tuple(v.shape) for k, v in state_dict.items()}
+        hints = cls.inferred_config_fields(state_dict)  # only presets that agree with these can match
         for name, preset in cls.presets.items():
+            if any(getattr(preset, field) != value for field, value in hints.items()):
+                continue
             with torch.device("meta"):
                 expected = {k: tuple(v.shape) for k, v in cls(preset).state_dict().items()}
             if expected == shapes:
@@ -284,11 +389,13 @@ def _check_state_dict(model: torch.nn.Module, state_dict: Mapping[str, torch.Ten
     if missing or unexpected or mismatched:
         causes = []
         inferred = type(model).inferred_config_fields(state_dict)
+        bit_tokens = inferred.get("quantizer", "lfq") == "lfq" == getattr(model.config, "quantizer", "lfq")
         for field, value in inferred.items():
             configured = getattr(model.config, field)
             if value != configured:
-                what = f"{value}-bit tokens" if field == "token_size" else f"{field}={value}"
-                said = f"{configured}" if field == "token_size" else f"{field}={configured}"
+                in_bits = field == "token_size" and bit_tokens
+                what = f"{value}-bit tokens" if in_bits else f"{field}={value!r}"
+                said = f"{configured}" if in_bits else f"{field}={configured!r}"
                 causes.append(f"checkpoint has {what}, config says {said}")
         if unexpected and all(k.startswith("module.") for k in state_dict):
             causes.append("keys start with 'module.': saved from a DistributedDataParallel wrapper; strip the prefix")

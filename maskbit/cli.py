@@ -18,7 +18,7 @@ from maskbit.config import GUIDANCE_ANNEALINGS, MASK_SCHEDULES, SAMPLING_PRESETS
 from maskbit.device import DEVICES, pick_device
 from maskbit.generator import Generator
 from maskbit.images import find_images, image_grid, load_image, save_image
-from maskbit.sampling import MAX_SEED, default_sampling, iter_generate, prediction_to_indices
+from maskbit.sampling import MAX_SEED, check_pair, default_sampling, iter_generate, prediction_to_indices
 from maskbit.tokenizer import Tokenizer
 
 logger = logging.getLogger("maskbit")
@@ -44,7 +44,10 @@ EXAMPLES = {
   python -m maskbit flip photo.png --bit-ids 0 5 --positions 0 1 2 3 4 5 6 7 --out outputs/flip""",
     "convert": """examples:
   python -m maskbit convert maskbit_tokenizer_12bit.bin --config maskbit_tokenizer_12bit --out models/tok12
-  python -m maskbit convert my_generator.bin --config maskbit_generator_14bit.yaml --out models/gen14""",
+  python -m maskbit convert my_generator.bin --config maskbit_generator_14bit.yaml --out models/gen14
+  # the vector-quantised tokenizers: VQGAN+, MaskGIT, and Taming's Lightning checkpoint
+  python -m maskbit convert vqgan_plus_12bit.bin --config vqgan_plus_12bit --out models/vqgan_plus_12bit
+  python -m maskbit convert taming_vqgan.ckpt --config taming_vqgan --out models/taming_vqgan""",
 }
 
 
@@ -128,8 +131,12 @@ def load_indices(path: Path) -> torch.Tensor:
 
 
 def add_tokenizer_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tokenizer", default="default", help="'default', a hub id, a directory or an official .bin")
-    parser.add_argument("--tokenizer-config", help="preset name or official YAML for an official .bin")
+    parser.add_argument(
+        "--tokenizer",
+        default="default",
+        help="'default', 'default-vq', a hub id, a directory, or an official .bin / .ckpt",
+    )
+    parser.add_argument("--tokenizer-config", help="preset name or official YAML for an official .bin / .ckpt")
     parser.add_argument("--device", default="auto", choices=DEVICES)
 
 
@@ -145,8 +152,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     device = pick_device(args.device)
     tokenizer = load_model(Tokenizer, args.tokenizer, args.tokenizer_config, args.random_init, device)
     generator = load_model(Generator, args.generator, args.generator_config, args.random_init, device)
-    if tokenizer.num_bits != generator.config.token_size:
-        raise ValueError(f"tokenizer has {tokenizer.num_bits}-bit tokens, generator {generator.config.token_size}-bit")
+    check_pair(generator, tokenizer)
     sampling = sampling_from_args(args)
     labels = [label for label in args.labels for _ in range(args.per_class)]
     out = Path(args.out)
@@ -330,8 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="outputs/flip")
     p.set_defaults(run=cmd_flip)
 
-    p = command("convert", "official .bin state dict → config.json + model.safetensors")
-    p.add_argument("checkpoint", help="official .bin file")
+    p = command("convert", "official .bin state dict or Lightning .ckpt → config.json + model.safetensors")
+    p.add_argument("checkpoint", help="official .bin file, or a Lightning .ckpt (Taming VQGAN)")
     p.add_argument("--config", help="official YAML or preset name (default: the preset whose shapes match)")
     p.add_argument("--kind", default="auto", choices=["auto", "tokenizer", "generator"])
     p.add_argument("--out", required=True, help="output directory")

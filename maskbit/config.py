@@ -19,6 +19,9 @@ import yaml
 
 __all__ = [
     "TokenizerConfig",
+    "MODEL_CLASSES",
+    "QUANTIZERS",
+    "OFFICIAL_VQ_HUB_FILES",
     "GeneratorConfig",
     "SamplingConfig",
     "OfficialConfig",
@@ -30,11 +33,22 @@ __all__ = [
 ]
 
 
+MODEL_CLASSES = ("vqgan+", "maskgit", "taming")
+QUANTIZERS = ("lfq", "vq")
+
+
 @dataclass(frozen=True)
 class TokenizerConfig:
-    """Conv VQGAN+ autoencoder with a lookup-free quantiser (spec §1). Field names follow `model.vq_model`."""
+    """A Stage-I tokenizer (spec §1, §1.10). Field names follow the official `model.vq_model` section.
 
-    token_size: int = 12  # K, bits per token
+    `model_class` picks the autoencoder: "vqgan+" (the conv VQGAN+ of spec §1.3–1.4, MaskBit's), "maskgit" (the
+    same computation with the legacy decoder's key order and no separate decoder depth) or "taming" (the original
+    CompVis VQGAN with attention, `maskbit/taming.py`). `quantizer` picks how a latent becomes a token: "lfq" (the
+    sign of each of the K = token_size channels; the index's bits are the latent) or "vq" (the nearest of
+    `codebook_size` learned codes of dimension token_size; the index is a codebook row).
+    """
+
+    token_size: int = 12  # LFQ: K, bits per token; VQ: the dimension of a code
     hidden_channels: int = 128
     channel_mult: tuple[int, ...] = (1, 1, 2, 2, 4)
     num_res_blocks: int = 2
@@ -50,14 +64,43 @@ class TokenizerConfig:
     # Not in the official code, which pads with zeros. "replicate" makes a convolution see the same input at the border
     # as inside, so the codes of a uniform region no longer depend on its distance to the image border.
     padding_mode: str = "zeros"
+    model_class: str = "vqgan+"
+    quantizer: str = "lfq"
+    codebook_size: int | None = None  # VQ only: the number of codes, a power of two (LFQ: 2^token_size, implied)
+    use_l2_normalisation: bool = False  # VQ only: nearest code by cosine (latents and codes l2-normalised)
+    # Taming only (hard-coded in the official OriginalVQModel): feature-map sides, at image_size, that get a
+    # self-attention block after each residual block; and the encoder's output width before the 1×1 quant_conv.
+    attn_resolutions: tuple[int, ...] = ()
+    z_channels: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channel_mult", tuple(self.channel_mult))
+        object.__setattr__(self, "attn_resolutions", tuple(self.attn_resolutions))
+        _require(
+            self.model_class in MODEL_CLASSES, f"model_class must be one of {MODEL_CLASSES}, got {self.model_class!r}"
+        )
+        _require(self.quantizer in QUANTIZERS, f"quantizer must be lfq or vq, got {self.quantizer!r}")
         _require(
             self.padding_mode in ("zeros", "replicate", "reflect"),
             f"padding_mode must be zeros, replicate or reflect, got {self.padding_mode!r}",
         )
-        _require(1 <= self.token_size <= 24, f"token_size must be in [1, 24], got {self.token_size}")
+        if self.model_class == "taming":
+            _require(self.quantizer == "vq", "the Taming VQGAN is a vector-quantised model: set quantizer='vq'")
+        if self.quantizer == "lfq":
+            _require(1 <= self.token_size <= 24, f"token_size must be in [1, 24], got {self.token_size}")
+            _require(
+                self.codebook_size is None and not self.use_l2_normalisation,
+                "codebook_size and use_l2_normalisation are for vector quantisation (quantizer='vq'); "
+                "a lookup-free tokenizer has 2^token_size codes",
+            )
+        else:
+            size = self.codebook_size
+            _require(
+                size is not None and 2 <= size <= 2**24 and size & (size - 1) == 0,
+                "a VQ tokenizer needs codebook_size, a power of two in [2, 2^24] (a token has log2 of it as bits), "
+                f"got {size}",
+            )
+            _require(self.token_size >= 1, f"token_size (the code dimension) must be ≥ 1, got {self.token_size}")
         _require(len(self.channel_mult) >= 1, "channel_mult must not be empty")
         for mult in self.channel_mult:
             _require(
@@ -70,10 +113,29 @@ class TokenizerConfig:
             self.image_size % self.downsample_factor == 0,
             f"image_size {self.image_size} is not a multiple of the downsampling factor {self.downsample_factor}",
         )
+        if self.model_class == "taming":
+            _require(self.padding_mode == "zeros", "the Taming VQGAN pads with zeros only")
+            _require(self.sample_with_conv, "the Taming VQGAN downsamples with convolutions (sample_with_conv=True)")
+            _require(self.num_res_blocks_decoder is None, "the Taming decoder has num_res_blocks + 1 blocks per level")
+        else:
+            _require(
+                not self.attn_resolutions and self.z_channels is None,
+                "attn_resolutions and z_channels describe the Taming VQGAN (model_class='taming')",
+            )
+        if self.model_class == "maskgit":
+            _require(
+                self.num_res_blocks_decoder is None,
+                "the MaskGIT (legacy) decoder has num_res_blocks blocks per level; leave num_res_blocks_decoder unset",
+            )
 
     @property
     def num_bits(self) -> int:
-        return self.token_size
+        """Bits per token index: K for LFQ, log2(codebook_size) for VQ (bit i of a VQ token is bit i of its index)."""
+        return self.token_size if self.quantizer == "lfq" else self.codebook_size.bit_length() - 1
+
+    @property
+    def num_codes(self) -> int:
+        return 2**self.num_bits
 
     @property
     def num_resolutions(self) -> int:
@@ -91,6 +153,11 @@ class TokenizerConfig:
     @property
     def decoder_res_blocks(self) -> int:
         return self.num_res_blocks if self.num_res_blocks_decoder is None else self.num_res_blocks_decoder
+
+    @property
+    def latent_channels(self) -> int:
+        """Channels of the Taming encoder's output and decoder's input (z_channels, default token_size)."""
+        return self.token_size if self.z_channels is None else self.z_channels
 
 
 @dataclass(frozen=True)
@@ -197,6 +264,52 @@ TOKENIZER_PRESETS: dict[str, TokenizerConfig] = {
 TOKENIZER_PRESETS["tiny"] = TokenizerConfig(
     token_size=12, hidden_channels=32, channel_mult=(1, 1, 2), num_res_blocks=1, image_size=32
 )
+# The vector-quantised tokenizers of the official model zoo (spec §1.10): VQGAN+ (configs/tokenizer/vqgan_plus_*.yaml,
+# no entropy term), the MaskGIT tokenizer (configs/external/maskgit_tokenizer.yaml) and the Taming VQGAN, whose
+# architecture the official OriginalVQModel hard-codes.
+TOKENIZER_PRESETS["vqgan_plus_10bit"] = TokenizerConfig(
+    quantizer="vq", codebook_size=1024, token_size=256, entropy_loss_weight=0.0
+)
+TOKENIZER_PRESETS["vqgan_plus_12bit"] = TokenizerConfig(
+    quantizer="vq", codebook_size=4096, token_size=64, entropy_loss_weight=0.0
+)
+TOKENIZER_PRESETS["maskgit_tokenizer"] = TokenizerConfig(
+    model_class="maskgit", quantizer="vq", codebook_size=1024, token_size=256, sample_with_conv=False
+)
+TOKENIZER_PRESETS["taming_vqgan"] = TokenizerConfig(
+    model_class="taming",
+    quantizer="vq",
+    codebook_size=1024,
+    token_size=256,
+    entropy_loss_weight=0.0,
+    attn_resolutions=(16,),
+    z_channels=256,
+)
+# The official-vq-tiny conformance fixtures: 32×32 images → 8×8 tokens.
+_TINY_VQ = dict(quantizer="vq", hidden_channels=32, channel_mult=(1, 1, 2), num_res_blocks=1, image_size=32)
+TOKENIZER_PRESETS["tiny_vqgan_plus"] = TokenizerConfig(
+    codebook_size=4096, token_size=16, entropy_loss_weight=0.0, **_TINY_VQ
+)
+TOKENIZER_PRESETS["tiny_maskgit"] = TokenizerConfig(
+    model_class="maskgit", codebook_size=1024, token_size=32, sample_with_conv=False, **_TINY_VQ
+)
+TOKENIZER_PRESETS["tiny_taming"] = TokenizerConfig(
+    model_class="taming",
+    codebook_size=1024,
+    token_size=32,
+    entropy_loss_weight=0.0,
+    attn_resolutions=(8,),
+    z_channels=32,
+    **_TINY_VQ,
+)
+# The published files of the VQ tokenizers: hub repo name → (preset, file name). The file names are those the
+# official configs give as `vqgan_checkpoint` (the MaskBit repos hold `<repo name>.bin`, spec §4.1).
+OFFICIAL_VQ_HUB_FILES: dict[str, tuple[str, str]] = {
+    "vqgan_plus_paper": ("vqgan_plus_10bit", "vqgan_plus_10bit.bin"),
+    "vqgan_plus_12bit": ("vqgan_plus_12bit", "vqgan_plus_12bit.bin"),
+    "maskgit_tokenizer": ("maskgit_tokenizer", "maskgit_tokenizer.bin"),
+    "taming_vqgan": ("taming_vqgan", "taming_vqgan.ckpt"),
+}
 
 GENERATOR_PRESETS: dict[str, GeneratorConfig] = {
     f"maskbit_generator_{k}bit": GeneratorConfig(token_size=k) for k in OFFICIAL_BITS
@@ -311,12 +424,48 @@ class OfficialConfig:
 
 # Keys of the official `model.vq_model` section that do not describe our tokenizer's architecture.
 _VQ_MODEL_IGNORED = {
-    "model_class",  # "vqgan+": the only class MaskBit uses
-    "quantizer_type",  # checked below
-    "codebook_size",  # ignored by the LFQ quantiser; stale in the 14/16/18-bit YAMLs (spec §7.4)
+    "model_class",  # read below
+    "quantizer_type",  # read below
+    "codebook_size",  # read below for VQ; ignored by the LFQ quantiser and stale in the 14/16/18-bit YAMLs (spec §7.4)
     "num_resolutions",  # derived from channel_mult; checked below
     "vqgan_checkpoint",
 }
+_QUANTIZER_TYPES = {"lookup-free": "lfq", "lookup": "vq"}
+# The Taming VQGAN's architecture as the official OriginalVQModel hard-codes it (spec §1.10), under its own names;
+# a YAML may spell any of them out (the official one does not, the official-vq-tiny fixture does).
+_TAMING_ARCHITECTURE = {
+    "ch": 128,
+    "ch_mult": (1, 1, 2, 2, 4),
+    "num_res_blocks": 2,
+    "attn_resolutions": (16,),
+    "z_channels": 256,
+    "resolution": 256,
+    "in_channels": 3,
+    "out_ch": 3,
+    "double_z": False,
+    "dropout": 0.0,  # inference only here: dropout has no weights
+}
+
+
+def _taming_fields(vq: dict[str, Any]) -> dict[str, Any]:
+    """TokenizerConfig fields of a `model_class: taming` section: its architecture keys, else the official values."""
+    arch = {k: vq.get(k, default) for k, default in _TAMING_ARCHITECTURE.items()}
+    _require(not arch["double_z"], "double_z: True (a KL autoencoder's latent) is not a Taming VQGAN")
+    _require(arch["in_channels"] == arch["out_ch"], "in_channels and out_ch must be equal")
+    other = {k: v for k, v in vq.items() if k not in _TAMING_ARCHITECTURE and k not in _VQ_MODEL_IGNORED}
+    return {
+        "entropy_loss_weight": 0.0,  # the official OriginalVQModel builds its quantiser without the entropy term
+        **other,
+        "hidden_channels": arch["ch"],
+        "channel_mult": arch["ch_mult"],
+        "num_res_blocks": arch["num_res_blocks"],
+        "attn_resolutions": arch["attn_resolutions"],
+        "z_channels": arch["z_channels"],
+        "image_size": arch["resolution"],  # also what places the attention blocks
+        "num_channels": arch["in_channels"],
+    }
+
+
 _MLM_MODEL_KEYS = {"hidden_dim", "depth", "heads", "mlp_dim", "dropout", "codebook_splits"}
 _MLM_MODEL_IGNORED = {
     "model_cls",
@@ -351,22 +500,40 @@ def read_official_yaml(source: str | Path | dict) -> OfficialConfig:
         raise ValueError("an official MaskBit config needs a `model.vq_model` section")
     vq = dict(model["vq_model"])
 
-    quantizer = vq.get("quantizer_type", "lookup-free")
-    _require(quantizer == "lookup-free", f"only lookup-free (bit) tokenizers are supported, got {quantizer!r}")
-    mult = vq.get("channel_mult", TokenizerConfig.channel_mult)
+    quantizer_type = vq.get("quantizer_type", "lookup-free")
+    _require(
+        quantizer_type in _QUANTIZER_TYPES,
+        f"quantizer_type must be lookup-free or lookup, got {quantizer_type!r}",
+    )
+    quantizer = _QUANTIZER_TYPES[quantizer_type]
+    model_class = vq.get("model_class", "vqgan+")
+    _require(model_class in MODEL_CLASSES, f"model_class must be one of {MODEL_CLASSES}, got {model_class!r}")
+    mult = vq.get("ch_mult" if model_class == "taming" else "channel_mult", TokenizerConfig.channel_mult)
     if "num_resolutions" in vq:
         _require(
             int(vq["num_resolutions"]) == len(mult),
             f"num_resolutions {vq['num_resolutions']} does not match channel_mult {list(mult)}",
         )
     resolution = (raw.get("dataset") or {}).get("preprocessing", {}).get("resolution", 256)
-    tokenizer_values = {k: v for k, v in vq.items() if k not in _VQ_MODEL_IGNORED}
-    tokenizer_values["image_size"] = resolution
+    if model_class == "taming":
+        tokenizer_values = _taming_fields(vq)
+    else:
+        tokenizer_values = {k: v for k, v in vq.items() if k not in _VQ_MODEL_IGNORED}
+        tokenizer_values["image_size"] = resolution
+    if quantizer == "vq":
+        _require("codebook_size" in vq, "a vector-quantised tokenizer (quantizer_type: lookup) needs codebook_size")
+        tokenizer_values["codebook_size"] = vq["codebook_size"]
+    tokenizer_values |= {"model_class": model_class, "quantizer": quantizer}
     tokenizer = config_from_dict(TokenizerConfig, tokenizer_values)
 
     generator = sampling = None
     mlm = model.get("mlm_model")
     if isinstance(mlm, dict):
+        _require(
+            quantizer == "lfq",
+            "a MaskBit generator predicts bit tokens: its tokenizer must be lookup-free (quantizer_type: lookup-free), "
+            f"got {quantizer_type!r}",
+        )
         _require(not mlm.get("use_prenorm", False), "pre-norm generators (use_prenorm: True) are not supported")
         _require(not mlm.get("use_sampling_annealing", False), "use_sampling_annealing is not supported")
         unknown = set(mlm) - _MLM_MODEL_KEYS - _MLM_MODEL_IGNORED - _MLM_SAMPLING_KEYS.keys()

@@ -39,6 +39,7 @@ __all__ = [
     "sampling_step",
     "iter_generate",
     "generate",
+    "check_pair",
     "resolve_sampling",
     "default_sampling",
     "MAX_SEED",
@@ -243,6 +244,20 @@ def prediction_to_indices(prediction: torch.Tensor, generator: Generator) -> tor
     return bitops.combine_groups(prediction, generator.config.token_size).view(-1, side, side)
 
 
+def check_pair(generator: Generator, tokenizer: Tokenizer) -> None:
+    """Raise ValueError unless `tokenizer` gives the tokens `generator` models: lookup-free, with its bit count."""
+    k = generator.config.token_size
+    if tokenizer.quantizer_kind != "lfq":
+        raise ValueError(
+            "a MaskBit generator predicts bit tokens, the signs of a lookup-free (LFQ) tokenizer's latent; this "
+            "tokenizer is vector-quantised (VQ): the bits of its indices only name learned codes, and no generator "
+            f"was trained on them. Pair the generator with an LFQ tokenizer of {k}-bit tokens, e.g. 'default' or "
+            f"markweber/maskbit_tokenizer_{k}bit"
+        )
+    if tokenizer.num_bits != k:
+        raise ValueError(f"the tokenizer has {tokenizer.num_bits}-bit tokens but the generator expects {k}-bit tokens")
+
+
 @torch.no_grad()
 def generate(
     generator: Generator,
@@ -254,11 +269,7 @@ def generate(
     autocast_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Class-conditional images (B, 3, H, W), clamped to [0, 1], for class ids `labels` (B,)."""
-    if tokenizer.num_bits != generator.config.token_size:
-        raise ValueError(
-            f"the tokenizer has {tokenizer.num_bits}-bit tokens but the generator expects "
-            f"{generator.config.token_size}-bit tokens"
-        )
+    check_pair(generator, tokenizer)
     state = None
     for state in iter_generate(generator, labels, sampling, seed, rng, autocast_dtype):
         pass

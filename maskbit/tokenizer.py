@@ -1,13 +1,16 @@
-"""MaskBit Stage-I tokenizer: a conv VQGAN+ autoencoder with lookup-free (binary) quantisation.
+"""MaskBit's Stage-I tokenizer and the vector-quantised tokenizers of its model zoo, behind one API.
 
-Weber et al., "MaskBit: Embedding-free Image Generation via Bit Tokens", TMLR 2024, Sec. 3.1 and 3.2;
-numerics and state-dict layout of the official `modeling/conv_vqgan.py::ConvVQModel` (spec §1), including its
-quirks: TensorFlow "SAME" padding (asymmetric for stride 2), the residual shortcut applied to the branch output,
-GroupNorm eps 1e-6, and the quantiser's bit tables stored as buffers.
+Weber et al., "MaskBit: Embedding-free Image Generation via Bit Tokens", TMLR 2024, Sec. 3.1 and 3.2; numerics and
+state-dict layout of the official `modeling/conv_vqgan.py::ConvVQModel` (spec §1), including its quirks: TensorFlow
+"SAME" padding (asymmetric for stride 2), the residual shortcut applied to the branch output, GroupNorm eps 1e-6, and
+the LFQ quantiser's bit tables stored as buffers. The same class holds the VQ tokenizers of spec §1.10: VQGAN+ (this
+autoencoder with a learned codebook), the MaskGIT tokenizer (the legacy decoder's key order) and the original Taming
+VQGAN (`maskbit/taming.py`, working in [−1, 1] between 1×1 quant_conv / post_quant_conv).
 
-    image (B, 3, H, W) in [0, 1] → encoder → z (B, K, h, w) → sign → bits ±1 → indices (B, h, w) → decoder → image
+    image (B, 3, H, W) in [0, 1] → encoder → z (B, C, h, w) → quantiser → indices (B, h, w) → codes → decoder → image
+    LFQ: C = K bits, codes = ±1 bits of the index.   VQ: C = code dimension, codes = rows of the learned codebook.
 
-Axes: B batch, K bits per token, h × w token grid (H/f × W/f, f = 2^(len(channel_mult) − 1)).
+Axes: B batch, C latent channels, h × w token grid (H/f × W/f, f = 2^(len(channel_mult) − 1)).
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maskbit import bits as bitops
+from maskbit import taming
 from maskbit.checkpoint import PretrainedMixin
-from maskbit.config import TOKENIZER_PRESETS, TokenizerConfig
+from maskbit.config import OFFICIAL_VQ_HUB_FILES, TOKENIZER_PRESETS, TokenizerConfig
+from maskbit.quantizers import LookupFreeQuantizer, QuantizerOutput, VectorQuantizer, build_quantizer
 
-__all__ = ["Tokenizer", "LookupFreeQuantizer", "QuantizerOutput", "TokenizerOutput"]
+__all__ = ["Tokenizer", "LookupFreeQuantizer", "VectorQuantizer", "QuantizerOutput", "TokenizerOutput"]
 
 
 def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
@@ -133,77 +137,30 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    def __init__(self, config: TokenizerConfig):
+    """`legacy` (the MaskGIT tokenizer's `ConvDecoderLegacy`): the same computation with `up` stored in reverse."""
+
+    def __init__(self, config: TokenizerConfig, legacy: bool = False):
         super().__init__()
         c, n, g, levels = config.hidden_channels, config.decoder_res_blocks, config.norm_groups, config.num_resolutions
         mult = (*config.channel_mult, config.channel_mult[-1])
         top = c * config.channel_mult[-1]
         self.conv_in = Conv2dSame(config.token_size, top, 3)
         self.mid = ResidualStage(top, top, n, g)
-        # Built (and stored as up.0, up.1, ...) from the deepest level to full resolution.
-        self.up = nn.ModuleList()
+        # Built from the deepest level to full resolution and stored in that order (up.0 = deepest), or reversed.
+        stages = []
         for i in reversed(range(levels)):
             in_ch, out_ch = c * mult[i + 1], c * mult[i]
-            self.up.append(UpsamplingStage(in_ch, out_ch, n, g) if i > 0 else ResidualStage(in_ch, out_ch, n, g))
+            stages.append(UpsamplingStage(in_ch, out_ch, n, g) if i > 0 else ResidualStage(in_ch, out_ch, n, g))
+        self.legacy = legacy
+        self.up = nn.ModuleList(reversed(stages) if legacy else stages)
         self.norm_out = group_norm(c, g)
         self.conv_out = Conv2dSame(c, config.num_channels, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.mid(self.conv_in(x))
-        for stage in self.up:
+        for stage in reversed(self.up) if self.legacy else self.up:
             x = stage(x)
         return self.conv_out(F.silu(self.norm_out(x)))
-
-
-class QuantizerOutput(NamedTuple):
-    bits: torch.Tensor  # (B, K, h, w) ±1, straight-through: gradients flow to z
-    indices: torch.Tensor  # (B, h, w) int64
-    commitment_loss: torch.Tensor  # β · mean((bits − z)²)
-    entropy_loss: torch.Tensor  # w · (per_sample_entropy − avg_entropy); 0 outside training
-    per_sample_entropy: torch.Tensor
-    avg_entropy: torch.Tensor
-    quantizer_loss: torch.Tensor  # commitment_loss + entropy_loss
-
-
-class LookupFreeQuantizer(nn.Module):
-    """Sign quantisation of each latent channel (Yu et al., MAGVIT-v2), with the commitment and entropy losses."""
-
-    def __init__(self, config: TokenizerConfig):
-        super().__init__()
-        self.num_bits = config.token_size
-        self.commitment_cost = config.commitment_cost
-        self.entropy_loss_weight = config.entropy_loss_weight
-        self.entropy_loss_temperature = config.entropy_loss_temperature
-        self.entropy_gamma = config.entropy_gamma
-        # Deterministic tables, kept as persistent buffers because the official state dicts contain them.
-        k = config.token_size
-        self.register_buffer("bits_to_indices", (2 ** torch.arange(k)).to(torch.int32))
-        codes = torch.arange(2**k)[:, None] >> torch.arange(k) & 1  # row n = bits of n, LSB first
-        self.register_buffer("codebook", codes.float() * 2 - 1)
-
-    def forward(self, z: torch.Tensor) -> QuantizerOutput:
-        z = z.permute(0, 2, 3, 1)  # (B, h, w, K)
-        q = torch.where(z > 0, 1.0, -1.0).to(z.dtype)  # z == 0 → −1
-        indices = bitops.bits_to_indices(q)
-        commitment = self.commitment_cost * torch.mean((q.detach() - z) ** 2)
-        zero = z.new_zeros(())
-        per_sample_entropy = avg_entropy = entropy = zero
-        if self.training and self.entropy_loss_weight != 0:
-            affinity = 2 * z.reshape(-1, self.num_bits) @ self.codebook.T  # (B·h·w, 2^K)
-            per_sample_entropy, avg_entropy = self._entropies(affinity)
-            entropy = self.entropy_loss_weight * (per_sample_entropy - avg_entropy)
-        q = z + (q - z).detach()
-        return QuantizerOutput(
-            q.permute(0, 3, 1, 2), indices, commitment, entropy, per_sample_entropy, avg_entropy, commitment + entropy
-        )
-
-    def _entropies(self, affinity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean per-position code entropy and γ × entropy of the mean code distribution (natural log)."""
-        probs = (affinity / self.entropy_loss_temperature).softmax(dim=-1)
-        per_sample = -(probs * probs.clamp(min=1e-5).log()).sum(-1).mean()
-        mean_probs = probs.mean(0)
-        avg = self.entropy_gamma * -(mean_probs * mean_probs.clamp(min=1e-5).log()).sum()
-        return per_sample, avg
 
 
 class TokenizerOutput(NamedTuple):
@@ -212,39 +169,66 @@ class TokenizerOutput(NamedTuple):
 
 
 class Tokenizer(PretrainedMixin, nn.Module):
-    """Images ↔ bit tokens. Public methods take and return images as float RGB in [0, 1], NCHW."""
+    """Images ↔ tokens. Public methods take and return images as float RGB in [0, 1], NCHW.
+
+    Every tokenizer gives `encode(images) → indices (B, h, w)`, `decode(indices)`, `encode_latent`, `quantize`,
+    `decode_latent`, `num_bits` and `quantizer_kind` ("lfq" or "vq"). A VQ token's bits are the bits of its codebook
+    index (`maskbit.bits` works on them as on LFQ tokens), but only an LFQ tokenizer's decoder sees bits, so
+    `decode_bits` is refused for VQ.
+    """
 
     config_class = TokenizerConfig
     presets = TOKENIZER_PRESETS
+    official_hub_files = OFFICIAL_VQ_HUB_FILES
     kind = "tokenizer"
 
     def __init__(self, config: TokenizerConfig):
         super().__init__()
         self.config = config
-        self.encoder = Encoder(config)
-        self.decoder = Decoder(config)
+        if config.model_class == "taming":
+            self.encoder = taming.Encoder(config)
+            self.decoder = taming.Decoder(config)
+        else:
+            self.encoder = Encoder(config)
+            self.decoder = Decoder(config, legacy=config.model_class == "maskgit")
         # The official state dict names the quantiser `quantize.*`, while the API's `quantize(z)` is a method:
         # register the module under that name directly; the method wins attribute lookup, `quantizer` reaches it.
-        self._modules["quantize"] = LookupFreeQuantizer(config)
+        self._modules["quantize"] = build_quantizer(config)
+        if config.model_class == "taming":
+            self.quant_conv = nn.Conv2d(config.latent_channels, config.token_size, 1)
+            self.post_quant_conv = nn.Conv2d(config.token_size, config.latent_channels, 1)
         for module in self.modules():
             if isinstance(module, Conv2dSame):
                 module.padding_mode = config.padding_mode
 
     @property
-    def quantizer(self) -> LookupFreeQuantizer:
+    def quantizer(self) -> LookupFreeQuantizer | VectorQuantizer:
         return self._modules["quantize"]
 
     @property
+    def quantizer_kind(self) -> str:
+        """ "lfq" (bit tokens: the index's bits are the latent) or "vq" (the index names a learned code)."""
+        return self.config.quantizer
+
+    @property
     def num_bits(self) -> int:
-        return self.config.token_size
+        """Bits per token index: K for LFQ, log2(codebook size) for VQ."""
+        return self.config.num_bits
 
     @classmethod
-    def inferred_config_fields(cls, state_dict) -> dict[str, int]:
+    def inferred_config_fields(cls, state_dict) -> dict[str, int | str]:
         fields = {}
-        if "encoder.conv_out.weight" in state_dict:
-            fields["token_size"] = state_dict["encoder.conv_out.weight"].shape[0]
+        if "quantize.embedding.weight" in state_dict:
+            fields["quantizer"] = "vq"
+            fields["codebook_size"], fields["token_size"] = state_dict["quantize.embedding.weight"].shape
+        elif "quantize.codebook" in state_dict:
+            fields["quantizer"] = "lfq"
+            if "encoder.conv_out.weight" in state_dict:
+                fields["token_size"] = state_dict["encoder.conv_out.weight"].shape[0]
         if "encoder.conv_in.weight" in state_dict:
             fields["hidden_channels"] = state_dict["encoder.conv_in.weight"].shape[0]
+        if any(".block." in k for k in state_dict) or "quant_conv.weight" in state_dict:
+            fields["model_class"] = "taming"
         return fields
 
     @property
@@ -252,28 +236,48 @@ class Tokenizer(PretrainedMixin, nn.Module):
         return self.config.downsample_factor
 
     def forward(self, images: torch.Tensor) -> TokenizerOutput:
-        """Training forward: reconstruction through the straight-through bits, plus the quantiser losses."""
+        """Training forward: reconstruction through the straight-through quantised latent, plus the quantiser losses."""
         quantized = self.quantizer(self.encode_latent(images))
-        return TokenizerOutput(self.decoder(quantized.bits), quantized)
+        return TokenizerOutput(self.decode_latent(quantized.quantized), quantized)
 
     def encode_latent(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) in [0, 1] → pre-quantisation latent z (B, K, H/f, W/f)."""
+        """(B, 3, H, W) in [0, 1] → the latent the quantiser sees, z (B, C, H/f, W/f) (Taming: after quant_conv)."""
         self._check_images(images)
+        if self.config.model_class == "taming":  # the CompVis model works in [−1, 1]
+            return self.quant_conv(self.encoder(images * 2 - 1))
         return self.encoder(images)
+
+    def decode_latent(self, latent: torch.Tensor) -> torch.Tensor:
+        """Quantised latent (B, C, h, w) → images (B, 3, h·f, w·f), unclamped (clamp to [0, 1] for display)."""
+        if latent.dim() != 4 or latent.shape[1] != self.config.token_size:
+            raise ValueError(f"latent must have shape (B, {self.config.token_size}, h, w), got {tuple(latent.shape)}")
+        latent = latent.to(self._dtype)
+        if self.config.model_class == "taming":
+            return (self.decoder(self.post_quant_conv(latent)) + 1) / 2
+        return self.decoder(latent)
 
     @torch.no_grad()
     def quantize(self, z: torch.Tensor) -> torch.Tensor:
-        """z (B, K, h, w) → bits (B, K, h, w) in {−1, +1}; z = 0 gives −1."""
-        return torch.where(z > 0, 1.0, -1.0).to(z.dtype)
+        """z (B, C, h, w) → the quantised latent the decoder sees: LFQ ±1 bits (z = 0 gives −1), VQ nearest codes."""
+        if self.quantizer_kind == "lfq":
+            return torch.where(z > 0, 1.0, -1.0).to(z.dtype)
+        return self.quantizer.lookup(self.quantizer.indices(z)).to(z.dtype)
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) in [0, 1] → indices (B, h, w) int64, bit k of an index = latent channel k."""
-        return bitops.bits_to_indices(self.encode_latent(images).permute(0, 2, 3, 1))
+        """(B, 3, H, W) in [0, 1] → indices (B, h, w) int64 in [0, 2^num_bits); LFQ: bit k of an index = channel k."""
+        return self.quantizer.indices(self.encode_latent(images))
 
     @torch.no_grad()
     def decode_bits(self, bits: torch.Tensor) -> torch.Tensor:
-        """(B, K, h, w) ±1 bits → images (B, 3, h·f, w·f), unclamped (clamp to [0, 1] for display)."""
+        """LFQ only: (B, K, h, w) ±1 bits → images (B, 3, h·f, w·f), unclamped (clamp to [0, 1] for display)."""
+        if self.quantizer_kind != "lfq":
+            raise ValueError(
+                "decode_bits is for lookup-free (bit) tokenizers, whose decoder takes the bits themselves; this is a "
+                "vector-quantised tokenizer, whose decoder takes codebook vectors. Decode indices with "
+                "decode(indices) (flip bits of the indices with maskbit.bits.flip_bits) or quantised latents with "
+                "decode_latent(latent)"
+            )
         if bits.dim() != 4 or bits.shape[1] != self.num_bits:
             raise ValueError(f"bits must have shape (B, {self.num_bits}, h, w), got {tuple(bits.shape)}")
         return self.decoder(bits.to(self._dtype))
@@ -288,8 +292,7 @@ class Tokenizer(PretrainedMixin, nn.Module):
             indices = indices.view(-1, side, side)
         if indices.dim() != 3:
             raise ValueError(f"indices must have shape (B, h, w) or (B, N), got {tuple(indices.shape)}")
-        bits = bitops.indices_to_bits(indices, self.num_bits)  # (B, h, w, K)
-        return self.decode_bits(bits.permute(0, 3, 1, 2))
+        return self.decode_latent(self.quantizer.lookup(indices))
 
     @property
     def _dtype(self) -> torch.dtype:

@@ -10,6 +10,9 @@ from maskbit import Generator, Tokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 OFFICIAL_TINY = FIXTURES / "official-tiny"
+OFFICIAL_VQ_TINY = FIXTURES / "official-vq-tiny"
+# The official-vq-tiny models: name → the official weights file (Taming's is a Lightning checkpoint).
+OFFICIAL_VQ_FILES = {"vqgan_plus": "tiny_vqgan_plus.bin", "maskgit": "tiny_maskgit.bin", "taming": "tiny_taming.ckpt"}
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
 import dataclasses
 import json
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import torch
 import maskbit
 from maskbit import CheckpointError, Generator, Tokenizer, TokenizerConfig
 from maskbit.config import GENERATOR_PRESETS, TOKENIZER_PRESETS
-from tests.conftest import FIXTURES, OFFICIAL_TINY
+from tests.conftest import FIXTURES, OFFICIAL_TINY, OFFICIAL_VQ_TINY
 
 ROOT = Path(__file__).parents[1]
 
@@ -200,3 +201,69 @@ def test_class_names_come_from_beside_the_model(tmp_path, tiny_generator):
     (tmp_path / "model" / "classes.json").write_text('["cat", "dog", "owl"]')
     assert class_names(tmp_path / "model", 2) == ["cat", "dog"]
     assert class_names(tmp_path / "model", 4) == ["class 0", "class 1", "class 2", "class 3"]  # too few names
+
+
+# ------------------------------------------------------------------------------------------- Lightning .ckpt files
+
+
+def lightning_checkpoint(path: Path, monkeypatch, **extra) -> None:
+    """The fixture's Taming state dict in a checkpoint laid out as Lightning writes one, with its training metadata:
+    a callback state keyed by the callback class (Lightning < 1.5), hyper-parameters as an argparse.Namespace, a
+    numpy scalar, optimizer states. The callback class is pickled by name, as Lightning's would be."""
+    import argparse
+    import types
+
+    import numpy as np
+
+    module = types.ModuleType("pytorch_lightning.callbacks.model_checkpoint")
+    callback = type("ModelCheckpoint", (), {"__module__": module.__name__})
+    module.ModelCheckpoint = callback
+    for name in ("pytorch_lightning", "pytorch_lightning.callbacks", module.__name__):
+        monkeypatch.setitem(sys.modules, name, module if name == module.__name__ else types.ModuleType(name))
+    ckpt = torch.load(OFFICIAL_VQ_TINY / "tiny_taming.ckpt", weights_only=True)
+    ckpt |= {
+        "callbacks": {callback: {"best_model_score": np.float64(0.25), "best_model_path": "last.ckpt"}},
+        "hparams": argparse.Namespace(base_learning_rate=4.5e-6, batch_size=12),
+        "optimizer_states": [{"state": {0: {"step": 3, "exp_avg": torch.zeros(2)}}, "param_groups": [{"lr": 1e-4}]}],
+        "lr_schedulers": [],
+        **extra,
+    }
+    torch.save(ckpt, path)
+
+
+def test_lightning_checkpoint_with_training_metadata_loads_its_weights(tmp_path, monkeypatch):
+    lightning_checkpoint(tmp_path / "last.ckpt", monkeypatch)
+    monkeypatch.undo()  # the loader must not need the classes it reads as placeholders
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(tmp_path / "last.ckpt", weights_only=True)  # plain weights-only loading refuses this file
+    model = Tokenizer.from_pretrained(tmp_path / "last.ckpt", config="tiny_taming")
+    io = torch.load(OFFICIAL_VQ_TINY / "tiny_taming_io.pt", weights_only=True)
+    assert (model.decode(io["indices"]) - io["recon_from_indices"]).abs().max() <= 2e-3
+    assert not any(k.startswith("loss.") for k in model.state_dict())
+
+
+def test_lightning_checkpoint_whose_pickle_would_run_code_is_refused_without_running_it(tmp_path, monkeypatch):
+    marker = tmp_path / "pwned"
+    lightning_checkpoint(tmp_path / "evil.ckpt", monkeypatch, hyper_parameters=_Payload(str(marker)))
+    monkeypatch.undo()
+    with pytest.raises(CheckpointError, match=r"refused to load .*evil.ckpt: it calls posix.system") as error:
+        Tokenizer.from_pretrained(tmp_path / "evil.ckpt", config="tiny_taming")
+    assert "weights_only=False)['state_dict']" in str(error.value)  # what to do, if the file is trusted
+    assert not marker.exists()
+
+
+def test_vq_hub_ids_use_the_official_file_names(tmp_path):
+    """vqgan_plus_paper holds vqgan_plus_10bit.bin, taming_vqgan a .ckpt: offline, the error names the file to fetch;
+    with the file in the cache, it loads (here the tiny fixture's weights under that name, with the tiny preset)."""
+    snapshot = hub_cache_repo(tmp_path, "markweber/vqgan_plus_paper")
+    (snapshot / "vqgan_plus_10bit.bin").write_bytes((OFFICIAL_VQ_TINY / "tiny_vqgan_plus.bin").read_bytes())
+    code = (
+        "import maskbit\n"
+        "print(maskbit.Tokenizer.from_pretrained('markweber/vqgan_plus_paper', config='tiny_vqgan_plus').num_bits)\n"
+        "maskbit.Tokenizer.from_pretrained('markweber/taming_vqgan')"
+    )
+    result = _run_python(code, {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path)})
+    assert result.stdout.strip() == "12", result.stderr
+    assert result.returncode != 0
+    assert "https://huggingface.co/markweber/taming_vqgan/resolve/main/taming_vqgan.ckpt" in result.stderr
+    assert "from_pretrained('path/to/taming_vqgan.ckpt', config='taming_vqgan')" in result.stderr

@@ -11,7 +11,7 @@ from PIL import Image
 
 from maskbit import Tokenizer
 from maskbit.images import load_image, save_image
-from tests.conftest import OFFICIAL_TINY
+from tests.conftest import OFFICIAL_TINY, OFFICIAL_VQ_TINY
 
 ROOT = Path(__file__).parents[1]
 TINY_TOKENIZER = ["--tokenizer", str(OFFICIAL_TINY / "tiny_tokenizer.bin"), "--tokenizer-config", "tiny"]
@@ -163,12 +163,31 @@ def test_convert_official_bin_to_own_format(tmp_path, tiny_tokenizer, tokenizer_
     assert (tmp_path / "gen" / "model.safetensors").is_file()
 
 
+def test_convert_a_lightning_checkpoint_and_flip_the_vq_index_bits(tmp_path):
+    """Taming's .ckpt (its preset found from the shapes) → own format → flip bits of its codebook indices."""
+    maskbit_cli("convert", str(OFFICIAL_VQ_TINY / "tiny_taming.ckpt"), "--out", str(tmp_path / "taming"))
+    converted = Tokenizer.from_pretrained(tmp_path / "taming")
+    assert converted.config.model_class == "taming" and converted.quantizer_kind == "vq"
+    io = torch.load(OFFICIAL_VQ_TINY / "tiny_taming_io.pt", weights_only=True)
+    assert (converted.decode(io["indices"]) - io["recon_from_indices"]).abs().max() <= 2e-3
+    np.save(tmp_path / "tokens.npy", io["indices"].numpy())
+    tokenizer = ["--tokenizer", str(tmp_path / "taming")]
+    maskbit_cli("flip", str(tmp_path / "tokens.npy"), *tokenizer, "--bits", "0", "9", "--out", str(tmp_path / "flip"))
+    assert (tmp_path / "flip" / "flip_bit09.png").is_file()
+    rows = (tmp_path / "flip" / "distances.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in rows] == ["bit", "0", "9"]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (
             ["generate", "--tokenizer", "maskbit_tokenizer_10bit", "--generator", "tiny", "--random-init"],
-            "10-bit tokens, generator 12",
+            "10-bit tokens but the generator expects 12-bit",
+        ),
+        (
+            ["generate", "--tokenizer", "tiny_vqgan_plus", "--generator", "tiny", "--random-init"],
+            "this tokenizer is vector-quantised (VQ)",
         ),
         (["generate", "--tokenizer", "nope", "--generator", "tiny", "--random-init"], "needs a tokenizer preset name"),
         (["generate", "--tokenizer", "tiny", "--generator", "tiny", "--random-init", "--labels", "1000"], "class ids"),

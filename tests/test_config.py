@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from maskbit import GeneratorConfig, SamplingConfig, TokenizerConfig, read_official_yaml
-from maskbit.config import SAMPLING_PRESETS, config_from_dict
+from maskbit.config import SAMPLING_PRESETS, TOKENIZER_PRESETS, config_from_dict
 from tests.conftest import OFFICIAL_TINY
 
 
@@ -96,7 +96,7 @@ def test_bad_config_values_are_explained(tmp_path):
         read_official_yaml(raw)
     raw = official_generator_yaml(12, 4096)
     raw["model"]["vq_model"]["quantizer_type"] = "lookup"
-    with pytest.raises(ValueError, match="only lookup-free"):
+    with pytest.raises(ValueError, match="its tokenizer must be lookup-free"):
         read_official_yaml(raw)
     (tmp_path / "broken.yaml").write_text("model: [unclosed")
     with pytest.raises(ValueError, match="not valid YAML"):
@@ -110,3 +110,21 @@ def test_derived_values_are_read_only_properties():
     assert (config.bits_per_group, config.mask_token, config.num_positions, config.null_class) == (6, 64, 256, 1000)
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.token_size = 14
+
+
+def test_official_vq_yamls_read_as_the_vq_presets():
+    """configs/tokenizer/vqgan_plus_12bit.yaml, configs/external/{maskgit_tokenizer,taming_vqgan_tokenizer}.yaml."""
+    common = {"commitment_cost": 0.25, "entropy_loss_temperature": 0.01, "entropy_gamma": 1.0, "num_channels": 3}
+    conv = {"hidden_channels": 128, "channel_mult": [1, 1, 2, 2, 4], "num_resolutions": 5, "num_res_blocks": 2}
+    vqgan_plus = {"model_class": "vqgan+", "quantizer_type": "lookup", "codebook_size": 4096, "token_size": 64}
+    vqgan_plus |= {"entropy_loss_weight": 0.0, "sample_with_conv": True, **common, **conv}
+    maskgit = {"model_class": "maskgit", "quantizer_type": "lookup", "codebook_size": 1024, "token_size": 256}
+    maskgit |= {"entropy_loss_weight": 0.02, "sample_with_conv": False, **common, **conv}
+    taming = {"model_class": "taming", "quantizer_type": "lookup", "codebook_size": 1024, "token_size": 256}
+    dataset = {"preprocessing": {"resolution": 256}}
+    for name, vq in (("vqgan_plus_12bit", vqgan_plus), ("maskgit_tokenizer", maskgit), ("taming_vqgan", taming)):
+        config = read_official_yaml({"model": {"vq_model": vq}, "dataset": dataset}).tokenizer
+        assert config == TOKENIZER_PRESETS[name], name
+    assert TOKENIZER_PRESETS["vqgan_plus_12bit"].num_bits == 12 and TOKENIZER_PRESETS["taming_vqgan"].num_bits == 10
+    with pytest.raises(ValueError, match="needs codebook_size"):
+        read_official_yaml({"model": {"vq_model": {"quantizer_type": "lookup", "token_size": 64}}})

@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from maskbit import Generator, GeneratorConfig, SamplingConfig, generate, iter_generate
-from maskbit.config import SAMPLING_PRESETS
+from maskbit import Generator, GeneratorConfig, SamplingConfig, Tokenizer, generate, iter_generate
+from maskbit.config import SAMPLING_PRESETS, TOKENIZER_PRESETS
 from maskbit.sampling import guidance_weight, mask_ratio, masked_counts, sampling_step
 
 OFFICIAL_PRESETS = [name for name in SAMPLING_PRESETS if name.startswith("maskbit_generator_")]
@@ -172,6 +172,9 @@ def test_generate_rejects_bad_input(tiny_tokenizer, tiny_generator, grid16_gener
     mismatched = Generator(GeneratorConfig(token_size=10, grid_size=8, hidden_dim=32, depth=1, heads=2, mlp_dim=64))
     with pytest.raises(ValueError, match="12-bit tokens but the generator expects 10-bit"):
         generate(mismatched, tiny_tokenizer, [1], "tiny")
+    vq = Tokenizer(TOKENIZER_PRESETS["tiny_vqgan_plus"])  # 12-bit VQ tokens: the bit count fits, the kind does not
+    with pytest.raises(ValueError, match="a MaskBit generator predicts bit tokens.*this tokenizer is vector-quantised"):
+        generate(tiny_generator, vq, [1], "tiny")
 
 
 def test_default_sampling_is_the_generators_own(tmp_path, tiny_generator):

@@ -57,8 +57,8 @@ def test_quantizer_losses_match_official(tiny_tokenizer, tokenizer_io):
 def test_straight_through_bits_pass_gradients(tiny_tokenizer):
     z = torch.randn(1, 12, 2, 2, requires_grad=True)
     out = tiny_tokenizer.quantizer(z)
-    assert torch.equal(out.bits.detach(), torch.where(z > 0, 1.0, -1.0))
-    out.bits.sum().backward()
+    assert torch.equal(out.quantized.detach(), torch.where(z > 0, 1.0, -1.0))
+    out.quantized.sum().backward()
     assert torch.equal(z.grad, torch.ones_like(z))
 
 

@@ -100,8 +100,10 @@ def test_generator_from_a_token_file_and_from_images(tokenizer_run, tmp_path):
     assert RunDir(tmp_path / "gen_images").read_status()["state"] == "finished"
 
 
-def test_kill_9_then_resume_reproduces_the_uninterrupted_losses(tmp_path):
-    settings = ["--preset", "tiny", "--set", "training.max_steps=8", "training.save_every=2"]
+def kill_9_then_resume(tmp_path: Path, preset: str, steps: int = 8) -> tuple[dict[int, float], dict[int, float]]:
+    """Train `preset` for `steps` steps straight, and again killed with SIGKILL after its first checkpoint, then
+    resumed; return both runs' losses by step."""
+    settings = ["--preset", preset, "--set", f"training.max_steps={steps}", "training.save_every=2"]
     run_train("tokenizer", *settings, "--run-dir", str(tmp_path / "straight"))
     killed = tmp_path / "killed"
     process = subprocess.Popen(
@@ -117,13 +119,37 @@ def test_kill_9_then_resume_reproduces_the_uninterrupted_losses(tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert RunDir(killed).read_status()["state"] == "running"  # killed mid-run, not finished
-    assert RunDir(killed).latest_checkpoint()[0] < 8
+    assert RunDir(killed).latest_checkpoint()[0] < steps
     run_train("tokenizer", "--run-dir", str(killed), "--resume")
-    expected, resumed = losses(tmp_path / "straight"), losses(killed)
-    assert sorted(resumed) == sorted(expected) == list(range(1, 9))
+    assert any('"event": "resumed"' in line for line in (killed / "metrics.jsonl").read_text().splitlines())
+    return losses(tmp_path / "straight"), losses(killed)
+
+
+def assert_same_losses(expected: dict[int, float], resumed: dict[int, float], steps: int) -> None:
+    assert sorted(resumed) == sorted(expected) == list(range(1, steps + 1))
     for step in expected:
         assert resumed[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-6), step
-    assert any('"event": "resumed"' in line for line in (killed / "metrics.jsonl").read_text().splitlines())
+
+
+def test_kill_9_then_resume_reproduces_the_uninterrupted_losses(tmp_path):
+    assert_same_losses(*kill_9_then_resume(tmp_path, "tiny"), steps=8)
+
+
+def test_vq_tokenizer_trains_and_resumes_exactly_after_kill_9(tmp_path):
+    """The tiny VQ preset: codebook, commitment and entropy terms, the GAN from step 2, exact resume."""
+    expected, resumed = kill_9_then_resume(tmp_path, "tiny_vq", steps=6)
+    assert_same_losses(expected, resumed, steps=6)
+    metrics = RunDir(tmp_path / "straight").read_metrics()
+    assert all(m["codebook_loss"] > 0 and m["commitment_loss"] > 0 and m["entropy_loss"] != 0 for m in metrics)
+    assert all(1 <= m["codes_in_batch"] <= 4 * 8 * 8 for m in metrics)
+    for m in metrics:  # the logged terms add up to the loss (reconstruction weight 4, quantiser weight 1, annealing)
+        annealed = 1 + 2.0 * max(0.0, 1 - (m["step"] - 1) / 4)
+        quantizer = m["commitment_loss"] + m["codebook_loss"] + annealed * m["entropy_loss"]
+        gan = 0.02 * m.get("gan_generator_loss", 0.0)
+        assert m["loss"] == pytest.approx(4 * m["reconstruction_loss"] + quantizer + gan, rel=1e-4), m["step"]
+    model = Tokenizer.from_pretrained(tmp_path / "straight" / "model")
+    assert model.quantizer_kind == "vq" and model.num_bits == 12 and model.config.codebook_size == 4096
+    assert model.encode(torch.rand(1, 3, 32, 32)).shape == (1, 8, 8)
 
 
 def test_sigterm_stops_with_a_checkpoint_and_resume_finishes(tmp_path):

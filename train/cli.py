@@ -100,6 +100,7 @@ def pretokenize(args: argparse.Namespace) -> None:
         "tokenizer": str(args.tokenizer),
         "tokenizer_identity": tokenizer.identity(),
         "num_bits": tokenizer.num_bits,
+        "quantizer": tokenizer.quantizer_kind,
         "dataset": args.dataset,
         "split": args.split,
         "seed": args.seed,

@@ -211,6 +211,13 @@ _FAST_OPTIMIZER = OptimizerConfig(learning_rate=1e-3, warmup_steps=2)
 
 TOKENIZER_TRAIN_PRESETS: dict[str, TokenizerTrainConfig] = {
     **{f"maskbit_tokenizer_{k}bit": _official_tokenizer(k) for k in (10, 12, 14, 16, 18)},
+    # VQGAN+ (configs/tokenizer/vqgan_plus_{10,12}bit.yaml): the same recipe with a learned codebook, no entropy term.
+    **{
+        f"vqgan_plus_{k}bit": TokenizerTrainConfig(
+            model=TOKENIZER_PRESETS[f"vqgan_plus_{k}bit"], loss=TokenizerLossConfig(entropy_annealing_factor=0.0)
+        )
+        for k in (10, 12)
+    },
     # Seconds on a CPU, for tests: 32×32 procedural images → 8×8 tokens of 12 bits, the GAN from step 2.
     # The bundled default model: 64×64 procedural shapes → 16×16 tokens of 12 bits on 2 CPU cores. 4× downsampling,
     # not the official 16×: with 8×8 tokens eval PSNR was 14.8 dB after 500 steps, with 16×16 18.5 dB after 300.
@@ -237,6 +244,15 @@ TOKENIZER_TRAIN_PRESETS: dict[str, TokenizerTrainConfig] = {
             num_samples=8,
         ),
     ),
+    "tiny_vq": TokenizerTrainConfig(
+        # The official-vq-tiny VQGAN+ (4,096 codes of dimension 16), with the entropy term on to exercise it.
+        model=dataclasses.replace(TOKENIZER_PRESETS["tiny_vqgan_plus"], entropy_loss_weight=0.02),
+        data=DataConfig(resolution=32, random_crop=False),
+        optimizer=_FAST_OPTIMIZER,
+        loss=TokenizerLossConfig(perceptual="none", discriminator_start=2, entropy_annealing_steps=4),
+        discriminator=DiscriminatorConfig(hidden_channels=32, channel_mult=(1, 2), pool_size=8),
+        training=_TINY_TRAINING,
+    ),
     "tiny": TokenizerTrainConfig(
         model=TOKENIZER_PRESETS["tiny"],
         data=DataConfig(resolution=32, random_crop=False),
@@ -246,6 +262,19 @@ TOKENIZER_TRAIN_PRESETS: dict[str, TokenizerTrainConfig] = {
         training=_TINY_TRAINING,
     ),
 }
+
+# The bundled default tokenizer's VQ twin: the same autoencoder, data, optimiser, losses and step budget, with a learned
+# codebook of 4,096 codes (12 bits, as the LFQ tokenizer's tokens) instead of lookup-free bits (model card).
+TOKENIZER_TRAIN_PRESETS["default_vq"] = dataclasses.replace(
+    TOKENIZER_TRAIN_PRESETS["default"],
+    model=dataclasses.replace(
+        TOKENIZER_TRAIN_PRESETS["default"].model,
+        quantizer="vq",
+        codebook_size=4096,
+        token_size=12,
+        entropy_loss_weight=0.0,
+    ),
+)
 
 GENERATOR_TRAIN_PRESETS: dict[str, GeneratorTrainConfig] = {
     **{f"maskbit_generator_{k}bit": _official_generator(k) for k in (10, 12, 14, 16, 18)},

@@ -96,7 +96,8 @@ class Stage:
 
 
 class TokenizerStage(Stage):
-    """Stage I: autoencoder with LFQ, perceptual and GAN losses (spec §1.7)."""
+    """Stage I: autoencoder with its quantiser's losses (LFQ, or VQ with the codebook term), perceptual and GAN
+    losses (spec §1.7, §1.10)."""
 
     model_class = Tokenizer
 
@@ -165,7 +166,10 @@ class TokenizerStage(Stage):
                 "entropy_loss": q.entropy_loss,
                 "per_sample_entropy": q.per_sample_entropy,
                 "avg_entropy": q.avg_entropy,
+                "codes_in_batch": q.indices.unique().numel(),  # falls when a codebook collapses
             }
+            if self.config.model.quantizer == "vq":
+                logs["codebook_loss"] = q.codebook_loss
             if self.perceptual is not None:
                 perceptual_loss = self.perceptual(images, reconstructions.float())
                 loss = loss + c.perceptual_weight * perceptual_loss
@@ -224,6 +228,11 @@ class GeneratorStage(Stage):
         if config.tokenizer:
             self.tokenizer = Tokenizer.from_pretrained(config.tokenizer, config.tokenizer_config or None)
             self.tokenizer.requires_grad_(False).to(accelerator.device)
+            if self.tokenizer.quantizer_kind != "lfq":
+                raise ValueError(
+                    f"{config.tokenizer} is a vector-quantised tokenizer; a MaskBit generator learns bit tokens: "
+                    "train it on a lookup-free tokenizer's tokens"
+                )
             if self.tokenizer.num_bits != config.model.token_size:
                 k = config.model.token_size
                 raise ValueError(f"the tokenizer has {self.tokenizer.num_bits}-bit tokens, model.token_size is {k}")
@@ -253,6 +262,8 @@ class GeneratorStage(Stage):
     def _check_token_file(self) -> None:
         meta, model = self.dataset.meta, self.config.model
         grid = self.dataset.indices.shape[1:]
+        if meta.get("quantizer", "lfq") != "lfq":
+            raise ValueError(f"{self.dataset.path} holds a vector-quantised tokenizer's tokens; a generator needs bits")
         if meta.get("num_bits") != model.token_size or tuple(grid) != (model.grid_size, model.grid_size):
             raise ValueError(
                 f"{self.dataset.path} holds {meta.get('num_bits')}-bit tokens on a {grid} grid; the model expects "
