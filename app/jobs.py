@@ -269,7 +269,13 @@ class Jobs:
                 raise UserError(f"job {name!r} has finished; launch a new job to train further")
             if run.latest_checkpoint() is None:
                 raise UserError(f"job {name!r} has no complete checkpoint yet; launch it again under a new name")
-            self._start(name, self.command(status.get("stage", "tokenizer"), run, resume=True))
+            stage = status.get("stage") or _stage_from_config(run)
+            try:  # the run's own config is what a resume reads: its paths pass the same checks as a launch's
+                config = load_train_config(stage, None, str(run.config_path))
+            except (ValueError, KeyError, TypeError) as error:
+                raise UserError(f"cannot resume job {name!r}: its config.json is not usable ({error})") from None
+            self.checked_paths(stage, config)
+            self._start(name, self.command(stage, run, resume=True))
         return name
 
     def _start(self, name: str, args: list[str]) -> None:

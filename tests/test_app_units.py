@@ -387,6 +387,24 @@ def test_checked_paths_are_absolute_and_cover_every_path_setting(jobs, tmp_path,
     assert text - set(PATH_FIELDS["generator"]) <= choices | {"sampling.mask_schedule", "stage"}
 
 
+def test_a_resume_checks_the_paths_of_the_runs_own_config(jobs, tmp_path):
+    """A run directory written outside the app (e.g. by `python -m train`) cannot take a resume outside the roots."""
+    import dataclasses
+
+    from train.config import TOKENIZER_TRAIN_PRESETS, to_dict
+
+    preset = TOKENIZER_TRAIN_PRESETS["tiny"]
+    run = jobs.run_dir("elsewhere")
+    run.create()
+    run.write_config(to_dict(dataclasses.replace(preset, data=dataclasses.replace(preset.data, dataset="/etc"))))
+    run.write_status(state="stopped", stage="tokenizer", pid=None)
+    (run.checkpoints_dir / "step-3").mkdir()
+    (run.checkpoints_dir / "step-3" / "checkpoint.json").write_text("{}")  # what RunDir.commit_checkpoint marks
+    with pytest.raises(UserError, match="data.dataset '/etc' is outside the allowed folders"):
+        jobs.resume("elsewhere")
+    assert jobs.processes == {}
+
+
 def test_a_name_is_reserved_by_exactly_one_of_simultaneous_launches(jobs):
     """Issue 17.3: two launches with one name were both accepted and wrote into one run directory."""
     import threading
