@@ -368,7 +368,7 @@ def test_every_path_of_a_launch_is_checked_however_it_is_given(jobs, tmp_path, s
 
 
 def test_checked_paths_are_absolute_and_cover_every_path_setting(jobs, tmp_path, monkeypatch):
-    from train.config import GENERATOR_TRAIN_PRESETS, PATH_FIELDS, apply_overrides, flat_keys
+    from train.config import GENERATOR_TRAIN_PRESETS, PATH_FIELDS, TOKENIZER_TRAIN_PRESETS, apply_overrides, flat_keys
 
     data = tmp_path / "data"
     config = apply_overrides(
@@ -382,9 +382,13 @@ def test_checked_paths_are_absolute_and_cover_every_path_setting(jobs, tmp_path,
     assert checked["tokenizer"] == str(tmp_path / "runs" / "tok" / "model")
     assert set(jobs.checked_paths("tokenizer", config)) == set(PATH_FIELDS["tokenizer"])
     # Every other text setting is a choice from a fixed list, not a path: a new path field must join PATH_FIELDS.
-    text = {key for key, value in flat_keys(config).items() if isinstance(value, str)}
-    choices = {"data.split", "data.interpolation", "training.mixed_precision", "sampling.guidance_annealing"}
-    assert text - set(PATH_FIELDS["generator"]) <= choices | {"sampling.mask_schedule", "stage"}
+    choices = {"stage", "data.split", "data.interpolation", "training.mixed_precision"}
+    choices |= {"sampling.guidance_annealing", "sampling.mask_schedule"}  # the generator's
+    choices |= {"loss.perceptual", "model.model_class", "model.quantizer", "model.padding_mode"}  # the tokenizer's
+    for stage, presets in (("generator", GENERATOR_TRAIN_PRESETS), ("tokenizer", TOKENIZER_TRAIN_PRESETS)):
+        for preset in presets.values():
+            text = {key for key, value in flat_keys(preset).items() if isinstance(value, str)}
+            assert text - set(PATH_FIELDS[stage]) <= choices, (stage, text - set(PATH_FIELDS[stage]) - choices)
 
 
 def test_a_resume_checks_the_paths_of_the_runs_own_config(jobs, tmp_path):
