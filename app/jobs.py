@@ -20,8 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.explorer import UserError
-from app.validation import LIMITS, bounded_text, checked_model_source, inside
+from app.validation import LIMITS, UserError, bounded_text, checked_model_source, inside
 from data.datasets import expand_braces, shard_paths
 from maskbit.config import TOKENIZER_PRESETS
 from train.config import (
@@ -395,15 +394,20 @@ class Jobs:
             text = file.read().decode("utf-8", "replace")
         return "\n".join(text.splitlines()[-lines:])
 
-    def model(self, name: str) -> tuple[str, Path, str]:
-        """(stage, exported model directory, the tokenizer it was trained with) of a job that has one."""
+    def finished_models(self) -> list[str]:
+        """The jobs that have exported a model (newest first): what the model panel offers to load."""
+        return [name for name in self.names() if (self.run_dir(name).path / "model" / "config.json").is_file()]
+
+    def model_pair(self, name: str) -> tuple[str, str]:
+        """(tokenizer, generator) sources of a job's exported model: a generator job's with the tokenizer it was
+        trained on; a tokenizer job's alone (no generator was trained on its tokens)."""
         run = self.run_dir(name)
         model = run.path / "model"
         if not (model / "config.json").is_file():
             raise UserError(f"job {name!r} has no exported model yet (it is written when the job finishes)")
-        config = json.loads(run.config_path.read_text())
-        stage = self.job(name).stage
-        return stage, model, str(config.get("tokenizer", ""))
+        if self.job(name).stage == "generator":
+            return str(json.loads(run.config_path.read_text()).get("tokenizer", "")), str(model)
+        return str(model), ""
 
 
 def _stage_from_config(run: RunDir) -> str:

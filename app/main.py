@@ -17,18 +17,19 @@ __all__ = ["main", "create_app"]
 
 def create_app(settings: Settings):
     """(state, demo) ready to launch; the index is opened or built in a background thread."""
+    from app.callbacks import Callbacks
+    from app.layout import build
     from app.state import AppState
-    from app.ui import build_ui
 
     state = AppState(settings)
     state.start_background()
-    demo = build_ui(state)
+    demo = build(Callbacks(state))
     demo.queue(default_concurrency_limit=settings.concurrency, max_size=64)
     return state, demo
 
 
 def launch(demo, settings: Settings, **kwargs):
-    from app.ui import CSS, JS
+    from app.texts import CSS, JS
 
     return demo.launch(
         server_name=settings.host,
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     settings = parse_settings(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    from app.explorer import UserError
+    from app.validation import UserError
 
     try:
         state, demo = create_app(settings)

@@ -41,6 +41,14 @@ def _env_flag(name: str) -> bool:
     return _env(name).strip().lower() in ("1", "true", "yes", "on")
 
 
+def cache_dir() -> Path:
+    """Where the app keeps what it builds (indexes of the bundled dataset): $MASKBIT_CACHE, else
+    $XDG_CACHE_HOME/maskbit-explorer, else ~/.cache/maskbit-explorer; never the source tree."""
+    if _env("MASKBIT_CACHE"):
+        return Path(_env("MASKBIT_CACHE")).expanduser()
+    return Path(_env("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "maskbit-explorer"
+
+
 def _env_paths(name: str) -> list[Path]:
     """Folders listed in an environment variable, separated by os.pathsep (':' on Linux)."""
     return [Path(p) for p in _env(name).split(os.pathsep) if p.strip()]
@@ -53,7 +61,7 @@ class Settings:
     tokenizer_config: str | None = None
     generator_config: str | None = None
     index: str = ""  # an index directory; empty: the one built for the loaded tokenizer under index_root
-    index_root: Path = PROJECT_ROOT / "indexes" / "built"
+    index_root: Path = field(default_factory=lambda: cache_dir() / "indexes")
     index_dataset: str = "procedural"
     index_size: int = 4000
     random_lpips_backbone: bool = False
@@ -129,8 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--index-root",
         type=Path,
-        default=Path(_env("MASKBIT_INDEX_ROOT", str(PROJECT_ROOT / "indexes" / "built"))),
-        help="where indexes built on start live, one per tokenizer [MASKBIT_INDEX_ROOT]",
+        default=Path(_env("MASKBIT_INDEX_ROOT", str(cache_dir() / "indexes"))),
+        help="where indexes built on start live, one per tokenizer (default: indexes/ in $MASKBIT_CACHE or "
+        "~/.cache/maskbit-explorer) [MASKBIT_INDEX_ROOT]",
     )
     p.add_argument(
         "--index-size",

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from app.explorer import Models, UserError, load_models
 from app.files import TempFiles
 from app.jobs import Jobs
+from app.models import Models, load_models
 from app.settings import Settings
-from app.validation import checked_model_source
+from app.validation import UserError, checked_model_source
 from indexes.store import ImageIndex, IndexError_, IndexOptions
 
 logger = logging.getLogger("app")

@@ -20,14 +20,16 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from app.explorer import UserError
 from maskbit.checkpoint import HUB_ID
-from maskbit.config import SamplingConfig
+from maskbit.config import GUIDANCE_ANNEALINGS, MASK_SCHEDULES, SamplingConfig
 from maskbit.images import fit_square
 from maskbit.sampling import MAX_SEED
 
 __all__ = [
+    "UserError",
+    "parse_ids",
     "load_upload",
+    "fit_note",
     "whole_number",
     "real_number",
     "checked_seed",
@@ -37,12 +39,11 @@ __all__ = [
     "checked_model_source",
     "public_message",
     "LIMITS",
-    "SCHEDULES",
-    "ANNEALING",
 ]
 
-SCHEDULES = ["arccos", "cosine", "linear", "square"]
-ANNEALING = ["none", "linear", "cosine"]
+
+class UserError(ValueError):
+    """Bad input or an impossible request; the message says what was wrong and what to do."""
 
 
 class LIMITS:
@@ -131,21 +132,74 @@ def bounded_text(value, name: str, max_chars: int = LIMITS.text) -> str:
     return value
 
 
-def sampling_from(steps, guidance, annealing, scale_pow, randomize, temperature, schedule) -> SamplingConfig:
+def sampling_from(
+    num_steps, guidance_scale, guidance_annealing, scale_pow, randomize_temperature, softmax_temperature, mask_schedule
+) -> SamplingConfig:
     """The sampling knobs of the generate endpoint, each checked, as a SamplingConfig."""
-    if annealing not in ANNEALING:
-        raise UserError(f"annealing must be one of {', '.join(ANNEALING)}; got {_shown(annealing)}")
-    if schedule not in SCHEDULES:
-        raise UserError(f"schedule must be one of {', '.join(SCHEDULES)}; got {_shown(schedule)}")
+    if guidance_annealing not in GUIDANCE_ANNEALINGS:
+        raise UserError(
+            f"guidance_annealing must be one of {', '.join(GUIDANCE_ANNEALINGS)}; got {_shown(guidance_annealing)}"
+        )
+    if mask_schedule not in MASK_SCHEDULES:
+        raise UserError(f"mask_schedule must be one of {', '.join(MASK_SCHEDULES)}; got {_shown(mask_schedule)}")
     return SamplingConfig(
-        whole_number(steps, "steps", 1, LIMITS.steps),
-        real_number(guidance, "guidance (scale)", 0, 15),
-        annealing,
+        whole_number(num_steps, "num_steps", 1, LIMITS.steps),
+        real_number(guidance_scale, "guidance_scale", 0, 15),
+        guidance_annealing,
         real_number(scale_pow, "scale_pow", 0.01, 5),
-        real_number(randomize, "randomize (temperature)", 0, 15),
-        real_number(temperature, "temperature (softmax)", 0.01, 5),
-        schedule,
+        real_number(randomize_temperature, "randomize_temperature", 0, 15),
+        real_number(softmax_temperature, "softmax_temperature", 0.01, 5),
+        mask_schedule,
     )
+
+
+# ---------------------------------------------------------------------------------------------------- id lists
+
+
+ID_PART = re.compile(r"(-?\d+)(?:\s*-\s*(-?\d+))?")
+MAX_ID_TEXT = 10_000  # characters (or list items) of an id list
+
+
+def parse_ids(text: str | list | None, limit: int, what: str) -> list[int] | None:
+    """'all' or '' → None (all); '0, 3, 5-7' → [0, 3, 5, 6, 7]; each in [0, limit).
+
+    Every number is checked against [0, limit) before a range is expanded, and the chosen ids are marked in one
+    array of `limit` flags, so neither "0-1000000000" nor ten thousand overlapping ranges can allocate more.
+    """
+    if text is None:
+        return None
+    if isinstance(text, list | tuple):
+        parts = [str(v) for v in text[: MAX_ID_TEXT + 1]]
+        size = len(text)
+    else:
+        text = str(text)
+        size = len(text)
+        text = text.strip().lower()
+        if text in ("", "all"):
+            return None
+        parts = text.replace(";", ",").split(",")
+    if size > MAX_ID_TEXT:
+        raise UserError(f"{what}: the list is {size:,} long; the limit is {MAX_ID_TEXT:,}: use ranges like 0-63")
+    chosen = np.zeros(limit, dtype=bool)
+    for part in parts:
+        part = part.strip()
+        if not part:
+            continue
+        match = ID_PART.fullmatch(part)
+        if match is None:
+            raise UserError(f"{what}: {part[:40]!r} is not a number or a range like 3-7")
+        ends = [match[1]] if match[2] is None else [match[1], match[2]]
+        for end in ends:
+            if len(end) > 18 or not 0 <= int(end) < limit:  # 18 digits: no 4,000-digit conversions
+                shown = end if len(end) <= 18 else f"a {len(end)}-digit number"
+                raise UserError(f"{what} must be in 0–{limit - 1}; got {shown}")
+        first, last = int(ends[0]), int(ends[-1])
+        if last < first:
+            raise UserError(f"{what}: the range {part} runs backwards; write {last}-{first}")
+        chosen[first : last + 1] = True
+    if not chosen.any():
+        raise UserError(f"no {what} chosen")
+    return np.flatnonzero(chosen).tolist()
 
 
 # ---------------------------------------------------------------------------------------------------- paths
@@ -242,6 +296,23 @@ def load_upload(path: str | Path | dict | None, size: int, max_bytes: int, max_p
         reason = str(error).replace(str(path), path.name)
         raise UserError(f"cannot read the file as an image ({reason}); use PNG, JPEG, WebP, BMP or GIF") from None
     return fit_square(image, size)
+
+
+def fit_note(path: str | Path | dict | None, size: int) -> str:
+    """What load_upload did to the file's size, in a sentence for the user ("" when nothing was resized)."""
+    if isinstance(path, dict):
+        path = path.get("path")
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except (OSError, ValueError, TypeError):
+        return ""
+    if (width, height) == (size, size):
+        return ""
+    crop = "" if width == height else f" and centre-cropped to {size}×{size}"
+    return (
+        f"The {width}×{height} image was resized to {size} px on its shorter side{crop}: the size this model works at."
+    )
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

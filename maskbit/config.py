@@ -355,6 +355,20 @@ SAMPLING_PRESETS: dict[str, SamplingConfig] = {
 }
 
 
+# What each sampling preset was tuned for: the paper's presets suit their own ImageNet checkpoints, not other models.
+SAMPLING_PRESET_NOTES: dict[str, str] = {
+    **{
+        name: f"the paper's preset for {name.removesuffix('_128steps').removesuffix('_256steps')} "
+        "(markweber/… on ImageNet 256); on other models it can make images worse"
+        for name in SAMPLING_PRESETS
+        if name.startswith("maskbit_generator_")
+    },
+    "demo": "the official demo's constant guidance (ImageNet checkpoints)",
+    "tiny": "for the tiny test models (8 steps)",
+    "default": "tuned for the bundled default model (16 steps: about 50 % of its images show their class)",
+}
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Reading configs from dicts and official YAML files.
 # ---------------------------------------------------------------------------------------------------------------

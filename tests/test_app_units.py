@@ -1,98 +1,49 @@
-"""The app's pieces without a server: explorer computations against independent ones, uploads, jobs, settings."""
+"""The app's pieces without a server: models, uploads and every other input check, jobs, settings, files."""
 
 from pathlib import Path
 
-import lpips
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from app import explorer
-from app.explorer import UserError
 from app.jobs import Jobs
+from app.models import generate_steps, load_models
 from app.settings import Settings, parse_settings
 from app.validation import (
+    UserError,
     bounded_text,
     checked_model_source,
     checked_seed,
     load_upload,
+    parse_ids,
     public_message,
     real_number,
     whole_number,
 )
-from maskbit import bits
 
 ROOT = Path(__file__).parents[1]
 
 
 @pytest.fixture(scope="module")
 def models(app_models):
-    return explorer.load_models(app_models["tokenizer"], app_models["generator"], device=torch.device("cpu"))
+    return load_models(app_models["tokenizer"], app_models["generator"], device=torch.device("cpu"))
 
 
 def test_parse_ids():
-    assert explorer.parse_ids("all", 12, "bits") is None
-    assert explorer.parse_ids(" 0, 3 ,5-7; 3", 12, "bits") == [0, 3, 5, 6, 7]
+    assert parse_ids("all", 12, "bits") is None
+    assert parse_ids(" 0, 3 ,5-7; 3", 12, "bits") == [0, 3, 5, 6, 7]
     with pytest.raises(UserError, match="bits must be in 0–11"):
-        explorer.parse_ids("12", 12, "bits")
+        parse_ids("12", 12, "bits")
     with pytest.raises(UserError, match="not a number"):
-        explorer.parse_ids("a-b", 12, "bits")
-
-
-def test_flip_distances_equal_lpips_and_a_direct_psnr(models):
-    from indexes.lpips_embedding import LPIPSEmbedding
-
-    image = torch.rand(3, 32, 32)
-    embedding = LPIPSEmbedding("alex", random_backbone=True)
-    result = explorer.flip_each_bit(models, image, [1, 7], [0, 9, 63], embedding)
-    tokens = models.tokenizer.encode(image[None])
-    recon = models.tokenizer.decode(tokens).clamp(0, 1)
-    flipped = models.tokenizer.decode(bits.flip_bits(tokens, 7, 12, [0, 9, 63])).clamp(0, 1)
-    assert torch.allclose(result.flipped[1], flipped[0], atol=1e-5)  # decoded in a batch of 2, here alone
-    mse = (flipped - recon).pow(2).mean()
-    assert result.psnr[1] == pytest.approx(float(10 * torch.log10(1 / mse)), rel=1e-5)
-    assert result.l2[1] == pytest.approx(float((flipped - recon).norm()), rel=1e-5)
-    reference = embedding.lpips  # the lpips package's own forward, on the same (seeded random) network
-    expected = reference(flipped * 2 - 1, recon * 2 - 1).item()
-    assert result.lpips[1] == pytest.approx(expected, rel=1e-3, abs=1e-5)
-    assert isinstance(reference, lpips.LPIPS)
-
-
-def test_bit_walk_moves_exactly_r_bits_per_step(models):
-    image = torch.rand(3, 32, 32)
-    walk = explorer.bit_walk(models, image, r=7, steps=5, seed=3, lpips=None)
-    start = models.tokenizer.encode(image[None])
-    order = torch.randperm(64 * 12, generator=torch.Generator().manual_seed(3))
-    for step, expected in enumerate(walk.hamming):
-        assert expected == 7 * step
-        flipped = torch.zeros(64 * 12, dtype=torch.long)
-        flipped[order[: 7 * step]] = 1
-        moved = start[0] ^ (flipped.view(64, 12) << torch.arange(12)).sum(1).view(8, 8)
-        assert int(bits.hamming(moved, start[0], dim=(0, 1))) == 7 * step
-    assert walk.psnr[0] == pytest.approx(100.0)
-
-
-def test_token_statistics_against_numpy():
-    tokens = np.random.default_rng(0).integers(0, 4096, size=(20, 8, 8))
-    stats = explorer.token_statistics(tokens, 12)
-    flat = tokens.reshape(-1)
-    for k in (0, 5, 11):
-        p = ((flat >> k) & 1).mean()
-        assert stats.bit_usage[k] == pytest.approx(p)
-        assert stats.bit_entropy[k] == pytest.approx(-(p * np.log2(p) + (1 - p) * np.log2(1 - p)))
-    _, counts = np.unique(flat, return_counts=True)
-    assert stats.codes_used == len(counts) and stats.code_counts.sum() == flat.size
-    q = counts / counts.sum()
-    assert stats.code_entropy == pytest.approx(-(q * np.log2(q)).sum())
+        parse_ids("a-b", 12, "bits")
 
 
 def test_classes_by_name_or_id(models):
-    assert models.class_id("goldfish") == 1 and models.class_id("GOLDFISH") == 1 and models.class_id("3") == 3
+    assert models.label("goldfish") == 1 and models.label("GOLDFISH") == 1 and models.label("3") == 3
     with pytest.raises(UserError, match="Did you mean"):
-        models.class_id("gold")
+        models.label("gold")
     with pytest.raises(UserError, match="out of range"):
-        models.class_id(1000)
+        models.label(1000)
 
 
 def test_a_mismatched_pair_says_why(app_models, tmp_path):
@@ -102,10 +53,18 @@ def test_a_mismatched_pair_says_why(app_models, tmp_path):
     Generator(GeneratorConfig(token_size=10, grid_size=8, hidden_dim=32, depth=1, heads=2, mlp_dim=64)).save_pretrained(
         tmp_path / "g"
     )
-    models = explorer.load_models(app_models["tokenizer"], str(tmp_path / "g"), device=torch.device("cpu"))
+    models = load_models(app_models["tokenizer"], str(tmp_path / "g"), device=torch.device("cpu"))
     assert not models.can_generate and "10-bit" in models.problem
     with pytest.raises(UserError, match="load a matching pair"):
-        explorer.generate(models, [0], models.sampling, 0)
+        next(generate_steps(models, [0], models.sampling, 0))
+    alone = load_models(app_models["tokenizer"], "", device=torch.device("cpu"))
+    with pytest.raises(UserError, match="this model pair has no generator; load one"):
+        next(generate_steps(alone, [0], models.sampling, 0))
+    from maskbit import TOKENIZER_PRESETS, Tokenizer
+
+    Tokenizer(TOKENIZER_PRESETS["tiny_vqgan_plus"]).save_pretrained(tmp_path / "vq")  # 12-bit VQ tokens
+    vq = load_models(str(tmp_path / "vq"), app_models["generator"], device=torch.device("cpu"))
+    assert not vq.can_generate and "vector-quantised" in vq.problem
 
 
 # ---------------------------------------------------------------------------------------------------- uploads
@@ -200,7 +159,7 @@ def test_settings_come_from_the_environment(monkeypatch):
 
 BOUNDED_IDS = """
 import resource, sys, time
-from app.explorer import UserError, parse_ids
+from app.validation import UserError, parse_ids
 data = [int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmData:")][0]
 limit = data + 512 * 2**20  # what the imports use, plus 512 MiB: building range(0, 10**9) needs 8 GiB
 resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
@@ -231,14 +190,14 @@ def test_id_ranges_are_bounded_before_anything_is_allocated():
 
 def test_id_lists_explain_what_is_wrong():
     with pytest.raises(UserError, match="runs backwards; write 3-7"):
-        explorer.parse_ids("7-3", 12, "bits")
+        parse_ids("7-3", 12, "bits")
     with pytest.raises(UserError, match="got a 50-digit number"):
-        explorer.parse_ids("1" * 50, 12, "bits")
+        parse_ids("1" * 50, 12, "bits")
     with pytest.raises(UserError, match="the limit is 10,000"):
-        explorer.parse_ids("0," * 6000, 12, "bits")
+        parse_ids("0," * 6000, 12, "bits")
     with pytest.raises(UserError, match="bits must be in 0–11; got -1"):
-        explorer.parse_ids("-1", 12, "bits")
-    assert explorer.parse_ids([3, 1, 3], 12, "bits") == [1, 3]
+        parse_ids("-1", 12, "bits")
+    assert parse_ids([3, 1, 3], 12, "bits") == [1, 3]
 
 
 @pytest.mark.parametrize(

@@ -172,7 +172,8 @@ def test_convert_a_lightning_checkpoint_and_flip_the_vq_index_bits(tmp_path):
     assert (converted.decode(io["indices"]) - io["recon_from_indices"]).abs().max() <= 2e-3
     np.save(tmp_path / "tokens.npy", io["indices"].numpy())
     tokenizer = ["--tokenizer", str(tmp_path / "taming")]
-    maskbit_cli("flip", str(tmp_path / "tokens.npy"), *tokenizer, "--bit-ids", "0", "9", "--out", str(tmp_path / "flip"))
+    out = ["--out", str(tmp_path / "flip")]
+    maskbit_cli("flip", str(tmp_path / "tokens.npy"), *tokenizer, "--bit-ids", "0", "9", *out)
     assert (tmp_path / "flip" / "flip_bit09.png").is_file()
     rows = (tmp_path / "flip" / "distances.csv").read_text().splitlines()
     assert [row.split(",")[0] for row in rows] == ["bit", "0", "9"]

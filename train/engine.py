@@ -452,7 +452,7 @@ def train(config: TokenizerTrainConfig | GeneratorTrainConfig, run_dir: str | Pa
         return exported
     except Stop as stopped:
         if main:
-            run.write_status(state="stopped", step=step, pid=None, last_error=f"stopped by {stopped}")
+            run.write_status(state="stopped", step=step, pid=None, last_error=None, stopped_by=str(stopped))
         logger.info("stopped by %s at step %d; resume with --resume", stopped, step)
         raise
     except BaseException as error:

@@ -1,0 +1,63 @@
+"""All the app's endpoints, one object: `Callbacks(state).generate(...)`, `.neighbours(...)`, `.train_launch(...)`.
+
+The methods live with their tab: app/explore.py (model panel, Generate, Bit flips), app/search.py (Neighbours, Token
+space), app/training.py (Training). Tests call them directly; app/layout.py wires them to widgets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from app.explore import ExploreCallbacks
+from app.jobs import PRESETS, STAGES
+from app.search import SearchCallbacks
+from app.training import JOB_COLUMNS, TrainingCallbacks
+from app.validation import LIMITS
+from maskbit.config import GUIDANCE_ANNEALINGS, MASK_SCHEDULES, SAMPLING_PRESETS
+
+__all__ = ["Callbacks"]
+
+
+class Callbacks(ExploreCallbacks, SearchCallbacks, TrainingCallbacks):
+    """Every endpoint of the explorer, over the models, index and jobs that `state` holds (`Callbacks(state)`)."""
+
+    def page_values(self) -> dict:
+        """What the page's widgets start from (app/layout.py imports no torch, so it asks here)."""
+        models, settings = self.state.models, self.settings
+        total_bits = models.grid[0] * models.grid[1] * models.tokenizer.num_bits
+        choices = self.model_choices()
+        current = (models.tokenizer_source, models.generator_source)
+        return {
+            "model_choices": choices,
+            "model_choice": next((c for c in choices if self._pair(c) == current), None),
+            "tokenizer": models.tokenizer_source,
+            "generator": models.generator_source,
+            "index_status": self.index_status(),
+            "class_names": models.class_names,
+            "sampling": dataclasses.asdict(models.sampling),
+            "sampling_presets": list(SAMPLING_PRESETS),
+            "guidance_annealings": list(GUIDANCE_ANNEALINGS),
+            "mask_schedules": list(MASK_SCHEDULES),
+            "can_generate": models.can_generate,
+            "generation_note": self.generation_note(),
+            "limits": {
+                "max_images": settings.max_images,
+                "num_steps": LIMITS.steps,
+                "k": LIMITS.k,
+                "walk_r": LIMITS.walk_r,
+                "walk_steps": LIMITS.walk_steps,
+                "report_images": LIMITS.report_images,
+            },
+            "walk_bits": max(1, min(LIMITS.walk_r, total_bits // 24)),  # 8 steps flip a third of the bits
+            "dataset_images_visible": settings.dataset_images_visible,
+            "training_enabled": self.state.jobs is not None,
+            "stages": list(STAGES),
+            "train_presets": PRESETS,
+            "job_columns": JOB_COLUMNS,
+        }
+
+    def _pair(self, choice: str) -> tuple[str, str] | None:
+        try:
+            return self.pair_sources(choice)
+        except ValueError:
+            return None

@@ -1,0 +1,292 @@
+"""The Generate and Bit flips tabs' endpoints, and the model panel's: one method per user action, named and
+parametrised in the library's vocabulary.
+
+Each method checks its inputs (app/validation.py), calls the library (maskbit.analysis, maskbit.sampling), and
+returns what its widgets show: images as uint8 arrays, plotly figures (app/figures.py), text and dicts. They run
+without a server (tests call them directly); app/layout.py wires them to widgets under the same `api_name`s.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import gradio as gr
+import numpy as np
+
+from app import figures, pictures
+from app.endpoint import Endpoints, gpu, guarded
+from app.models import BUNDLED_PAIRS, OFFICIAL_PAIRS, generate_steps
+from app.validation import (
+    LIMITS,
+    UserError,
+    bounded_text,
+    checked_seed,
+    fit_note,
+    parse_ids,
+    sampling_from,
+    whole_number,
+)
+from maskbit import SAMPLING_PRESETS, analysis
+from maskbit.config import SAMPLING_PRESET_NOTES
+
+__all__ = ["ExploreCallbacks"]
+
+
+class ExploreCallbacks(Endpoints):
+    """The model panel, Generate and Bit flips. `state` holds the models and the index."""
+
+    # ------------------------------------------------------------------------------------------------ models
+
+    def model_choices(self) -> list[str]:
+        choices = [*BUNDLED_PAIRS, *(OFFICIAL_PAIRS if self.settings.hub_allowed else [])]
+        jobs = self.state.jobs
+        if jobs is not None:
+            choices += [f"run: {name}" for name in jobs.finished_models()]
+        return choices
+
+    def model_choices_update(self):
+        return gr.update(choices=self.model_choices())
+
+    def pair_sources(self, choice: str) -> tuple[str, str]:
+        """A model-pair choice → (tokenizer, generator) sources."""
+        pairs = BUNDLED_PAIRS | OFFICIAL_PAIRS
+        if choice in pairs:
+            return pairs[choice]
+        if isinstance(choice, str) and choice.startswith("run: ") and self.state.jobs is not None:
+            return self.state.jobs.model_pair(choice.removeprefix("run: "))
+        raise UserError(f"unknown model choice {str(choice)[:80]!r}; choose one of the list")
+
+    @guarded
+    def model_info(self) -> dict:
+        return self.state.models.describe() | {"lpips": self.state.lpips_note, "index": self.index_status()}
+
+    def index_status(self) -> str:
+        return self.state.index_status.text()
+
+    @guarded
+    def load_models(self, tokenizer: str, generator: str):
+        """Load a pair (checked against the allowed sources) → info, the class choices, a message."""
+        models = self.state.switch_models(tokenizer, generator)
+        names = models.class_names
+        classes = gr.update(choices=names, value=names[:1]) if names else gr.update(choices=[], value=[])
+        what = f"{models.tokenizer_source} + {models.generator_source or 'no generator'}"
+        note = "" if models.can_generate else f" — {models.why_not}"
+        return self.model_info(), classes, f"✅ loaded {what}{note}"
+
+    def generation_note(self) -> str:
+        """What the Generate tab says about the loaded pair (and why the button is off)."""
+        models = self.state.models
+        return "" if models.can_generate else f"⚠️ {models.why_not}."
+
+    def generation_controls(self):
+        """The Generate button, on only when the loaded pair can generate, and the note that says why not."""
+        return gr.update(interactive=self.state.models.can_generate), self.generation_note()
+
+    def cleared(self):
+        """Empty generation outputs, after a new pair is loaded (their results, and errors, were the old pair's)."""
+        return [], None, None, ""
+
+    # ------------------------------------------------------------------------------------------------ generate
+
+    @gpu
+    @guarded
+    def generate(
+        self,
+        labels,
+        count,
+        seed,
+        num_steps,
+        guidance_scale,
+        guidance_annealing,
+        scale_pow,
+        randomize_temperature,
+        softmax_temperature,
+        mask_schedule,
+    ):
+        """Stream each sampling step (its frames and the masked fraction); the gallery changes only at the end."""
+        models = self.state.models
+        if not models.can_generate:
+            raise UserError(models.why_not)
+        if isinstance(labels, str):
+            labels = [c for c in bounded_text(labels, "labels").split(",") if c.strip()]
+        if not isinstance(labels, list) or not labels:
+            raise UserError("labels: choose at least one class")
+        if len(labels) > len(models.class_names):
+            raise UserError(
+                f"labels: choose at most {len(models.class_names)} (the model's classes); got {len(labels)}"
+            )
+        count = whole_number(count, "count (images)", 1, self.settings.max_images)
+        seed = checked_seed(seed)
+        chosen = [models.label(c) for c in labels]
+        cycled = [chosen[i % len(chosen)] for i in range(count)]
+        sampling = sampling_from(
+            num_steps,
+            guidance_scale,
+            guidance_annealing,
+            scale_pow,
+            randomize_temperature,
+            softmax_temperature,
+            mask_schedule,
+        )
+        frames, fractions = [], []
+        for step in generate_steps(models, cycled, sampling, seed):
+            frames.append(pictures.frames_sheet(step.frames))
+            fractions.append(step.masked_fraction)
+            progress = f"step {step.step} of {step.num_steps}"
+            if step.images is None:
+                plot = figures.masked_fraction(fractions + [None] * (step.num_steps - step.step), step.step)
+                yield gr.skip(), plot, gr.skip(), gr.skip(), frames[-1], gr.skip(), progress
+        gallery = [
+            (pictures.to_array(image), f"{models.class_names[c]} (#{i})")
+            for i, (image, c) in enumerate(zip(step.images, cycled))
+        ]
+        files = [self._png(image, f"generated-{i}") for i, image in enumerate(step.images)]
+        state = {"frames": frames, "fractions": fractions}
+        slider = gr.update(maximum=len(frames), value=len(frames))
+        done = f"{count} image{'s' if count > 1 else ''}, {sampling.num_steps} steps"
+        yield gallery, figures.masked_fraction(fractions, len(frames)), state, slider, frames[-1], files, done
+
+    def show_step(self, unmasking: dict | None, step):
+        """The frames of one step of the last generation, and the masked-fraction plot with that step marked."""
+        if not unmasking or not unmasking.get("frames"):
+            return gr.skip(), gr.skip()
+        frames = unmasking["frames"]
+        step = min(max(1, int(step)), len(frames))
+        return frames[step - 1], figures.masked_fraction(unmasking["fractions"], step)
+
+    def apply_preset(self, name: str):
+        """A sampling preset's knobs, and what it was tuned for."""
+        if name not in SAMPLING_PRESETS:
+            return [gr.skip()] * 7 + [""]
+        values = list(dataclasses.astuple(SAMPLING_PRESETS[name]))
+        return values + [SAMPLING_PRESET_NOTES.get(name, "")]
+
+    def pick_generated(self, files: list[str], evt: gr.SelectData):
+        return files[evt.index] if files and evt.index is not None and evt.index < len(files) else None
+
+    def send_generated(self, files: list[str], chosen: str | None):
+        """The image chosen in the gallery (or the first) for another tab."""
+        path = chosen or (files[0] if files else None)
+        if path is None:
+            raise gr.Error("generate an image first", print_exception=False)
+        return path
+
+    # ------------------------------------------------------------------------------------------------ bit flips
+
+    @gpu
+    @guarded
+    def flip_bits(self, image, bit_ids, positions):
+        """Flip each chosen bit i at every token (or the chosen ones), decode, measure against the reconstruction."""
+        models = self.state.models
+        picture = self._image(image)
+        h, w = models.grid
+        chosen_bits = parse_ids(bit_ids, models.tokenizer.num_bits, "bit_ids")
+        chosen_positions = parse_ids(positions, h * w, "positions")
+        indices, _ = analysis.reconstruct(models.tokenizer, picture)
+        flips = analysis.flip_each_bit(models.tokenizer, indices, chosen_bits, chosen_positions, self.state.lpips)
+        found = flips.distances
+        captions = [
+            f"bit {bit}: {_db(found.psnr[i])}" + (f", LPIPS {found.lpips[i]:.3f}" if found.lpips is not None else "")
+            for i, bit in enumerate(flips.bit_ids)
+        ]
+        gallery = [
+            (pictures.with_difference(flipped, flips.reconstruction), caption)
+            for flipped, caption in zip(flips.flipped, captions)
+        ]
+        summary = {
+            "quantizer": models.tokenizer.quantizer_kind,
+            "bit_ids": flips.bit_ids,
+            "positions_flipped": flips.num_positions,
+            "psnr_db": [_rounded(v, 3) for v in found.psnr],
+            "l2": [round(float(v), 4) for v in found.l2],
+            "lpips": None if found.lpips is None else [round(float(v), 5) for v in found.lpips],
+            "lpips_note": self.state.lpips_note,
+            "reconstruction_psnr_db": _rounded(analysis.distances(flips.reconstruction[None], picture).psnr[0], 3),
+        }
+        return (
+            pictures.to_array(picture),
+            pictures.to_array(flips.reconstruction),
+            gallery,
+            figures.flip_psnr(flips.bit_ids, found.psnr, flips.num_positions, h * w),
+            figures.flip_distances(flips.bit_ids, found.l2, found.lpips),
+            summary,
+            pictures.token_grid(flips.reconstruction, (h, w), chosen_positions),
+            fit_note(image, models.image_size),
+        )
+
+    @guarded
+    def toggle_token(self, image, positions, evt: gr.SelectData):
+        """A click on the token grid adds or removes that token from the chosen positions."""
+        models = self.state.models
+        picture = self._image(image)
+        h, w = models.grid
+        x, y = evt.index
+        cell = pictures.enlarged(picture).shape[0] // h
+        position = min(int(y // cell), h - 1) * w + min(int(x // cell), w - 1)
+        current = parse_ids(positions, h * w, "positions") or []
+        chosen = sorted(set(current) ^ {position})
+        _, reconstruction = analysis.reconstruct(models.tokenizer, picture)
+        text = ", ".join(map(str, chosen)) if chosen else "all"
+        return text, pictures.token_grid(reconstruction, (h, w), chosen)
+
+    @gpu
+    @guarded
+    def token_map(self, image):
+        """The bit planes of an image's tokens and the token indices."""
+        models = self.state.models
+        indices, _ = analysis.reconstruct(models.tokenizer, self._image(image))
+        planes = analysis.bit_planes(indices.cpu(), models.tokenizer.num_bits)
+        gallery = [
+            (pictures.to_array(plane.float()[None].expand(3, -1, -1)), f"bit {k}") for k, plane in enumerate(planes)
+        ]
+        return gallery, figures.token_indices(indices.cpu().numpy()), indices.tolist()
+
+    @gpu
+    @guarded
+    def bit_walk(self, image, bits_per_step, num_steps, seed):
+        """A random walk in Hamming space from the image's tokens: each step flips `bits_per_step` more bits."""
+        models = self.state.models
+        indices, _ = analysis.reconstruct(models.tokenizer, self._image(image))
+        bits_per_step = whole_number(bits_per_step, "bits_per_step", 1, LIMITS.walk_r)
+        num_steps = whole_number(num_steps, "num_steps", 1, LIMITS.walk_steps)
+        total = indices.numel() * models.tokenizer.num_bits
+        if bits_per_step * num_steps > total:
+            raise UserError(
+                f"bits_per_step × num_steps must be at most the image's {total} bits; got {bits_per_step} × {num_steps}"
+            )
+        walk = analysis.hamming_walk(
+            models.tokenizer, indices, bits_per_step, num_steps, checked_seed(seed), self.state.lpips
+        )
+        captions = ["reconstruction"] + [
+            f"{d} bits ({d / total:.0%}): {_db(p)}" for d, p in zip(walk.hamming[1:], walk.distances.psnr[1:])
+        ]
+        gallery = [(pictures.to_array(image), caption) for image, caption in zip(walk.images, captions)]
+        return gallery, figures.walk(walk.hamming, walk.distances.psnr, walk.distances.lpips)
+
+    @guarded
+    def dataset_image(self, item):
+        """Item `item` of the indexed dataset's training split, to flip bits of."""
+        if not self.settings.dataset_images_visible:
+            raise UserError("training-set images are not shown on this server (the deployer can turn them on)")
+        from data import eval_view
+
+        index = self.state.index
+        spec = (
+            index.manifest.get("dataset", {}).get("spec", self.settings.index_dataset)
+            if index
+            else self.settings.index_dataset
+        )
+        view = eval_view(spec, "train", 0, self.state.models.image_size)
+        item = whole_number(item, "item (dataset image number)", 0, len(view) - 1)
+        image, label = view[item]
+        name = view.classes[label] if label < len(view.classes) else label
+        return self._png(image, f"dataset-{item}"), f"{spec} train #{item}: {name}"
+
+
+def _db(psnr: float) -> str:
+    return "identical" if not np.isfinite(psnr) else f"{psnr:.1f} dB"
+
+
+def _rounded(value: float, digits: int) -> float | None:
+    """JSON has no infinity: identical images' PSNR is reported as null."""
+    return round(float(value), digits) if np.isfinite(value) else None

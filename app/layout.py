@@ -1,0 +1,364 @@
+"""The page: widgets in five tabs, each event wired to a Callbacks method under its stable `api_name`.
+
+Nothing here computes or imports torch: the values the widgets start from come from `Callbacks.page_values()`.
+Events that read an uploaded image skip Gradio's preprocessing (`UNREAD`): gr.Image would decode the upload first
+(seconds of CPU for a small PNG declaring 10000×10000 pixels, 16-bit images clipped to white, transparency dropped
+onto black, decoding errors that name the server's temporary path). Their callbacks get Gradio's file payload and
+app/validation.py:load_upload is the first reader of the file; their other inputs arrive unconverted and are checked.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import TYPE_CHECKING
+
+import gradio as gr
+
+from app import texts
+
+if TYPE_CHECKING:
+    from app.callbacks import Callbacks
+
+__all__ = ["build"]
+
+UNREAD = {"preprocess": False}
+PRIVATE = {"api_visibility": "private"}
+PIXELATED = {"format": "png", "elem_classes": "pixelated"}
+
+
+def build(callbacks: Callbacks) -> gr.Blocks:
+    v = callbacks.page_values()
+    # Numbers have no precision: Gradio would turn NaN into an error that names no parameter; the callbacks check
+    # whole numbers themselves. Every 10 minutes Gradio deletes the files of its own cache (uploads, copies of
+    # returned files) that are older than an hour; the app's own files are bounded by state.files.
+    with gr.Blocks(title="MaskBit Explorer", delete_cache=(600, 3600)) as demo:
+        gr.Markdown(
+            "# MaskBit Explorer\nBit-token image generation (Weber et al., TMLR 2024): generate, flip bits, find "
+            "training-set neighbours, look at the token space, train."
+        )
+        m = _model_panel(v)
+        index_line = gr.Markdown(v["index_status"])
+        timer = gr.Timer(2.0)
+        with gr.Tabs(overflow_behavior="wrap") as tabs:  # a narrow window wraps the tabs, none hidden
+            g = _generate_tab(v)
+            f = _flips_tab(v)
+            n = _neighbours_tab(v)
+            t = _tokens_tab()
+            j = _training_tab(v)
+        _wire(demo, callbacks, m, g, f, n, t, j, tabs, timer, index_line)
+    return demo
+
+
+# ---------------------------------------------------------------------------------------------------- widgets
+
+
+def _intro(text: str) -> None:
+    gr.Markdown(text, elem_classes="intro")
+
+
+def _model_panel(v: dict) -> SimpleNamespace:
+    with gr.Accordion("Model", open=False):
+        with gr.Row():
+            pair = gr.Dropdown(v["model_choices"], value=v["model_choice"], label="model pair")
+            tokenizer = gr.Textbox(v["tokenizer"], label="tokenizer (from_pretrained source)")
+            generator = gr.Textbox(v["generator"], label="generator (empty: none)")
+            load = gr.Button("Load", variant="primary")
+        message = gr.Markdown()
+        info = gr.JSON(label="loaded")
+    return SimpleNamespace(pair=pair, tokenizer=tokenizer, generator=generator, load=load, message=message, info=info)
+
+
+def _generate_tab(v: dict) -> SimpleNamespace:
+    s, limits = v["sampling"], v["limits"]
+    with gr.Tab("Generate", id="generate"):
+        _intro(texts.GENERATE)
+        with gr.Row():
+            with gr.Column(scale=1):
+                names = v["class_names"]
+                labels = gr.Dropdown(
+                    names, value=names[:1], multiselect=True, allow_custom_value=True, label="classes (cycled)"
+                )
+                count = gr.Slider(1, limits["max_images"], value=4, step=1, label="images")
+                seed = gr.Number(0, label="seed")
+                preset = gr.Dropdown(v["sampling_presets"], value=None, label="sampling preset (fills the knobs)")
+                preset_note = gr.Markdown()
+                knobs = [
+                    gr.Slider(1, limits["num_steps"], value=s["num_steps"], step=1, label="steps"),
+                    gr.Slider(0, 15, value=s["guidance_scale"], step=0.1, label="guidance scale"),
+                    gr.Radio(v["guidance_annealings"], value=s["guidance_annealing"], label="guidance annealing"),
+                    gr.Slider(0.01, 5, value=s["scale_pow"], step=0.01, label="scale power"),
+                    gr.Slider(0, 15, value=s["randomize_temperature"], step=0.1, label="randomize temperature"),
+                    gr.Slider(0.01, 5, value=s["softmax_temperature"], step=0.01, label="softmax temperature"),
+                    gr.Radio(v["mask_schedules"], value=s["mask_schedule"], label="mask schedule"),
+                ]
+                button = gr.Button("Generate", variant="primary", interactive=v["can_generate"])
+                note = gr.Markdown(v["generation_note"], elem_id="generation-note")
+            with gr.Column(scale=2):
+                gallery = gr.Gallery(
+                    elem_id="generated-gallery",
+                    label="generated (select one, then send it)",
+                    columns=4,
+                    height="auto",
+                    **PIXELATED,
+                )
+                with gr.Row():
+                    to_flip = gr.Button("Send to bit flips")
+                    to_neighbours = gr.Button("Send to neighbours")
+                progress = gr.Markdown(elem_id="generate-progress")
+                frame = gr.Image(
+                    label="unmasking: the images at the step chosen below (grey: still masked)",
+                    interactive=False,
+                    elem_id="unmasking",
+                    **PIXELATED,
+                )
+                step = gr.Slider(1, s["num_steps"], value=s["num_steps"], step=1, label="step")
+                masked = gr.Plot(label="masked fraction", elem_id="masked-plot")
+        unmasking, files, chosen = gr.State(None), gr.State([]), gr.State(None)  # inside the tab, as every child
+    return SimpleNamespace(
+        labels=labels,
+        count=count,
+        seed=seed,
+        preset=preset,
+        preset_note=preset_note,
+        knobs=knobs,
+        button=button,
+        note=note,
+        gallery=gallery,
+        to_flip=to_flip,
+        to_neighbours=to_neighbours,
+        progress=progress,
+        frame=frame,
+        step=step,
+        masked=masked,
+        unmasking=unmasking,
+        files=files,
+        chosen=chosen,
+    )
+
+
+def _flips_tab(v: dict) -> SimpleNamespace:
+    limits = v["limits"]
+    with gr.Tab("Bit flips", id="flip"):
+        _intro(texts.FLIPS)
+        with gr.Row():
+            with gr.Column(scale=1):
+                image = gr.Image(
+                    type="filepath",
+                    image_mode=None,
+                    label="image (upload, dataset or generated)",
+                    sources=["upload", "clipboard"],
+                    elem_classes="pixelated",
+                    height=260,
+                )
+                with gr.Row(visible=v["dataset_images_visible"]):
+                    item = gr.Number(0, label="dataset image #")
+                    use_item = gr.Button("Use dataset image")
+                caption = gr.Markdown()
+                bit_ids = gr.Textbox("all", label="bits to flip (all, or e.g. 0, 3, 5-7)")
+                positions = gr.Textbox("all", label="at tokens (all, or ids; click the grid)")
+                button = gr.Button("Flip each bit", variant="primary")
+                grid = gr.Image(
+                    label="token grid: click tokens to choose them",
+                    interactive=False,
+                    elem_id="token-grid",
+                    format="png",
+                )
+            with gr.Column(scale=2):
+                fit = gr.Markdown(elem_id="fit-note")
+                with gr.Row():
+                    original = gr.Image(label="original", interactive=False, height=200, **PIXELATED)
+                    reconstruction = gr.Image(label="reconstruction", interactive=False, height=200, **PIXELATED)
+                flipped = gr.Gallery(
+                    elem_id="flipped-gallery",
+                    label="bit i flipped | what changed (×4, black: nothing)",
+                    columns=3,
+                    height="auto",
+                    **PIXELATED,
+                )
+                psnr_chart = gr.Plot(elem_id="flip-chart")
+                distance_chart = gr.Plot()
+                summary = gr.JSON(label="distances", open=False)
+        with gr.Accordion("Bit planes and token map", open=False):
+            planes_button = gr.Button("Show bit planes")
+            with gr.Row():
+                planes = gr.Gallery(label="bit planes (white: bit set)", columns=6, height="auto", **PIXELATED)
+                heat = gr.Plot()
+            tokens = gr.JSON(visible=False)
+        with gr.Accordion("Random walk in Hamming space", open=False):
+            with gr.Row():
+                walk_bits = gr.Slider(1, limits["walk_r"], value=v["walk_bits"], step=1, label="bits flipped per step")
+                walk_steps = gr.Slider(1, limits["walk_steps"], value=8, step=1, label="steps")
+                walk_seed = gr.Number(0, label="seed")
+                walk_button = gr.Button("Walk")
+            walk_gallery = gr.Gallery(columns=9, height="auto", **PIXELATED)
+            walk_plot = gr.Plot()
+    return SimpleNamespace(**{k: w for k, w in locals().items() if k not in ("v", "limits")})
+
+
+def _neighbours_tab(v: dict) -> SimpleNamespace:
+    with gr.Tab("Neighbours", id="neighbours"):
+        _intro(texts.NEIGHBOURS)
+        with gr.Row():
+            with gr.Column(scale=1):
+                image = gr.Image(
+                    type="filepath", image_mode=None, label="query image", height=240, elem_classes="pixelated"
+                )
+                k = gr.Slider(1, v["limits"]["k"], value=8, step=1, label="k")
+                button = gr.Button("Find neighbours", variant="primary")
+                verdict = gr.Markdown(elem_id="verdict")
+            with gr.Column(scale=2):
+                galleries = [
+                    gr.Gallery(elem_id=f"{metric}-gallery", label=label, columns=8, height="auto", **PIXELATED)
+                    for metric, label in (
+                        ("hamming", "by Hamming distance of the tokens"),
+                        ("lpips", "by LPIPS"),
+                        ("pixel", "by pixel L2 (16×16)"),
+                    )
+                ]
+        with gr.Row():
+            scatter = gr.Plot()
+            heat = gr.Plot()
+        found = gr.JSON(label="neighbours", open=False)
+        with gr.Accordion("Memorization report over generated images", open=False):
+            with gr.Row():
+                count = gr.Slider(*v["limits"]["report_images"], value=32, step=4, label="generated images")
+                seed = gr.Number(0, label="seed")
+                report_button = gr.Button("Run report")
+            report_text = gr.Markdown()
+            report_image = gr.Image(label="nearest-distance histograms", format="png", interactive=False)
+            report_json = gr.JSON(visible=False)
+    return SimpleNamespace(**{k: w for k, w in locals().items() if k != "v"})
+
+
+def _tokens_tab() -> SimpleNamespace:
+    with gr.Tab("Token space", id="tokens"):
+        _intro(texts.TOKENS)
+        button = gr.Button("Compute", variant="primary")
+        with gr.Row():
+            usage = gr.Plot()
+            codes = gr.Plot()
+        umap = gr.Plot(elem_id="umap-plot")
+        with gr.Row():
+            view_id = gr.Number(0, label="index id", elem_id="view-id")
+            view_button = gr.Button("View", elem_id="view-button")
+            view_image = gr.Image(interactive=False, height=160, label="indexed image", **PIXELATED)
+            view_caption = gr.Markdown(elem_id="view-caption")
+        statistics = gr.JSON(label="statistics", open=False)
+    return SimpleNamespace(**locals())
+
+
+def _training_tab(v: dict) -> SimpleNamespace:
+    enabled = v["training_enabled"]
+    with gr.Tab("Training", id="training"):
+        _intro(texts.TRAINING if enabled else texts.TRAINING_OFF)
+        with gr.Row():
+            stage = gr.Radio(v["stages"], value="tokenizer", label="stage")
+            name = gr.Textbox("tokenizer-1", label="job name")
+            preset = gr.Dropdown(v["train_presets"]["tokenizer"], value="tiny", label="recipe (training preset)")
+            dataset = gr.Textbox("procedural", label="dataset (procedural, or a folder in the workspace/data roots)")
+        overrides = gr.Textbox("", lines=3, label="overrides, one key=value per line (e.g. training.max_steps=200)")
+        with gr.Row():
+            launch = gr.Button("Launch", variant="primary", interactive=enabled)
+            job = gr.Dropdown([], label="job", allow_custom_value=True)
+            stop = gr.Button("Stop", interactive=enabled)
+            resume = gr.Button("Resume", interactive=enabled)
+            load = gr.Button("Load into explorer", interactive=enabled)
+        message = gr.Markdown(elem_id="train-message")
+        table = gr.Dataframe(
+            elem_id="job-table",
+            headers=v["job_columns"],
+            datatype=["str"] * len(v["job_columns"]),
+            label="jobs",
+            interactive=False,
+        )
+        with gr.Row():
+            curves = gr.Plot()
+            sample = gr.Image(label="latest samples", interactive=False)
+        console = gr.Textbox(label="console (last lines)", lines=8, interactive=False)
+    return SimpleNamespace(**{k: w for k, w in locals().items() if k not in ("v", "enabled")})
+
+
+# ---------------------------------------------------------------------------------------------------- events
+
+
+def _wire(demo, c: Callbacks, m, g, f, n, t, j, tabs, timer, index_line) -> None:
+    generation = [g.button, g.note]
+    demo.load(c.model_info, None, m.info, api_name="model_info")
+    demo.load(c.model_choices_update, None, m.pair, **PRIVATE)  # runs finished since the page was built
+    # the public endpoint first: a private event of the same function takes its name otherwise
+    gr.Button("Index status", visible=False).click(c.index_status, None, index_line, api_name="index_status")
+    timer.tick(c.index_status, None, index_line, show_progress="hidden", **PRIVATE)
+    m.pair.input(c.pair_sources, m.pair, [m.tokenizer, m.generator], **PRIVATE)
+    loaded = m.load.click(
+        c.load_models, [m.tokenizer, m.generator], [m.info, g.labels, m.message], api_name="load_models"
+    )
+    cleared = [g.gallery, g.frame, g.masked, g.progress]  # a new pair: results (and errors) of the old one go
+    loaded.success(c.generation_controls, None, generation, **PRIVATE).then(c.cleared, None, cleared, **PRIVATE)
+
+    g.preset.change(c.apply_preset, g.preset, [*g.knobs, g.preset_note], **PRIVATE)
+    g.button.click(
+        c.generate,
+        [g.labels, g.count, g.seed, *g.knobs],
+        [g.gallery, g.masked, g.unmasking, g.step, g.frame, g.files, g.progress],
+        api_name="generate",
+    )
+    g.step.input(c.show_step, [g.unmasking, g.step], [g.frame, g.masked], show_progress="hidden", **PRIVATE)
+    g.gallery.select(c.pick_generated, g.files, g.chosen, **PRIVATE)
+    g.to_flip.click(c.send_generated, [g.files, g.chosen], f.image, **PRIVATE).then(
+        lambda: gr.update(selected="flip"), None, tabs, **PRIVATE
+    )
+    g.to_neighbours.click(c.send_generated, [g.files, g.chosen], n.image, **PRIVATE).then(
+        lambda: gr.update(selected="neighbours"), None, tabs, **PRIVATE
+    )
+
+    f.use_item.click(c.dataset_image, f.item, [f.image, f.caption], api_name="dataset_image")
+    f.button.click(
+        c.flip_bits,
+        [f.image, f.bit_ids, f.positions],
+        [f.original, f.reconstruction, f.flipped, f.psnr_chart, f.distance_chart, f.summary, f.grid, f.fit],
+        api_name="flip_bits",
+        **UNREAD,
+    )
+    f.grid.select(c.toggle_token, [f.image, f.positions], [f.positions, f.grid], **PRIVATE, **UNREAD)
+    f.planes_button.click(c.token_map, f.image, [f.planes, f.heat, f.tokens], api_name="token_map", **UNREAD)
+    f.walk_button.click(
+        c.bit_walk,
+        [f.image, f.walk_bits, f.walk_steps, f.walk_seed],
+        [f.walk_gallery, f.walk_plot],
+        api_name="bit_walk",
+        **UNREAD,
+    )
+
+    n.button.click(
+        c.neighbours,
+        [n.image, n.k],
+        [*n.galleries, n.verdict, n.scatter, n.heat, n.found],
+        api_name="neighbours",
+        **UNREAD,
+    )
+    n.report_button.click(
+        c.memorization_report,
+        [n.count, n.seed],
+        [n.report_image, n.report_text, n.report_json],
+        api_name="memorization_report",
+    )
+
+    t.button.click(c.token_space, None, [t.usage, t.codes, t.umap, t.statistics], api_name="token_space")
+    t.view_button.click(c.indexed_image, t.view_id, [t.view_image, t.view_caption], api_name="indexed_image")
+
+    j.stage.change(c.train_presets_update, j.stage, j.preset, **PRIVATE)
+    j.launch.click(
+        c.train_launch,
+        [j.stage, j.name, j.preset, j.dataset, j.overrides],
+        [j.table, j.job, j.message],
+        api_name="train_launch",
+    )
+    gr.Button("status", visible=False).click(c.train_status, None, [j.table, j.job], api_name="train_status")
+    j.stop.click(c.train_stop, j.job, [j.table, j.message], api_name="train_stop")
+    j.resume.click(c.train_resume, j.job, [j.table, j.message], api_name="train_resume")
+    j.load.click(c.train_load, j.job, [m.info, g.labels, m.message, m.pair, j.message], api_name="train_load").success(
+        c.generation_controls, None, generation, **PRIVATE
+    ).then(c.cleared, None, cleared, **PRIVATE)
+    j.job.change(c.train_curves, j.job, [j.curves, j.sample, j.console], api_name="train_curves")
+    timer.tick(c.refresh, j.job, [j.table, j.curves, j.sample, j.console], show_progress="hidden", **PRIVATE)
+    demo.load(c.train_status, None, [j.table, j.job], **PRIVATE)

@@ -1,0 +1,44 @@
+"""The pictures the app shows: tensors in [0, 1] → uint8 arrays, enlarged, with token borders and difference maps."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from maskbit.images import image_grid, to_array
+
+__all__ = ["to_array", "enlarged", "token_grid", "with_difference", "frames_sheet", "DISPLAY"]
+
+DISPLAY = 256  # pixels on the longer side that small images are enlarged to (nearest neighbour: pixels stay sharp)
+
+
+def enlarged(image: torch.Tensor, size: int = DISPLAY) -> np.ndarray:
+    """(3, H, W) → (H·f, W·f, 3) uint8, f the largest whole factor with H·f ≤ size (at least 1)."""
+    array = to_array(image)
+    factor = max(1, size // max(array.shape[:2]))
+    return array.repeat(factor, 0).repeat(factor, 1) if factor > 1 else array
+
+
+def token_grid(image: torch.Tensor, grid: tuple[int, int], chosen: list[int] | None = None) -> np.ndarray:
+    """The image enlarged with token borders, the chosen tokens (flat row-major ids) tinted red."""
+    h, w = grid
+    array = enlarged(image).astype(np.float32)
+    cell_h, cell_w = array.shape[0] // h, array.shape[1] // w
+    for p in chosen or []:
+        r, c = divmod(p, w)
+        block = array[r * cell_h : (r + 1) * cell_h, c * cell_w : (c + 1) * cell_w]
+        block[:] = 0.5 * block + 0.5 * np.array([255, 64, 64])
+    array[::cell_h, :] = array[::cell_h, :] * 0.5 + 64
+    array[:, ::cell_w] = array[:, ::cell_w] * 0.5 + 64
+    return array.astype(np.uint8)
+
+
+def with_difference(image: torch.Tensor, reference: torch.Tensor, gain: float = 4.0, gap: int = 2) -> np.ndarray:
+    """The image and, beside it after a white gap, |image − reference| × gain (black: unchanged), at its size."""
+    difference = ((image - reference).abs() * gain).clamp(0, 1)
+    return to_array(torch.cat([image, image.new_ones(3, image.shape[1], gap), difference], dim=2))
+
+
+def frames_sheet(frames: torch.Tensor, columns: int = 4) -> np.ndarray:
+    """(B, 3, H, W) frames of one sampling step → one sheet, `columns` images per row, 1 px apart."""
+    return to_array(image_grid(frames, columns=min(columns, len(frames)), padding=1))

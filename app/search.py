@@ -1,0 +1,188 @@
+"""The Neighbours and Token space tabs' endpoints: nearest training images, memorization verdicts and reports,
+token statistics and the UMAP of the indexed images (see app/explore.py for the conventions)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from app import figures
+from app.endpoint import Endpoints, gpu, guarded
+from app.models import generate_steps
+from app.validation import LIMITS, UserError, checked_seed, whole_number
+from maskbit import analysis
+
+__all__ = ["SearchCallbacks"]
+
+
+class SearchCallbacks(Endpoints):
+    """Neighbours and Token space (they share the explorer's image input and model state)."""
+
+    # ------------------------------------------------------------------------------------------------ neighbours
+
+    def _thumbnail(self, index, i: int) -> np.ndarray:
+        if self.settings.dataset_images_visible:
+            return index.thumbnails[i]
+        return np.full_like(index.thumbnails[i], 160)  # hidden: a grey square
+
+    @gpu
+    @guarded
+    def neighbours(self, image, k):
+        """The k nearest indexed images by each metric, their overlap, and the memorization verdicts."""
+        from indexes.neighbours import find_neighbours, union_distances
+
+        index = self.state.require_index()
+        picture = self._image(image)
+        k = whole_number(k, "k", 1, LIMITS.k)
+        result = find_neighbours(index, picture[None], k=k)[0]
+        galleries = {
+            metric: [(self._thumbnail(index, row.id), f"{row.class_name} · {row.distance:.4g}") for row in rows]
+            for metric, rows in result.rows.items()
+        }
+        exact = union_distances(index, picture, result)
+        other = "lpips" if "lpips" in exact else "pixel"
+        scatter = figures.neighbour_scatter(
+            exact["hamming"],
+            exact[other],
+            _metric_name("hamming", index),
+            _metric_name(other, index),
+            [index.sources[int(i)]["source"] for i in exact["ids"]],
+        )
+        nearest = result.rows["hamming"][0]
+        heat = figures.hamming_map(
+            nearest.token_distance_map,
+            index.tokenizer.num_bits,
+            f"differing bits per token, nearest by Hamming (id {nearest.id})",
+        )
+        return (
+            galleries.get("hamming", []),
+            galleries.get("lpips", []),
+            galleries.get("pixel", []),
+            _verdict_text(result, k, index, self.state.lpips_note),
+            scatter,
+            heat,
+            result.to_json(),
+        )
+
+    @gpu
+    @guarded
+    def memorization_report(self, count, seed):
+        """Generate `count` images and compare their nearest training distances with held-out real images'."""
+        from data import heldout_images
+        from indexes.report import memorization_report as report
+
+        index = self.state.require_index()
+        models = self.state.models
+        if not models.can_generate:
+            raise UserError(models.why_not)
+        count = whole_number(count, "count (generated images)", *LIMITS.report_images)
+        seed = checked_seed(seed)
+        labels = [i % len(models.class_names) for i in range(count)]
+        generated = []
+        for first in range(0, count, 16):
+            *_, last = generate_steps(models, labels[first : first + 16], models.sampling, seed + first)
+            generated.append(last.images.cpu())
+        described = index.manifest.get("dataset", {})
+        spec = described.get("spec", self.settings.index_dataset)
+        calibration = index.manifest.get("calibration", {})
+        held = next(iter(calibration.values()), {}).get("heldout_images", count)  # the Neighbours tab's threshold
+        heldout = heldout_images(spec, held, index.manifest["image_size"], described.get("seed", 0))
+        with tempfile.TemporaryDirectory(prefix="maskbit-report-") as out:  # the figure is kept, the rest removed
+            data = report(index, torch.cat(generated), heldout, Path(out))
+            figure = shutil.copyfile(Path(out) / "report.png", self.state.files.path("report.png"))
+        return (
+            str(figure),
+            _report_text(data, count),
+            {
+                m: {key: d[key] for key in ("threshold", "flagged_fraction", "generated", "heldout")}
+                for m, d in data["metrics"].items()
+            },
+        )
+
+    # ------------------------------------------------------------------------------------------------ token space
+
+    @guarded
+    def token_space(self):
+        """Per-bit usage and entropy, code usage, and the UMAP of the indexed images' tokens."""
+        index = self.state.require_index()
+        stats = analysis.token_statistics(index.tokens, index.tokenizer.num_bits)
+        projection = self.state.projection
+        if projection is None:
+            umap = figures.empty("the UMAP is being computed in the background; press Compute again in a moment")
+        else:
+            labels = [s["label"] for s in index.sources[: len(projection)]]
+            umap = figures.umap(projection, labels, index.manifest.get("dataset", {}).get("classes", []))
+        data = {
+            "images": stats.images,
+            "codes_used": stats.codes_used,
+            "code_usage": stats.code_usage,
+            "code_entropy_bits": stats.code_entropy,
+            "perplexity": stats.perplexity,
+            "bit_usage": stats.bit_usage.round(4).tolist(),
+            "bit_entropy": stats.bit_entropy.round(4).tolist(),
+        }
+        return (
+            figures.bit_usage(stats.bit_usage, stats.bit_entropy, stats.images),
+            figures.code_usage(stats.code_counts, stats.codes_used, 2**stats.num_bits, stats.perplexity),
+            umap,
+            data,
+        )
+
+    @guarded
+    def indexed_image(self, index_id):
+        """The indexed image with this id (a point of the UMAP)."""
+        index = self.state.require_index()
+        index_id = whole_number(index_id, "index_id", 0, len(index) - 1)
+        if not self.settings.dataset_images_visible:
+            raise UserError("training-set images are not shown on this server")
+        classes = index.manifest.get("dataset", {}).get("classes", [])
+        source = index.sources[index_id]
+        name = classes[source["label"]] if 0 <= source["label"] < len(classes) else source["label"]
+        return index.thumbnails[index_id], f"id {index_id}: {source['source']} ({name})"
+
+
+# ---------------------------------------------------------------------------------------------------- text
+
+
+def _metric_name(metric: str, index) -> str:
+    if metric == "hamming":
+        kind = index.manifest["tokenizer"].get("config", {}).get("quantizer", "lfq")
+        return "Hamming distance between index bits" if kind == "vq" else "Hamming distance (bits)"
+    return {"lpips": "LPIPS", "pixel": "squared pixel L2 (16×16)"}[metric]
+
+
+def _verdict_text(result, k: int, index, lpips_note: str) -> str:
+    lines = []
+    for metric, verdict in result.verdicts.items():
+        name = _metric_name(metric, index)
+        if verdict.threshold is None:
+            lines.append(f"- **{name}**: nearest {verdict.nearest_distance:.4g} (no calibrated threshold)")
+            continue
+        flag = "⚠️ closer than held-out real images: possible memorization" if verdict.memorized else "✅ not memorized"
+        lines.append(
+            f"- **{name}**: nearest {verdict.nearest_distance:.4g}, threshold {verdict.threshold:.4g} "
+            f"(p{verdict.percentile:g} of held-out real images) → {flag}"
+        )
+    overlap = ", ".join(f"{pair}: {value:.0%}" for pair, value in result.overlap.items())
+    text = "\n".join(lines) + f"\n\ntop-{k} overlap between metrics: {overlap}"
+    if "lpips" not in result.rows:
+        text += f"\n\n{lpips_note}"
+    return text
+
+
+def _report_text(data: dict, count: int) -> str:
+    p = data["percentile"]
+    lines = []
+    for metric, d in data["metrics"].items():
+        ratio = d["flagged_fraction"] / (p / 100) if p else float("nan")
+        lines.append(
+            f"- **{metric}**: {d['flagged_fraction']:.1%} of {count} generated images are closer to a training image "
+            f"than the threshold {d['threshold']:.4g}; by construction {p:g} % of held-out real images are, so this is "
+            f"{ratio:.1f}× what chance gives (median nearest distance: generated {d['generated']['median']:.4g}, "
+            f"held-out {d['heldout']['median']:.4g})"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,70 @@
+"""The words and styles of the page: each tab's one-paragraph introduction, the CSS, and the UMAP click handler."""
+
+GENERATE = (
+    "**The paper's claim:** a masked transformer can generate images directly in bit tokens, with no embedding "
+    "table (MaskBit, Sec. 3). Every step predicts each masked group of bits and keeps the most confident "
+    "predictions. Watch the unmasking below (grey: still masked, half grey: one group of a token decided), and "
+    "send an image to the other tabs."
+)
+FLIPS = (
+    "**The claim (Fig. 3):** flip one bit of every token of a lookup-free (bit) tokenizer and the image keeps its "
+    "content, while colours and details change, because bit k of a token is the sign of latent channel k. "
+    "Flip each bit and compare the PSNR and the difference maps (black: unchanged). Then *compare with* the VQ twin: "
+    "a vector-quantised tokenizer's index bits only number codebook entries."
+)
+NEIGHBOURS = (
+    "**The check (App. G):** is a generated image a copy of a training image? It is compared with its nearest "
+    "indexed training images by Hamming distance between tokens, by LPIPS and by pixels. The verdict flags an "
+    "image that is closer to a training image than 99 % of held-out real images are to theirs."
+)
+TOKENS = (
+    "**What this shows:** how the tokenizer uses its bits and codes over the indexed images. The UMAP places whole "
+    "images by all their tokens at once, which mostly encode where the shape is and its colours, so the classes "
+    "mix there: that says little about single tokens. Token-level structure shows in *Bit flips* and in the code "
+    "atlas below, where codes one bit apart sit side by side."
+)
+ATLAS = (
+    "Every code decoded as a uniform patch, in Gray-code order: neighbouring cells differ in exactly one bit. A "
+    "lookup-free tokenizer's atlas changes smoothly; a vector-quantised one's looks like noise."
+)
+TRAINING = (
+    "Train a tokenizer (Stage I) or a generator (Stage II) as a separate process (`accelerate launch -m train`), "
+    "watch its losses and samples, stop and resume it, and load a finished model into the explorer."
+)
+TRAINING_OFF = (
+    "Training is disabled on this server: it is exposed and was not started with `--enable-training --auth "
+    "user:password`."
+)
+
+CSS = """
+.pixelated img, img.pixelated { image-rendering: pixelated; }
+/* 32-64 px images: scale them up to the component instead of showing them at their size */
+.pixelated .image-frame { width: 100% !important; }
+.pixelated img { object-fit: contain !important; }
+#token-grid img { image-rendering: pixelated; cursor: crosshair; }
+.intro { opacity: 0.85; }
+"""
+
+# gr.Plot has no click event: clicking a point of the token-space UMAP fills "index id" with the point's id and
+# presses "View", through plotly's own plotly_click. The handler is bound again whenever plotly rebuilds the plot.
+JS = """
+() => {
+  const view = (event) => {
+    const id = event.points.length ? event.points[0].customdata : undefined;
+    const input = document.querySelector('#view-id input');
+    if (id === undefined || !input) return;
+    input.value = id;
+    input.dispatchEvent(new Event('input', { bubbles: true }));
+    setTimeout(() => document.querySelector('#view-button').click(), 50);
+  };
+  const bound = new WeakMap();  // plot element → the plot.on it was bound with (plotly makes a new one per plot)
+  const bind = () => {
+    const plot = document.querySelector('#umap-plot .js-plotly-plot');
+    if (plot && plot.on && bound.get(plot) !== plot.on) {
+      plot.on('plotly_click', view);
+      bound.set(plot, plot.on);
+    }
+  };
+  new MutationObserver(bind).observe(document.body, { childList: true, subtree: true });
+}
+"""

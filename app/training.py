@@ -1,0 +1,82 @@
+"""The Training tab's endpoints: launch, watch, stop, resume jobs (app/jobs.py), and load a finished one."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from app import figures
+from app.endpoint import Endpoints, guarded
+from app.jobs import PRESETS, Jobs
+from app.validation import UserError, bounded_text
+
+__all__ = ["TrainingCallbacks", "JOB_COLUMNS"]
+
+JOB_COLUMNS = ["job", "stage", "state", "step", "loss", "pid", "error"]
+
+
+class TrainingCallbacks(Endpoints):
+    """Training jobs; off (every call says why) when the server is exposed without --enable-training and --auth."""
+
+    def _jobs(self) -> Jobs:
+        if self.state.jobs is None:
+            raise UserError("training is disabled on this server (exposed without --enable-training and --auth)")
+        return self.state.jobs
+
+    def _table(self) -> list[list]:
+        return self._jobs().table()
+
+    def train_presets_update(self, stage: str):
+        return gr.update(choices=PRESETS.get(stage, []), value="tiny")
+
+    @guarded
+    def train_status(self):
+        """The job table and the job choices."""
+        table = self._table()
+        return table, gr.update(choices=[row[0] for row in table])
+
+    @guarded
+    def train_launch(self, stage, name, preset, dataset, overrides):
+        """Start `accelerate launch -m train <stage>` with a recipe, a dataset and key=value overrides."""
+        name = bounded_text(name, "name (job name)", 200).strip()
+        self._jobs().launch(stage, name, preset, dataset, overrides or "")
+        table = self._table()
+        return table, gr.update(choices=[row[0] for row in table], value=name), f"launched {name}"
+
+    @guarded
+    def train_stop(self, name):
+        self._jobs().stop(name)
+        return self._table(), f"asked {name} to stop (it writes a checkpoint first; resume continues it)"
+
+    @guarded
+    def train_resume(self, name):
+        self._jobs().resume(name)
+        return self._table(), f"resuming {name}"
+
+    def _curves(self, name: str):
+        jobs = self._jobs()
+        sample = jobs.latest_sample(name)
+        curves = figures.training_curves(jobs.metrics(name), name)
+        return curves, str(sample) if sample else None, jobs.console_tail(name, 8)
+
+    @guarded
+    def train_curves(self, name):
+        """A job's losses (and evaluation PSNR), its latest sample grid and the end of its console."""
+        if not name:
+            return figures.empty("choose a job"), None, ""
+        return self._curves(name)
+
+    def refresh(self, name):
+        """The timer's view of the jobs: never an error badge (a job that disappeared only empties its panel)."""
+        if self.state.jobs is None:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        try:
+            return self._table(), *(self._curves(name) if name else (gr.skip(),) * 3)
+        except (UserError, OSError, ValueError):
+            return gr.skip(), figures.empty(f"job {str(name)[:80]!r} cannot be read"), None, ""
+
+    @guarded
+    def train_load(self, name):
+        """Load a finished job's model into the explorer (its tokenizer, and its generator if it trained one)."""
+        tokenizer, generator = self._jobs().model_pair(bounded_text(name, "name (job name)", 200))
+        info, classes, message = self.load_models(tokenizer, generator)  # ExploreCallbacks, in Callbacks
+        return info, classes, message, gr.update(choices=self.model_choices(), value=f"run: {name}"), message

@@ -1,0 +1,252 @@
+"""Every endpoint of the app called directly, without a server, against the library and independent counts.
+
+The state is the served app's (tests/conftest.py `app_server`: the official-tiny pair, 32×32 images, 8×8 tokens of
+12 bits, 1000 ImageNet classes, and an index of 96 procedural images), so nothing is built twice; the tests that
+switch models switch back.
+"""
+
+import gradio as gr
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from app.callbacks import Callbacks
+from maskbit import SamplingConfig, Tokenizer, bits, generate
+from maskbit.images import load_image
+from train.config import GENERATOR_TRAIN_PRESETS
+
+KNOBS = [4, 2.0, "cosine", 1.0, 2.0, 1.0, "arccos"]  # num_steps … mask_schedule, the library's names and order
+SEED_RANGE = "seed must be a whole number from 0 to 9223372036854775807 (2**63 − 1)"
+
+
+@pytest.fixture(scope="module")
+def callbacks(app_server) -> Callbacks:
+    return Callbacks(app_server.state)
+
+
+@pytest.fixture(scope="module")
+def image_file(tmp_path_factory):
+    """A procedural test image as a PNG file, at the tiny tokenizer's 32×32."""
+    from data import eval_view
+
+    path = tmp_path_factory.mktemp("callbacks") / "shape.png"
+    Image.fromarray((eval_view("procedural", "test", 0, 32)[0][0] * 255).round().byte().permute(1, 2, 0).numpy()).save(
+        path
+    )
+    return str(path)
+
+
+def last(stream):
+    *_, final = stream
+    return final
+
+
+def as_tensor(array: np.ndarray) -> torch.Tensor:
+    """A uint8 picture (H, W, 3) back to (3, H, W) in [0, 1]."""
+    return torch.from_numpy(np.array(array)).permute(2, 0, 1).float() / 255
+
+
+def test_page_values_and_model_info(callbacks):
+    values = callbacks.page_values()
+    assert values["class_names"][:2] == ["tench", "goldfish"] and values["can_generate"]
+    assert values["mask_schedules"] == ["arccos", "cosine", "linear", "square", "root"]  # the library's list
+    assert values["walk_bits"] == 8 * 8 * 12 // 24 and values["limits"]["k"] == 50
+    info = callbacks.model_info()
+    assert info["bits_per_token"] == 12 and info["token_grid"] == [8, 8] and info["quantizer"] == "lfq"
+    assert "96 images of procedural" in callbacks.index_status()
+
+
+def test_generate_streams_each_step_then_gives_the_librarys_images(callbacks, app_server):
+    steps = list(callbacks.generate(["tench", "goldfish"], 2, 7, *KNOBS))
+    assert len(steps) == 4  # three steps streamed, then the result
+    gallery, plot, unmasking, slider, frame, files, progress = steps[-1]
+    assert [caption for _, caption in gallery] == ["tench (#0)", "goldfish (#1)"]
+    assert len(unmasking["frames"]) == 4 and progress == "2 images, 4 steps"
+    fractions = unmasking["fractions"]
+    assert fractions[-1] == 0 and all(a >= b for a, b in zip(fractions, fractions[1:]))
+    assert steps[0][0] is not None and isinstance(steps[0][0], type(gr.skip()))  # the gallery waits for the end
+    state = app_server.state
+    expected = generate(state.models.generator, state.models.tokenizer, [0, 1], SamplingConfig(*KNOBS), seed=7)
+    assert (as_tensor(gallery[1][0]) - expected[1]).abs().max() <= 1 / 255 + 1e-6
+    assert (as_tensor(np.asarray(Image.open(files[1]))) - expected[1]).abs().max() <= 1 / 255 + 1e-6
+    frame_two, marked = callbacks.show_step(unmasking, 2)
+    assert frame_two is unmasking["frames"][1] and marked.data[-1].x == (2,)  # the step shown is marked
+
+
+def test_presets_fill_the_knobs_and_say_what_they_were_tuned_for(callbacks):
+    *knobs, note = callbacks.apply_preset("maskbit_generator_12bit")
+    assert knobs == [64, 7.1, "cosine", 3.0, 8.2, 1.0, "arccos"] and "ImageNet" in note
+    assert "bundled default model" in callbacks.apply_preset("default")[-1]
+
+
+def test_flip_bits_matches_the_library(callbacks, image_file, app_models):
+    original, reconstruction, gallery, psnr_chart, distance_chart, summary, grid, note = callbacks.flip_bits(
+        image_file, "0, 5, 11", "all"
+    )
+    assert summary["bit_ids"] == [0, 5, 11] and summary["positions_flipped"] == 64 and len(gallery) == 3
+    tokenizer = Tokenizer.from_pretrained(app_models["tokenizer"])
+    tokens = tokenizer.encode(load_image(image_file)[None])
+    recon = tokenizer.decode(tokens).clamp(0, 1)
+    flipped = tokenizer.decode(bits.flip_bits(tokens, 5, 12)).clamp(0, 1)
+    assert summary["psnr_db"][1] == pytest.approx(
+        float(10 * torch.log10(1 / (recon - flipped).pow(2).mean())), abs=1e-2
+    )
+    picture = gallery[1][0]  # the flipped image, a 2 px gap, and |flipped − reconstruction| × 4
+    assert picture.shape == (32, 66, 3) and (as_tensor(picture[:, :32]) - flipped[0]).abs().max() <= 1 / 255 + 1e-6
+    difference = ((flipped[0] - recon[0]).abs() * 4).clamp(0, 1)
+    assert (as_tensor(picture[:, -32:]) - difference).abs().max() <= 1 / 255 + 1e-6
+    assert gallery[1][1].startswith("bit 5: ") and summary["lpips"] is not None  # random-backbone LPIPS
+    assert note == "" and grid.shape == (256, 256, 3)
+
+
+def test_flips_at_chosen_tokens_and_a_click_on_the_grid(callbacks, image_file):
+    summary = callbacks.flip_bits(image_file, "3", "0-3, 9")[5]
+    assert summary["positions_flipped"] == 5
+    click = gr.SelectData(None, {"index": [40, 70], "value": None})  # the grid is 256 px: 32 px per token
+    text, grid = callbacks.toggle_token(image_file, "0-3", click)  # column 1, row 2: token 17
+    assert text == "0, 1, 2, 3, 17" and grid.shape == (256, 256, 3)
+    assert callbacks.toggle_token(image_file, text, click)[0] == "0, 1, 2, 3"  # a second click removes it
+
+
+def test_an_uploaded_photo_is_fitted_and_the_user_told(callbacks, tmp_path):
+    Image.new("RGB", (96, 64), (200, 30, 30)).save(tmp_path / "wide.png")
+    note = callbacks.flip_bits(str(tmp_path / "wide.png"), "0", "0")[-1]
+    assert note == (
+        "The 96×64 image was resized to 32 px on its shorter side and centre-cropped to 32×32: the size this model "
+        "works at."
+    )
+
+
+def test_token_map(callbacks, image_file, app_models):
+    planes, heat, tokens = callbacks.token_map(image_file)
+    expected = Tokenizer.from_pretrained(app_models["tokenizer"]).encode(load_image(image_file)[None])[0]
+    assert tokens == expected.tolist() and len(planes) == 12 and planes[4][1] == "bit 4"
+    plane = planes[4][0][..., 0] > 127
+    assert (plane == ((expected >> 4) & 1).bool().numpy()).all()
+    assert heat.layout.yaxis.scaleanchor == "x" and heat.layout.xaxis.title.text == "token column"
+
+
+def test_bit_walk_flips_bits_per_step(callbacks, image_file):
+    gallery, plot = callbacks.bit_walk(image_file, 5, 3, 0)
+    assert gallery[0][1] == "reconstruction" and gallery[1][1].startswith("5 bits (1%): ")
+    assert [caption.split(" ")[0] for _, caption in gallery[1:]] == ["5", "10", "15"]
+    assert plot.data[0].y[0] is None  # the reconstruction against itself: no finite PSNR, no point
+
+
+def test_dataset_image(callbacks):
+    path, caption = callbacks.dataset_image(3)
+    assert np.asarray(Image.open(path)).shape == (32, 32, 3) and caption.startswith("procedural train #3")
+
+
+def test_neighbours_of_a_training_image_find_it_first(callbacks):
+    path, _ = callbacks.dataset_image(11)
+    hamming, lpips, pixel, verdict, scatter, heat, data = callbacks.neighbours(path, 5)
+    assert len(hamming) == len(lpips) == len(pixel) == 5
+    for metric in ("hamming", "lpips", "pixel"):
+        assert data[metric][0]["source"] == "procedural:train:11"
+        assert data[metric][0]["distance"] == pytest.approx(0, abs=1e-4)
+        assert data["verdicts"][metric]["memorized"] is True
+    assert [n["distance"] for n in data["hamming"]] == sorted(n["distance"] for n in data["hamming"])
+    assert "possible memorization" in verdict and "p1 of held-out real images" in verdict
+    z = np.array(heat.data[0].z)
+    assert z.shape == (8, 8) and z.sum() == 0  # identical tokens
+    assert scatter.layout.xaxis.title.text == "Hamming distance (bits)" and scatter.layout.yaxis.title.text == "LPIPS"
+
+
+def test_the_report_uses_the_neighbours_threshold(callbacks, app_server):
+    image, text, summary = callbacks.memorization_report(8, 0)
+    assert set(summary) == {"hamming", "lpips", "pixel"} and "what chance gives" in text
+    calibration = app_server.state.index.manifest["calibration"]
+    for metric, figures in summary.items():  # the same held-out images and percentile: the same thresholds
+        assert figures["threshold"] == pytest.approx(calibration[metric]["threshold"])
+    assert Image.open(image).size[0] > 100
+
+
+def test_token_space_matches_a_direct_count(callbacks, app_server):
+    usage, codes, umap, data = callbacks.token_space()
+    tokens = app_server.state.index.tokens
+    assert data["images"] == len(tokens) == 96 and data["codes_used"] == len(np.unique(tokens))
+    assert data["bit_usage"][3] == pytest.approx(((tokens >> 3) & 1).mean(), abs=1e-4)
+    assert sum(len(trace.x) for trace in umap.data) == 96
+    assert codes.layout.yaxis.type == "log" and codes.layout.yaxis.dtick == 1  # ticks at powers of ten only
+    image, caption = callbacks.indexed_image(5)
+    assert "procedural:train:5" in caption and image.shape == (64, 64, 3)
+
+
+@pytest.mark.parametrize(
+    "endpoint, args, message",
+    [
+        ("generate", (["no such class"], 1, 0, *KNOBS), "unknown class"),
+        ("generate", ([], 1, 0, *KNOBS), "choose at least one class"),
+        ("generate", (["tench"], 1, 2**70, *KNOBS), SEED_RANGE),
+        ("generate", (["tench"], 1, 0, 4, 2.0, "sideways", *KNOBS[3:]), "guidance_annealing must be one of"),
+        ("flip_bits", ("IMAGE", "12", "all"), "bit_ids must be in 0–11"),
+        ("flip_bits", ("IMAGE", "x", "all"), "not a number"),
+        ("flip_bits", ("IMAGE", "all", "64"), "positions must be in 0–63"),
+        ("flip_bits", ("IMAGE", "0-1000000000", "all"), "bit_ids must be in 0–11; got 1000000000"),
+        ("flip_bits", (None, "all", "all"), "no image given"),
+        ("neighbours", ("IMAGE", 0), "k must be a whole number from 1 to 50; got 0"),
+        ("bit_walk", ("IMAGE", 300, 2, 0), "bits_per_step must be a whole number from 1 to 256; got 300"),
+        ("bit_walk", ("IMAGE", 100, 16, 0), "bits_per_step × num_steps must be at most the image's 768 bits"),
+        ("bit_walk", ("IMAGE", 5, 3, 2**70), SEED_RANGE),
+        ("dataset_image", (-1,), "item (dataset image number) must be a whole number from 0"),
+        ("memorization_report", (8, 2**70), SEED_RANGE),
+        ("indexed_image", (10**30,), "index_id must be a whole number from 0 to 95"),
+        ("load_models", ("/etc/passwd", ""), "outside the folders models may be loaded from"),
+        ("load_models", ("default", "../../../../../etc"), "generator '../../../../../etc' is outside"),
+        ("train_launch", ("tokenizer", "../escape", "tiny", "procedural", ""), "job name"),
+        ("train_launch", ("tokenizer", "ok", "tiny", "/etc", ""), "outside the allowed folders"),
+        ("train_launch", ("tokenizer", "ok", "tiny", "procedural", "training.max_stpes=3"), "did you mean"),
+        ("train_stop", ("never-launched",), "not running"),
+        ("train_resume", ("never-launched",), "no job named 'never-launched'"),
+        ("train_load", ("never-launched",), "has no exported model yet"),
+    ],
+)
+def test_bad_input_gets_a_message(callbacks, image_file, endpoint, args, message):
+    args = [image_file if a == "IMAGE" else a for a in args]
+    with pytest.raises(gr.Error) as error:
+        result = getattr(callbacks, endpoint)(*args)
+        if endpoint == "generate":
+            last(result)
+    assert message in str(error.value) and "Traceback" not in str(error.value)
+
+
+def test_a_pair_without_a_generator_says_so_and_the_controls_follow(callbacks, app_models, app_server):
+    try:
+        info, classes, message = callbacks.load_models(app_models["tokenizer"], "")
+        assert info["generator"] is None and classes["choices"] == []
+        assert "this model pair has no generator; load one" in message
+        button, note = callbacks.generation_controls()
+        assert button["interactive"] is False and "has no generator" in note
+        with pytest.raises(gr.Error, match="this model pair has no generator"):
+            last(callbacks.generate(["tench"], 1, 0, *KNOBS))
+        assert callbacks.cleared() == ([], None, None, "")
+    finally:
+        callbacks.load_models(app_models["tokenizer"], app_models["generator"])
+        app_server.state.wait_ready(300)
+    assert callbacks.generation_controls()[0]["interactive"] is True
+
+
+def test_model_choices_and_generated_images_between_tabs(callbacks):
+    choices = callbacks.model_choices()
+    assert choices[:2] == ["bundled default (LFQ, 12 bits)", "bundled VQ twin (VQGAN+, 12 bits; tokenizer only)"]
+    assert callbacks.pair_sources(choices[1]) == ("default-vq", "")
+    assert callbacks.pair_sources("official 12-bit (LFQ, ImageNet 256)")[1] == "markweber/maskbit_generator_12bit"
+    files = ["a.png", "b.png"]
+    assert callbacks.pick_generated(files, gr.SelectData(None, {"index": 1, "value": None})) == "b.png"
+    assert callbacks.send_generated(files, None) == "a.png" and callbacks.send_generated(files, "b.png") == "b.png"
+    with pytest.raises(gr.Error, match="generate an image first"):
+        callbacks.send_generated([], None)
+
+
+def test_training_endpoints_without_a_job(callbacks):
+    table, choices = callbacks.train_status()
+    assert isinstance(table, list) and "choices" in choices
+    figure, sample, console = callbacks.train_curves("")
+    assert sample is None and console == "" and figure.layout.annotations[0].text == "choose a job"
+    assert callbacks.train_presets_update("generator")["choices"] == sorted(GENERATOR_TRAIN_PRESETS)
+    _, figure, sample, console = callbacks.refresh("never-launched")  # the timer never shows an error badge
+    assert len(figure.data) == 0 and sample is None and console == ""
+    _, figure, _, _ = callbacks.refresh("../not a job name")
+    assert figure.layout.annotations[0].text == "job '../not a job name' cannot be read"
