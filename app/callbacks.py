@@ -29,6 +29,7 @@ class Callbacks(ExploreCallbacks, SearchCallbacks, TrainingCallbacks):
         current = (models.tokenizer_source, models.generator_source)
         return {
             "model_choices": choices,
+            "comparison_choices": self.comparison_choices(),
             "model_choice": next((c for c in choices if self._pair(c) == current), None),
             "tokenizer": models.tokenizer_source,
             "generator": models.generator_source,

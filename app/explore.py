@@ -229,6 +229,94 @@ class ExploreCallbacks(Endpoints):
         text = ", ".join(map(str, chosen)) if chosen else "all"
         return text, pictures.token_grid(reconstruction, (h, w), chosen)
 
+    def comparison_choices(self) -> list[str]:
+        """Tokenizers to compare bit flips with: the VQ twin and the bundled LFQ one, and finished tokenizer runs."""
+        runs = self.state.jobs.finished_models() if self.state.jobs is not None else []
+        tokenizers = (self.state.jobs.model_pair(name)[0] for name in runs)
+        return list(dict.fromkeys(["default-vq", "default", *tokenizers]))
+
+    @gpu
+    @guarded
+    def compare_flips(self, image, tokenizer, bit_ids, positions):
+        """Flip bit i of the image's tokens for the loaded tokenizer and for `tokenizer`, side by side: images, and per
+        bit the PSNR, LPIPS and (for the bundled 64-px models) whether the judge still sees the image's class."""
+        models = self.state.models
+        other = self.state.comparison_tokenizer(tokenizer)
+        if other.config.image_size != models.image_size:
+            raise UserError(
+                f"tokenizer {str(tokenizer)[:80]!r} works at {other.config.image_size} px, the loaded pair at "
+                f"{models.image_size} px: compare tokenizers of one image size"
+            )
+        picture = self._image(image)
+        h, w = models.grid
+        wanted = parse_ids(bit_ids, max(models.tokenizer.num_bits, other.num_bits), "bit_ids")
+        chosen_positions = parse_ids(positions, h * w, "positions")
+        judge = self.state.judge()
+        rows, galleries, summary = {}, [], {}
+        for name, tok in (
+            (_kind_name(models.tokenizer, "loaded"), models.tokenizer),
+            (_kind_name(other, "compared"), other),
+        ):
+            indices, _ = analysis.reconstruct(tok, picture)
+            own = None if wanted is None else [b for b in wanted if b < tok.num_bits]
+            flips = analysis.flip_each_bit(tok, indices, own, chosen_positions, self.state.lpips)
+            kept = None
+            if judge is not None:
+                from data.judge import predict
+
+                reference = predict(judge, flips.reconstruction[None])[0]
+                kept = (predict(judge, flips.flipped) == reference).float().numpy()
+            rows[name] = (flips, kept)
+            galleries.append(
+                [
+                    (pictures.with_difference(f, flips.reconstruction), f"bit {b}: {_db(p)}")
+                    for b, f, p in zip(flips.bit_ids, flips.flipped, flips.distances.psnr)
+                ]
+            )
+            summary[name] = {
+                "source": str(tokenizer) if tok is other else models.tokenizer_source,
+                "quantizer": tok.quantizer_kind,
+                "bit_ids": flips.bit_ids,
+                "psnr_db": [_rounded(v, 3) for v in flips.distances.psnr],
+                "lpips": None if flips.distances.lpips is None else [round(float(v), 5) for v in flips.distances.lpips],
+                "judge_keeps_class": None if kept is None else kept.tolist(),
+            }
+        names = list(rows)
+        bit_axis = sorted({b for flips, _ in rows.values() for b in flips.bit_ids})
+        psnr = figures.compare(
+            bit_axis,
+            {n: dict(zip(r[0].bit_ids, r[0].distances.psnr)) for n, r in rows.items()},
+            "PSNR to each reconstruction (higher: less change)",
+            "PSNR (dB)",
+        )
+        if self.state.lpips is not None:
+            lpips = {n: dict(zip(r[0].bit_ids, r[0].distances.lpips)) for n, r in rows.items()}
+            distance = figures.compare(bit_axis, lpips, "LPIPS to each reconstruction (lower: less change)", "LPIPS")
+        else:
+            l2 = {n: dict(zip(r[0].bit_ids, r[0].distances.l2)) for n, r in rows.items()}
+            distance = figures.compare(bit_axis, l2, "L2 to each reconstruction (LPIPS: no weights here)", "L2")
+        if judge is not None:
+            kept = {n: dict(zip(r[0].bit_ids, r[1])) for n, r in rows.items()}
+            verdict = figures.compare(bit_axis, kept, "does the judge still see the same shape? (1: yes)", "kept")
+        else:
+            verdict = figures.empty("the judge knows the bundled dataset's 64-px shapes only")
+        return galleries[0], galleries[1], psnr, distance, verdict, summary | {"tokenizers": names}
+
+    @gpu
+    @guarded
+    def code_atlas(self):
+        """Every code of the loaded tokenizer decoded, codes one bit apart side by side (maskbit.analysis)."""
+        tokenizer = self.state.models.tokenizer
+        atlas = self.state.atlas(tokenizer)
+        side = atlas.codes.shape[0]
+        low = 2 * (side.bit_length() - 1)
+        fixed = "" if low == tokenizer.num_bits else f"; bits {low}–{tokenizer.num_bits - 1} fixed to 0"
+        caption = (
+            f"{side}×{side} codes of {tokenizer.quantizer_kind.upper()} tokenizer {self.state.models.tokenizer_source}"
+            f": row r = high half gray(r), column c = low half gray(c){fixed}"
+        )
+        return pictures.to_array(atlas.image), caption
+
     @gpu
     @guarded
     def token_map(self, image):
@@ -290,3 +378,7 @@ def _db(psnr: float) -> str:
 def _rounded(value: float, digits: int) -> float | None:
     """JSON has no infinity: identical images' PSNR is reported as null."""
     return round(float(value), digits) if np.isfinite(value) else None
+
+
+def _kind_name(tokenizer, role: str) -> str:
+    return f"{role} ({tokenizer.quantizer_kind.upper()})"

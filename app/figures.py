@@ -10,6 +10,7 @@ import plotly.graph_objects as go
 __all__ = [
     "empty",
     "bars",
+    "compare",
     "masked_fraction",
     "flip_psnr",
     "flip_distances",
@@ -46,6 +47,17 @@ def bars(x: Sequence, series: dict[str, Sequence[float]], title: str, xaxis: str
         title=title, xaxis_title=xaxis, yaxis_title=yaxis, barmode="group", height=HEIGHT, margin=dict(t=50, b=40)
     )
     return figure
+
+
+def compare(bit_ids: Sequence[int], series: dict[str, dict[int, float]], title: str, yaxis: str) -> go.Figure:
+    """Bars per bit for several tokenizers; a tokenizer with fewer bits has no bar at the others' extra bits."""
+    return bars(
+        [str(b) for b in bit_ids],
+        {name: [values.get(b, float("nan")) for b in bit_ids] for name, values in series.items()},
+        title,
+        "bit i flipped at every chosen token",
+        yaxis,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- generate

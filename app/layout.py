@@ -175,14 +175,43 @@ def _flips_tab(v: dict) -> SimpleNamespace:
                     height="auto",
                     **PIXELATED,
                 )
-                psnr_chart = gr.Plot(elem_id="flip-chart")
-                distance_chart = gr.Plot()
+                psnr_chart = gr.Plot(label="PSNR per bit", elem_id="flip-chart")
+                distance_chart = gr.Plot(label="distances per bit")
                 summary = gr.JSON(label="distances", open=False)
+        with gr.Accordion("Compare with another tokenizer: LFQ bits against VQ index bits", open=True):
+            with gr.Row():
+                compare_with = gr.Dropdown(
+                    v["comparison_choices"],
+                    value=v["comparison_choices"][0],
+                    allow_custom_value=True,
+                    label="tokenizer to compare with (its bits flipped at the same tokens)",
+                )
+                compare_button = gr.Button("Compare", variant="primary", elem_id="compare-button")
+            with gr.Row():
+                compare_loaded = gr.Gallery(
+                    elem_id="compare-loaded",
+                    label="loaded tokenizer: bit i flipped | what changed",
+                    columns=3,
+                    height="auto",
+                    **PIXELATED,
+                )
+                compare_other = gr.Gallery(
+                    elem_id="compare-other",
+                    label="compared tokenizer: bit i flipped | what changed",
+                    columns=3,
+                    height="auto",
+                    **PIXELATED,
+                )
+            with gr.Row():
+                compare_psnr = gr.Plot(label="PSNR per bit", elem_id="compare-psnr")
+                compare_distance = gr.Plot(label="LPIPS per bit")
+                compare_judge = gr.Plot(label="the judge's verdict per bit")
+            compare_summary = gr.JSON(label="comparison", open=False)
         with gr.Accordion("Bit planes and token map", open=False):
             planes_button = gr.Button("Show bit planes")
             with gr.Row():
                 planes = gr.Gallery(label="bit planes (white: bit set)", columns=6, height="auto", **PIXELATED)
-                heat = gr.Plot()
+                heat = gr.Plot(label="token indices")
             tokens = gr.JSON(visible=False)
         with gr.Accordion("Random walk in Hamming space", open=False):
             with gr.Row():
@@ -191,7 +220,7 @@ def _flips_tab(v: dict) -> SimpleNamespace:
                 walk_seed = gr.Number(0, label="seed")
                 walk_button = gr.Button("Walk")
             walk_gallery = gr.Gallery(columns=9, height="auto", **PIXELATED)
-            walk_plot = gr.Plot()
+            walk_plot = gr.Plot(label="change along the walk")
     return SimpleNamespace(**{k: w for k, w in locals().items() if k not in ("v", "limits")})
 
 
@@ -216,8 +245,8 @@ def _neighbours_tab(v: dict) -> SimpleNamespace:
                     )
                 ]
         with gr.Row():
-            scatter = gr.Plot()
-            heat = gr.Plot()
+            scatter = gr.Plot(label="distances compared")
+            heat = gr.Plot(label="per-token Hamming map")
         found = gr.JSON(label="neighbours", open=False)
         with gr.Accordion("Memorization report over generated images", open=False):
             with gr.Row():
@@ -235,15 +264,20 @@ def _tokens_tab() -> SimpleNamespace:
         _intro(texts.TOKENS)
         button = gr.Button("Compute", variant="primary")
         with gr.Row():
-            usage = gr.Plot()
-            codes = gr.Plot()
-        umap = gr.Plot(elem_id="umap-plot")
+            usage = gr.Plot(label="bit usage")
+            codes = gr.Plot(label="code usage")
+        umap = gr.Plot(label="UMAP", elem_id="umap-plot")
         with gr.Row():
             view_id = gr.Number(0, label="index id", elem_id="view-id")
             view_button = gr.Button("View", elem_id="view-button")
             view_image = gr.Image(interactive=False, height=160, label="indexed image", **PIXELATED)
             view_caption = gr.Markdown(elem_id="view-caption")
         statistics = gr.JSON(label="statistics", open=False)
+        with gr.Accordion("Code atlas", open=True):
+            _intro(texts.ATLAS)
+            atlas_button = gr.Button("Show the code atlas", elem_id="atlas-button")
+            atlas_caption = gr.Markdown(elem_id="atlas-caption")
+            atlas = gr.Image(label="code atlas", interactive=False, elem_id="atlas", **PIXELATED)
     return SimpleNamespace(**locals())
 
 
@@ -272,7 +306,7 @@ def _training_tab(v: dict) -> SimpleNamespace:
             interactive=False,
         )
         with gr.Row():
-            curves = gr.Plot()
+            curves = gr.Plot(label="training curves")
             sample = gr.Image(label="latest samples", interactive=False)
         console = gr.Textbox(label="console (last lines)", lines=8, interactive=False)
     return SimpleNamespace(**{k: w for k, w in locals().items() if k not in ("v", "enabled")})
@@ -320,6 +354,13 @@ def _wire(demo, c: Callbacks, m, g, f, n, t, j, tabs, timer, index_line) -> None
         **UNREAD,
     )
     f.grid.select(c.toggle_token, [f.image, f.positions], [f.positions, f.grid], **PRIVATE, **UNREAD)
+    f.compare_button.click(
+        c.compare_flips,
+        [f.image, f.compare_with, f.bit_ids, f.positions],
+        [f.compare_loaded, f.compare_other, f.compare_psnr, f.compare_distance, f.compare_judge, f.compare_summary],
+        api_name="compare_flips",
+        **UNREAD,
+    )
     f.planes_button.click(c.token_map, f.image, [f.planes, f.heat, f.tokens], api_name="token_map", **UNREAD)
     f.walk_button.click(
         c.bit_walk,
@@ -345,6 +386,7 @@ def _wire(demo, c: Callbacks, m, g, f, n, t, j, tabs, timer, index_line) -> None
 
     t.button.click(c.token_space, None, [t.usage, t.codes, t.umap, t.statistics], api_name="token_space")
     t.view_button.click(c.indexed_image, t.view_id, [t.view_image, t.view_caption], api_name="indexed_image")
+    t.atlas_button.click(c.code_atlas, None, [t.atlas, t.atlas_caption], api_name="code_atlas")
 
     j.stage.change(c.train_presets_update, j.stage, j.preset, **PRIVATE)
     j.launch.click(
@@ -361,4 +403,4 @@ def _wire(demo, c: Callbacks, m, g, f, n, t, j, tabs, timer, index_line) -> None
     ).then(c.cleared, None, cleared, **PRIVATE)
     j.job.change(c.train_curves, j.job, [j.curves, j.sample, j.console], api_name="train_curves")
     timer.tick(c.refresh, j.job, [j.table, j.curves, j.sample, j.console], show_progress="hidden", **PRIVATE)
-    demo.load(c.train_status, None, [j.table, j.job], **PRIVATE)
+    demo.load(c.jobs_view, None, [j.table, j.job], **PRIVATE)

@@ -7,6 +7,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import gradio as gr
 import numpy as np
 import torch
 
@@ -39,8 +40,9 @@ class SearchCallbacks(Endpoints):
         picture = self._image(image)
         k = whole_number(k, "k", 1, LIMITS.k)
         result = find_neighbours(index, picture[None], k=k)[0]
+        vq = index.manifest["tokenizer"].get("config", {}).get("quantizer") == "vq"
         galleries = {
-            metric: [(self._thumbnail(index, row.id), f"{row.class_name} · {row.distance:.4g}") for row in rows]
+            metric: [(self._thumbnail(index, row.id), _caption(row, vq)) for row in rows]
             for metric, rows in result.rows.items()
         }
         exact = union_distances(index, picture, result)
@@ -60,7 +62,7 @@ class SearchCallbacks(Endpoints):
         )
         return (
             galleries.get("hamming", []),
-            galleries.get("lpips", []),
+            gr.update(value=galleries["lpips"], visible=True) if "lpips" in galleries else gr.update(visible=False),
             galleries.get("pixel", []),
             _verdict_text(result, k, index, self.state.lpips_note),
             scatter,
@@ -155,6 +157,12 @@ def _metric_name(metric: str, index) -> str:
     return {"lpips": "LPIPS", "pixel": "squared pixel L2 (16×16)"}[metric]
 
 
+def _caption(row, vq: bool) -> str:
+    """A neighbour's class and distance; for a VQ tokenizer's Hamming neighbours also the share of equal tokens."""
+    same = f" · {row.same_tokens:.0%} same tokens" if vq and row.same_tokens is not None else ""
+    return f"{row.class_name} · {row.distance:.4g}{same}"
+
+
 def _verdict_text(result, k: int, index, lpips_note: str) -> str:
     lines = []
     for metric, verdict in result.verdicts.items():
@@ -166,6 +174,11 @@ def _verdict_text(result, k: int, index, lpips_note: str) -> str:
         lines.append(
             f"- **{name}**: nearest {verdict.nearest_distance:.4g}, threshold {verdict.threshold:.4g} "
             f"(p{verdict.percentile:g} of held-out real images) → {flag}"
+        )
+    if index.manifest["tokenizer"].get("config", {}).get("quantizer") == "vq":
+        nearest = result.rows["hamming"][0]
+        lines.append(
+            f"- the nearest by index bits has the same token as the query at {nearest.same_tokens:.0%} of positions"
         )
     overlap = ", ".join(f"{pair}: {value:.0%}" for pair, value in result.overlap.items())
     text = "\n".join(lines) + f"\n\ntop-{k} overlap between metrics: {overlap}"

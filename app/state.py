@@ -20,6 +20,8 @@ from app.models import Models, load_models
 from app.settings import Settings
 from app.validation import UserError, checked_model_source
 from indexes.store import ImageIndex, IndexError_, IndexOptions
+from maskbit import Tokenizer
+from maskbit.analysis import Atlas, code_atlas
 
 logger = logging.getLogger("app")
 
@@ -59,6 +61,9 @@ class AppState:
             else None
         )
         self.files = TempFiles(settings.max_temp_files)  # the PNGs the UI hands between tabs
+        self._atlases: dict[str, Atlas] = {}  # tokenizer identity → its code atlas (computed once)
+        self._comparisons: dict[str, Tokenizer] = {}  # source → a second tokenizer for side-by-side bit flips
+        self._judge = None  # data/judge.py's classifier, loaded on first use
         self._generation = 0  # bumped on every model switch; stale background work drops its result
         self._ready = threading.Event()  # set when the current models' background work has ended
 
@@ -84,6 +89,35 @@ class AppState:
         if generator is None or (isinstance(generator, str) and not generator.strip()):
             return tokenizer, ""
         return tokenizer, checked_model_source(generator, "generator", roots, s.hub_allowed, trusted)
+
+    def comparison_tokenizer(self, source: str) -> Tokenizer:
+        """A second tokenizer to flip bits with, from the same sources as any model (the two newest kept)."""
+        source, _ = self.checked_sources(source, "")
+        with self.lock:
+            if source not in self._comparisons:
+                try:
+                    tokenizer = Tokenizer.from_pretrained(source).requires_grad_(False).eval()
+                except (OSError, ValueError) as error:
+                    raise UserError(f"cannot load the tokenizer {source!r}: {error}") from None
+                self._comparisons = dict(list(self._comparisons.items())[-1:]) | {source: tokenizer}
+            return self._comparisons[source].to(self.models.device)
+
+    def atlas(self, tokenizer: Tokenizer) -> Atlas:
+        """The tokenizer's code atlas (maskbit.analysis.code_atlas), computed once per tokenizer."""
+        key = tokenizer.identity()
+        if key not in self._atlases:
+            self._atlases[key] = code_atlas(tokenizer)
+        return self._atlases[key]
+
+    def judge(self):
+        """The bundled judge of the procedural shapes, for 64-px models; None for others (it knows nothing else)."""
+        if self.models.image_size != 64:
+            return None
+        if self._judge is None:
+            from data import judge
+
+            self._judge = judge.load()
+        return self._judge
 
     # ------------------------------------------------------------------------------------------------ background
 
@@ -206,6 +240,8 @@ class AppState:
                 if generation == self._generation:
                     self.projection = projection
             self._set_status(generation, IndexStatus("ready", message=self._describe(index)))
+        if models.image_size <= 128:  # seconds for small models; a 256-px decoder takes minutes on a CPU
+            self.atlas(models.tokenizer)
 
     def _describe(self, index: ImageIndex) -> str:
         described = index.manifest.get("dataset", {})

@@ -65,6 +65,13 @@ class TrainingCallbacks(Endpoints):
             return figures.empty("choose a job"), None, ""
         return self._curves(name)
 
+    def jobs_view(self):
+        """The job table and choices for a page that opens: nothing (no error badge) where training is off."""
+        if self.state.jobs is None:
+            return gr.skip(), gr.skip()
+        table = self._table()
+        return table, gr.update(choices=[row[0] for row in table])
+
     def refresh(self, name):
         """The timer's view of the jobs: never an error badge (a job that disappeared only empties its panel)."""
         if self.state.jobs is None:

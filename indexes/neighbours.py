@@ -29,11 +29,18 @@ class Neighbour:
     class_name: str
     token_distance_map: np.ndarray | None = None  # Hamming neighbours: (h, w) differing bits per token
 
+    @property
+    def same_tokens(self) -> float | None:
+        """Fraction of positions whose token equals the query's: the measure natural to a VQ tokenizer, whose index
+        bits (and so Hamming distances) carry no meaning."""
+        return None if self.token_distance_map is None else float((self.token_distance_map == 0).mean())
+
     def to_json(self) -> dict:
         row = {"id": self.id, "distance": self.distance, "source": self.source, "label": self.label}
         row["class_name"] = self.class_name
         if self.token_distance_map is not None:
             row["token_distance_map"] = self.token_distance_map.tolist()
+            row["same_tokens"] = self.same_tokens
         return row
 
 

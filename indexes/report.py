@@ -20,6 +20,8 @@ from maskbit.images import image_grid, save_image
 
 __all__ = ["memorization_report"]
 
+AXIS_NAMES = {"hamming": "Hamming distance (bits)", "lpips": "LPIPS", "pixel": "squared pixel L2 (16×16)"}
+
 
 def memorization_report(
     index: ImageIndex,
@@ -133,7 +135,11 @@ def _plots(report: dict, out: Path) -> None:
             data["threshold"], color="black", linestyle="--", label=f"p{report['percentile']:g} of held-out"
         )
         axes[0, col].set_title(f"{metric}: {data['flagged_fraction']:.1%} flagged")
+        axes[0, col].set_xlabel(f"{AXIS_NAMES.get(metric, metric)} to the nearest training image")
+        axes[0, col].set_ylabel("images")
         axes[0, col].legend(fontsize=7)
+        figure.update_xaxes(title_text=AXIS_NAMES.get(metric, metric), row=1, col=col + 1)
+        figure.update_yaxes(title_text="images", row=1, col=col + 1)
     figure.update_layout(barmode="overlay", title="Nearest-training-image distances: generated vs held-out")
     atomic_write(out / "report.html", lambda p: figure.write_html(p, include_plotlyjs=True))
     fig_png.tight_layout()

@@ -142,7 +142,7 @@ def test_dataset_image(callbacks):
 def test_neighbours_of_a_training_image_find_it_first(callbacks):
     path, _ = callbacks.dataset_image(11)
     hamming, lpips, pixel, verdict, scatter, heat, data = callbacks.neighbours(path, 5)
-    assert len(hamming) == len(lpips) == len(pixel) == 5
+    assert len(hamming) == len(lpips["value"]) == len(pixel) == 5 and lpips["visible"]
     for metric in ("hamming", "lpips", "pixel"):
         assert data[metric][0]["source"] == "procedural:train:11"
         assert data[metric][0]["distance"] == pytest.approx(0, abs=1e-4)
@@ -250,3 +250,37 @@ def test_training_endpoints_without_a_job(callbacks):
     assert len(figure.data) == 0 and sample is None and console == ""
     _, figure, _, _ = callbacks.refresh("../not a job name")
     assert figure.layout.annotations[0].text == "job '../not a job name' cannot be read"
+
+
+def test_bit_flips_side_by_side_with_a_vq_tokenizer(callbacks, image_file, app_server):
+    from maskbit import TOKENIZER_PRESETS
+
+    vq = Tokenizer(TOKENIZER_PRESETS["tiny_vqgan_plus"]).requires_grad_(False)  # 32 px, 8×8 tokens, 4096 codes
+    source = app_server.settings.workspace / "tiny-vq" / "model"  # the workspace: an allowed model folder
+    vq.save_pretrained(source)
+    loaded, other, psnr, distance, verdict, summary = callbacks.compare_flips(image_file, str(source), "0, 7", "all")
+    assert summary["tokenizers"] == ["loaded (LFQ)", "compared (VQ)"] and len(loaded) == len(other) == 2
+    assert summary["compared (VQ)"]["quantizer"] == "vq" and summary["compared (VQ)"]["bit_ids"] == [0, 7]
+    indices = vq.encode(load_image(image_file)[None])
+    recon = vq.decode(indices).clamp(0, 1)
+    flipped = vq.decode(bits.flip_bits(indices, 7, 12)).clamp(0, 1)  # bit 7 of each codebook index
+    assert (as_tensor(other[1][0][:, :32]) - flipped[0]).abs().max() <= 1 / 255 + 1e-6
+    psnr_7 = float(10 * torch.log10(1 / (flipped - recon).pow(2).mean()))
+    assert summary["compared (VQ)"]["psnr_db"][1] == pytest.approx(psnr_7, abs=1e-2)
+    assert [trace.name for trace in psnr.data] == ["loaded (LFQ)", "compared (VQ)"] and list(psnr.data[0].x) == [
+        "0",
+        "7",
+    ]
+    assert verdict.layout.annotations[0].text.startswith("the judge knows")  # 32-px images: no judge
+    with pytest.raises(gr.Error, match="outside the folders models may be loaded from"):
+        callbacks.compare_flips(image_file, "/etc/passwd", "0", "all")
+
+
+def test_the_code_atlas_of_the_loaded_tokenizer(callbacks, app_server):
+    from maskbit.analysis import code_atlas
+
+    image, caption = callbacks.code_atlas()
+    expected = code_atlas(app_server.state.models.tokenizer)
+    assert image.shape == (expected.image.shape[1], expected.image.shape[2], 3) and image.shape[0] == 64 * expected.cell
+    assert (as_tensor(image) - expected.image).abs().max() <= 1 / 255 + 1e-6
+    assert caption.startswith("64×64 codes of LFQ tokenizer")
