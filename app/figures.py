@@ -103,8 +103,20 @@ def flip_psnr(bit_ids: Sequence[int], psnr: Sequence[float], num_positions: int,
 
 
 def flip_distances(bit_ids: Sequence[int], l2: Sequence[float], lpips: Sequence[float] | None) -> go.Figure:
-    series = {"L2": l2} | ({"LPIPS": lpips} if lpips is not None else {})
-    return bars(bit_ids, series, "distance to the reconstruction (higher = more change)", "bit i", "distance")
+    """L2 (left axis) and LPIPS (right axis: its values are a hundred times smaller) per flipped bit."""
+    figure = go.Figure(go.Bar(x=list(bit_ids), y=_finite(l2), name="L2", offsetgroup=0))
+    if lpips is not None:
+        figure.add_bar(x=list(bit_ids), y=_finite(lpips), name="LPIPS", yaxis="y2", offsetgroup=1)
+        figure.update_layout(yaxis2=dict(overlaying="y", side="right", title="LPIPS", rangemode="tozero"))
+    figure.update_layout(
+        title="distance to the reconstruction (higher = more change)",
+        xaxis_title="bit i",
+        yaxis_title="L2",
+        barmode="group",
+        height=HEIGHT,
+        margin=dict(t=50, b=40),
+    )
+    return figure
 
 
 def walk(hamming: Sequence[int], psnr: Sequence[float], lpips: Sequence[float] | None) -> go.Figure:

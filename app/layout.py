@@ -83,7 +83,7 @@ def _generate_tab(v: dict) -> SimpleNamespace:
                 preset = gr.Dropdown(v["sampling_presets"], value=None, label="sampling preset (fills the knobs)")
                 preset_note = gr.Markdown()
                 knobs = [
-                    gr.Slider(1, limits["num_steps"], value=s["num_steps"], step=1, label="steps"),
+                    gr.Slider(1, limits["num_steps"], value=s["num_steps"], step=1, label="steps", elem_id="num-steps"),
                     gr.Slider(0, 15, value=s["guidance_scale"], step=0.1, label="guidance scale"),
                     gr.Radio(v["guidance_annealings"], value=s["guidance_annealing"], label="guidance annealing"),
                     gr.Slider(0.01, 5, value=s["scale_pow"], step=0.01, label="scale power"),
@@ -98,7 +98,7 @@ def _generate_tab(v: dict) -> SimpleNamespace:
                     elem_id="generated-gallery",
                     label="generated (select one, then send it)",
                     columns=4,
-                    height="auto",
+                    height="max-content",
                     **PIXELATED,
                 )
                 with gr.Row():
@@ -172,7 +172,7 @@ def _flips_tab(v: dict) -> SimpleNamespace:
                     elem_id="flipped-gallery",
                     label="bit i flipped | what changed (×4, black: nothing)",
                     columns=3,
-                    height="auto",
+                    height="max-content",
                     **PIXELATED,
                 )
                 psnr_chart = gr.Plot(label="PSNR per bit", elem_id="flip-chart")
@@ -192,14 +192,14 @@ def _flips_tab(v: dict) -> SimpleNamespace:
                     elem_id="compare-loaded",
                     label="loaded tokenizer: bit i flipped | what changed",
                     columns=3,
-                    height="auto",
+                    height="max-content",
                     **PIXELATED,
                 )
                 compare_other = gr.Gallery(
                     elem_id="compare-other",
                     label="compared tokenizer: bit i flipped | what changed",
                     columns=3,
-                    height="auto",
+                    height="max-content",
                     **PIXELATED,
                 )
             with gr.Row():
@@ -210,7 +210,7 @@ def _flips_tab(v: dict) -> SimpleNamespace:
         with gr.Accordion("Bit planes and token map", open=False):
             planes_button = gr.Button("Show bit planes")
             with gr.Row():
-                planes = gr.Gallery(label="bit planes (white: bit set)", columns=6, height="auto", **PIXELATED)
+                planes = gr.Gallery(label="bit planes (white: bit set)", columns=6, height="max-content", **PIXELATED)
                 heat = gr.Plot(label="token indices")
             tokens = gr.JSON(visible=False)
         with gr.Accordion("Random walk in Hamming space", open=False):
@@ -219,7 +219,7 @@ def _flips_tab(v: dict) -> SimpleNamespace:
                 walk_steps = gr.Slider(1, limits["walk_steps"], value=8, step=1, label="steps")
                 walk_seed = gr.Number(0, label="seed")
                 walk_button = gr.Button("Walk")
-            walk_gallery = gr.Gallery(columns=9, height="auto", **PIXELATED)
+            walk_gallery = gr.Gallery(columns=9, height="max-content", **PIXELATED)
             walk_plot = gr.Plot(label="change along the walk")
     return SimpleNamespace(**{k: w for k, w in locals().items() if k not in ("v", "limits")})
 
@@ -237,7 +237,7 @@ def _neighbours_tab(v: dict) -> SimpleNamespace:
                 verdict = gr.Markdown(elem_id="verdict")
             with gr.Column(scale=2):
                 galleries = [
-                    gr.Gallery(elem_id=f"{metric}-gallery", label=label, columns=8, height="auto", **PIXELATED)
+                    gr.Gallery(elem_id=f"{metric}-gallery", label=label, columns=8, height="max-content", **PIXELATED)
                     for metric, label in (
                         ("hamming", "by Hamming distance of the tokens"),
                         ("lpips", "by LPIPS"),

@@ -1,5 +1,7 @@
 """Every tab in a real browser (Debian's Chromium through Playwright): do the tab's main action, check what the
-page shows, and save a screenshot (MASKBIT_SCREENSHOTS=folder keeps them; default: the test's temporary folder)."""
+page shows, and save a screenshot (MASKBIT_SCREENSHOTS=folder keeps them; default: the test's temporary folder).
+Also what a newcomer met (issue 20): a pair without a generator, streamed steps, difference maps, loading a
+finished run, training errors; and LFQ against VQ bit flips side by side (issue 19)."""
 
 import os
 import re
@@ -59,18 +61,77 @@ def test_generate_tab(page, shots):
     page.screenshot(path=shots / "generate.png", full_page=True)
 
 
-def test_bit_flip_tab(page, shots):
+def test_steps_stream_while_the_last_images_stay(page):
+    """Issue 20.4: per-step progress, and the previous results on screen until the new ones arrive."""
     tab(page, "Generate")
+    page.get_by_label("sampling preset (fills the knobs)").click()
+    page.get_by_role("option", name="maskbit_generator_12bit").click()
+    expect(page.get_by_text("the paper's preset for maskbit_generator_12bit")).to_be_visible()
+    steps = page.locator("#num-steps input[type=number]")
+    steps.fill("24")
+    steps.press("Enter")
+    page.get_by_role("button", name="Generate", exact=True).click()
+    expect(page.locator("#generate-progress")).to_contain_text(re.compile(r"step \d+ of 24"), timeout=TIMEOUT)
+    expect(page.locator("#generated-gallery img")).to_have_count(4)  # the last run's images, while this one runs
+    expect(page.locator("#generate-progress")).to_have_text("4 images, 24 steps", timeout=TIMEOUT)
+
+
+def test_a_pair_without_a_generator_says_so(page, app_server):
+    """Issue 20.3: a tokenizer alone: a plain sentence and the Generate button off; no error badges stay after the
+    pair is loaded again."""
+    state = app_server.state
+    tokenizer, generator = state.models.tokenizer_source, state.models.generator_source
+    page.get_by_label("generator (empty: none)").fill("")
+    page.get_by_role("button", name="Load", exact=True).click()
+    expect(page.locator("#generation-note")).to_contain_text("this model pair has no generator", timeout=TIMEOUT)
+    expect(page.get_by_role("button", name="Generate", exact=True)).to_be_disabled()
+    page.get_by_label("generator (empty: none)").fill(generator)
+    page.get_by_label("tokenizer (from_pretrained source)").fill(tokenizer)
+    page.get_by_role("button", name="Load", exact=True).click()
+    expect(page.get_by_role("button", name="Generate", exact=True)).to_be_enabled(timeout=TIMEOUT)
+    state.wait_ready(300)
+    expect(page.get_by_text("Error", exact=True)).to_have_count(0)
+
+
+def test_bit_flip_tab(page, shots, app_server):
+    tab(page, "Generate")
+    page.get_by_role("button", name="Generate", exact=True).click()
+    expect(page.locator("#generate-progress")).to_have_text(re.compile(r"4 images"), timeout=TIMEOUT)
     page.get_by_role("button", name="Send to bit flips").click()
     expect(page.get_by_role("button", name="Flip each bit")).to_be_visible()
     page.get_by_role("button", name="Flip each bit").click()
     expect(page.locator("#flipped-gallery img")).to_have_count(12, timeout=TIMEOUT)
     expect(page.locator("#flip-chart .js-plotly-plot")).to_be_visible()
+    # issue 20.5: each flipped image has its difference map beside it, and its caption is not cut off
+    width, height = page.locator("#flipped-gallery img").first.evaluate("i => [i.naturalWidth, i.naturalHeight]")
+    assert width > 2 * height
+    caption = page.locator("#flipped-gallery .caption-label").first
+    expect(caption).to_contain_text(re.compile(r"bit 0: \d+\.\d dB"))
+    assert caption.evaluate("c => c.scrollWidth <= c.clientWidth + 1")
     # clicking a token on the grid chooses it
     tokens = page.get_by_label("at tokens (all, or ids; click the grid)")
     page.locator("#token-grid img").click(position={"x": 5, "y": 5})
     expect(tokens).to_have_value(re.compile(r"^\d+$"))
     page.screenshot(path=shots / "bit-flips.png", full_page=True)
+
+
+def test_bit_flips_of_lfq_and_vq_side_by_side(page, shots, app_server):
+    """Issue 19: two tokenizers on one image, two clicks from a generated image (send, compare)."""
+    from maskbit import TOKENIZER_PRESETS, Tokenizer
+
+    source = app_server.settings.workspace / "browser-vq" / "model"
+    Tokenizer(TOKENIZER_PRESETS["tiny_vqgan_plus"]).save_pretrained(source)
+    tab(page, "Bit flips")
+    page.get_by_label("at tokens (all, or ids; click the grid)").fill("all")
+    chooser = page.get_by_label("tokenizer to compare with (its bits flipped at the same tokens)")
+    chooser.fill(str(source))
+    chooser.press("Enter")
+    page.locator("#compare-button").click()
+    expect(page.locator("#compare-other img")).to_have_count(12, timeout=TIMEOUT)
+    expect(page.locator("#compare-loaded img")).to_have_count(12)
+    expect(page.locator("#compare-psnr .js-plotly-plot")).to_be_visible()
+    expect(page.locator("#compare-psnr")).to_contain_text("compared (VQ)")
+    page.locator("#compare-psnr").screenshot(path=shots / "compare-psnr.png")
 
 
 def test_neighbours_tab(page, shots):
@@ -105,9 +166,28 @@ def test_token_space_tab(page, shots):
 
 def test_training_tab(page, shots, app_server):
     tab(page, "Training")
+    # issue 20.8: a typo names the closest keys, not all ~80; a generator recipe without a tokenizer is refused
+    page.get_by_label("job name").fill("typo-job")
+    page.get_by_label("overrides, one key=value per line (e.g. training.max_steps=200)").fill("training.max_stpes=3")
+    page.get_by_role("button", name="Launch").click()
+    toast = page.get_by_text("did you mean training.max_steps")
+    expect(toast).to_be_visible()
+    expect(page.get_by_text("model.hidden_channels")).to_have_count(0)
+    page.get_by_label("overrides, one key=value per line (e.g. training.max_steps=200)").fill("")
     page.get_by_label("job name").fill("browser-job")
     page.get_by_role("button", name="Launch").click()
     expect(page.get_by_text("launched browser-job")).to_be_visible()
     expect(page.locator("#job-table")).to_contain_text("browser-job")
     expect(page.locator("#job-table")).to_contain_text("finished", timeout=TIMEOUT * 2)  # the tiny preset: 6 steps
-    page.screenshot(path=shots / "training.png", full_page=True)
+    expect(page.locator("#job-table").get_by_text("Error", exact=True)).to_have_count(0)
+    # issue 20.6: loading the finished run says so here, and the model panel names the run
+    state = app_server.state
+    tokenizer, generator = state.models.tokenizer_source, state.models.generator_source
+    try:
+        page.get_by_role("button", name="Load into explorer").click()
+        expect(page.locator("#train-message")).to_contain_text("loaded", timeout=TIMEOUT)
+        expect(page.get_by_label("model pair")).to_have_value("run: browser-job")
+        page.screenshot(path=shots / "training.png", full_page=True)
+    finally:
+        state.switch_models(tokenizer, generator)
+        state.wait_ready(300)
