@@ -51,6 +51,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=7870)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--screenshots", type=Path)
+    parser.add_argument("--compare-with", default="default-vq", help="the second tokenizer of compare_flips")
     parser.add_argument("app_args", nargs="*")
     args = parser.parse_args()
     from gradio_client import Client, handle_file
@@ -70,9 +71,10 @@ def main() -> None:
         index_ready = time.time() - started
         info = client.predict(api_name="/model_info")
         classes = ["circle"] if info.get("classes") == 10 else ["tench"]
-        knobs = [16, 2.0, "cosine", 1.0, 2.0, 1.0, "arccos"]
+        knobs = [16, 4.0, "none", 1.0, 2.0, 1.0, "arccos"]  # the bundled model's own sampling
         gallery = client.predict(classes, 4, 0, *knobs, api_name="/generate")[0]
         image = handle_file(gallery[0]["image"])
+        compare = args.compare_with
         actions = {
             "generate 1 image": lambda: client.predict(classes, 1, 0, *knobs, api_name="/generate"),
             "generate 4 images": lambda: client.predict(classes, 4, 0, *knobs, api_name="/generate"),
@@ -81,6 +83,13 @@ def main() -> None:
             "bit_walk (8 steps)": lambda: client.predict(image, 8, 8, 0, api_name="/bit_walk"),
             "neighbours (k=8)": lambda: client.predict(image, 8, api_name="/neighbours"),
             "token_space": lambda: client.predict(api_name="/token_space"),
+            "code_atlas": lambda: client.predict(api_name="/code_atlas"),
+            f"compare_flips with {compare} (every bit, all tokens)": lambda: client.predict(
+                image, compare, "all", "all", api_name="/compare_flips"
+            ),
+            f"compare_flips with {compare} (every bit, 4 tokens)": lambda: client.predict(
+                image, compare, "all", "0, 17, 34, 51", api_name="/compare_flips"
+            ),
             "train_status": lambda: client.predict(api_name="/train_status"),
         }
         latency = {name: timed(fn, args.repeat) for name, fn in actions.items()}
@@ -105,13 +114,13 @@ def main() -> None:
         }
         print(json.dumps(result, indent=2), flush=True)
         if args.screenshots:
-            screenshots(url, args.screenshots)
+            screenshots(url, args.screenshots, compare)
     finally:
         process.terminate()
         process.wait(30)
 
 
-def screenshots(url: str, folder: Path) -> None:
+def screenshots(url: str, folder: Path, compare: str) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     expect.set_options(timeout=300_000)
@@ -119,7 +128,9 @@ def screenshots(url: str, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
-            executable_path="/usr/bin/chromium", headless=True, args=["--no-sandbox", "--disable-gpu"]
+            executable_path="/usr/bin/chromium",
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
         )
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(300_000)
@@ -133,6 +144,14 @@ def screenshots(url: str, folder: Path) -> None:
         page.get_by_role("button", name="Flip each bit").click()
         expect(page.locator("#flipped-gallery img")).not_to_have_count(0)
         page.screenshot(path=folder / "bit-flips.png", full_page=True)
+        chooser = page.get_by_label("tokenizer to compare with (its bits flipped at the same tokens)")
+        chooser.fill(compare)
+        chooser.press("Enter")
+        page.locator("#compare-button").click()
+        expect(page.locator("#compare-other img")).not_to_have_count(0)
+        expect(page.locator("#compare-psnr .js-plotly-plot")).to_be_visible()
+        page.locator("#compare-button").scroll_into_view_if_needed()
+        page.screenshot(path=folder / "bit-flips-lfq-vs-vq.png", full_page=True)
         page.get_by_role("tab", name="Generate", exact=True).click()
         page.get_by_role("button", name="Send to neighbours").click()
         page.get_by_role("button", name="Find neighbours").click()
@@ -141,6 +160,8 @@ def screenshots(url: str, folder: Path) -> None:
         page.get_by_role("tab", name="Token space", exact=True).click()
         page.get_by_role("button", name="Compute").click()
         expect(page.locator("#umap-plot .js-plotly-plot")).to_be_visible()
+        page.locator("#atlas-button").click()
+        expect(page.locator("#atlas img")).to_be_visible()
         page.screenshot(path=folder / "token-space.png", full_page=True)
         page.get_by_role("tab", name="Training", exact=True).click()
         page.screenshot(path=folder / "training.png", full_page=True)
