@@ -22,6 +22,7 @@ from torch import nn
 from maskbit import bits as bitops
 from maskbit.checkpoint import PretrainedMixin
 from maskbit.config import TOKENIZER_PRESETS, TokenizerConfig
+from maskbit.device import precision_autocast
 
 __all__ = ["Tokenizer", "LookupFreeQuantizer", "QuantizerOutput", "TokenizerOutput"]
 
@@ -217,6 +218,9 @@ class Tokenizer(PretrainedMixin, nn.Module):
     config_class = TokenizerConfig
     presets = TOKENIZER_PRESETS
     kind = "tokenizer"
+    # encode / decode / decode_bits run under maskbit.device's autocast rule for this name ("auto": bf16 on CUDA,
+    # float32 on the CPU; "fp32", "bf16"). A run-time choice, not part of the config or the checkpoint.
+    precision: str = "auto"
 
     def __init__(self, config: TokenizerConfig):
         super().__init__()
@@ -269,14 +273,18 @@ class Tokenizer(PretrainedMixin, nn.Module):
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [0, 1] → indices (B, h, w) int64, bit k of an index = latent channel k."""
-        return bitops.bits_to_indices(self.encode_latent(images).permute(0, 2, 3, 1))
+        with precision_autocast(self.precision, self._device):
+            z = self.encode_latent(images)
+        return bitops.bits_to_indices(z.permute(0, 2, 3, 1))
 
     @torch.no_grad()
     def decode_bits(self, bits: torch.Tensor) -> torch.Tensor:
         """(B, K, h, w) ±1 bits → images (B, 3, h·f, w·f), unclamped (clamp to [0, 1] for display)."""
         if bits.dim() != 4 or bits.shape[1] != self.num_bits:
             raise ValueError(f"bits must have shape (B, {self.num_bits}, h, w), got {tuple(bits.shape)}")
-        return self.decoder(bits.to(self._dtype))
+        with precision_autocast(self.precision, self._device):
+            images = self.decoder(bits.to(self._dtype))
+        return images if images.dtype == self._dtype else images.to(torch.float32)  # float32 out of autocast
 
     @torch.no_grad()
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
@@ -294,6 +302,10 @@ class Tokenizer(PretrainedMixin, nn.Module):
     @property
     def _dtype(self) -> torch.dtype:
         return self.decoder.conv_in.weight.dtype
+
+    @property
+    def _device(self) -> torch.device:
+        return self.decoder.conv_in.weight.device
 
     def _check_images(self, images: torch.Tensor) -> None:
         if not isinstance(images, torch.Tensor) or not images.is_floating_point():
