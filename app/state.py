@@ -45,7 +45,11 @@ class AppState:
         self.settings = settings
         self.lock = threading.RLock()
         self.models: Models = load_models(
-            settings.tokenizer, settings.generator, settings.tokenizer_config, settings.generator_config
+            settings.tokenizer,
+            settings.generator,
+            settings.tokenizer_config,
+            settings.generator_config,
+            precision=settings.precision,
         )
         self.index: ImageIndex | None = None
         self.index_status = IndexStatus()
@@ -59,7 +63,7 @@ class AppState:
     # ------------------------------------------------------------------------------------------------ models
 
     def switch_models(self, tokenizer: str, generator: str) -> Models:
-        models = load_models(tokenizer.strip(), (generator or "").strip())
+        models = load_models(tokenizer.strip(), (generator or "").strip(), precision=self.settings.precision)
         with self.lock:
             self.models = models
             self._generation += 1
