@@ -103,15 +103,46 @@ def step_timings(name: str, generator: Generator, batch: int, steps: int, repeat
     sampling = dataclasses.replace(base, num_steps=steps, guidance_annealing="none")
     labels = torch.arange(batch) % generator.config.num_classes
     run = (generator, labels, sampling)
-    runs = {"official-style fp32": lambda: official_loop(*run)}
-    runs |= {f"ours {p}": (lambda p=p: run_ours(*run, p)) for p in PRECISIONS}
-    for fn in runs.values():  # warm-up (first-call allocations, oneDNN kernels)
-        fn()
+    runs = {"official-style fp32": lambda run=run: official_loop(*run)}
+    runs |= {f"ours {p}": (lambda p=p, run=run: run_ours(*run, p)) for p in PRECISIONS}
+    warm = (generator, labels, dataclasses.replace(sampling, num_steps=1))
+    official_loop(*warm)  # first-call allocations and oneDNN kernels, one step each
+    for precision in PRECISIONS:
+        run_ours(*warm, precision)
     timings = {key: [] for key in runs}
     for _ in range(repeats):  # interleaved
         for key, fn in runs.items():
             timings[key].append(seconds(fn) / steps)
     return {key: min(values) for key, values in timings.items()}
+
+
+def forward_flops(config, batch: int) -> float:
+    """Multiply-adds × 2 of one generator forward: the linear layers and attention over N + 1 tokens."""
+    n, d = config.num_positions + 1, config.hidden_dim
+    per_layer = 2 * n * (4 * d * d + 2 * d * config.mlp_dim) + 4 * n * n * d
+    head = 2 * n * d * d + 2 * config.num_positions * d * config.num_groups * config.group_vocab_size
+    return batch * (config.depth * per_layer + head + 2 * config.num_positions * config.token_size * d)
+
+
+@torch.no_grad()
+def forward_timings(generator: Generator, batch: int, repeats: int) -> dict:
+    """One forward of `batch` half-unmasked samples (a guided step of batch / 2 images), fp32 and bf16."""
+    c = generator.config
+    tokens = torch.randint(
+        0, c.mask_token + 1, (batch, c.num_positions, c.num_groups), generator=torch.Generator().manual_seed(0)
+    )
+    labels, drop = torch.arange(batch) % c.num_classes, torch.arange(batch) >= batch // 2
+    result = {}
+    for precision in PRECISIONS:
+
+        def forward(precision=precision):
+            with precision_autocast(precision, tokens.device):
+                generator(tokens, labels, drop)
+
+        forward()
+        best = min(seconds(forward) for _ in range(max(repeats, 5)))
+        result[precision] = {"s": best, "gflop_per_s": forward_flops(c, batch) / best / 1e9}
+    return result
 
 
 def end_to_end(generator: Generator, tokenizer: Tokenizer, counts: list[int], repeats: int) -> dict:
@@ -193,11 +224,13 @@ def main() -> None:
                 f"| {batch} | {official:.4f} | {fp32:.4f} | {bf16:.4f} | {official / fp32:.2f}× | {fp32 / bf16:.2f}× |",
                 flush=True,
             )
-        labels = torch.arange(min(args.batch_sizes[-1], 4)) % generator.config.num_classes
+        labels = torch.arange(2) % generator.config.num_classes
         sampling = SAMPLING_PRESETS.get(name, SAMPLING_PRESETS["maskbit_generator_12bit"])
-        entry["bf16_logits"] = logits_error(generator, labels, dataclasses.replace(sampling, num_steps=8))
-        print(f"bf16 guided logits against fp32 (8-step run, halfway): {entry['bf16_logits']}")
+        entry["bf16_logits"] = logits_error(generator, labels, dataclasses.replace(sampling, num_steps=4))
+        print(f"bf16 guided logits against fp32 (2 images, input of step 3 of 4): {entry['bf16_logits']}")
         if name == "default":
+            entry["forward_batch_16"] = forward_timings(generator, 16, args.repeats)
+            print(f"one forward at batch 16 (8 images with guidance): {entry['forward_batch_16']}")
             tokenizer = Tokenizer.from_pretrained("default").eval().requires_grad_(False)
             entry["end_to_end_s"] = end_to_end(generator, tokenizer, args.images, args.repeats)
             print("\n| images (16 steps, decode included) | official-style fp32 s | ours fp32 s | ours bf16 s |")

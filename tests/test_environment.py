@@ -18,4 +18,3 @@ def test_the_gpu_requirements_are_the_cpu_ones_with_a_gpu_faiss():
         line for line in gpu if line not in faiss_gpu and not line.startswith("nvidia-")
     ]
     assert all(re.fullmatch(r"[A-Za-z0-9_.-]+={2,3}[0-9][0-9A-Za-z.+]*", line) for line in gpu), "every line pinned"
-
