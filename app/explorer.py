@@ -300,11 +300,12 @@ def distances(
     reference = reference[None].to(images.device)
     p, d = psnr(images, reference).cpu().numpy(), l2(images, reference).cpu().numpy()
     lp = None
-    if lpips is not None:
-        ref = lpips(reference.cpu())
+    if lpips is not None:  # on the embedding's device (the models' one: AppState)
+        device = next(lpips.parameters()).device
+        ref = lpips(reference.to(device))
         lp = np.concatenate(
             [
-                (lpips(images[i : i + batch_size].cpu()) - ref).pow(2).sum(1).numpy()
+                (lpips(images[i : i + batch_size].to(device)) - ref).pow(2).sum(1).cpu().numpy()
                 for i in range(0, len(images), batch_size)
             ]
         )

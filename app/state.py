@@ -98,7 +98,7 @@ class AppState:
         from indexes.lpips_embedding import LPIPSEmbedding, MissingBackboneError
 
         try:
-            self.lpips = LPIPSEmbedding("alex", self.settings.random_lpips_backbone)
+            self.lpips = LPIPSEmbedding("alex", self.settings.random_lpips_backbone).to(self.models.device)
             self.lpips_note = (
                 "LPIPS (AlexNet) with a RANDOM backbone: the formula is exercised but values are not the real metric"
                 if self.settings.random_lpips_backbone
