@@ -1,6 +1,6 @@
 """Every GPU path end to end, with figures: one script for a GPU machine, and its --smoke twin for a CPU.
 
-    .venv/bin/python -m bench.gpu_check --out bench/results/gpu_check     # on one GPU, about 5 of its 8 minutes
+    .venv/bin/python -m bench.gpu_check --out bench/results/gpu_check     # on one GPU, sized for ≤ 8 minutes
     .venv/bin/python -m bench.gpu_check --smoke --out /tmp/gpu_check       # CPU, tiny sizes, same code paths
 
 Sections, each timed; a failing section is recorded and the rest still run (exit status 1 at the end):
@@ -52,6 +52,7 @@ CLASS, IMAGE, JOB, RUN = "<class>", "<image>", "<job>", "<run>"
 ENDPOINTS: list[tuple[str, tuple]] = [
     ("model_info", ()),
     ("index_status", ()),
+    ("train_launch", ("tokenizer", JOB, "tiny", "procedural", "training.max_steps=100000 training.save_every=1")),
     ("generate", ([CLASS], 2, 0, 16, 4.0, "none", 1.0, 2.0, 1.0, "arccos")),
     ("dataset_image", (3,)),
     ("flip_bits", (IMAGE, "0, 5, 11", "all")),
@@ -61,7 +62,6 @@ ENDPOINTS: list[tuple[str, tuple]] = [
     ("memorization_report", (4, 0)),
     ("token_space", ()),
     ("indexed_image", (0,)),
-    ("train_launch", ("tokenizer", JOB, "tiny", "procedural", "training.max_steps=100000 training.save_every=1")),
     ("train_status", ()),
     ("train_curves", (JOB,)),
     ("train_stop", (JOB,)),
@@ -428,6 +428,7 @@ def check_app(check: Check) -> list[dict]:
     from bench.app_speed import wait_http
     from indexes.lpips_embedding import backbone_path
     from maskbit.checkpoint import DEFAULT_MODEL_DIR
+    from train.rundir import RunDir
 
     port, workspace, job = free_port(), check.work / "runs", "check-app-job"
     status_file = workspace / job / "status.json"
@@ -462,6 +463,11 @@ def check_app(check: Check) -> list[dict]:
 
         for api_name, arguments in ENDPOINTS:
             args = [fill(a) for a in arguments]
+            if api_name == "train_stop":  # the launched job has a checkpoint to resume from
+                wait_until(lambda: RunDir(workspace / job).latest_checkpoint() is not None, 300, "a checkpoint")
+            elif api_name == "train_resume":  # and has stopped
+                pid = json.loads(status_file.read_text()).get("pid")
+                wait_until(lambda pid=pid: not process_alive(pid), 120, "the job to stop")
             start = time.perf_counter()
             try:
                 result = client.predict(*args, api_name=f"/{api_name}")
@@ -473,11 +479,6 @@ def check_app(check: Check) -> list[dict]:
                 values[IMAGE] = result[0][0]["image"]
             elif api_name == "model_info":
                 rows[-1]["device"] = result.get("device")
-            elif api_name == "train_launch":  # a checkpoint to stop at, and then to resume from
-                wait_until(lambda: any((workspace / job / "checkpoints").glob("step-*")), 300, "a checkpoint")
-            elif api_name == "train_stop":
-                pid = json.loads(status_file.read_text()).get("pid")
-                wait_until(lambda pid=pid: not process_alive(pid), 120, "the job to stop")
         failed = [r["endpoint"] for r in rows if r.get("ok") is False]
         if failed:
             raise AssertionError(f"endpoints failed: {failed}: {[r for r in rows if r.get('ok') is False]}")
