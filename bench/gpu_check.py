@@ -29,6 +29,7 @@ import functools
 import json
 import os
 import platform
+import resource
 import socket
 import subprocess
 import sys
@@ -122,6 +123,12 @@ def timed(fn: Callable[[], object], repeats: int = 2) -> float:
         synchronize()
         best = min(best, time.perf_counter() - start)
     return best
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (the app, the trainers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def rounded(value, digits: int = 4):
@@ -560,15 +567,15 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="gpu_check-") as work:
         check = Check(device, SMOKE if args.smoke else FULL, Path(work), args.smoke)
         for name in args.sections:
-            start = time.time()
+            start, cpu = time.time(), cpu_seconds()
             try:
                 rows = SECTIONS[name](check)
                 section = {"status": "ok", "rows": rounded(rows)}
             except Exception as error:
                 section = {"status": "failed", "error": "".join(traceback.format_exception(error))[-3000:]}
-            section["seconds"] = time.time() - start
+            section["seconds"], section["cpu_seconds"] = time.time() - start, cpu_seconds() - cpu
             report["sections"][name] = section
-            print(f"{name}: {section['status']} in {section['seconds']:.1f} s", flush=True)
+            print(f"{name}: {section['status']} in {section['seconds']:.1f} s ({section['cpu_seconds']:.1f} s CPU)")
     report["seconds"] = time.time() - started
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gpu_check.json").write_text(json.dumps(report, indent=1) + "\n")
