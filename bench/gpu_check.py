@@ -97,11 +97,26 @@ SMOKE = Sizes("tiny", "tiny", (1, 2), 1, 2, 2_000, 4, 4, 64, 4, 8, 2, 2, repeats
 
 
 @dataclass
+class App:
+    process: subprocess.Popen
+    url: str
+    started: float
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+@dataclass
 class Check:
     device: torch.device
     sizes: Sizes
     work: Path  # scratch: saved random models, the index, run directories
     smoke: bool
+    app: App | None = None  # started early by --smoke, so that its start-up overlaps the training section
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
@@ -428,36 +443,43 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
         time.sleep(0.2)
 
 
-def check_app(check: Check) -> list[dict]:
-    """`python -m app` serving the bundled model and the index of the index section; every endpoint once."""
-    from gradio_client import Client, handle_file
-
-    from bench.app_speed import wait_http
+def start_app(check: Check) -> App:
+    """`python -m app` on the device, serving the bundled model and the index section's index."""
     from indexes.lpips_embedding import backbone_path
-    from maskbit.checkpoint import DEFAULT_MODEL_DIR
-    from train.rundir import RunDir
 
-    port, workspace, job = free_port(), check.work / "runs", "check-app-job"
-    status_file = workspace / job / "status.json"
-    command = [sys.executable, "-m", "app", "--port", str(port), "--workspace", str(workspace)]
+    port = free_port()
+    command = [sys.executable, "-m", "app", "--port", str(port), "--workspace", str(check.work / "runs")]
     command += ["--index", str(check.work / "index"), "--index-size", str(check.sizes.index_size)]
     command += ["--random-lpips-backbone"] if not backbone_path("alex").is_file() else []
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
     if check.device.type == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""  # the app's own device rule then says CPU too
-    log = open(check.work / "app.log", "wb")  # noqa: SIM115 (closed below)
-    started = time.time()
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    with open(check.work / "app.log", "wb") as log:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return App(process, f"http://127.0.0.1:{port}/", time.time())
+
+
+def check_app(check: Check) -> list[dict]:
+    """The app (`start_app`) and one call of every API endpoint in ENDPOINTS."""
+    from gradio_client import Client, handle_file
+
+    from bench.app_speed import wait_http
+    from maskbit.checkpoint import DEFAULT_MODEL_DIR
+    from train.rundir import RunDir
+
+    workspace, job = check.work / "runs", "check-app-job"
+    status_file = workspace / job / "status.json"
+    app, check.app = check.app or start_app(check), None
     rows = []
     try:
-        url = f"http://127.0.0.1:{port}/"
-        rows.append({"endpoint": "(start to HTTP)", "seconds": wait_http(url, process, 300)})
-        client = Client(url, verbose=False)
+        wait_http(app.url, app.process, 300)
+        rows.append({"endpoint": "(start to HTTP)", "seconds": time.time() - app.started})
+        client = Client(app.url, verbose=False)
         named = {name.strip("/") for name in client.view_api(print_info=False, return_format="dict")["named_endpoints"]}
         if named - {name for name, _ in ENDPOINTS}:
             raise AssertionError(f"ENDPOINTS has no call of {sorted(named - {n for n, _ in ENDPOINTS})}: add them")
         wait_until(lambda: not client.predict(api_name="/index_status").startswith("⏳"), 600, "the app's index")
-        rows.append({"endpoint": "(start to index ready)", "seconds": time.time() - started})
+        rows.append({"endpoint": "(start to index ready)", "seconds": time.time() - app.started})
         values = {CLASS: json.loads((DEFAULT_MODEL_DIR / "generator" / "classes.json").read_text())[0], JOB: job}
         values[RUN] = "check-tokenizer"
 
@@ -497,12 +519,7 @@ def check_app(check: Check) -> list[dict]:
             Jobs(workspace).stop(job)
         except ValueError:  # not running
             pass
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
+        app.stop()
 
 
 SECTIONS: dict[str, Callable[[Check], list[dict]]] = {
@@ -560,6 +577,9 @@ def main(argv: list[str] | None = None) -> int:
     from maskbit.device import pick_device
 
     device = torch.device("cpu") if args.smoke else pick_device()
+    if args.smoke:  # tiny tensors gain nothing from a second thread, and lose much when another process holds a core
+        torch.set_num_threads(1)
+        os.environ["OMP_NUM_THREADS"] = "1"  # the app and the trainers
     if device.type != "cuda" and not args.smoke:
         print("warning: no CUDA device; running the full sizes on the CPU (use --smoke for a quick check)")
     started = time.time()
@@ -567,6 +587,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="gpu_check-") as work:
         check = Check(device, SMOKE if args.smoke else FULL, Path(work), args.smoke)
         for name in args.sections:
+            if name == "training" and args.smoke and "app" in args.sections and (check.work / "index").is_dir():
+                check.app = start_app(check)  # its start-up (imports, models) overlaps the trainers'
             start, cpu = time.time(), cpu_seconds()
             try:
                 rows = SECTIONS[name](check)
@@ -576,6 +598,8 @@ def main(argv: list[str] | None = None) -> int:
             section["seconds"], section["cpu_seconds"] = time.time() - start, cpu_seconds() - cpu
             report["sections"][name] = section
             print(f"{name}: {section['status']} in {section['seconds']:.1f} s ({section['cpu_seconds']:.1f} s CPU)")
+        if check.app is not None:  # started, but the app section did not run
+            check.app.stop()
     report["seconds"] = time.time() - started
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gpu_check.json").write_text(json.dumps(report, indent=1) + "\n")
