@@ -147,7 +147,7 @@ def forward_timings(generator: Generator, batch: int, repeats: int) -> dict:
 
 def end_to_end(generator: Generator, tokenizer: Tokenizer, counts: list[int], repeats: int) -> dict:
     """`generate` with the bundled preset (16 steps, guidance 4), decode included; official loop + decode too."""
-    sampling = SAMPLING_PRESETS["default"]
+    sampling, threads = SAMPLING_PRESETS["default"], torch.get_num_threads()
     result = {}
     for count in counts:
         labels = torch.arange(count) % generator.config.num_classes
@@ -156,11 +156,17 @@ def end_to_end(generator: Generator, tokenizer: Tokenizer, counts: list[int], re
             prediction = official_loop(generator, labels, sampling)
             return tokenizer.decode(prediction_to_indices(prediction, generator)).clamp(0, 1)
 
-        def ours(precision, labels=labels):
-            tokenizer.precision = precision
-            return generate(generator, tokenizer, labels, sampling, seed=0, precision=precision)
+        def ours(precision, threads=threads, labels=labels):
+            tokenizer.precision, previous = precision, torch.get_num_threads()
+            torch.set_num_threads(threads)
+            try:
+                return generate(generator, tokenizer, labels, sampling, seed=0, precision=precision)
+            finally:
+                torch.set_num_threads(previous)
 
         runs = {"official-style fp32": official} | {f"ours {p}": (lambda p=p: ours(p)) for p in PRECISIONS}
+        if threads > 1:  # thread settings: on 2 cores, is one thread (no OpenMP barriers) faster for this model?
+            runs |= {f"ours {p}, 1 thread": (lambda p=p: ours(p, 1)) for p in PRECISIONS}
         for fn in runs.values():
             fn()
         timings = {key: [] for key in runs}
@@ -233,10 +239,11 @@ def main() -> None:
             print(f"one forward at batch 16 (8 images with guidance): {entry['forward_batch_16']}")
             tokenizer = Tokenizer.from_pretrained("default").eval().requires_grad_(False)
             entry["end_to_end_s"] = end_to_end(generator, tokenizer, args.images, args.repeats)
-            print("\n| images (16 steps, decode included) | official-style fp32 s | ours fp32 s | ours bf16 s |")
-            print("|---|---|---|---|")
+            keys = list(next(iter(entry["end_to_end_s"].values())))
+            print("\n| images (16 steps, decode included) | " + " | ".join(f"{k} s" for k in keys) + " |")
+            print("|---|" + "---|" * len(keys))
             for count, t in entry["end_to_end_s"].items():
-                print(f"| {count} | {t['official-style fp32']:.2f} | {t['ours fp32']:.2f} | {t['ours bf16']:.2f} |")
+                print(f"| {count} | " + " | ".join(f"{t[k]:.2f}" for k in keys) + " |")
             entry["bf16_samples"] = sample_agreement(generator, tokenizer, args.agreement_images)
             print(f"bf16 samples against fp32, same seeds: {entry['bf16_samples']}")
         report["configs"][name] = entry
