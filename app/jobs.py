@@ -194,12 +194,16 @@ class Jobs:
     # ------------------------------------------------------------------------------------------------ commands
 
     def command(self, stage: str, run: RunDir, preset: str = "", overrides: list[str] = (), resume: bool = False):
-        import torch
+        from maskbit.device import mixed_precision, pick_device
 
+        # One process on the device the app uses. The trainer hands accelerate its config's training.mixed_precision
+        # ("auto": bf16 on CUDA, no on the CPU), which wins over the launcher's default given here.
+        device = pick_device()
         launcher = Path(sys.executable).with_name("accelerate")  # the venv's `accelerate` script
         head = [str(launcher), "launch"] if launcher.is_file() else [sys.executable, "-m", "accelerate.commands.launch"]
-        head += ["--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-        if not torch.cuda.is_available():
+        head += ["--num_processes", "1", "--num_machines", "1", "--mixed_precision", mixed_precision("auto", device)]
+        head += ["--dynamo_backend", "no"]
+        if device.type == "cpu":
             head.append("--cpu")
         args = head + ["-m", "train", stage, "--run-dir", str(run.path)]
         if resume:

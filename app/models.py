@@ -126,14 +126,17 @@ def load_models(
     tokenizer_config: str | None = None,
     generator_config: str | None = None,
     device: torch.device | None = None,
+    precision: str = "auto",
 ) -> Models:
-    """Load a tokenizer and optionally a generator (any `from_pretrained` source); say why they do not fit."""
+    """Load a tokenizer and optionally a generator (any `from_pretrained` source); say why they do not fit.
+    `precision` (maskbit.device) is what both models encode, decode and sample at."""
     device = device or pick_device()
     try:
         tokenizer = Tokenizer.from_pretrained(tokenizer_source, tokenizer_config)
     except (OSError, ValueError) as error:
         raise UserError(f"cannot load the tokenizer {tokenizer_source!r}: {error}") from None
     tokenizer = tokenizer.requires_grad_(False).eval().to(device)
+    tokenizer.precision = precision
     generator, names, problem, sampling = None, [], "", SamplingConfig()
     image_size = tokenizer.config.image_size
     if generator_source:
@@ -142,6 +145,7 @@ def load_models(
         except (OSError, ValueError) as error:
             raise UserError(f"cannot load the generator {generator_source!r}: {error}") from None
         generator = generator.requires_grad_(False).eval().to(device)
+        generator.precision = precision
         names = class_names(generator_source, generator.config.num_classes)
         sampling = default_sampling(generator_source, generator_config)
         try:

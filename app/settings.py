@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from maskbit.cli import whole
+from maskbit.device import PRECISIONS
 
 __all__ = ["Settings", "parse_settings", "PROJECT_ROOT"]
 
@@ -65,6 +66,7 @@ class Settings:
     index_dataset: str = "procedural"
     index_size: int = 4000
     random_lpips_backbone: bool = False
+    precision: str = "auto"  # maskbit.device: auto = bf16 autocast on CUDA, float32 on the CPU
     host: str = "127.0.0.1"
     port: int = 7860
     auth: tuple[str, str] | None = None
@@ -152,6 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         default=_env_flag("MASKBIT_RANDOM_LPIPS"),
         help="offline demos and tests: LPIPS with a random trunk (not the real metric)",
+    )
+    p.add_argument(
+        "--precision",
+        default=_env("MASKBIT_PRECISION", "auto"),
+        choices=PRECISIONS,
+        help="auto: bf16 autocast on CUDA, float32 on the CPU; bf16 on a CPU generates faster, approximately "
+        "[MASKBIT_PRECISION]",
     )
     p.add_argument("--host", default=_env("MASKBIT_HOST", "127.0.0.1"), help="bind address [MASKBIT_HOST]")
     p.add_argument("--port", type=whole(0, 65_535), default=_env("MASKBIT_PORT", "7860"), help="[MASKBIT_PORT]")

@@ -48,7 +48,11 @@ class AppState:
         self.settings = settings
         self.lock = threading.RLock()
         self.models: Models = load_models(
-            settings.tokenizer, settings.generator, settings.tokenizer_config, settings.generator_config
+            settings.tokenizer,
+            settings.generator,
+            settings.tokenizer_config,
+            settings.generator_config,
+            precision=settings.precision,
         )
         self.index: ImageIndex | None = None
         self.index_status = IndexStatus()
@@ -73,7 +77,7 @@ class AppState:
         """Load a pair a user asked for: only 'default', the workspace's runs, the model roots, the start-up models,
         and hub ids where they are allowed (app/validation.py:checked_model_source)."""
         tokenizer, generator = self.checked_sources(tokenizer, generator)
-        models = load_models(tokenizer, generator)
+        models = load_models(tokenizer, generator, precision=self.settings.precision)
         with self.lock:
             self.models = models
             self._generation += 1
@@ -145,7 +149,7 @@ class AppState:
         from indexes.lpips_embedding import LPIPSEmbedding, MissingBackboneError
 
         try:
-            self.lpips = LPIPSEmbedding("alex", self.settings.random_lpips_backbone)
+            self.lpips = LPIPSEmbedding("alex", self.settings.random_lpips_backbone).to(self.models.device)
             self.lpips_note = (
                 "LPIPS (AlexNet) with a RANDOM backbone: the formula is exercised but values are not the real metric"
                 if self.settings.random_lpips_backbone

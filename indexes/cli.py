@@ -18,7 +18,7 @@ from indexes.neighbours import find_neighbours
 from indexes.store import METRICS, ImageIndex, IndexOptions
 from maskbit import Tokenizer
 from maskbit.cli import BATCH, IMAGE_SIZE, MAX_IMAGES, SEED, add_command, load_indices, real, run_command, whole
-from maskbit.device import DEVICES, pick_device
+from maskbit.device import add_device_arguments, pick_device
 from maskbit.images import find_images, load_image
 
 logger = logging.getLogger("indexes")
@@ -48,6 +48,7 @@ EXAMPLES = {
 
 def load_tokenizer(args: argparse.Namespace, device: torch.device | None = None) -> Tokenizer:
     tokenizer = Tokenizer.from_pretrained(args.tokenizer, args.tokenizer_config).requires_grad_(False)
+    tokenizer.precision = args.precision  # encoding; LPIPS and the distances stay float32
     return tokenizer.to(device or pick_device(args.device))
 
 
@@ -65,7 +66,7 @@ def cmd_build(args: argparse.Namespace) -> None:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by accelerate launch (or torchrun)
         from accelerate import PartialState
 
-        processes = PartialState(cpu=not torch.cuda.is_available())
+        processes = PartialState(cpu=pick_device(args.device).type == "cpu")
     main = processes is None or processes.is_main_process
     bar = tqdm(desc="indexing", unit="image", disable=not main)
 
@@ -156,6 +157,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         from maskbit import Generator, generate
 
         generator = Generator.from_pretrained(args.generator, args.generator_config).to(index.device)
+        generator.precision = args.precision
         classes = generator.config.num_classes
         labels = torch.arange(args.count) % classes
         generated = torch.cat(
@@ -189,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--tokenizer", default="default", help="from_pretrained source")
         p.add_argument("--tokenizer-config", help="for an official .bin: preset or YAML")
         p.add_argument("--batch-size", type=BATCH, default=64)
-        p.add_argument("--device", default="auto", choices=DEVICES)
+        add_device_arguments(p)
         return p
 
     p = command("build", "index a dataset split (resumes an interrupted build)")

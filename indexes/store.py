@@ -94,7 +94,8 @@ class Neighbours:
 class ImageIndex:
     def __init__(self, directory: Path, tokenizer: Tokenizer, manifest: dict[str, Any], lpips: LPIPSEmbedding | None):
         self.directory, self.tokenizer, self.manifest, self.lpips = directory, tokenizer, manifest, lpips
-        self.device = next(tokenizer.parameters()).device  # images are encoded and embedded there
+        # images are encoded and embedded there, and the exact indexes searched (indexes/backends.py, `place`)
+        self.device = next(tokenizer.parameters()).device
         if lpips is not None:
             lpips.to(self.device)
         sketch = manifest.get("lpips_sketch")
@@ -157,19 +158,19 @@ class ImageIndex:
                 manifest["lpips_sketch"] = {"dim": sketch, "phi_dim": phi_dim, "seed": 0, "factory": factory}
         index = cls(directory, tokenizer, manifest, lpips)
         code_bits = manifest["grid"][0] * manifest["grid"][1] * tokenizer.num_bits
-        index.flat["hamming"] = new_flat(backend, -(-code_bits // 8) * 8, binary=True)
+        index.flat["hamming"] = new_flat(backend, -(-code_bits // 8) * 8, True, index.device)
         if options.approximate_hamming:
             index.hnsw = faiss.IndexBinaryHNSW(-(-code_bits // 8) * 8, HNSW_M)
         if lpips is not None:
             if factory == "Flat":
-                index.flat["lpips"] = new_flat(backend, sketch or phi_dim, binary=False)
+                index.flat["lpips"] = new_flat(backend, sketch or phi_dim, False, index.device)
             else:
                 try:
                     index.flat["lpips"] = faiss.index_factory(sketch, factory)
                 except RuntimeError as error:
                     raise IndexError_(f"FAISS cannot make the index {factory!r}: {error}") from None
         if "pixel" in metrics:
-            index.flat["pixel"] = new_flat(backend, 3 * PIXEL_SIZE * PIXEL_SIZE, binary=False)
+            index.flat["pixel"] = new_flat(backend, 3 * PIXEL_SIZE * PIXEL_SIZE, False, index.device)
         directory.mkdir(parents=True, exist_ok=True)
         index.save()
         return index
@@ -197,7 +198,7 @@ class ImageIndex:
         try:
             for metric in manifest["metrics"]:
                 path = directory / file_name(metric, backend)
-                index.flat[metric] = read_flat(backend, path, binary=metric == "hamming")
+                index.flat[metric] = read_flat(backend, path, metric == "hamming", index.device)
                 if index.flat[metric].ntotal != count:
                     raise IndexError_(f"{path} holds {index.flat[metric].ntotal} entries, the manifest says {count}")
             if manifest.get("approximate_hamming"):
@@ -311,7 +312,7 @@ class ImageIndex:
         backend = self.manifest.get("backend", "faiss")
         for metric, index in self.flat.items():
             binary = metric == "hamming"
-            atomic_write(d / file_name(metric, backend), lambda p, i=index, b=binary: write_flat(i, p, b))
+            atomic_write(d / file_name(metric, backend), lambda p, i=index, b=binary: write_flat(i, p, b, backend))
         if self.hnsw is not None:
             atomic_write(d / HNSW_FILE, lambda p: faiss.write_index_binary(self.hnsw, p))
         atomic_write(d / "tokens.npy", lambda p: save_npy(p, self.tokens))

@@ -63,12 +63,14 @@ def distances(images: torch.Tensor, reference: torch.Tensor, embed: Embed | None
     p = psnr(images, reference).cpu().numpy()
     d = (images - reference).flatten(1).norm(dim=1).cpu().numpy()
     lp = None
-    if embed is not None:
-        anchor = embed(reference) if len(reference) == 1 else None
+    if embed is not None:  # on the embedding's own device (a module's parameters say where; a function: as given)
+        parameters = getattr(embed, "parameters", None)
+        device = next(parameters()).device if parameters is not None else images.device
+        anchor = embed(reference.to(device)) if len(reference) == 1 else None
         parts = []
         for i in range(0, len(images), batch_size):
-            other = anchor if anchor is not None else embed(reference[i : i + batch_size])
-            parts.append((embed(images[i : i + batch_size]) - other).pow(2).sum(1).cpu().numpy())
+            other = anchor if anchor is not None else embed(reference[i : i + batch_size].to(device))
+            parts.append((embed(images[i : i + batch_size].to(device)) - other).pow(2).sum(1).cpu().numpy())
         lp = np.concatenate(parts)
     return Distances(p, d, lp)
 

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from maskbit import analysis
 from maskbit.checkpoint import CheckpointError, load_official_state_dict
 from maskbit.config import GUIDANCE_ANNEALINGS, MASK_SCHEDULES, SAMPLING_PRESETS, SamplingConfig
-from maskbit.device import DEVICES, pick_device
+from maskbit.device import add_device_arguments, pick_device
 from maskbit.generator import Generator
 from maskbit.images import find_images, image_grid, load_image, save_image
 from maskbit.sampling import MAX_SEED, check_pair, default_sampling, iter_generate, prediction_to_indices
@@ -29,7 +29,9 @@ EXAMPLES = {
   python -m maskbit generate --labels 0 3 --per-class 2 --out outputs/generate
   # the published 12-bit models (downloaded from the hub), with the official 12-bit sampling preset
   python -m maskbit generate --tokenizer markweber/maskbit_tokenizer_12bit \\
-      --generator markweber/maskbit_generator_12bit --labels 1 7 282 --device cuda --bf16
+      --generator markweber/maskbit_generator_12bit --labels 1 7 282 --device cuda --precision bf16
+  # the bundled model on a CPU with bf16 autocast: 1.8x faster here, approximate (bench/README.md)
+  python -m maskbit generate --labels 0 1 2 3 --precision bf16
   # real-size 12-bit architecture with random weights, 2 steps (plumbing and speed checks)
   python -m maskbit generate --tokenizer maskbit_tokenizer_12bit --generator maskbit_generator_12bit \\
       --random-init --labels 1 --num-steps 2""",
@@ -101,7 +103,7 @@ IMAGE_SIZE = whole(8, MAX_IMAGE_SIZE)
 # ------------------------------------------------------------------------------------------------------ helpers
 
 
-def load_model(cls, source: str, config: str | None, random_init: bool, device: torch.device):
+def load_model(cls, source: str, config: str | None, random_init: bool, device: torch.device, precision: str):
     if random_init:
         name = config or source
         if name not in cls.presets:
@@ -109,6 +111,7 @@ def load_model(cls, source: str, config: str | None, random_init: bool, device: 
         model = cls(cls.presets[name]).eval()
     else:
         model = cls.from_pretrained(source, config)
+    model.precision = precision
     return model.requires_grad_(False).to(device)
 
 
@@ -137,7 +140,7 @@ def add_tokenizer_args(parser: argparse.ArgumentParser) -> None:
         help="'default', 'default-vq', a hub id, a directory, or an official .bin / .ckpt",
     )
     parser.add_argument("--tokenizer-config", help="preset name or official YAML for an official .bin / .ckpt")
-    parser.add_argument("--device", default="auto", choices=DEVICES)
+    add_device_arguments(parser)
 
 
 # ------------------------------------------------------------------------------------------------------ commands
@@ -150,20 +153,20 @@ def cmd_generate(args: argparse.Namespace) -> None:
             f"{MAX_IMAGES:,} (they are all held for the grid): run several times with other --seed values"
         )
     device = pick_device(args.device)
-    tokenizer = load_model(Tokenizer, args.tokenizer, args.tokenizer_config, args.random_init, device)
-    generator = load_model(Generator, args.generator, args.generator_config, args.random_init, device)
+    precision = "bf16" if args.bf16 else args.precision
+    tokenizer = load_model(Tokenizer, args.tokenizer, args.tokenizer_config, args.random_init, device, precision)
+    generator = load_model(Generator, args.generator, args.generator_config, args.random_init, device, precision)
     check_pair(generator, tokenizer)
     sampling = sampling_from_args(args)
     labels = [label for label in args.labels for _ in range(args.per_class)]
     out = Path(args.out)
     batches = [labels[i : i + args.batch_size] for i in range(0, len(labels), args.batch_size)]
     images, indices = [], []
-    autocast = torch.bfloat16 if args.bf16 else None
     rng = torch.Generator(device=device)
     rng.manual_seed(args.seed)
     with tqdm(total=len(batches) * sampling.num_steps, desc="sampling", unit="step", disable=args.quiet) as bar:
         for batch in batches:
-            for state in iter_generate(generator, batch, sampling, rng=rng, autocast_dtype=autocast):
+            for state in iter_generate(generator, batch, sampling, rng=rng):
                 bar.update()
             batch_indices = prediction_to_indices(state.prediction, generator)
             indices.append(batch_indices.cpu())
@@ -203,7 +206,7 @@ def sampling_from_args(args: argparse.Namespace) -> SamplingConfig:
 
 def cmd_encode(args: argparse.Namespace) -> None:
     device = pick_device(args.device)
-    tokenizer = load_model(Tokenizer, args.tokenizer, args.tokenizer_config, False, device)
+    tokenizer = load_model(Tokenizer, args.tokenizer, args.tokenizer_config, False, device, args.precision)
     paths = find_images(args.images)
     size = tokenizer.config.image_size if args.size is None else args.size
     indices = []
@@ -221,7 +224,7 @@ def cmd_encode(args: argparse.Namespace) -> None:
 
 def cmd_decode(args: argparse.Namespace) -> None:
     device = pick_device(args.device)
-    tokenizer = load_model(Tokenizer, args.tokenizer, args.tokenizer_config, False, device)
+    tokenizer = load_model(Tokenizer, args.tokenizer, args.tokenizer_config, False, device, args.precision)
     indices = load_indices(Path(args.indices))
     out = Path(args.out)
     for n in tqdm(range(len(indices)), desc="decoding", unit="image", disable=args.quiet):
@@ -231,7 +234,7 @@ def cmd_decode(args: argparse.Namespace) -> None:
 
 def cmd_flip(args: argparse.Namespace) -> None:
     device = pick_device(args.device)
-    tokenizer = load_model(Tokenizer, args.tokenizer, args.tokenizer_config, False, device)
+    tokenizer = load_model(Tokenizer, args.tokenizer, args.tokenizer_config, False, device, args.precision)
     source = Path(args.source)
     if source.suffix == ".npy":
         indices = load_indices(source)[0]
@@ -302,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_args(p)
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--batch-size", type=BATCH, default=8)
-    p.add_argument("--bf16", action="store_true", help="run the generator under bfloat16 autocast (GPU)")
+    p.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)  # before --precision: = --precision bf16
     p.add_argument("--out", default="outputs/generate")
     p.set_defaults(run=cmd_generate)
 

@@ -1,18 +1,34 @@
 """Where models run and at what precision: one rule for the library, the CLIs, training, indexes and the app.
 
-Nothing here touches CUDA at import time (a ZeroGPU Space attaches the GPU only inside its decorated functions).
+    device     "auto" → the first CUDA device when there is one, else the CPU
+    precision  "auto" → bf16 autocast on CUDA, float32 on the CPU; "fp32" and "bf16" force one
+    training   accelerate's mixed_precision "auto" → "bf16" on CUDA, "no" on the CPU
+
+Nothing here touches CUDA at import time (a ZeroGPU Space attaches the GPU only inside its decorated functions);
+`pick_device` asks torch.cuda only when it is called.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 
 import torch
 
-__all__ = ["DEVICES", "PRECISIONS", "pick_device", "autocast_dtype", "autocast"]
+__all__ = [
+    "DEVICES",
+    "PRECISIONS",
+    "pick_device",
+    "autocast_dtype",
+    "autocast",
+    "precision_autocast",
+    "mixed_precision",
+    "add_device_arguments",
+]
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
+MIXED_PRECISIONS = ("auto", "no", "bf16", "fp16")  # accelerate's names, plus "auto"
 
 
 def pick_device(name: str | torch.device = "auto") -> torch.device:
@@ -42,3 +58,29 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
+
+
+def precision_autocast(precision: str, device: torch.device):
+    """The autocast context for a precision name on `device` (see `autocast_dtype`)."""
+    return autocast(device, autocast_dtype(precision, device))
+
+
+def mixed_precision(name: str, device: torch.device) -> str:
+    """accelerate's `mixed_precision` for a training config value: "auto" → "bf16" on CUDA, "no" on the CPU."""
+    if name not in MIXED_PRECISIONS:
+        raise ValueError(f"mixed precision must be one of {', '.join(MIXED_PRECISIONS)}, got {name!r}")
+    if name == "auto":
+        return "bf16" if device.type == "cuda" else "no"
+    return name
+
+
+def add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    """--device and --precision, the same on every command line of the project."""
+    parser.add_argument("--device", default="auto", choices=DEVICES, help="auto: CUDA when there is a GPU, else CPU")
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=PRECISIONS,
+        help="auto: bf16 autocast on CUDA, float32 on the CPU; bf16 on a CPU is faster and approximate "
+        "(bench/README.md)",
+    )

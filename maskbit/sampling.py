@@ -27,7 +27,7 @@ import torch
 from maskbit import bits as bitops
 from maskbit.checkpoint import CONFIG_FILE, DEFAULT_MODEL_DIR
 from maskbit.config import SAMPLING_PRESETS, SamplingConfig, config_from_dict
-from maskbit.device import autocast as device_autocast
+from maskbit.device import precision_autocast
 from maskbit.generator import Generator
 from maskbit.tokenizer import Tokenizer
 
@@ -200,12 +200,13 @@ def iter_generate(
     sampling: SamplingConfig | str | None = None,
     seed: int | None = None,
     rng: torch.Generator | None = None,
-    autocast_dtype: torch.dtype | None = None,
+    precision: str | None = None,
 ) -> Iterator[SamplingState]:
     """Yield the state after every sampling step for class ids `labels` (B,).
 
     Randomness comes from `rng`, or from a new generator on the model's device seeded with `seed` (random seed
-    if None). `autocast_dtype` (e.g. torch.bfloat16 on a GPU) runs the transformer under autocast.
+    if None). `precision` ("auto", "fp32", "bf16"; default: `generator.precision`, itself "auto": bf16 autocast on
+    CUDA, float32 on the CPU) sets the transformer's autocast; the sampling step itself always runs in float32.
     """
     sampling = resolve_sampling(sampling)
     config = generator.config
@@ -222,7 +223,7 @@ def iter_generate(
     b = labels.shape[0]
     tokens = torch.full((b, config.num_positions, config.num_groups), config.mask_token, device=device)
     keep_labels = torch.zeros(b, dtype=torch.bool, device=device)
-    autocast = device_autocast(device, autocast_dtype)
+    autocast = precision_autocast(precision or generator.precision, device)
     for step in range(sampling.num_steps):
         scale = guidance_weight(step, sampling)
         with autocast:
@@ -266,11 +267,13 @@ def generate(
     sampling: SamplingConfig | str | None = None,
     seed: int | None = None,
     rng: torch.Generator | None = None,
-    autocast_dtype: torch.dtype | None = None,
+    precision: str | None = None,
 ) -> torch.Tensor:
-    """Class-conditional images (B, 3, H, W), clamped to [0, 1], for class ids `labels` (B,)."""
+    """Class-conditional images (B, 3, H, W), clamped to [0, 1], for class ids `labels` (B,).
+
+    `precision` is the sampler's (see `iter_generate`); the tokenizer decodes at its own `tokenizer.precision`."""
     check_pair(generator, tokenizer)
     state = None
-    for state in iter_generate(generator, labels, sampling, seed, rng, autocast_dtype):
+    for state in iter_generate(generator, labels, sampling, seed, rng, precision):
         pass
     return tokenizer.decode(prediction_to_indices(state.prediction, generator)).clamp(0, 1)

@@ -25,6 +25,7 @@ from torch import nn
 from maskbit import taming
 from maskbit.checkpoint import PretrainedMixin
 from maskbit.config import OFFICIAL_VQ_HUB_FILES, TOKENIZER_PRESETS, TokenizerConfig
+from maskbit.device import precision_autocast
 from maskbit.quantizers import LookupFreeQuantizer, QuantizerOutput, VectorQuantizer, build_quantizer
 
 __all__ = ["Tokenizer", "LookupFreeQuantizer", "VectorQuantizer", "QuantizerOutput", "TokenizerOutput"]
@@ -181,6 +182,9 @@ class Tokenizer(PretrainedMixin, nn.Module):
     presets = TOKENIZER_PRESETS
     official_hub_files = OFFICIAL_VQ_HUB_FILES
     kind = "tokenizer"
+    # encode / decode / decode_bits run under maskbit.device's autocast rule for this name ("auto": bf16 on CUDA,
+    # float32 on the CPU; "fp32", "bf16"). A run-time choice, not part of the config or the checkpoint.
+    precision: str = "auto"
 
     def __init__(self, config: TokenizerConfig):
         super().__init__()
@@ -266,7 +270,9 @@ class Tokenizer(PretrainedMixin, nn.Module):
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [0, 1] → indices (B, h, w) int64 in [0, 2^num_bits); LFQ: bit k of an index = channel k."""
-        return self.quantizer.indices(self.encode_latent(images))
+        with precision_autocast(self.precision, self._device):
+            z = self.encode_latent(images)
+        return self.quantizer.indices(z.float())
 
     @torch.no_grad()
     def decode_bits(self, bits: torch.Tensor) -> torch.Tensor:
@@ -280,7 +286,9 @@ class Tokenizer(PretrainedMixin, nn.Module):
             )
         if bits.dim() != 4 or bits.shape[1] != self.num_bits:
             raise ValueError(f"bits must have shape (B, {self.num_bits}, h, w), got {tuple(bits.shape)}")
-        return self.decoder(bits.to(self._dtype))
+        with precision_autocast(self.precision, self._device):
+            images = self.decoder(bits.to(self._dtype))
+        return images if images.dtype == self._dtype else images.to(torch.float32)  # float32 out of autocast
 
     @torch.no_grad()
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
@@ -292,11 +300,17 @@ class Tokenizer(PretrainedMixin, nn.Module):
             indices = indices.view(-1, side, side)
         if indices.dim() != 3:
             raise ValueError(f"indices must have shape (B, h, w) or (B, N), got {tuple(indices.shape)}")
-        return self.decode_latent(self.quantizer.lookup(indices))
+        with precision_autocast(self.precision, self._device):
+            images = self.decode_latent(self.quantizer.lookup(indices))
+        return images if images.dtype == self._dtype else images.to(torch.float32)  # float32 out of autocast
 
     @property
     def _dtype(self) -> torch.dtype:
         return self.decoder.conv_in.weight.dtype
+
+    @property
+    def _device(self) -> torch.device:
+        return self.decoder.conv_in.weight.device
 
     def _check_images(self, images: torch.Tensor) -> None:
         if not isinstance(images, torch.Tensor) or not images.is_floating_point():

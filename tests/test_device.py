@@ -1,7 +1,10 @@
+import argparse
+
 import pytest
 import torch
 
-from maskbit.device import autocast, autocast_dtype, pick_device
+from maskbit import SAMPLING_PRESETS, iter_generate
+from maskbit.device import add_device_arguments, autocast, autocast_dtype, mixed_precision, pick_device
 
 
 def test_auto_picks_cuda_only_when_there_is_one():
@@ -33,3 +36,57 @@ def test_auto_precision_is_bf16_on_cuda_and_fp32_on_the_cpu():
         assert (x @ x).dtype is torch.bfloat16
     with autocast(torch.device("cpu"), None):
         assert (x @ x).dtype is torch.float32
+
+
+def test_training_precision_auto_is_bf16_on_cuda_and_no_on_the_cpu():
+    assert mixed_precision("auto", torch.device("cpu")) == "no"
+    assert mixed_precision("auto", torch.device("cuda")) == "bf16"
+    assert (
+        mixed_precision("bf16", torch.device("cpu")) == "bf16" and mixed_precision("no", torch.device("cuda")) == "no"
+    )
+    with pytest.raises(ValueError, match="mixed precision must be one of"):
+        mixed_precision("fp8", torch.device("cpu"))
+
+
+def test_command_lines_share_device_and_precision_options():
+    parser = argparse.ArgumentParser()
+    add_device_arguments(parser)
+    assert vars(parser.parse_args([])) == {"device": "auto", "precision": "auto"}
+    assert parser.parse_args(["--precision", "bf16"]).precision == "bf16"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--precision", "fp16"])
+
+
+def test_the_tokenizer_encodes_and_decodes_at_its_precision(tiny_tokenizer):
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    dtypes = []
+    hook = tiny_tokenizer.decoder.conv_in.register_forward_hook(lambda m, a, out: dtypes.append(out.dtype))
+    try:
+        exact = tiny_tokenizer.encode(images)
+        decoded = tiny_tokenizer.decode(exact)
+        tiny_tokenizer.precision = "bf16"
+        approx = tiny_tokenizer.encode(images)
+        decoded_bf16 = tiny_tokenizer.decode(exact)
+    finally:
+        tiny_tokenizer.precision = "auto"
+        hook.remove()
+    assert dtypes == [torch.float32, torch.bfloat16]
+    assert decoded_bf16.dtype == torch.float32 and (decoded_bf16 - decoded).abs().max() < 0.1
+    flipped = ((exact ^ approx)[..., None] >> torch.arange(12)) & 1
+    assert flipped.float().mean() < 0.02  # bf16 moves only latents next to zero across the sign
+
+
+def test_the_sampler_runs_at_the_generator_precision_unless_told_otherwise(tiny_generator):
+    dtypes = []
+    hook = tiny_generator.prediction_layer.register_forward_hook(lambda m, a, out: dtypes.append(out.dtype))
+    try:
+        list(iter_generate(tiny_generator, [1], "tiny", seed=0))
+        tiny_generator.precision = "bf16"
+        states = list(iter_generate(tiny_generator, [1], "tiny", seed=0))
+        list(iter_generate(tiny_generator, [1], "tiny", seed=0, precision="fp32"))
+    finally:
+        tiny_generator.precision = "auto"
+        hook.remove()
+    steps = SAMPLING_PRESETS["tiny"].num_steps
+    assert dtypes == [torch.float32] * steps + [torch.bfloat16] * steps + [torch.float32] * steps
+    assert (states[-1].prediction < tiny_generator.config.mask_token).all()

@@ -78,3 +78,63 @@ def test_no_import_cycles():
         if module not in state:
             visit(module, [module])
     assert cycles == []
+CUDA_TRAP = r"""
+import importlib, pkgutil, sys, traceback
+from pathlib import Path
+
+import torch
+
+root = Path.cwd().resolve()
+packages = [root / p for p in ("maskbit", "train", "indexes", "app", "bench")]
+calls = []  # (function, the project's frame that called it)
+
+
+def trap(owner, name, everyone):
+    original = getattr(owner, name)
+
+    def counted(*args, **kwargs):
+        frames = traceback.extract_stack()[:-1]
+        ours = [f for f in frames if any(Path(f.filename).resolve().is_relative_to(p) for p in packages)]
+        if everyone or ours:
+            where = f"{ours[-1].filename}:{ours[-1].lineno}" if ours else "a library"
+            calls.append(f"{owner.__name__}.{name} from {where}")
+        return original(*args, **kwargs)
+
+    setattr(owner, name, counted)
+
+
+# Asking whether there is a GPU is fine for a library, not for the project's own import-time code; initialising
+# CUDA is never fine (a ZeroGPU Space has no GPU outside its decorated functions).
+for name in ("is_available", "device_count", "current_device", "get_device_properties", "get_device_name",
+             "is_bf16_supported", "mem_get_info", "synchronize", "set_device"):
+    trap(torch.cuda, name, everyone=False)
+for name in ("_lazy_init", "init"):
+    trap(torch.cuda, name, everyone=True)
+trap(torch.Tensor, "cuda", everyone=True)
+trap(torch.nn.Module, "cuda", everyone=True)
+import faiss
+trap(faiss, "get_num_gpus", everyone=False)
+
+skipped = {"app.space"}  # a Space's script: it starts the server when imported
+modules = ["bench.gpu_check", "bench.sampling_speed"]
+for package in ("maskbit", "train", "indexes", "app"):
+    modules.append(package)
+    path = [str(root / package)]
+    modules += [f"{package}.{m.name}" for m in pkgutil.iter_modules(path) if m.name != "__main__"]
+for module in modules:
+    if module not in skipped:
+        importlib.import_module(module)
+print(len(modules), "modules;", "CUDA initialised" if torch.cuda.is_initialized() else "CUDA untouched")
+print("\n".join(calls) or "no CUDA calls")
+"""
+
+
+def test_importing_every_module_touches_no_cuda():
+    """ZeroGPU: nothing may ask for or initialise CUDA at import; every call below is counted where it is made."""
+    result = subprocess.run(
+        [sys.executable, "-c", CUDA_TRAP], cwd=Path(__file__).parents[1], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[-2].endswith("modules; CUDA untouched") and int(lines[-2].split()[0]) > 30, result.stdout
+    assert lines[-1] == "no CUDA calls", result.stdout

@@ -328,6 +328,35 @@ def test_torch_flat_equals_numpy_brute_force_with_ties_by_lower_id():
     assert np.array_equal(l2.reconstruct(7), vectors[7])
 
 
+def test_a_faiss_index_searched_by_torch_finds_what_faiss_finds_and_is_written_back_as_faiss(tmp_path):
+    """The path a `.faiss` index takes on a GPU without GPU FAISS (`place`): TorchFlat.from_faiss, then written back
+    in FAISS's format; here on the CPU, with real-size 3072-bit codes."""
+    import faiss
+
+    from indexes.backends import TorchFlat, place, read_flat, write_flat
+
+    rng = np.random.default_rng(1)
+    codes = rng.integers(0, 256, size=(2000, 384), dtype=np.uint8)
+    codes[1500:1510] = codes[:10]  # ties
+    exact = faiss.IndexBinaryFlat(3072)
+    exact.add(codes)
+    moved = TorchFlat.from_faiss(exact, "cpu")
+    assert place(exact, "cpu") is exact and place(moved, "cpu") is moved
+    queries = np.concatenate([codes[:5], rng.integers(0, 256, size=(5, 384), dtype=np.uint8)])
+    (d_faiss, i_faiss), (d_torch, i_torch) = exact.search(queries, 20), moved.search(queries, 20)
+    assert np.array_equal(d_faiss, d_torch) and np.array_equal(i_torch[:5, :2], [[i, 1500 + i] for i in range(5)])
+    write_flat(moved, str(tmp_path / "hamming.faiss"), True, "faiss")
+    again = read_flat("faiss", tmp_path / "hamming.faiss", True)
+    assert isinstance(again, faiss.IndexBinaryFlat) and np.array_equal(again.reconstruct_n(0, 2000), codes)
+
+    vectors = rng.standard_normal((300, 24)).astype(np.float32)
+    l2 = faiss.IndexFlatL2(24)
+    l2.add(vectors)
+    d_faiss, i_faiss = l2.search(vectors[:3], 4)
+    d_torch, i_torch = TorchFlat.from_faiss(l2, "cpu").search(vectors[:3], 4)
+    assert np.array_equal(i_faiss, i_torch) and np.allclose(d_faiss, d_torch, rtol=1e-5, atol=1e-5)
+
+
 def test_torch_backend_index_equals_the_faiss_index(tmp_path, index, tiny_tokenizer):
     built = ImageIndex.create(tmp_path, tiny_tokenizer, 32, IndexOptions(random_lpips_backbone=True, backend="torch"))
     images, labels = procedural(120)

@@ -103,7 +103,7 @@ class TrainingConfig:
     max_steps: int = 1_350_000
     batch_size: int = 16  # per process
     gradient_accumulation_steps: int = 1
-    mixed_precision: str = "no"  # "no", "bf16", "fp16"
+    mixed_precision: str = "auto"  # accelerate's "no", "bf16", "fp16"; "auto": bf16 on CUDA, no on the CPU
     seed: int = 42
     use_ema: bool = True
     ema_decay: float = 0.999
@@ -115,8 +115,8 @@ class TrainingConfig:
     tensorboard: bool = False
 
     def __post_init__(self) -> None:
-        if self.mixed_precision not in ("no", "bf16", "fp16"):
-            raise ValueError(f"training.mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
+        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
+            raise ValueError(f"training.mixed_precision must be auto, no, bf16 or fp16, got {self.mixed_precision!r}")
         for name in ("max_steps", "batch_size", "gradient_accumulation_steps", "log_every", "save_every", "keep_last"):
             if getattr(self, name) < 1:
                 raise ValueError(f"training.{name} must be ≥ 1, got {getattr(self, name)}")

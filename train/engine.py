@@ -25,6 +25,7 @@ from accelerate.utils import set_seed
 from tqdm import tqdm
 
 from maskbit import Generator, Tokenizer, bits, iter_generate, prediction_to_indices
+from maskbit.device import mixed_precision, pick_device
 from maskbit.files import write_json_atomic
 from maskbit.images import image_grid, psnr, save_image
 from train.config import GeneratorTrainConfig, OptimizerConfig, TokenizerTrainConfig, to_dict
@@ -343,9 +344,10 @@ def train(config: TokenizerTrainConfig | GeneratorTrainConfig, run_dir: str | Pa
     """Run (or resume) a training job in `run_dir`; returns the exported model directory."""
     run = RunDir(run_dir)
     t = config.training
+    device = pick_device()  # accelerate then takes this process's GPU when there are several
     accelerator = Accelerator(
-        cpu=not torch.cuda.is_available(),
-        mixed_precision=t.mixed_precision,
+        cpu=device.type == "cpu",
+        mixed_precision=mixed_precision(t.mixed_precision, device),
         gradient_accumulation_steps=t.gradient_accumulation_steps,
         log_with="tensorboard" if t.tensorboard else None,
         project_dir=str(run.path),
@@ -369,6 +371,8 @@ def train(config: TokenizerTrainConfig | GeneratorTrainConfig, run_dir: str | Pa
             step=0,
             total_steps=t.max_steps,
             last_error=None,
+            device=str(accelerator.device),
+            mixed_precision=accelerator.mixed_precision,  # resolved: "auto" is bf16 on CUDA, no on the CPU
             stage=config.stage,
             num_processes=accelerator.num_processes,
         )
