@@ -57,11 +57,13 @@ ENDPOINTS: list[tuple[str, tuple]] = [
     ("generate", ([CLASS], 2, 0, 16, 4.0, "none", 1.0, 2.0, 1.0, "arccos")),
     ("dataset_image", (3,)),
     ("flip_bits", (IMAGE, "0, 5, 11", "all")),
+    ("compare_flips", (IMAGE, "default-vq", "0, 5, 11", "all")),
     ("token_map", (IMAGE,)),
     ("bit_walk", (IMAGE, 4, 3, 0)),
     ("neighbours", (IMAGE, 3)),
     ("memorization_report", (4, 0)),
     ("token_space", ()),
+    ("code_atlas", ()),
     ("indexed_image", (0,)),
     ("train_status", ()),
     ("train_curves", (JOB,)),
@@ -315,8 +317,10 @@ def check_lpips(check: Check) -> list[dict]:
 
 
 def check_index(check: Check) -> list[dict]:
-    from indexes.build import build_dataset_index, calibrate, dataset_view
+    from data import heldout_images
+    from indexes.build import build_dataset_index, calibrate
     from indexes.lpips_embedding import backbone_path
+    from indexes.store import IndexOptions
     from maskbit import Tokenizer
 
     tokenizer = Tokenizer.from_pretrained("default").requires_grad_(False).to(check.device)
@@ -325,14 +329,11 @@ def check_index(check: Check) -> list[dict]:
     index = build_dataset_index(
         directory,
         tokenizer,
-        "procedural",
-        "train",
         limit=check.sizes.index_size,
-        random_lpips_backbone=not backbone_path("alex").is_file(),
+        options=IndexOptions(random_lpips_backbone=not backbone_path("alex").is_file()),
     )
     built = time.perf_counter() - start
-    view, _ = dataset_view("procedural", "test", 0, index.manifest["image_size"])
-    heldout = torch.stack([view[i][0] for i in range(check.sizes.heldout)])
+    heldout = heldout_images("procedural", check.sizes.heldout, index.manifest["image_size"])
     start = time.perf_counter()
     calibrate(index, heldout)
     calibrated = time.perf_counter() - start
