@@ -255,3 +255,11 @@ def test_vq_hub_ids_use_the_official_file_names(tmp_path):
     assert result.returncode != 0
     assert "https://huggingface.co/markweber/taming_vqgan/resolve/main/taming_vqgan.ckpt" in result.stderr
     assert "from_pretrained('path/to/taming_vqgan.ckpt', config='taming_vqgan')" in result.stderr
+
+
+def test_identity_is_stable_and_ignores_config_fields_at_their_defaults(tiny_tokenizer):
+    """Indexes and token files record identities: a change orphans what users have built with the same model."""
+    assert tiny_tokenizer.identity() == "82c7f084445ff4e73d880790027075f840e635596b12031e7d4b810c048d1d74"
+    replicate = Tokenizer(dataclasses.replace(tiny_tokenizer.config, padding_mode="replicate"))
+    replicate.load_state_dict(tiny_tokenizer.state_dict())  # same weights, another computation
+    assert replicate.identity() != tiny_tokenizer.identity()
