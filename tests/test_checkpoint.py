@@ -263,3 +263,15 @@ def test_identity_is_stable_and_ignores_config_fields_at_their_defaults(tiny_tok
     replicate = Tokenizer(dataclasses.replace(tiny_tokenizer.config, padding_mode="replicate"))
     replicate.load_state_dict(tiny_tokenizer.state_dict())  # same weights, another computation
     assert replicate.identity() != tiny_tokenizer.identity()
+
+
+def test_the_bundled_tokenizers_load_by_name_and_differ_only_in_the_quantiser():
+    lfq, vq = Tokenizer.from_pretrained("default"), Tokenizer.from_pretrained("default-vq")
+    assert (lfq.quantizer_kind, vq.quantizer_kind) == ("lfq", "vq")
+    assert lfq.num_bits == vq.num_bits == 12 and vq.config.codebook_size == 4096
+    as_lfq = dataclasses.replace(vq.config, quantizer="lfq", codebook_size=None, use_l2_normalisation=False)
+    assert as_lfq == lfq.config
+    images = torch.rand(1, 3, 64, 64)
+    assert vq.encode(images).shape == lfq.encode(images).shape == (1, 16, 16)
+    with pytest.raises(FileNotFoundError, match="neither a file"):
+        Generator.from_pretrained("default-vq")  # generation needs bit tokens: there is no VQ generator
