@@ -221,10 +221,16 @@ class PretrainedMixin:
         return directory
 
     def identity(self) -> str:
-        """sha256 of the config and every tensor of the state dict: equal iff the models compute the same thing."""
-        digest = hashlib.sha256(
-            json.dumps({"kind": self.kind, **dataclasses.asdict(self.config)}, sort_keys=True).encode()
-        )
+        """sha256 of the config and every tensor of the state dict: equal iff the models compute the same thing.
+
+        Only config fields that differ from their defaults are hashed, so that adding a field with a default (which
+        changes no existing model) leaves the identities that indexes and token files record unchanged."""
+        config = {
+            f.name: getattr(self.config, f.name)
+            for f in dataclasses.fields(self.config)
+            if getattr(self.config, f.name) != f.default
+        }
+        digest = hashlib.sha256(json.dumps({"kind": self.kind, **config}, sort_keys=True).encode())
         for key, tensor in self.state_dict().items():
             tensor = tensor.detach().cpu().contiguous()
             digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())

@@ -211,7 +211,7 @@ class Tokenizer(PretrainedMixin, nn.Module):
 
     @property
     def quantizer_kind(self) -> str:
-        """ "lfq" (bit tokens: the index's bits are the latent) or "vq" (the index names a learned code)."""
+        """Either "lfq" (bit tokens: the index's bits are the latent) or "vq" (the index names a learned code)."""
         return self.config.quantizer
 
     @property

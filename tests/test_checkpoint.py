@@ -267,3 +267,23 @@ def test_vq_hub_ids_use_the_official_file_names(tmp_path):
     assert result.returncode != 0
     assert "https://huggingface.co/markweber/taming_vqgan/resolve/main/taming_vqgan.ckpt" in result.stderr
     assert "from_pretrained('path/to/taming_vqgan.ckpt', config='taming_vqgan')" in result.stderr
+
+
+def test_identity_is_stable_and_ignores_config_fields_at_their_defaults(tiny_tokenizer):
+    """Indexes and token files record identities: a change orphans what users have built with the same model."""
+    assert tiny_tokenizer.identity() == "82c7f084445ff4e73d880790027075f840e635596b12031e7d4b810c048d1d74"
+    replicate = Tokenizer(dataclasses.replace(tiny_tokenizer.config, padding_mode="replicate"))
+    replicate.load_state_dict(tiny_tokenizer.state_dict())  # same weights, another computation
+    assert replicate.identity() != tiny_tokenizer.identity()
+
+
+def test_the_bundled_tokenizers_load_by_name_and_differ_only_in_the_quantiser():
+    lfq, vq = Tokenizer.from_pretrained("default"), Tokenizer.from_pretrained("default-vq")
+    assert (lfq.quantizer_kind, vq.quantizer_kind) == ("lfq", "vq")
+    assert lfq.num_bits == vq.num_bits == 12 and vq.config.codebook_size == 4096
+    as_lfq = dataclasses.replace(vq.config, quantizer="lfq", codebook_size=None, use_l2_normalisation=False)
+    assert as_lfq == lfq.config
+    images = torch.rand(1, 3, 64, 64)
+    assert vq.encode(images).shape == lfq.encode(images).shape == (1, 16, 16)
+    with pytest.raises(FileNotFoundError, match="neither a file"):
+        Generator.from_pretrained("default-vq")  # generation needs bit tokens: there is no VQ generator
