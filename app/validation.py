@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from maskbit.checkpoint import HUB_ID
+from maskbit.checkpoint import BUNDLED_MODELS, HUB_ID
 from maskbit.config import GUIDANCE_ANNEALINGS, MASK_SCHEDULES, SamplingConfig
 from maskbit.images import fit_square
 from maskbit.sampling import MAX_SEED
@@ -219,12 +219,12 @@ def checked_model_source(
     trusted: Iterable[str] = (),
     base: Path | None = None,
 ) -> str:
-    """A model source a user may load: 'default'; a path inside `roots` (returned absolute and resolved; relative
+    """A model source a user may load: a bundled model ('default', and 'default-vq' for a tokenizer); a path inside `roots` (returned absolute and resolved; relative
     paths are relative to `base`, default the working directory); a hub id when `allow_hub`; or one of the
     `trusted` sources (those the deployer started the app with, returned unchanged). Anything else: a UserError
     that says where models may come from, without saying whether the path exists."""
     source = bounded_text(source, kind, LIMITS.source).strip()
-    if source == "default" or (source and source in set(trusted)):
+    if (kind, source) in BUNDLED_MODELS or (source and source in set(trusted)):
         return source
     if not source:
         raise UserError(f"no {kind} given: type 'default', a run's model folder, or a hub id")
