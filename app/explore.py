@@ -286,18 +286,18 @@ class ExploreCallbacks(Endpoints):
         psnr = figures.compare(
             bit_axis,
             {n: dict(zip(r[0].bit_ids, r[0].distances.psnr)) for n, r in rows.items()},
-            "PSNR to each reconstruction (higher: less change)",
+            "PSNR (higher: less change)",
             "PSNR (dB)",
         )
         if self.state.lpips is not None:
             lpips = {n: dict(zip(r[0].bit_ids, r[0].distances.lpips)) for n, r in rows.items()}
-            distance = figures.compare(bit_axis, lpips, "LPIPS to each reconstruction (lower: less change)", "LPIPS")
+            distance = figures.compare(bit_axis, lpips, "LPIPS (lower: less change)", "LPIPS")
         else:
             l2 = {n: dict(zip(r[0].bit_ids, r[0].distances.l2)) for n, r in rows.items()}
-            distance = figures.compare(bit_axis, l2, "L2 to each reconstruction (LPIPS: no weights here)", "L2")
+            distance = figures.compare(bit_axis, l2, "L2 (LPIPS: no weights here)", "L2")
         if judge is not None:
             kept = {n: dict(zip(r[0].bit_ids, r[1])) for n, r in rows.items()}
-            verdict = figures.compare(bit_axis, kept, "does the judge still see the same shape? (1: yes)", "kept")
+            verdict = figures.compare(bit_axis, kept, "judge: the same shape? (1: yes)", "kept")
         else:
             verdict = figures.empty("the judge knows the bundled dataset's 64-px shapes only")
         return galleries[0], galleries[1], psnr, distance, verdict, summary | {"tokenizers": names}

@@ -51,13 +51,14 @@ def bars(x: Sequence, series: dict[str, Sequence[float]], title: str, xaxis: str
 
 def compare(bit_ids: Sequence[int], series: dict[str, dict[int, float]], title: str, yaxis: str) -> go.Figure:
     """Bars per bit for several tokenizers; a tokenizer with fewer bits has no bar at the others' extra bits."""
-    return bars(
+    figure = bars(
         [str(b) for b in bit_ids],
         {name: [values.get(b, float("nan")) for b in bit_ids] for name, values in series.items()},
         title,
-        "bit i flipped at every chosen token",
+        "bit i flipped at the chosen tokens",
         yaxis,
     )
+    return figure.update_layout(legend=dict(orientation="h", y=-0.3), margin=dict(t=50, b=80))
 
 
 # ---------------------------------------------------------------------------------------------------- generate

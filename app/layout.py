@@ -178,7 +178,9 @@ def _flips_tab(v: dict) -> SimpleNamespace:
                 psnr_chart = gr.Plot(label="PSNR per bit", elem_id="flip-chart")
                 distance_chart = gr.Plot(label="distances per bit")
                 summary = gr.JSON(label="distances", open=False)
-        with gr.Accordion("Compare with another tokenizer: LFQ bits against VQ index bits", open=True):
+        with gr.Accordion(
+            "Compare with another tokenizer: LFQ bits against VQ index bits", open=True, elem_id="compare-section"
+        ):
             with gr.Row():
                 compare_with = gr.Dropdown(
                     v["comparison_choices"],

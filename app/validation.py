@@ -219,10 +219,10 @@ def checked_model_source(
     trusted: Iterable[str] = (),
     base: Path | None = None,
 ) -> str:
-    """A model source a user may load: a bundled model ('default', and 'default-vq' for a tokenizer); a path inside `roots` (returned absolute and resolved; relative
-    paths are relative to `base`, default the working directory); a hub id when `allow_hub`; or one of the
-    `trusted` sources (those the deployer started the app with, returned unchanged). Anything else: a UserError
-    that says where models may come from, without saying whether the path exists."""
+    """A model source a user may load: a bundled model ('default', and 'default-vq' for a tokenizer); a path inside
+    `roots` (returned absolute and resolved; relative paths are relative to `base`, default the working directory);
+    a hub id when `allow_hub`; or one of the `trusted` sources (those the deployer started the app with, returned
+    unchanged). Anything else: a UserError that says where models may come from, not whether the path exists."""
     source = bounded_text(source, kind, LIMITS.source).strip()
     if (kind, source) in BUNDLED_MODELS or (source and source in set(trusted)):
         return source

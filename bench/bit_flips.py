@@ -12,7 +12,8 @@ classifier trained on real images only) still sees the original class. The claim
         --dataset /data/imagenet --split val --images 500 --out results/imagenet   # online, any pair (no judge)
 
 Writes bit_flips.json, bit_flips.md (the tables), bit_flips.png (per-bit curves), bit_flips_examples.png (one image
-with each bit flipped, per tokenizer) and atlas_<name>.png (every code decoded, Hamming-1 codes side by side).
+with each bit flipped, per tokenizer) and atlas_<name>.png (every code decoded, Hamming-1 codes side by side),
+atlases.png (the atlases next to each other).
 """
 
 from __future__ import annotations
@@ -193,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
         except MissingBackboneError as error:
             lpips_note = f"absent: {error}"
     images, labels = split_images(args.dataset, args.split, args.images, resolution, seed=args.seed)
-    results, examples = [], []
+    results, examples, atlases = [], [], []
     for source in args.tokenizers:
         result, tokenizer, example = run_tokenizer(
             source, images, labels, classifier, embed, args.batch_size, args.seed
@@ -203,6 +204,10 @@ def main(argv: list[str] | None = None) -> None:
         if args.atlas:
             atlas = analysis.code_atlas(tokenizer)
             save_image(atlas.image, args.out / f"atlas_{short_name(source)}.png")
+            atlases.append(atlas.image)
+    if len(atlases) > 1 and len({a.shape for a in atlases}) == 1:  # side by side, 16 px of white between
+        gap = atlases[0].new_ones(3, atlases[0].shape[1], 16)
+        save_image(torch.cat([part for a in atlases for part in (a, gap)][:-1], dim=2), args.out / "atlases.png")
     columns = max(len(e) for e in examples)
     padded = [torch.cat([e, e.new_ones(columns - len(e), *e.shape[1:])]) for e in examples]
     save_image(image_grid(torch.cat(padded), columns=columns), args.out / "bit_flips_examples.png")

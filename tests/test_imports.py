@@ -78,6 +78,8 @@ def test_no_import_cycles():
         if module not in state:
             visit(module, [module])
     assert cycles == []
+
+
 CUDA_TRAP = r"""
 import importlib, pkgutil, sys, traceback
 from pathlib import Path
