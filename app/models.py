@@ -131,21 +131,11 @@ def load_models(
     """Load a tokenizer and optionally a generator (any `from_pretrained` source); say why they do not fit.
     `precision` (maskbit.device) is what both models encode, decode and sample at."""
     device = device or pick_device()
-    try:
-        tokenizer = Tokenizer.from_pretrained(tokenizer_source, tokenizer_config)
-    except (OSError, ValueError) as error:
-        raise UserError(f"cannot load the tokenizer {tokenizer_source!r}: {error}") from None
-    tokenizer = tokenizer.requires_grad_(False).eval().to(device)
-    tokenizer.precision = precision
+    tokenizer = _load(Tokenizer, tokenizer_source, tokenizer_config, device, precision)
     generator, names, problem, sampling = None, [], "", SamplingConfig()
     image_size = tokenizer.config.image_size
     if generator_source:
-        try:
-            generator = Generator.from_pretrained(generator_source, generator_config)
-        except (OSError, ValueError) as error:
-            raise UserError(f"cannot load the generator {generator_source!r}: {error}") from None
-        generator = generator.requires_grad_(False).eval().to(device)
-        generator.precision = precision
+        generator = _load(Generator, generator_source, generator_config, device, precision)
         names = class_names(generator_source, generator.config.num_classes)
         sampling = default_sampling(generator_source, generator_config)
         try:
@@ -156,6 +146,16 @@ def load_models(
     return Models(
         tokenizer, generator, str(tokenizer_source), str(generator_source), names, sampling, image_size, problem
     )
+
+
+def _load(cls, source: str, config, device: torch.device, precision: str):
+    try:
+        model = cls.from_pretrained(source, config)
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot load the {cls.kind} {source!r}: {error}") from None
+    model = model.requires_grad_(False).eval().to(device)
+    model.precision = precision
+    return model
 
 
 # ---------------------------------------------------------------------------------------------------- generation

@@ -45,16 +45,33 @@ def code_entropies(logits: torch.Tensor, temperature: float, gamma: float) -> tu
     return per_sample, avg
 
 
-class LookupFreeQuantizer(nn.Module):
-    """Sign quantisation of each latent channel; bit k of the index is channel k (z = 0 gives −1)."""
+class Quantizer(nn.Module):
+    """What both quantisers share: the commitment cost and the entropy term's settings (spec §1.5, §1.10)."""
 
     def __init__(self, config: TokenizerConfig):
         super().__init__()
-        self.num_bits = config.token_size
+        self.num_bits = config.num_bits
         self.commitment_cost = config.commitment_cost
         self.entropy_loss_weight = config.entropy_loss_weight
         self.entropy_loss_temperature = config.entropy_loss_temperature
         self.entropy_gamma = config.entropy_gamma
+
+    @property
+    def uses_entropy(self) -> bool:
+        """The entropy term is computed in training only, and only when it has a weight."""
+        return self.training and self.entropy_loss_weight != 0
+
+    def entropy(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(weighted entropy loss, per-sample entropy, γ·entropy of the mean) from logits over the codes."""
+        per_sample, avg = code_entropies(logits, self.entropy_loss_temperature, self.entropy_gamma)
+        return self.entropy_loss_weight * (per_sample - avg), per_sample, avg
+
+
+class LookupFreeQuantizer(Quantizer):
+    """Sign quantisation of each latent channel; bit k of the index is channel k (z = 0 gives −1)."""
+
+    def __init__(self, config: TokenizerConfig):
+        super().__init__(config)
         # Deterministic tables, kept as persistent buffers because the official state dicts contain them.
         k = config.token_size
         self.register_buffer("bits_to_indices", (2 ** torch.arange(k)).to(torch.int32))
@@ -68,12 +85,9 @@ class LookupFreeQuantizer(nn.Module):
         commitment = self.commitment_cost * torch.mean((q.detach() - z) ** 2)
         zero = z.new_zeros(())
         per_sample_entropy = avg_entropy = entropy = zero
-        if self.training and self.entropy_loss_weight != 0:
+        if self.uses_entropy:
             affinity = 2 * z.reshape(-1, self.num_bits) @ self.codebook.T  # (B·h·w, 2^K)
-            per_sample_entropy, avg_entropy = code_entropies(
-                affinity, self.entropy_loss_temperature, self.entropy_gamma
-            )
-            entropy = self.entropy_loss_weight * (per_sample_entropy - avg_entropy)
+            entropy, per_sample_entropy, avg_entropy = self.entropy(affinity)
         q = z + (q - z).detach()
         return QuantizerOutput(
             q.permute(0, 3, 1, 2),
@@ -95,7 +109,7 @@ class LookupFreeQuantizer(nn.Module):
         return bitops.indices_to_bits(indices, self.num_bits).permute(0, 3, 1, 2)
 
 
-class VectorQuantizer(nn.Module):
+class VectorQuantizer(Quantizer):
     """Nearest-code quantisation with a learned codebook (`quantize.embedding.weight`, N × C).
 
     The distance is computed as Σz² + Σe² − 2 z·e, as the official code does (argmin takes the first index on exact
@@ -103,12 +117,7 @@ class VectorQuantizer(nn.Module):
     """
 
     def __init__(self, config: TokenizerConfig):
-        super().__init__()
-        self.num_bits = config.num_bits
-        self.commitment_cost = config.commitment_cost
-        self.entropy_loss_weight = config.entropy_loss_weight
-        self.entropy_loss_temperature = config.entropy_loss_temperature
-        self.entropy_gamma = config.entropy_gamma
+        super().__init__(config)
         self.use_l2_normalisation = config.use_l2_normalisation
         self.embedding = nn.Embedding(config.codebook_size, config.token_size)
         nn.init.uniform_(self.embedding.weight, -1.0 / config.codebook_size, 1.0 / config.codebook_size)
@@ -137,11 +146,8 @@ class VectorQuantizer(nn.Module):
         codebook = torch.mean((quantized - flat.detach()) ** 2)
         zero = flat.new_zeros(())
         per_sample_entropy = avg_entropy = entropy = zero
-        if self.training and self.entropy_loss_weight != 0:
-            per_sample_entropy, avg_entropy = code_entropies(
-                -distances, self.entropy_loss_temperature, self.entropy_gamma
-            )
-            entropy = self.entropy_loss_weight * (per_sample_entropy - avg_entropy)
+        if self.uses_entropy:
+            entropy, per_sample_entropy, avg_entropy = self.entropy(-distances)
         quantized = flat + (quantized - flat).detach()
         return QuantizerOutput(
             quantized.view(b, h, w, c).permute(0, 3, 1, 2),
