@@ -140,3 +140,11 @@ def test_importing_every_module_touches_no_cuda():
     lines = result.stdout.strip().splitlines()
     assert lines[-2].endswith("modules; CUDA untouched") and int(lines[-2].split()[0]) > 30, result.stdout
     assert lines[-1] == "no CUDA calls", result.stdout
+
+
+def test_the_apps_layout_imports_no_torch():
+    """app/layout.py only places widgets: the values it starts from come from the callbacks."""
+    code = "import sys, app.layout, app.texts; print(sorted({'torch', 'maskbit'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
