@@ -179,7 +179,7 @@ def test_sigterm_stops_with_a_checkpoint_and_resume_finishes(tmp_path):
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=120) == 0
     status = RunDir(run_dir).read_status()
-    assert status["state"] == "stopped" and "SIGTERM" in status["last_error"]
+    assert status["state"] == "stopped" and "SIGTERM" in status["stopped_by"] and status["last_error"] is None
     step, _ = RunDir(run_dir).latest_checkpoint()
     assert 2 <= step < 40
     run_train("tokenizer", "--run-dir", str(run_dir), "--resume", "--set", "training.max_steps=" + str(step + 2))
