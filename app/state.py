@@ -6,6 +6,7 @@ never mixes two models; the switch itself happens under a lock and replaces both
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -26,6 +27,10 @@ from maskbit.analysis import Atlas, code_atlas
 logger = logging.getLogger("app")
 
 __all__ = ["AppState", "IndexStatus"]
+
+
+class Superseded(Exception):
+    """A model switch made the running background work stale: it stops at its next status update."""
 
 
 @dataclass
@@ -70,6 +75,7 @@ class AppState:
         self._judge = None  # data/judge.py's classifier, loaded on first use
         self._generation = 0  # bumped on every model switch; stale background work drops its result
         self._ready = threading.Event()  # set when the current models' background work has ended
+        self._worker: threading.Thread | None = None  # the newest background thread (one runs at a time)
 
     # ------------------------------------------------------------------------------------------------ models
 
@@ -83,7 +89,7 @@ class AppState:
             self._generation += 1
             self.index, self.projection = None, None
             self.index_status = IndexStatus()
-        self.start_background()
+            self.start_background()
         return models
 
     def checked_sources(self, tokenizer: str, generator: str) -> tuple[str, str]:
@@ -126,19 +132,28 @@ class AppState:
     # ------------------------------------------------------------------------------------------------ background
 
     def start_background(self) -> threading.Thread:
-        self._ready.clear()
-        thread = threading.Thread(target=self._background, args=(self._generation,), daemon=True, name="index")
-        thread.start()
-        return thread
+        with self.lock:  # two switches at once: each new thread waits for the one before it
+            self._ready.clear()
+            previous = self._worker
+            self._worker = threading.Thread(
+                target=self._background, args=(self._generation, previous), daemon=True, name="index"
+            )
+            self._worker.start()
+            return self._worker
 
-    def _background(self, generation: int) -> None:
+    def _background(self, generation: int, previous: threading.Thread | None) -> None:
+        if previous is not None:
+            previous.join()  # stale work stops at its next status update; two never write one index at once
         try:
             self._load_lpips()
             self._prepare_index(generation)
+        except Superseded:
+            logger.info("background work for replaced models stopped")
         except Exception as error:  # never let the thread die silently
             logger.exception("background index preparation failed")
             message = f"index failed: {type(error).__name__}: {error}"
-            self._set_status(generation, IndexStatus("unavailable", message=message))
+            with contextlib.suppress(Superseded):
+                self._set_status(generation, IndexStatus("unavailable", message=message))
         finally:
             if generation == self._generation:
                 self._ready.set()
@@ -158,12 +173,12 @@ class AppState:
         except MissingBackboneError as error:
             self.lpips_note = f"LPIPS unavailable: {error}"
 
-    def _set_status(self, generation: int, status: IndexStatus) -> bool:
+    def _set_status(self, generation: int, status: IndexStatus) -> None:
+        """Every status update is where stale work stops (an index build resumes where it stopped)."""
         with self.lock:
             if generation != self._generation:
-                return False
+                raise Superseded
             self.index_status = status
-            return True
 
     def index_directory(self, models: Models) -> Path:
         if self.settings.index:

@@ -5,6 +5,8 @@ The state is the served app's (tests/conftest.py `app_server`: the official-tiny
 switch models switch back.
 """
 
+import threading
+
 import gradio as gr
 import numpy as np
 import pytest
@@ -226,6 +228,22 @@ def test_a_pair_without_a_generator_says_so_and_the_controls_follow(callbacks, a
         callbacks.load_models(app_models["tokenizer"], app_models["generator"])
         app_server.state.wait_ready(300)
     assert callbacks.generation_controls()[0]["interactive"] is True
+
+
+def test_a_quick_switch_back_stops_the_replaced_models_index_build(callbacks, app_models, app_server):
+    """The VQ tokenizer has no index yet; switching away at once stops its build, so no stale thread stays behind
+    (one writing an index, or one still in torch when the process exits)."""
+    from maskbit import TOKENIZER_PRESETS
+
+    source = app_server.settings.workspace / "switch-vq" / "model"
+    Tokenizer(TOKENIZER_PRESETS["tiny_vqgan_plus"]).save_pretrained(source)
+    try:
+        callbacks.load_models(str(source), "")
+    finally:
+        callbacks.load_models(app_models["tokenizer"], app_models["generator"])
+        app_server.state.wait_ready(300)
+    assert [t for t in threading.enumerate() if t.name == "index" and t.is_alive()] == []
+    assert "96 images of procedural" in callbacks.index_status()
 
 
 def test_model_choices_and_generated_images_between_tabs(callbacks):
