@@ -71,6 +71,7 @@ class AppState:
         )
         self.files = TempFiles(settings.max_temp_files)  # the PNGs the UI hands between tabs
         self._atlases: dict[str, Atlas] = {}  # tokenizer identity → its code atlas (computed once)
+        self._atlas_lock = threading.Lock()  # seconds of decoding per atlas: one computation at a time
         self._comparisons: dict[str, Tokenizer] = {}  # source → a second tokenizer for side-by-side bit flips
         self._judge = None  # data/judge.py's classifier, loaded on first use
         self._generation = 0  # bumped on every model switch; stale background work drops its result
@@ -113,11 +114,13 @@ class AppState:
             return self._comparisons[source].to(self.models.device)
 
     def atlas(self, tokenizer: Tokenizer) -> Atlas:
-        """The tokenizer's code atlas (maskbit.analysis.code_atlas), computed once per tokenizer."""
+        """The tokenizer's code atlas (maskbit.analysis.code_atlas), computed once per tokenizer: a request that
+        comes while the background thread computes it waits for that result instead of computing it again."""
         key = tokenizer.identity()
-        if key not in self._atlases:
-            self._atlases[key] = code_atlas(tokenizer)
-        return self._atlases[key]
+        with self._atlas_lock:
+            if key not in self._atlases:
+                self._atlases[key] = code_atlas(tokenizer)
+            return self._atlases[key]
 
     def judge(self):
         """The bundled judge of the procedural shapes, for 64-px models; None for others (it knows nothing else)."""

@@ -53,7 +53,6 @@ CLASS, IMAGE, JOB, RUN = "<class>", "<image>", "<job>", "<run>"
 ENDPOINTS: list[tuple[str, tuple]] = [
     ("model_info", ()),
     ("index_status", ()),
-    ("train_launch", ("tokenizer", JOB, "tiny", "procedural", "training.max_steps=100000 training.save_every=1")),
     ("generate", ([CLASS], 2, 0, 16, 4.0, "none", 1.0, 2.0, 1.0, "arccos")),
     ("dataset_image", (3,)),
     ("flip_bits", (IMAGE, "0, 5, 11", "all")),
@@ -65,6 +64,8 @@ ENDPOINTS: list[tuple[str, tuple]] = [
     ("token_space", ()),
     ("code_atlas", ()),
     ("indexed_image", (0,)),
+    # after the heavy calls, so that the job's training does not share the CPU with them; it runs until train_stop
+    ("train_launch", ("tokenizer", JOB, "tiny", "procedural", "training.max_steps=100000 training.save_every=1")),
     ("train_status", ()),
     ("train_curves", (JOB,)),
     ("train_stop", (JOB,)),
@@ -95,7 +96,7 @@ class Sizes:
 FULL = Sizes(
     "maskbit_generator_12bit", "maskbit_tokenizer_12bit", (1, 8, 32), 4, 32, 1_280_000, 100, 256, 256, 1000, 500, 20, 8
 )
-SMOKE = Sizes("tiny", "tiny", (1, 2), 1, 2, 2_000, 4, 4, 64, 4, 8, 2, 2, repeats=1)
+SMOKE = Sizes("tiny", "tiny", (1, 2), 1, 1, 2_000, 4, 4, 64, 4, 8, 2, 2, repeats=1)
 
 
 @dataclass

@@ -89,8 +89,6 @@ def test_generate_with_the_real_size_12bit_architecture_on_cpu(tmp_path):
         "2",
         "--device",
         "cpu",
-        "--precision",
-        "bf16",  # the CPU's bf16 path (bench/README.md), and faster at this size
         "--out",
         str(tmp_path),
     )

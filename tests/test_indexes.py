@@ -181,37 +181,31 @@ def test_missing_lpips_backbone_is_explained_and_hamming_still_works(tmp_path, t
     ImageIndex.create(tmp_path / "index", tiny_tokenizer, 32, no_lpips)  # works without the LPIPS weights
 
 
-def test_fetched_lpips_weights_are_verified_then_loaded(tmp_path):
+def test_fetched_lpips_weights_are_verified_then_loaded(tmp_path, monkeypatch, capsys):
     """`indexes fetch-weights` from a local copy (a random AlexNet): a wrong hash is refused, a right one installed,
-    and LPIPS then runs with that trunk (the pretrained loading path, offline)."""
+    and LPIPS then runs with that trunk (the pretrained loading path, offline). In this process: torch reads
+    $TORCH_HOME on every call."""
     import hashlib
 
     from torchvision.models import alexnet
 
+    from indexes.cli import main
+
     copy = tmp_path / "copy.pth"
     torch.save(alexnet().state_dict(), copy)
     digest = hashlib.sha256(copy.read_bytes()).hexdigest()
-    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch")}
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     installed = tmp_path / "torch" / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth"
 
-    def fetch(*args):
-        command = [sys.executable, "-m", "indexes", "fetch-weights", "--url", copy.as_uri(), *args]
-        return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
-
-    wrong = fetch()  # the real file's hash (7be5be79…) is not this copy's
-    assert wrong.returncode == 2 and "expected 7be5be79" in wrong.stderr and not installed.exists()
+    assert main(["fetch-weights", "--url", copy.as_uri()]) == 2  # the real file's hash (7be5be79…) is not this copy's
+    assert "expected 7be5be79" in capsys.readouterr().err and not installed.exists()
     assert not list(installed.parent.glob("*.part"))
-    right = fetch("--sha256", digest[:16])
-    assert right.returncode == 0, right.stderr[-2000:]
+    assert main(["fetch-weights", "--url", copy.as_uri(), "--sha256", digest[:16]]) == 0
     assert installed.read_bytes() == copy.read_bytes()
-    code = (
-        "import torch\nfrom indexes.lpips_embedding import LPIPSEmbedding\n"
-        "e = LPIPSEmbedding('alex')\nx, y = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)\n"
-        "print(float(((e(x) - e(y)).pow(2).sum(1) / e.lpips(x, y, normalize=True).flatten() - 1).abs().max()))"
-    )
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert float(result.stdout.strip()) <= 1e-4
+    embedding = LPIPSEmbedding("alex")
+    x, y = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    ratio = (embedding(x) - embedding(y)).pow(2).sum(1) / embedding.lpips(x, y, normalize=True).flatten()
+    assert (ratio - 1).abs().max() <= 1e-4
 
 
 def test_build_resume_add_and_search_from_the_command_line(tmp_path):
