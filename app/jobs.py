@@ -197,7 +197,7 @@ class Jobs:
         from maskbit.device import mixed_precision, pick_device
 
         # One process on the device the app uses. The trainer hands accelerate its config's training.mixed_precision
-        # ("auto": bf16 on CUDA, no on the CPU), which wins over the launcher's default given here.
+        # ("auto": maskbit.device.mixed_precision), which wins over the launcher's default given here.
         device = pick_device()
         launcher = Path(sys.executable).with_name("accelerate")  # the venv's `accelerate` script
         head = [str(launcher), "launch"] if launcher.is_file() else [sys.executable, "-m", "accelerate.commands.launch"]

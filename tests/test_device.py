@@ -26,6 +26,20 @@ def test_bad_names_are_refused():
         autocast_dtype("fp8", torch.device("cpu"))
 
 
+def test_bf16_on_a_cpu_without_native_bf16_warns_that_it_is_slower(monkeypatch):
+    import warnings
+
+    from maskbit import device
+
+    for native in (True, False):
+        monkeypatch.setattr(device, "cpu_has_native_bf16", lambda native=native: native)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert autocast_dtype("bf16", torch.device("cpu")) is torch.bfloat16
+            autocast_dtype("auto", torch.device("cpu"))
+        assert [str(w.message)[:30] for w in caught] == ([] if native else ["this CPU has no native bf16 (n"])
+
+
 def test_auto_precision_is_bf16_on_cuda_and_fp32_on_the_cpu():
     assert autocast_dtype("auto", torch.device("cpu")) is None
     assert autocast_dtype("auto", torch.device("cuda")) is torch.bfloat16
@@ -38,8 +52,12 @@ def test_auto_precision_is_bf16_on_cuda_and_fp32_on_the_cpu():
         assert (x @ x).dtype is torch.float32
 
 
-def test_training_precision_auto_is_bf16_on_cuda_and_no_on_the_cpu():
-    assert mixed_precision("auto", torch.device("cpu")) == "no"
+def test_training_precision_auto_is_bf16_on_cuda_and_on_a_cpu_with_native_bf16(monkeypatch):
+    from maskbit import device
+
+    for native, expected in ((True, "bf16"), (False, "no")):
+        monkeypatch.setattr(device, "cpu_has_native_bf16", lambda native=native: native)
+        assert mixed_precision("auto", torch.device("cpu")) == expected
     assert mixed_precision("auto", torch.device("cuda")) == "bf16"
     assert (
         mixed_precision("bf16", torch.device("cpu")) == "bf16" and mixed_precision("no", torch.device("cuda")) == "no"

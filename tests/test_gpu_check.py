@@ -5,11 +5,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).parents[1]
 
 
 def test_gpu_check_smoke_passes_every_section_on_the_cpu(tmp_path):
     from bench.gpu_check import ENDPOINTS, SECTIONS
+    from maskbit.device import mixed_precision
+
+    CPU_AUTO = mixed_precision("auto", torch.device("cpu"))  # bf16 on a CPU with native bf16, else no
 
     result = subprocess.run(
         [sys.executable, "-m", "bench.gpu_check", "--smoke", "--out", str(tmp_path)],
@@ -32,7 +37,7 @@ def test_gpu_check_smoke_passes_every_section_on_the_cpu(tmp_path):
     assert len(errors) == 2 and all(0 < e["max_abs_error"] < e["max_abs_logit"] for e in errors)
     assert [r["distances_equal_faiss_cpu"] for r in rows["search"] if "distances_equal_faiss_cpu" in r] == [True, True]
     assert all(
-        r["state"] == "finished" and r["exported_model"] and r["mixed_precision"] == "no" for r in rows["training"]
+        r["state"] == "finished" and r["exported_model"] and r["mixed_precision"] == CPU_AUTO for r in rows["training"]
     )
     called = [r for r in rows["app"] if "ok" in r]
     assert [r["endpoint"] for r in called] == [name for name, _ in ENDPOINTS] and all(r["ok"] for r in called)

@@ -357,6 +357,8 @@ def test_discriminator_and_lecam_shapes():
 def test_overrides_and_official_yaml(tmp_path):
     config = apply_overrides(TOKENIZER_TRAIN_PRESETS["tiny"], ["model.channel_mult=[1,2]", "training.seed=5"])
     assert config.model.channel_mult == (1, 2) and config.training.seed == 5
+    text = apply_overrides(TOKENIZER_TRAIN_PRESETS["tiny"], ["training.mixed_precision=no", "data.dataset=1"])
+    assert text.training.mixed_precision == "no" and text.data.dataset == "1"  # text stays text, not YAML's False
     import yaml
 
     from tests.test_config import official_generator_yaml

@@ -372,7 +372,7 @@ def train(config: TokenizerTrainConfig | GeneratorTrainConfig, run_dir: str | Pa
             total_steps=t.max_steps,
             last_error=None,
             device=str(accelerator.device),
-            mixed_precision=accelerator.mixed_precision,  # resolved: "auto" is bf16 on CUDA, no on the CPU
+            mixed_precision=accelerator.mixed_precision,  # resolved by maskbit.device.mixed_precision
             stage=config.stage,
             num_processes=accelerator.num_processes,
         )
