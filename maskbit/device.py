@@ -53,12 +53,8 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
-    if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
-        warnings.warn(
-            "this CPU has no native bf16 (no AVX-512 or AMX bf16 in oneDNN): bf16 runs emulated, several times "
-            "slower than fp32 here (6x on an AVX2 AMD EPYC, bench/README.md); use --precision fp32",
-            stacklevel=2,
-        )
+    if precision == "bf16":
+        _warn_if_emulated(device)
     return torch.bfloat16 if precision == "bf16" else None
 
 
@@ -67,6 +63,16 @@ def cpu_has_native_bf16() -> bool:
     """Whether oneDNN has bf16 kernels for this CPU (AVX-512 BF16 or AMX): bf16 is then 1.4-3.7x faster than fp32
     in sampling, and without them about 6x slower (bench/README.md)."""
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def _warn_if_emulated(device: torch.device) -> None:
+    """bf16 asked for on a CPU without native bf16: say that it is slower there (stacklevel: the caller's caller)."""
+    if device.type == "cpu" and not cpu_has_native_bf16():
+        warnings.warn(
+            "this CPU has no native bf16 (no AVX-512 or AMX bf16 in oneDNN): bf16 runs emulated, several times "
+            "slower than fp32 here (6x on an AVX2 AMD EPYC, bench/README.md); use fp32",
+            stacklevel=3,
+        )
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
@@ -89,8 +95,8 @@ def mixed_precision(name: str, device: torch.device) -> str:
         raise ValueError(f"mixed precision must be one of {', '.join(MIXED_PRECISIONS)}, got {name!r}")
     if name == "auto":
         return "bf16" if device.type == "cuda" or cpu_has_native_bf16() else "no"
-    if name == "bf16" and device.type == "cpu":
-        autocast_dtype("bf16", device)  # the warning, on a CPU without native bf16
+    if name == "bf16":
+        _warn_if_emulated(device)
     return name
 
 

@@ -390,7 +390,7 @@ def apply_overrides(config: Any, overrides: list[str]) -> Any:
         *parents, leaf = key.split(".")
         for parent in parents:
             target = target[parent]
-        if value is None and raw.strip() or isinstance(target.get(leaf), str) and not isinstance(value, str):
+        if (value is None and raw.strip()) or (isinstance(target.get(leaf), str) and not isinstance(value, str)):
             value = raw.strip()  # a text setting keeps the text: mixed_precision=no is "no", not YAML's False
         target[leaf] = value
     return from_dict(type(config), values)
