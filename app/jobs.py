@@ -38,6 +38,8 @@ STAGES = ("tokenizer", "generator")
 PRESETS = {"tokenizer": sorted(TOKENIZER_TRAIN_PRESETS), "generator": sorted(GENERATOR_TRAIN_PRESETS)}
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 CONSOLE = "console.txt"  # the process's own stdout and stderr
+STOP_REQUEST = "stop-requested.json"  # written by stop(), removed by the next start
+STOP_GRACE_S = 30.0  # how long a resume waits for a stopping job (its SIGTERM checkpoint) before it gives up
 PROJECT_ROOT = Path(__file__).resolve().parent.parent  # the trainer's working directory
 MAX_OVERRIDE_BYTES = 16_384  # every config key once is about 3 kB
 MAX_OVERRIDES = 200  # key=value items
@@ -263,11 +265,18 @@ class Jobs:
     def resume(self, name: str) -> str:
         run = self.run_dir(name)
         with self._resuming:  # two resume requests at once: the second sees the first's process
-            status = run.read_status()
             if not run.config_path.is_file():
                 raise UserError(f"no job named {name!r} in {self.workspace}")
-            if pid_alive(status.get("pid")) or pid_alive(self._launcher_pid(run)):
-                raise UserError(f"job {name!r} is still running (pid {status.get('pid') or self._launcher_pid(run)})")
+            if self.stopping(run):  # Stop then Resume at once: let it finish stopping
+                self.wait_stopped(name, STOP_GRACE_S)
+            if alive := self.live_pids(run):
+                if self.stopping(run):
+                    raise UserError(
+                        f"job {name!r} is still stopping (writing its checkpoint, pid {alive[0]}); resume it again "
+                        "in a moment"
+                    )
+                raise UserError(f"job {name!r} is still running (pid {alive[0]}); stop it first")
+            status = run.read_status()
             if status.get("state") == "finished":
                 raise UserError(f"job {name!r} has finished; launch a new job to train further")
             if run.latest_checkpoint() is None:
@@ -284,6 +293,7 @@ class Jobs:
     def _start(self, name: str, args: list[str]) -> None:
         run = self.run_dir(name)
         run.path.mkdir(parents=True, exist_ok=True)
+        (run.path / STOP_REQUEST).unlink(missing_ok=True)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         try:
             with open(run.path / CONSOLE, "ab") as console:
@@ -310,8 +320,7 @@ class Jobs:
 
     def stop(self, name: str) -> str:
         run = self.run_dir(name)
-        pids = [run.read_status().get("pid"), self._launcher_pid(run)]
-        alive = [p for p in pids if pid_alive(p)]
+        alive = self.live_pids(run)
         if not alive:
             if not run.path.is_dir():
                 raise UserError(f"job {name!r} is not running: there is no job of that name")
@@ -321,12 +330,42 @@ class Jobs:
             if state in ("stopped", "failed"):
                 raise UserError(f"job {name!r} is not running: it has already {state}")
             raise UserError(f"job {name!r} is not running ({state}); resume it to continue")
+        (run.path / STOP_REQUEST).write_text(json.dumps({"requested": time.time()}))
         for pid in alive:
             try:
                 os.killpg(os.getpgid(pid), signal.SIGTERM)  # the trainer checkpoints, then exits
             except ProcessLookupError:
                 pass
         return name
+
+    # ------------------------------------------------------------------------------------------------ liveness
+
+    def live_pids(self, run: RunDir) -> list[int]:
+        """The job's processes still alive: the trainer (status.json) and the `accelerate launch` parent
+        (launcher.json), which outlives the trainer by a moment. Empty is the one meaning of "the job has stopped"
+        that resume, stop, the job table and callers waiting on a job share."""
+        for process in self.processes.values():
+            process.poll()  # reap finished children so that their pids stop looking alive
+        pids = dict.fromkeys((run.read_status().get("pid"), self._launcher_pid(run)))
+        return [pid for pid in pids if pid_alive(pid)]
+
+    def is_running(self, name: str) -> bool:
+        return bool(self.live_pids(self.run_dir(name)))
+
+    def stopping(self, run: RunDir) -> bool:
+        """A stop was asked for, or the trainer has written its last status, while a process still lives."""
+        ended = run.read_status().get("state") in ("stopped", "finished", "failed")
+        return (run.path / STOP_REQUEST).is_file() or ended
+
+    def wait_stopped(self, name: str, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for every process of the job to exit; True when they have."""
+        run = self.run_dir(name)
+        deadline = time.monotonic() + timeout
+        while self.live_pids(run):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+        return True
 
     def _launcher_pid(self, run: RunDir) -> int | None:
         try:
@@ -347,14 +386,15 @@ class Jobs:
         return [p.name for p in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True) if NAME.match(p.name)]
 
     def job(self, name: str) -> Job:
-        for process in self.processes.values():
-            process.poll()  # reap finished children so that their pids stop looking alive
         run = self.run_dir(name)
+        alive = self.live_pids(run)
         status = run.read_status()
         state = status.get("state", "starting")
-        pid = status.get("pid") or self._launcher_pid(run)
-        if state in ("starting", "running") and not pid_alive(pid) and not pid_alive(self._launcher_pid(run)):
-            state, pid = "died", None  # killed without a chance to write its status (resume continues it)
+        pid = alive[0] if alive else None
+        if state in ("starting", "running") and not alive:
+            state = "died"  # killed without a chance to write its status (resume continues it)
+        elif state in ("starting", "running") and (run.path / STOP_REQUEST).is_file():
+            state = "stopping"
         error = status.get("last_error")
         if state in ("starting", "died") and not status:
             error = self.console_tail(name, 3) or error
@@ -368,7 +408,7 @@ class Jobs:
             int(status.get("step", 0)),
             int(status.get("total_steps", 0)),
             loss,
-            pid if state in ("starting", "running") else None,
+            pid if state in ("starting", "running", "stopping") else None,
             error,
             float(status.get("updated", 0)),
         )

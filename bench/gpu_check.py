@@ -429,14 +429,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def process_alive(pid: int | None) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (ProcessLookupError, TypeError, ValueError):
-        return False
-    return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z" if Path("/proc").is_dir() else True
-
-
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.time() + timeout
     while not predicate():
@@ -465,12 +457,12 @@ def check_app(check: Check) -> list[dict]:
     """The app (`start_app`) and one call of every API endpoint in ENDPOINTS."""
     from gradio_client import Client, handle_file
 
+    from app.jobs import Jobs
     from bench.app_speed import wait_http
     from maskbit.checkpoint import DEFAULT_MODEL_DIR
     from train.rundir import RunDir
 
     workspace, job = check.work / "runs", "check-app-job"
-    status_file = workspace / job / "status.json"
     app, check.app = check.app or start_app(check), None
     rows = []
     try:
@@ -496,9 +488,8 @@ def check_app(check: Check) -> list[dict]:
             args = [fill(a) for a in arguments]
             if api_name == "train_stop":  # the launched job has a checkpoint to resume from
                 wait_until(lambda: RunDir(workspace / job).latest_checkpoint() is not None, 300, "a checkpoint")
-            elif api_name == "train_resume":  # and has stopped
-                pid = json.loads(status_file.read_text()).get("pid")
-                wait_until(lambda pid=pid: not process_alive(pid), 120, "the job to stop")
+            elif api_name == "train_resume":  # and has stopped: trainer and launcher, as the app's resume sees it
+                wait_until(lambda: not Jobs(workspace).is_running(job), 120, "the job to stop")
             start = time.perf_counter()
             try:
                 result = client.predict(*args, api_name=f"/{api_name}")
@@ -515,8 +506,6 @@ def check_app(check: Check) -> list[dict]:
             raise AssertionError(f"endpoints failed: {failed}: {[r for r in rows if r.get('ok') is False]}")
         return rows
     finally:
-        from app.jobs import Jobs
-
         try:  # the resumed job (jobs outlive the app by design)
             Jobs(workspace).stop(job)
         except ValueError:  # not running

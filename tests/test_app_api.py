@@ -211,14 +211,12 @@ def test_a_training_job_runs_stops_resumes_and_loads(client, app_server, app_mod
     table, _ = client.predict(api_name="/train_status")
     row = next(r for r in table["data"] if r[0] == "tiny-job")
     assert row[1:3] == ["tokenizer", "running"] and row[5]  # has a pid
-    client.predict("tiny-job", api_name="/train_stop")
-    stopped = wait_for(lambda: job().state in ("stopped", "finished", "failed") and job(), 300, "the job to stop")
-    assert stopped.state == "stopped", jobs.console_tail("tiny-job")
-    assert jobs.run_dir("tiny-job").latest_checkpoint() is not None
     figure, sample, console = client.predict("tiny-job", api_name="/train_curves")
     assert any(trace["name"] == "loss" for trace in json.loads(figure["plot"])["data"])
-
-    client.predict("tiny-job", api_name="/train_resume")
+    # Stop, then Resume at once, as a user may: the resume waits for the trainer's SIGTERM checkpoint and for
+    # `accelerate launch`, which outlives the trainer by a moment (issue 28.7: "still running").
+    client.predict("tiny-job", api_name="/train_stop")
+    assert client.predict("tiny-job", api_name="/train_resume")[-1] == "resuming tiny-job"
     ended = wait_for(lambda: job().state in ("finished", "failed", "died") and job(), 900, "the resumed job to end")
     assert ended.state == "finished", jobs.console_tail("tiny-job")
     steps = [m["step"] for m in jobs.metrics("tiny-job")]
