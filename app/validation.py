@@ -12,17 +12,16 @@ import math
 import os
 import re
 import tempfile
-import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from maskbit.checkpoint import BUNDLED_MODELS, HUB_ID
 from maskbit.config import GUIDANCE_ANNEALINGS, MASK_SCHEDULES, SamplingConfig
-from maskbit.images import fit_square
+from maskbit.images import ImageTooLarge, fit_square, read_image
 from maskbit.sampling import MAX_SEED
 
 __all__ = [
@@ -274,26 +273,12 @@ def load_upload(path: str | Path | dict | None, size: int, max_bytes: int, max_p
         raise UserError(f"the uploaded file is gone ({path.name}); upload it again")
     if path.stat().st_size > max_bytes:
         raise UserError(f"the file is {path.stat().st_size / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.0f} MB")
-    too_large = f"the limit is {max_pixels / 1e6:.0f} megapixels"
-    try:
-        with warnings.catch_warnings():
-            # Pillow's own bomb warning (89 megapixels) is for its default limit; the app's lower one comes first.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                width, height = image.size  # read from the header, before any pixel is decoded
-                if width * height > max_pixels:
-                    raise UserError(f"the image is {width}×{height} pixels; {too_large}")
-                image.seek(0)  # animations: the first frame
-                image = ImageOps.exif_transpose(image)
-                image = to_rgb(image)
-    except UserError:
-        raise
-    except Image.DecompressionBombError:  # Pillow refuses to open more than 179 megapixels at all
-        raise UserError(
-            f"the image declares more than {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels; {too_large}"
-        ) from None
-    except (OSError, ValueError, SyntaxError) as error:
-        reason = str(error).replace(str(path), path.name)
+    try:  # the one reader of image files (maskbit.images), with the app's pixel limit checked from the header
+        image = read_image(path, max_pixels=max_pixels)
+    except ImageTooLarge as error:
+        raise UserError(str(error)) from None
+    except ValueError as error:
+        reason = str(error).split(" as an image: ", 1)[-1].replace(str(path), path.name)
         raise UserError(f"cannot read the file as an image ({reason}); use PNG, JPEG, WebP, BMP or GIF") from None
     return fit_square(image, size)
 
@@ -313,17 +298,3 @@ def fit_note(path: str | Path | dict | None, size: int) -> str:
     return (
         f"The {width}×{height} image was resized to {size} px on its shorter side{crop}: the size this model works at."
     )
-
-
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any mode → RGB; transparency is composited on white, 16-bit and float images are scaled to 8 bits."""
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        low, high = float(array.min()), float(array.max())
-        array = (array - low) / (high - low) * 255 if high > low else np.zeros_like(array)
-        image = Image.fromarray(array.astype(np.uint8), "L")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return image.convert("RGB")

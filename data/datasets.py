@@ -35,7 +35,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from maskbit.files import atomic_write
-from maskbit.images import IMAGE_SUFFIXES, to_tensor
+from maskbit.images import IMAGE_SUFFIXES, fit_square, read_image, resize_center_crop, to_tensor
 
 __all__ = [
     "PROCEDURAL_CLASSES",
@@ -273,11 +273,6 @@ CLASS_LIST = "classes.txt"  # optional, one class name per line: fixes the label
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
-def _open_rgb(source: str | Path | io.BytesIO) -> Image.Image:
-    with Image.open(source) as image:
-        return image.convert("RGB")  # convert() decodes fully, so truncated files fail here and not later
-
-
 class ImageFolder(Dataset):
     """ImageNet-style folder `root/<class_name>/<image file>` (files found recursively inside each class folder).
 
@@ -332,7 +327,7 @@ class ImageFolder(Dataset):
             if path in self.corrupt:
                 continue
             try:
-                return _open_rgb(path), label
+                return read_image(path), label
             except _DECODE_ERRORS as error:
                 self.corrupt.add(path)
                 logger.warning("cannot read %s (%s); using the next image instead", path, error)
@@ -439,7 +434,7 @@ class TarShards(Dataset):
         with open(self.shards[shard_id], "rb") as file:
             file.seek(offset)
             data = file.read(size)
-        return _open_rgb(io.BytesIO(data)), label
+        return read_image(data), label
 
 
 def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -583,25 +578,14 @@ class Preprocessing:
             image = image.crop((left, top, left + w, top + h))
             image = image.resize((self.resolution, self.resolution), self.resample)
         else:
-            image = self._resize_center_crop(image)
+            image = resize_center_crop(image, self.resolution, self.resample)
         if self.random_flip and rng.random() < 0.5:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         return to_tensor(image)
 
     def eval(self, image: Image.Image) -> torch.Tensor:
         """(3, resolution, resolution) float32 in [0, 1]: shorter side resized to `resolution`, center crop."""
-        return to_tensor(self._resize_center_crop(image.convert("RGB")))
-
-    def _resize_center_crop(self, image: Image.Image) -> Image.Image:
-        # torchvision's Resize(int) and CenterCrop arithmetic, so results match them pixel for pixel.
-        size, (w, h) = self.resolution, image.size
-        short, long = (w, h) if w <= h else (h, w)
-        if short != size:
-            new_long = int(size * long / short)
-            w, h = (size, new_long) if w <= h else (new_long, size)
-            image = image.resize((w, h), self.resample)
-        top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
-        return image.crop((left, top, left + size, top + size))
+        return fit_square(image.convert("RGB"), self.resolution, self.resample)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
