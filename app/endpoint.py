@@ -73,10 +73,12 @@ class Endpoints:
         self.state = state
         self.settings = state.settings
 
-    def _image(self, image) -> torch.Tensor:
-        """An uploaded file (a path, or Gradio's unread file payload) → (3, S, S) at the tokenizer's size."""
+    def _image(self, image, size: int | None = None) -> torch.Tensor:
+        """An uploaded file (a path, or Gradio's unread file payload) → (3, S, S) at `size`, by default the
+        tokenizer's (a search reads it at the index's size, as `indexes search` does)."""
         s = self.settings
-        return load_upload(image, self.state.models.image_size, int(s.max_upload_mb * 1e6), s.max_upload_pixels)
+        size = size or self.state.models.image_size
+        return load_upload(image, size, int(s.max_upload_mb * 1e6), s.max_upload_pixels)
 
     def _png(self, image: torch.Tensor, name: str) -> str:
         """Images handed between tabs travel as PNG files in the app's bounded temporary folder."""

@@ -359,11 +359,7 @@ class ExploreCallbacks(Endpoints):
         from data import eval_view
 
         index = self.state.index
-        spec = (
-            index.manifest.get("dataset", {}).get("spec", self.settings.index_dataset)
-            if index
-            else self.settings.index_dataset
-        )
+        spec = index.dataset.spec if index is not None and index.dataset else self.settings.index_dataset
         view = eval_view(spec, "train", 0, self.state.models.image_size)
         item = whole_number(item, "item (dataset image number)", 0, len(view) - 1)
         image, label = view[item]

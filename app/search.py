@@ -37,10 +37,10 @@ class SearchCallbacks(Endpoints):
         from indexes.neighbours import find_neighbours, union_distances
 
         index = self.state.require_index()
-        picture = self._image(image)
+        picture = self._image(image, index.image_size)
         k = whole_number(k, "k", 1, LIMITS.k)
         result = find_neighbours(index, picture[None], k=k)[0]
-        vq = index.manifest["tokenizer"].get("config", {}).get("quantizer") == "vq"
+        vq = index.tokenizer_kind == "vq"
         galleries = {
             metric: [(self._thumbnail(index, row.id), _caption(row, vq)) for row in rows]
             for metric, rows in result.rows.items()
@@ -88,11 +88,11 @@ class SearchCallbacks(Endpoints):
         for first in range(0, count, 16):
             *_, last = generate_steps(models, labels[first : first + 16], models.sampling, seed + first)
             generated.append(last.images.cpu())
-        described = index.manifest.get("dataset", {})
-        spec = described.get("spec", self.settings.index_dataset)
-        calibration = index.manifest.get("calibration", {})
-        held = next(iter(calibration.values()), {}).get("heldout_images", count)  # the Neighbours tab's threshold
-        heldout = heldout_images(spec, held, index.manifest["image_size"], described.get("seed", 0))
+        described = index.dataset
+        spec, seed = (described.spec, described.seed) if described else (self.settings.index_dataset, 0)
+        calibration = next(iter(index.calibration.values()), None)
+        held = calibration.heldout_images if calibration else count  # as many as the Neighbours tab's threshold
+        heldout = heldout_images(spec, held, index.image_size, seed)
         with tempfile.TemporaryDirectory(prefix="maskbit-report-") as out:  # the figure is kept, the rest removed
             data = report(index, torch.cat(generated), heldout, Path(out))
             figure = shutil.copyfile(Path(out) / "report.png", self.state.files.path("report.png"))
@@ -117,7 +117,7 @@ class SearchCallbacks(Endpoints):
             umap = figures.empty("the UMAP is being computed in the background; press Compute again in a moment")
         else:
             labels = [s["label"] for s in index.sources[: len(projection)]]
-            umap = figures.umap(projection, labels, index.manifest.get("dataset", {}).get("classes", []))
+            umap = figures.umap(projection, labels, list(index.classes))
         data = {
             "images": stats.images,
             "codes_used": stats.codes_used,
@@ -141,7 +141,7 @@ class SearchCallbacks(Endpoints):
         index_id = whole_number(index_id, "index_id", 0, len(index) - 1)
         if not self.settings.dataset_images_visible:
             raise UserError("training-set images are not shown on this server")
-        classes = index.manifest.get("dataset", {}).get("classes", [])
+        classes = index.classes
         source = index.sources[index_id]
         name = classes[source["label"]] if 0 <= source["label"] < len(classes) else source["label"]
         return index.thumbnails[index_id], f"id {index_id}: {source['source']} ({name})"
@@ -152,8 +152,7 @@ class SearchCallbacks(Endpoints):
 
 def _metric_name(metric: str, index) -> str:
     if metric == "hamming":
-        kind = index.manifest["tokenizer"].get("config", {}).get("quantizer", "lfq")
-        return "Hamming distance between index bits" if kind == "vq" else "Hamming distance (bits)"
+        return "Hamming distance between index bits" if index.tokenizer_kind == "vq" else "Hamming distance (bits)"
     return {"lpips": "LPIPS", "pixel": "squared pixel L2 (16×16)"}[metric]
 
 
@@ -175,7 +174,7 @@ def _verdict_text(result, k: int, index, lpips_note: str) -> str:
             f"- **{name}**: nearest {verdict.nearest_distance:.4g}, threshold {verdict.threshold:.4g} "
             f"(p{verdict.percentile:g} of held-out real images) → {flag}"
         )
-    if index.manifest["tokenizer"].get("config", {}).get("quantizer") == "vq":
+    if index.tokenizer_kind == "vq":
         nearest = result.rows["hamming"][0]
         lines.append(
             f"- the nearest by index bits has the same token as the query at {nearest.same_tokens:.0%} of positions"

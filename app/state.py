@@ -189,87 +189,45 @@ class AppState:
         return self.settings.index_root / models.tokenizer.identity()[:16]
 
     def _prepare_index(self, generation: int) -> None:
-        from data import heldout_images
-        from indexes.build import build_dataset_index, calibrate, token_projection
+        """The index policy is `indexes.build.ready_index`'s; here only its progress, the UMAP and the code atlas."""
+        from indexes.build import ready_index, token_projection
 
         models = self.models
-        directory = self.index_directory(models)
-        tokenizer = models.tokenizer
-        if (directory / "manifest.json").is_file():
-            index = ImageIndex.open(directory, tokenizer)
-        elif self.settings.index:
-            raise IndexError_(
-                f"{directory} is not an index (no manifest.json); build it with `python -m indexes build`"
-            )
-        elif models.image_size > 128:
-            self._set_status(
-                generation,
-                IndexStatus(
-                    "unavailable",
-                    message=(
-                        f"no index for this {models.image_size}px tokenizer: build one of your dataset with "
-                        "`python -m indexes build --dataset <folder> --tokenizer <source> --index <dir>` and start "
-                        "with --index"
-                    ),
-                ),
-            )
-            return
-        else:
-            index = None
-        size = self.settings.index_size
-        if (
-            index is None
-            or len(index) < size
-            and index.manifest.get("dataset", {}).get("spec") == self.settings.index_dataset
-        ):
-            metrics = ["hamming", "lpips", "pixel"] if self.lpips is not None else ["hamming", "pixel"]
 
-            def progress(done: int, total: int, what: str) -> None:
-                self._set_status(
-                    generation, IndexStatus("building", done, total, f"{what} {self.settings.index_dataset}")
-                )
+        def progress(done: int, total: int, what: str) -> None:
+            self._set_status(generation, IndexStatus("building", done, total, what))
 
-            progress(0, size, "indexing")
-            index = build_dataset_index(
-                directory,
-                tokenizer,
+        metrics = ["hamming", "lpips", "pixel"] if self.lpips is not None else ["hamming", "pixel"]
+        try:
+            index = ready_index(
+                self.index_directory(models),
+                models.tokenizer,
                 dataset=self.settings.index_dataset,
+                size=self.settings.index_size,
                 resolution=models.image_size,
-                limit=size,
                 options=IndexOptions(metrics, random_lpips_backbone=self.settings.random_lpips_backbone),
+                must_exist=bool(self.settings.index),
                 progress=progress,
             )
-        if "calibration" not in index.manifest and index.manifest.get("dataset"):
-            described = index.manifest["dataset"]
-            self._set_status(generation, IndexStatus("building", 0, 0, "calibrating on held-out images"))
-            heldout = heldout_images(described["spec"], 500, index.manifest["image_size"], described.get("seed", 0))
-            calibrate(
-                index, heldout, progress=lambda d, t, w: self._set_status(generation, IndexStatus("building", d, t, w))
-            )
+        except IndexError_ as error:
+            self._set_status(generation, IndexStatus("unavailable", message=str(error)))
+            return
         with self.lock:
             if generation != self._generation:
                 return
             self.index = index
-        self._set_status(generation, IndexStatus("ready", message=self._describe(index)))
+        self._set_status(generation, IndexStatus("ready", message=index.describe()))
         if len(index) >= 5:
-            self._set_status(
-                generation, IndexStatus("building", 0, 0, "projecting tokens (UMAP)", self._describe(index))
-            )
+            self._set_status(generation, IndexStatus("building", 0, 0, "projecting tokens (UMAP)", index.describe()))
             started = time.time()
             projection = token_projection(index)
             logger.info("token projection of %d images in %.1f s", len(projection), time.time() - started)
             with self.lock:
                 if generation == self._generation:
                     self.projection = projection
-            self._set_status(generation, IndexStatus("ready", message=self._describe(index)))
+            self._set_status(generation, IndexStatus("ready", message=index.describe()))
         if models.image_size <= 128:  # seconds for small models; a 256-px decoder takes minutes on a CPU
             self.atlas(models.tokenizer)
-
-    def _describe(self, index: ImageIndex) -> str:
-        described = index.manifest.get("dataset", {})
-        source = f"{described.get('spec')} ({described.get('split')})" if described else "added images"
-        metrics = ", ".join(index.manifest["metrics"])
-        return f"index: {len(index)} images of {source}, metrics {metrics} — {index.directory}"
 
     def require_index(self) -> ImageIndex:
         index = self.index

@@ -1,8 +1,9 @@
 """Building an index of a dataset split, calibrating its memorization thresholds, and its token-space projection.
 
-Used by `python -m indexes build` and by the app, which builds the index of the bundled dataset on first start.
-Each step is resumable or cached in the index directory:
+Used by `python -m indexes build` and by the app, which asks `ready_index` for the index of its tokenizer (built
+from the bundled dataset on first start). Each step is resumable or cached in the index directory:
 
+    ready_index           open, extend or build, then calibrate: an index ready to search, or IndexError_ saying why not
     build_dataset_index   images already indexed are skipped (the index is saved every `save_every` batches)
     calibrate             manifest["calibration"]: per metric, the p-th percentile of held-out nearest distances
     token_projection      projection.npy: a 2-D UMAP of the indexed images' bit tokens
@@ -19,14 +20,15 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from data import eval_view
+from data import eval_view, heldout_images
 from indexes.store import ImageIndex, IndexError_, IndexOptions, save_npy
 from maskbit import Tokenizer, bits
 from maskbit.files import atomic_write
 
-__all__ = ["build_dataset_index", "calibrate", "token_projection"]
+__all__ = ["ready_index", "build_dataset_index", "calibrate", "token_projection"]
 
 Progress = Callable[[int, int, str], None]  # (done, total, what)
+MAX_BUILD_RESOLUTION = 128  # larger images take a CPU minutes to hours per thousand: built by command, not on demand
 
 
 class Processes(Protocol):
@@ -37,6 +39,56 @@ class Processes(Protocol):
     is_main_process: bool
 
     def wait_for_everyone(self) -> None: ...
+
+
+def ready_index(
+    directory: str | Path,
+    tokenizer: Tokenizer,
+    *,
+    dataset: str = "procedural",
+    size: int,
+    resolution: int | None = None,
+    options: IndexOptions | None = None,
+    must_exist: bool = False,
+    heldout: int = 500,
+    progress: Progress | None = None,
+) -> ImageIndex:
+    """The index at `directory`, ready to search with `tokenizer`: what the app asks for its loaded tokenizer.
+
+    - An index there is opened; one built with another tokenizer is refused (IndexError_).
+    - Nothing there: with `must_exist` (a directory the user named) refused; for a tokenizer of more than
+      MAX_BUILD_RESOLUTION pixels refused with the command that builds one; otherwise the first `size` images of
+      `dataset` are indexed at `resolution` (default: the tokenizer's image size).
+    - An index of `dataset` with fewer than `size` images is extended (a build continues where it stopped).
+    - An index of a dataset that has no thresholds yet is calibrated on `heldout` held-out images of it.
+    """
+    directory = Path(directory)
+    progress = progress or (lambda done, total, what: None)
+    resolution = resolution or tokenizer.config.image_size
+    index = ImageIndex.open(directory, tokenizer) if (directory / "manifest.json").is_file() else None
+    if index is None and must_exist:
+        raise IndexError_(f"{directory} is not an index (no manifest.json); build it with `python -m indexes build`")
+    if index is None and resolution > MAX_BUILD_RESOLUTION:
+        raise IndexError_(
+            f"no index for this {resolution}px tokenizer: build one of your dataset with `python -m indexes build "
+            "--dataset <folder> --tokenizer <source> --index <dir>` and start with --index"
+        )
+    if index is None or (len(index) < size and index.dataset is not None and index.dataset.spec == dataset):
+        progress(0, size, f"indexing {dataset}")
+        index = build_dataset_index(
+            directory,
+            tokenizer,
+            dataset=dataset,
+            resolution=resolution,
+            limit=size,
+            options=options,
+            progress=lambda done, total, what: progress(done, total, f"{what} {dataset}"),
+        )
+    if not index.calibration and index.dataset is not None:
+        progress(0, 0, "calibrating on held-out images")
+        described = index.dataset
+        calibrate(index, heldout_images(described.spec, heldout, index.image_size, described.seed), progress=progress)
+    return index
 
 
 def build_dataset_index(

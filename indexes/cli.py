@@ -99,7 +99,7 @@ def cmd_add(args: argparse.Namespace) -> None:
     tokenizer = load_tokenizer(args)
     index = ImageIndex.open(args.index, tokenizer)
     paths = find_images(args.images)
-    size = index.manifest["image_size"]
+    size = index.image_size
     for first in tqdm(range(0, len(paths), args.batch_size), desc="adding", unit="batch"):
         batch = paths[first : first + args.batch_size]
         index.add(torch.stack([load_image(p, size) for p in batch]), [str(p) for p in batch], [args.label] * len(batch))
@@ -128,7 +128,7 @@ def cmd_search(args: argparse.Namespace) -> None:
         if not args.images:
             raise ValueError("give image files or folders to search for, or --tokens FILE.npy")
         paths = find_images(args.images)
-        images = torch.stack([load_image(p, index.manifest["image_size"]) for p in paths])
+        images = torch.stack([load_image(p, index.image_size) for p in paths])
         results = find_neighbours(index, images, names=[str(p) for p in paths], metrics=args.metrics, **options)
     for result in results:
         print(result.query)
@@ -148,7 +148,7 @@ def cmd_report(args: argparse.Namespace) -> None:
 
     tokenizer = load_tokenizer(args)
     index = ImageIndex.open(args.index, tokenizer)
-    size = index.manifest["image_size"]
+    size = index.image_size
     if args.generated:
         # `python -m maskbit generate` also writes grid.png, a mosaic of the others: not a generated image
         paths = [p for p in find_images(args.generated) if p.name != "grid.png"][: args.count]

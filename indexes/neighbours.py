@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from indexes.store import ImageIndex, Neighbours
+from indexes.store import Calibration, ImageIndex, Neighbours
 
 __all__ = ["Neighbour", "Verdict", "QueryNeighbours", "find_neighbours", "union_distances"]
 
@@ -79,7 +79,7 @@ class QueryNeighbours:
 
 def fit_to_index(index: ImageIndex, images: torch.Tensor) -> torch.Tensor:
     """Images (Q, 3, H, W) resized (bicubic, clamped) to the index's square image size, on the index's device."""
-    size = index.manifest["image_size"]
+    size = index.image_size
     images = images.to(index.device)
     if tuple(images.shape[-2:]) != (size, size):
         images = F.interpolate(images, size=(size, size), mode="bicubic").clamp(0, 1)
@@ -107,8 +107,7 @@ def find_neighbours(
     if tokens is None:
         raise ValueError("give images or token grids")
     found = index.search(images, tokens=tokens, k=k, metrics=metrics, **search_options)
-    classes = index.manifest.get("dataset", {}).get("classes", [])
-    calibration = index.manifest.get("calibration", {})
+    classes, calibration = index.classes, index.calibration
     names = list(names) if names is not None else [f"query {q}" for q in range(len(tokens))]
     results = []
     for q, name in enumerate(names):
@@ -131,12 +130,11 @@ def _rows(index, hits: Neighbours, q: int, classes, token_maps: bool, tokens: to
     return rows
 
 
-def _verdict(rows: list[Neighbour], calibration: dict | None) -> Verdict:
+def _verdict(rows: list[Neighbour], calibration: Calibration | None) -> Verdict:
     nearest = rows[0].distance if rows else float("inf")
-    if not calibration:
+    if calibration is None:
         return Verdict(nearest, None, None, None)
-    threshold = float(calibration["threshold"])
-    return Verdict(nearest, threshold, calibration.get("percentile"), nearest < threshold)
+    return Verdict(nearest, calibration.threshold, calibration.percentile, nearest < calibration.threshold)
 
 
 def _overlap(rows: dict[str, list[Neighbour]]) -> dict[str, float]:

@@ -34,7 +34,7 @@ from maskbit import Tokenizer, bits
 from maskbit.files import atomic_write, write_json_atomic
 from maskbit.images import load_image
 
-__all__ = ["ImageIndex", "IndexOptions", "Neighbours", "IndexError_", "METRICS"]
+__all__ = ["ImageIndex", "IndexOptions", "IndexedDataset", "Calibration", "Neighbours", "IndexError_", "METRICS"]
 
 METRICS = ("hamming", "lpips", "pixel")
 PIXEL_SIZE = 16
@@ -89,6 +89,26 @@ class Neighbours:
     distances: np.ndarray  # (Q, k): Hamming bits, LPIPS, or squared pixel L2
     sources: list[list[str]]
     labels: list[list[int]]
+
+
+@dataclass(frozen=True)
+class IndexedDataset:
+    """The dataset split an index was built from (`build_dataset_index`); its items are "spec:split:i" sources."""
+
+    spec: str
+    split: str
+    seed: int
+    classes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """One metric's memorization threshold: the `percentile`-th percentile of held-out images' nearest distances."""
+
+    percentile: float
+    threshold: float
+    heldout_median: float
+    heldout_images: int
 
 
 class ImageIndex:
@@ -230,6 +250,59 @@ class ImageIndex:
 
     def __len__(self) -> int:
         return self.manifest["count"]
+
+    # What an index is, typed: callers ask these instead of reading the manifest.
+
+    @property
+    def image_size(self) -> int:
+        return int(self.manifest["image_size"])
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return tuple(self.manifest["grid"])
+
+    @property
+    def num_bits(self) -> int:
+        """Bits per token: K of a bit tokenizer, log2 of a VQ tokenizer's codebook (its index bits)."""
+        return int(self.manifest["tokenizer"]["num_bits"])
+
+    @property
+    def tokenizer_kind(self) -> str:
+        """'lfq' (bit tokens: Hamming distance is between bits) or 'vq' (between the binary codes of indices)."""
+        return self.manifest["tokenizer"].get("config", {}).get("quantizer", "lfq")
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return tuple(self.manifest["metrics"])
+
+    @property
+    def dataset(self) -> IndexedDataset | None:
+        """The dataset split it indexes; None for an index of added image files only."""
+        described = self.manifest.get("dataset")
+        if not described:
+            return None
+        classes = tuple(described.get("classes", ()))
+        return IndexedDataset(described["spec"], described.get("split", "train"), described.get("seed", 0), classes)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.dataset.classes if self.dataset else ()
+
+    @property
+    def calibration(self) -> dict[str, Calibration]:
+        """metric → its memorization threshold; empty until `indexes.build.calibrate` has run."""
+        return {
+            metric: Calibration(
+                c["percentile"], c["threshold"], c.get("heldout_median", float("nan")), c["heldout_images"]
+            )
+            for metric, c in self.manifest.get("calibration", {}).items()
+        }
+
+    def describe(self) -> str:
+        """One line: how many images of what, which metrics, where."""
+        d = self.dataset
+        source = f"{d.spec} ({d.split})" if d else "added images"
+        return f"index: {len(self)} images of {source}, metrics {', '.join(self.metrics)} — {self.directory}"
 
     @property
     def options(self) -> IndexOptions:

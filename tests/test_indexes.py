@@ -44,7 +44,12 @@ def test_neighbour_rows_verdicts_and_overlap(tmp_path, tiny_tokenizer):
     index = ImageIndex.create(tmp_path, tiny_tokenizer, 32, IndexOptions(metrics=["hamming", "pixel"]))
     images, labels = procedural(40)
     index.add(images, [f"train:{i}" for i in range(40)], labels)
-    index.manifest["dataset"] = {"classes": [f"shape {c}" for c in range(10)]}
+    index.manifest["dataset"] = {
+        "spec": "procedural",
+        "split": "train",
+        "seed": 0,
+        "classes": [f"shape {c}" for c in range(10)],
+    }
     heldout, _ = procedural(20, split="test")
     calibration = calibrate(index, heldout, percentile=5.0)
     queries = torch.cat([images[7:8], heldout[:1]])
@@ -547,3 +552,44 @@ def test_a_two_process_accelerate_build_equals_a_one_process_build(tmp_path):
     a, b = one.search(queries, k=5), two.search(queries, k=5)
     for metric in ("hamming", "lpips", "pixel"):
         assert np.allclose(a[metric].distances, b[metric].distances, rtol=1e-4, atol=1e-6), metric
+
+
+def test_ready_index_builds_extends_calibrates_and_refuses(tmp_path, tiny_tokenizer):
+    """The index policy the app asks for (indexes.build.ready_index), with typed answers."""
+    from indexes.build import ready_index
+
+    steps = []
+    options = IndexOptions(metrics=["hamming", "pixel"])
+    index = ready_index(
+        tmp_path / "i",
+        tiny_tokenizer,
+        size=12,
+        resolution=32,
+        options=options,
+        heldout=10,
+        progress=lambda *a: steps.append(a[2]),
+    )
+    assert len(index) == 12 and index.image_size == 32 and index.grid == (8, 8) and index.num_bits == 12
+    assert index.tokenizer_kind == "lfq" and index.metrics == ("hamming", "pixel")
+    assert index.dataset.spec == "procedural" and len(index.classes) == 10
+    assert set(index.calibration) == {"hamming", "pixel"} and index.calibration["pixel"].heldout_images == 10
+    assert steps[0] == "indexing procedural" and "calibrating on held-out images" in steps
+    grown = ready_index(tmp_path / "i", tiny_tokenizer, size=16, resolution=32, options=options)
+    assert len(grown) == 16 and torch.equal(torch.from_numpy(grown.tokens[:12]), torch.from_numpy(index.tokens))
+    with pytest.raises(IndexError_, match="is not an index"):
+        ready_index(tmp_path / "nothing", tiny_tokenizer, size=4, must_exist=True)
+    with pytest.raises(IndexError_, match="no index for this 256px tokenizer: build one"):
+        ready_index(tmp_path / "big", tiny_tokenizer, size=4)  # the tiny tokenizer's own size is 256
+    other = Tokenizer.from_pretrained(
+        OFFICIAL_TINY / "tiny_tokenizer.bin", config=OFFICIAL_TINY / "tiny_tokenizer.yaml"
+    )
+    with torch.no_grad():
+        next(other.parameters()).add_(1)
+    with pytest.raises(IndexError_, match="was built with another tokenizer"):
+        ready_index(tmp_path / "i", other, size=16, resolution=32)
+
+
+def test_the_app_reads_no_raw_index_manifest():
+    """Issue 28.3: the app asks the index's typed attributes; what a manifest holds is indexes/' business."""
+    for path in (ROOT / "app").glob("*.py"):
+        assert "manifest" not in path.read_text(), path.name
