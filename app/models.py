@@ -18,7 +18,7 @@ from maskbit.checkpoint import class_names
 from maskbit.device import pick_device
 from maskbit.sampling import check_pair, default_sampling, iter_generate, prediction_to_indices
 
-__all__ = ["Models", "load_models", "OFFICIAL_PAIRS", "BUNDLED_PAIRS", "Step", "generate_steps"]
+__all__ = ["Models", "load_models", "load_model", "OFFICIAL_PAIRS", "BUNDLED_PAIRS", "Step", "generate_steps"]
 
 # The bundled pair and its VQ twin, loaded offline; then the published checkpoints (hub downloads).
 BUNDLED_PAIRS = {
@@ -131,11 +131,11 @@ def load_models(
     """Load a tokenizer and optionally a generator (any `from_pretrained` source); say why they do not fit.
     `precision` (maskbit.device) is what both models encode, decode and sample at."""
     device = device or pick_device()
-    tokenizer = _load(Tokenizer, tokenizer_source, tokenizer_config, device, precision)
+    tokenizer = load_model(Tokenizer, tokenizer_source, tokenizer_config, device, precision)
     generator, names, problem, sampling = None, [], "", SamplingConfig()
     image_size = tokenizer.config.image_size
     if generator_source:
-        generator = _load(Generator, generator_source, generator_config, device, precision)
+        generator = load_model(Generator, generator_source, generator_config, device, precision)
         names = class_names(generator_source, generator.config.num_classes)
         sampling = default_sampling(generator_source, generator_config)
         try:
@@ -148,14 +148,12 @@ def load_models(
     )
 
 
-def _load(cls, source: str, config, device: torch.device, precision: str):
+def load_model(cls, source: str, config, device: torch.device, precision: str):
+    """One model for inference (PretrainedMixin.inference), or a UserError saying why it cannot be loaded."""
     try:
-        model = cls.from_pretrained(source, config)
+        return cls.from_pretrained(source, config).inference(device, precision)
     except (OSError, ValueError) as error:
         raise UserError(f"cannot load the {cls.kind} {source!r}: {error}") from None
-    model = model.requires_grad_(False).eval().to(device)
-    model.precision = precision
-    return model
 
 
 # ---------------------------------------------------------------------------------------------------- generation

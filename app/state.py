@@ -17,7 +17,7 @@ import numpy as np
 
 from app.files import TempFiles
 from app.jobs import Jobs
-from app.models import Models, load_models
+from app.models import Models, load_model, load_models
 from app.settings import Settings
 from app.validation import UserError, checked_model_source
 from indexes.store import ImageIndex, IndexError_, IndexOptions
@@ -106,10 +106,7 @@ class AppState:
         source, _ = self.checked_sources(source, "")
         with self.lock:
             if source not in self._comparisons:
-                try:
-                    tokenizer = Tokenizer.from_pretrained(source).requires_grad_(False).eval()
-                except (OSError, ValueError) as error:
-                    raise UserError(f"cannot load the tokenizer {source!r}: {error}") from None
+                tokenizer = load_model(Tokenizer, source, None, self.models.device, self.settings.precision)
                 self._comparisons = dict(list(self._comparisons.items())[-1:]) | {source: tokenizer}
             return self._comparisons[source].to(self.models.device)
 

@@ -47,9 +47,10 @@ EXAMPLES = {
 
 
 def load_tokenizer(args: argparse.Namespace, device: torch.device | None = None) -> Tokenizer:
-    tokenizer = Tokenizer.from_pretrained(args.tokenizer, args.tokenizer_config).requires_grad_(False)
-    tokenizer.precision = args.precision  # encoding; LPIPS and the distances stay float32
-    return tokenizer.to(device or pick_device(args.device))
+    # `precision` is the encoding's; LPIPS and the distances stay float32
+    return Tokenizer.from_pretrained(args.tokenizer, args.tokenizer_config).inference(
+        device or pick_device(args.device), args.precision
+    )
 
 
 def index_options(args: argparse.Namespace) -> IndexOptions:
@@ -156,8 +157,9 @@ def cmd_report(args: argparse.Namespace) -> None:
     else:
         from maskbit import Generator, generate
 
-        generator = Generator.from_pretrained(args.generator, args.generator_config).to(index.device)
-        generator.precision = args.precision
+        generator = Generator.from_pretrained(args.generator, args.generator_config).inference(
+            index.device, args.precision
+        )
         classes = generator.config.num_classes
         labels = torch.arange(args.count) % classes
         generated = torch.cat(

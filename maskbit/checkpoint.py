@@ -31,6 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from maskbit.config import OfficialConfig, config_from_dict, read_official_yaml
+from maskbit.device import PRECISIONS, pick_device
 from maskbit.files import atomic_write
 
 __all__ = [
@@ -236,6 +237,15 @@ class PretrainedMixin:
             digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
             digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()
+
+    def inference(self, device: torch.device | str | None = None, precision: str = "auto"):
+        """Frozen, in eval mode, on `device` (default: maskbit.device.pick_device), computing at `precision`
+        (maskbit.device): how every CLI, the indexes and the app use a loaded model. Returns the model."""
+        if precision not in PRECISIONS:  # refused here, not at the first forward pass
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        device = pick_device(device if device is not None else "auto")
+        self.precision = precision
+        return self.requires_grad_(False).eval().to(device)
 
     # ---------------------------------------------------------------------------------------------- loading
 

@@ -108,11 +108,10 @@ def load_model(cls, source: str, config: str | None, random_init: bool, device: 
         name = config or source
         if name not in cls.presets:
             raise ValueError(f"--random-init needs a {cls.kind} preset name, one of: {', '.join(cls.presets)}")
-        model = cls(cls.presets[name]).eval()
+        model = cls(cls.presets[name])
     else:
         model = cls.from_pretrained(source, config)
-    model.precision = precision
-    return model.requires_grad_(False).to(device)
+    return model.inference(device, precision)
 
 
 def load_indices(path: Path) -> torch.Tensor:

@@ -302,3 +302,13 @@ def test_the_code_atlas_of_the_loaded_tokenizer(callbacks, app_server):
     assert image.shape == (expected.image.shape[1], expected.image.shape[2], 3) and image.shape[0] == 64 * expected.cell
     assert (as_tensor(image) - expected.image).abs().max() <= 1 / 255 + 1e-6
     assert caption.startswith("64×64 codes of LFQ tokenizer")
+
+
+def test_a_compared_tokenizer_runs_at_the_apps_precision(app_server, monkeypatch):
+    """Issue 28.2: the comparison tokenizer was loaded by a copy of the loader that left the precision out."""
+    state = app_server.state
+    monkeypatch.setattr(state.settings, "precision", "fp32")
+    monkeypatch.setattr(state, "_comparisons", {})
+    compared = state.comparison_tokenizer("default")
+    assert compared.precision == "fp32" and not compared.training
+    assert not any(p.requires_grad for p in compared.parameters())

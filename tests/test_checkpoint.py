@@ -287,3 +287,15 @@ def test_the_bundled_tokenizers_load_by_name_and_differ_only_in_the_quantiser():
     assert vq.encode(images).shape == lfq.encode(images).shape == (1, 16, 16)
     with pytest.raises(FileNotFoundError, match="neither a file"):
         Generator.from_pretrained("default-vq")  # generation needs bit tokens: there is no VQ generator
+
+
+def test_inference_freezes_places_and_sets_the_precision(tiny_tokenizer):
+    """The one way every CLI, the indexes and the app prepare a loaded model (issue 28.2)."""
+    import copy
+
+    model = copy.deepcopy(tiny_tokenizer).train()
+    assert model.inference("cpu", "bf16") is model
+    assert model.precision == "bf16" and not model.training and not any(p.requires_grad for p in model.parameters())
+    assert next(model.parameters()).device == torch.device("cpu")
+    with pytest.raises(ValueError, match="precision must be one of auto, fp32, bf16, got 'fp16'"):
+        model.inference("cpu", "fp16")

@@ -73,7 +73,7 @@ def pretokenize(args: argparse.Namespace) -> None:
     from train.data import AugmentedImages
 
     device = pick_device()
-    tokenizer = Tokenizer.from_pretrained(args.tokenizer, args.tokenizer_config).requires_grad_(False).to(device)
+    tokenizer = Tokenizer.from_pretrained(args.tokenizer, args.tokenizer_config).inference(device)
     resolution = args.resolution or tokenizer.config.image_size
     dataset = build_dataset(args.dataset, args.split, args.seed, resolution)
     data = DataConfig(

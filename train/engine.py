@@ -228,7 +228,7 @@ class GeneratorStage(Stage):
         self.tokenizer = None
         if config.tokenizer:
             self.tokenizer = Tokenizer.from_pretrained(config.tokenizer, config.tokenizer_config or None)
-            self.tokenizer.requires_grad_(False).to(accelerator.device)
+            self.tokenizer.inference(accelerator.device)
             if self.tokenizer.quantizer_kind != "lfq":
                 raise ValueError(
                     f"{config.tokenizer} is a vector-quantised tokenizer; a MaskBit generator learns bit tokens: "
