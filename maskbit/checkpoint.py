@@ -2,13 +2,17 @@
 
 `from_pretrained(source, config=None)` accepts
   * a directory written by `save_pretrained` (`config.json` + `model.safetensors`);
-  * an official `.bin` state dict (or a directory holding `pytorch_model.bin`), or a Lightning `.ckpt` (the Taming
-    VQGAN's: its `state_dict` without the training loss's `loss.*` keys), with `config` an official YAML file, a
-    preset name or a config object; without `config` the preset whose shapes match is used;
-  * a hub id such as "markweber/maskbit_tokenizer_12bit" (official file name `<repo name>.bin`, or the VQ
-    tokenizers' names in `OFFICIAL_VQ_HUB_FILES`, downloaded with huggingface_hub; other repos are read in our
+  * an official `.bin` state dict (or a directory holding `pytorch_model.bin`), a Lightning `.ckpt` (the Taming
+    VQGAN's, Open-MAGVIT2's, IBQ's: its `state_dict` without the training loss's `loss.*` keys) or a `{"state_dict":
+    ...}` file (BitDance's `.pt`), with `config` an official YAML file, a preset name or a config object; without
+    `config` the preset whose shapes match is used;
+  * a hub id such as "markweber/maskbit_tokenizer_12bit" (official file name `<repo name>.bin`, or the names in
+    `OFFICIAL_VQ_HUB_FILES` and `FAMILY_HUB_FILES`, downloaded with huggingface_hub; other repos are read in our
     own format);
   * "default" (and "default-vq" for the tokenizer): the small models bundled with this package.
+Checkpoints trained with an exponential moving average (Lightning's LitEma: Open-MAGVIT2, IBQ) hold two copies of
+every parameter, the raw training weights under their names and the EMA weights under `model_ema.<name without
+dots>`; `weights=` picks one (`select_weights`), by default the EMA copy, which the official evaluation uses.
 Official files are read with `torch.load(weights_only=True)` only: nothing in a checkpoint can run code. Training
 metadata that Lightning pickles beside the weights (callback states, hyper-parameters) is read as inert
 placeholders, never imported or called; any other Python object is refused with its name.
@@ -39,6 +43,7 @@ __all__ = [
     "CheckpointError",
     "MetadataPlaceholder",
     "load_official_state_dict",
+    "select_weights",
     "class_names",
     "DEFAULT_MODEL_DIR",
     "BUNDLED_MODELS",
@@ -103,6 +108,64 @@ def load_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     for old, new in OFFICIAL_RENAMES.items():
         state_dict = {new + k[len(old) :] if k.startswith(old) else k: v for k, v in state_dict.items()}
     return state_dict
+
+
+EMA_PREFIX = "model_ema."
+# LitEma's own state beside the EMA copies: the decay and the update count, not weights.
+EMA_STATE = {"model_ema.decay", "model_ema.num_updates"}
+WEIGHT_CHOICES = (None, "ema", "raw")
+
+
+def select_weights(
+    state_dict: Mapping[str, torch.Tensor], names: list[str], weights: str | None, source: Path | str
+) -> dict[str, torch.Tensor]:
+    """One set of weights from a state dict that may hold EMA copies (`model_ema.<name without dots>`).
+
+    `weights`: None, the EMA copy where the file has EMA weights (as the official evaluation, under `ema_scope`),
+    else the weights as stored; "ema", the EMA copy, required; "raw", the raw training weights, required (what the
+    Open-MAGVIT2 AR stage loads). `names` are the model's state-dict keys: with the file's own raw keys they map the
+    dotless EMA names back (a name the model does not know stays `model_ema.…`, an unexpected key for the caller to
+    report). The training loss's EMA copies (`model_ema.loss…`) are dropped, as the official loader does.
+    """
+    if weights not in WEIGHT_CHOICES:
+        raise ValueError(f"weights must be 'ema', 'raw' or None (EMA where the file has it), got {weights!r}")
+    raw = {k: v for k, v in state_dict.items() if not k.startswith(EMA_PREFIX)}
+    has_ema_state = any(k.startswith(EMA_PREFIX) for k in state_dict)
+    copies = {
+        k.removeprefix(EMA_PREFIX): v
+        for k, v in state_dict.items()
+        if k.startswith(EMA_PREFIX) and k not in EMA_STATE and not k.removeprefix(EMA_PREFIX).startswith("loss")
+    }
+    if weights == "raw" or (weights is None and not has_ema_state):
+        if not raw:
+            raise CheckpointError(
+                f"{source} holds only EMA weights ({EMA_PREFIX}<name without dots>), no raw training weights; "
+                "load them with weights='ema' (or leave weights unset)"
+            )
+        return raw
+    if not copies:
+        found = "only LitEma's decay and update count and " if has_ema_state else ""
+        raise CheckpointError(
+            f"{source} holds {found}no EMA weights: expected {EMA_PREFIX}<parameter name without dots> for every "
+            "parameter beside the raw weights (the published Open-MAGVIT2 and IBQ checkpoints hold both, and their "
+            "evaluation uses the EMA copy). To load the raw training weights it holds, pass weights='raw'"
+        )
+    by_dotless: dict[str, str] = {}
+    for name in dict.fromkeys([*names, *raw]):
+        dotless = name.replace(".", "")
+        if by_dotless.setdefault(dotless, name) != name:
+            raise CheckpointError(
+                f"{source}: the EMA copy {EMA_PREFIX}{dotless} could belong to {by_dotless[dotless]} or to {name}; "
+                "pass weights='raw', or convert the file with the names resolved"
+            )
+    without_copy = [k for k in raw if k.replace(".", "") not in copies]
+    if without_copy:
+        shown = ", ".join(without_copy[:8]) + (f", … ({len(without_copy)} in all)" if len(without_copy) > 8 else "")
+        raise CheckpointError(
+            f"{source} holds EMA weights, but none for these raw weights: {shown}; expected "
+            f"{EMA_PREFIX}<name without dots> for each (is the file complete?). Pass weights='raw' for the raw weights"
+        )
+    return {by_dotless.get(k, EMA_PREFIX + k): v for k, v in copies.items()}
 
 
 # Globals that training checkpoints pickle as metadata beside the weights: Lightning callback classes (keys of the
@@ -250,8 +313,13 @@ class PretrainedMixin:
     # ---------------------------------------------------------------------------------------------- loading
 
     @classmethod
-    def from_pretrained(cls, source: str | Path, config: Any = None):
-        """Build the model and load its weights strictly; see the module docstring for `source` and `config`."""
+    def from_pretrained(cls, source: str | Path, config: Any = None, weights: str | None = None):
+        """Build the model and load its weights strictly; see the module docstring for `source` and `config`.
+
+        `weights` picks the copy of a checkpoint with EMA weights: None (the EMA copy where there is one), "ema" or
+        "raw" (see `select_weights`). A file in our own format holds one set of weights."""
+        if weights not in WEIGHT_CHOICES:
+            raise ValueError(f"weights must be 'ema', 'raw' or None (EMA where the file has it), got {weights!r}")
         if (cls.kind, str(source)) in BUNDLED_MODELS:
             name, source = str(source), BUNDLED_MODELS[cls.kind, str(source)]
             if not source.is_dir():
@@ -259,13 +327,13 @@ class PretrainedMixin:
         path = Path(source)
         if not path.exists():
             if HUB_ID.match(str(source)) and not str(source).startswith((".", "/")):
-                return cls._from_hub(str(source), config)
+                return cls._from_hub(str(source), config, weights)
             raise FileNotFoundError(
                 f"{source} is neither a file, a directory, 'default' nor a hub id like "
                 f"'markweber/maskbit_{cls.kind}_12bit'"
             )
         if path.is_dir() and (path / CONFIG_FILE).is_file():
-            return cls._from_own_format(path, config)
+            return cls._from_own_format(path, config, weights)
         if path.is_dir():
             if not (path / OFFICIAL_WEIGHTS_FILE).is_file():
                 raise FileNotFoundError(
@@ -273,11 +341,14 @@ class PretrainedMixin:
                 )
             path = path / OFFICIAL_WEIGHTS_FILE
         state_dict = load_official_state_dict(path)
-        resolved = cls.resolve_config(config) if config is not None else cls._infer_config(state_dict, path)
-        return cls._build(resolved, state_dict, path)
+        if config is not None:
+            resolved = cls.resolve_config(config)
+        else:
+            resolved = cls._infer_config(select_weights(state_dict, [], weights, path), path)
+        return cls._build(resolved, state_dict, path, weights)
 
     @classmethod
-    def _from_own_format(cls, directory: Path, config: Any):
+    def _from_own_format(cls, directory: Path, config: Any, weights: str | None = None):
         try:
             stored = json.loads((directory / CONFIG_FILE).read_text())
         except json.JSONDecodeError as error:
@@ -290,25 +361,25 @@ class PretrainedMixin:
         stored_config = config_from_dict(cls.config_class, stored["config"])
         if config is not None and cls.resolve_config(config) != stored_config:
             raise CheckpointError(f"{directory} carries its own config, which differs from the one passed; omit config")
-        weights = directory / WEIGHTS_FILE
+        weights_path = directory / WEIGHTS_FILE
         try:
-            state_dict = load_file(weights)
+            state_dict = load_file(weights_path)
         except Exception as error:  # safetensors raises its own error types for truncated or foreign files
             raise CheckpointError(
-                f"could not read {weights} ({type(error).__name__}: {error}); save it again"
+                f"could not read {weights_path} ({type(error).__name__}: {error}); save it again"
             ) from None
-        return cls._build(stored_config, state_dict, weights)
+        return cls._build(stored_config, state_dict, weights_path, weights)
 
     @classmethod
-    def _from_hub(cls, repo_id: str, config: Any):
+    def _from_hub(cls, repo_id: str, config: Any, weights: str | None = None):
         name = repo_id.split("/")[-1]
         if name in cls.official_hub_files:
-            preset, weights = cls.official_hub_files[name]
+            preset, file_name = cls.official_hub_files[name]
         elif name in cls.presets:
-            preset, weights = name, f"{name}.bin"
+            preset, file_name = name, f"{name}.bin"
         else:
-            preset = weights = None
-        files = [weights] if weights else [CONFIG_FILE, WEIGHTS_FILE]
+            preset = file_name = None
+        files = [file_name] if file_name else [CONFIG_FILE, WEIGHTS_FILE]
         try:
             from huggingface_hub import hf_hub_download
 
@@ -322,13 +393,14 @@ class PretrainedMixin:
                 f"elsewhere and pass its local path: {cls.__name__}.from_pretrained('path/to/{files[0]}'"
                 + (f", config='{preset}')" if preset else ")")
             ) from None
-        if weights:
+        if file_name:
             return cls._build(
                 cls.resolve_config(config if config is not None else preset),
                 load_official_state_dict(paths[0]),
                 paths[0],
+                weights,
             )
-        return cls._from_own_format(paths[0].parent, config)
+        return cls._from_own_format(paths[0].parent, config, weights)
 
     @classmethod
     def resolve_config(cls, config: Any):
@@ -380,8 +452,9 @@ class PretrainedMixin:
         )
 
     @classmethod
-    def _build(cls, config: Any, state_dict: dict[str, torch.Tensor], source: Path):
+    def _build(cls, config: Any, state_dict: dict[str, torch.Tensor], source: Path, weights: str | None = None):
         model = cls(config)
+        state_dict = select_weights(state_dict, list(model.state_dict()), weights, source)
         _check_state_dict(model, state_dict, source)
         model.load_state_dict(state_dict, strict=True)
         return model.eval()

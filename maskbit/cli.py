@@ -49,7 +49,12 @@ EXAMPLES = {
   python -m maskbit convert my_generator.bin --config maskbit_generator_14bit.yaml --out models/gen14
   # the vector-quantised tokenizers: VQGAN+, MaskGIT, and Taming's Lightning checkpoint
   python -m maskbit convert vqgan_plus_12bit.bin --config vqgan_plus_12bit --out models/vqgan_plus_12bit
-  python -m maskbit convert taming_vqgan.ckpt --config taming_vqgan --out models/taming_vqgan""",
+  python -m maskbit convert taming_vqgan.ckpt --config taming_vqgan --out models/taming_vqgan
+  # the bit-token family: Open-MAGVIT2 and IBQ Lightning checkpoints (their EMA weights), BitDance's autoencoder
+  python -m maskbit convert imagenet_256_L.ckpt --config open_magvit2_256_L --out models/open_magvit2_256_L
+  python -m maskbit convert imagenet_256_L.ckpt --config imagenet_lfqgan_256_L.yaml --weights raw --out models/om2_raw
+  python -m maskbit convert imagenet256_16384.ckpt --config ibq_16384 --out models/ibq_16384
+  python -m maskbit convert ae_d16c32.pt --config bitdance_ae_d16c32 --out models/bitdance_ae_d16c32""",
 }
 
 
@@ -258,9 +263,9 @@ def cmd_convert(args: argparse.Namespace) -> None:
     kind = args.kind
     if kind == "auto":
         keys = load_official_state_dict(args.checkpoint).keys()
-        kind = "tokenizer" if any(k.startswith("encoder.") for k in keys) else "generator"
+        kind = "tokenizer" if any(k.startswith(("encoder.", "model_ema.encoder")) for k in keys) else "generator"
     cls = Tokenizer if kind == "tokenizer" else Generator
-    model = cls.from_pretrained(args.checkpoint, args.config)
+    model = cls.from_pretrained(args.checkpoint, args.config, weights=args.weights)
     model.save_pretrained(args.out)
     print(f"converted {args.checkpoint} ({kind}, {model.config}) to {args.out}")
 
@@ -338,10 +343,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="outputs/flip")
     p.set_defaults(run=cmd_flip)
 
-    p = command("convert", "official .bin state dict or Lightning .ckpt → config.json + model.safetensors")
-    p.add_argument("checkpoint", help="official .bin file, or a Lightning .ckpt (Taming VQGAN)")
+    p = command("convert", "official .bin/.pt state dict or Lightning .ckpt → config.json + model.safetensors")
+    p.add_argument(
+        "checkpoint", help="official .bin file, a Lightning .ckpt (Taming VQGAN, Open-MAGVIT2, IBQ) or BitDance's .pt"
+    )
     p.add_argument("--config", help="official YAML or preset name (default: the preset whose shapes match)")
     p.add_argument("--kind", default="auto", choices=["auto", "tokenizer", "generator"])
+    p.add_argument(
+        "--weights",
+        choices=["ema", "raw"],
+        help="of a checkpoint with EMA weights (model_ema.*): the EMA copy (default where there is one, as the "
+        "official evaluation) or the raw training weights (as the Open-MAGVIT2 AR stage)",
+    )
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(run=cmd_convert)
     return parser

@@ -22,6 +22,7 @@ __all__ = [
     "MODEL_CLASSES",
     "QUANTIZERS",
     "OFFICIAL_VQ_HUB_FILES",
+    "FAMILY_HUB_FILES",
     "GeneratorConfig",
     "SamplingConfig",
     "OfficialConfig",
@@ -29,12 +30,16 @@ __all__ = [
     "GENERATOR_PRESETS",
     "SAMPLING_PRESETS",
     "read_official_yaml",
+    "read_family_config",
     "config_from_dict",
 ]
 
 
-MODEL_CLASSES = ("vqgan+", "maskgit", "taming")
+MODEL_CLASSES = ("vqgan+", "maskgit", "taming", "magvit2")
 QUANTIZERS = ("lfq", "vq")
+CODE_ASSIGNMENTS = ("nearest", "dot_product")
+MAX_LFQ_BITS = 62  # indices are int64 (maskbit.bits.MAX_BITS)
+MAX_ENTROPY_BITS = 24  # the entropy term compares a latent with all 2^K codes
 
 
 @dataclass(frozen=True)
@@ -42,10 +47,11 @@ class TokenizerConfig:
     """A Stage-I tokenizer (spec §1, §1.10). Field names follow the official `model.vq_model` section.
 
     `model_class` picks the autoencoder: "vqgan+" (the conv VQGAN+ of spec §1.3–1.4, MaskBit's), "maskgit" (the
-    same computation with the legacy decoder's key order and no separate decoder depth) or "taming" (the original
-    CompVis VQGAN with attention, `maskbit/taming.py`). `quantizer` picks how a latent becomes a token: "lfq" (the
-    sign of each of the K = token_size channels; the index's bits are the latent) or "vq" (the nearest of
-    `codebook_size` learned codes of dimension token_size; the index is a codebook row).
+    same computation with the legacy decoder's key order and no separate decoder depth), "taming" (the original
+    CompVis VQGAN with attention, `maskbit/taming.py`; also IBQ's autoencoder) or "magvit2" (the Open-MAGVIT2
+    encoder-decoder, `maskbit/magvit2.py`; also BitDance's autoencoder). `quantizer` picks how a latent becomes a
+    token: "lfq" (the sign of each of the K = token_size channels; the index's bits are the latent) or "vq" (one of
+    `codebook_size` learned codes of dimension token_size, by `code_assignment`; the index is a codebook row).
     """
 
     token_size: int = 12  # LFQ: K, bits per token; VQ: the dimension of a code
@@ -68,6 +74,9 @@ class TokenizerConfig:
     quantizer: str = "lfq"
     codebook_size: int | None = None  # VQ only: the number of codes, a power of two (LFQ: 2^token_size, implied)
     use_l2_normalisation: bool = False  # VQ only: nearest code by cosine (latents and codes l2-normalised)
+    # VQ only: "nearest" code in L2 (MaskBit's, Taming's), or the code with the largest dot product z·e, the argmax
+    # of IBQ's index-propagation softmax (a different code than the nearest for most tokens of the IBQ models).
+    code_assignment: str = "nearest"
     # Taming only (hard-coded in the official OriginalVQModel): feature-map sides, at image_size, that get a
     # self-attention block after each residual block; and the encoder's output width before the 1×1 quant_conv.
     attn_resolutions: tuple[int, ...] = ()
@@ -86,12 +95,29 @@ class TokenizerConfig:
         )
         if self.model_class == "taming":
             _require(self.quantizer == "vq", "the Taming VQGAN is a vector-quantised model: set quantizer='vq'")
+        if self.model_class == "magvit2":
+            _require(self.quantizer == "lfq", "the Open-MAGVIT2 / BitDance autoencoder is lookup-free: quantizer='lfq'")
+        _require(
+            self.code_assignment in CODE_ASSIGNMENTS,
+            f"code_assignment must be one of {CODE_ASSIGNMENTS}, got {self.code_assignment!r}",
+        )
         if self.quantizer == "lfq":
-            _require(1 <= self.token_size <= 24, f"token_size must be in [1, 24], got {self.token_size}")
+            if self.model_class == "magvit2":  # no bit table in its state dict: any K an int64 index holds
+                _require(
+                    1 <= self.token_size <= MAX_LFQ_BITS,
+                    f"token_size must be in [1, {MAX_LFQ_BITS}], got {self.token_size}",
+                )
+                _require(
+                    self.token_size <= MAX_ENTROPY_BITS or self.entropy_loss_weight == 0,
+                    f"the entropy term compares each latent with all 2^token_size codes: with token_size > "
+                    f"{MAX_ENTROPY_BITS} set entropy_loss_weight=0, got {self.entropy_loss_weight}",
+                )
+            else:  # MaskBit's state dicts store the 2^K × K bit table
+                _require(1 <= self.token_size <= 24, f"token_size must be in [1, 24], got {self.token_size}")
             _require(
-                self.codebook_size is None and not self.use_l2_normalisation,
-                "codebook_size and use_l2_normalisation are for vector quantisation (quantizer='vq'); "
-                "a lookup-free tokenizer has 2^token_size codes",
+                self.codebook_size is None and not self.use_l2_normalisation and self.code_assignment == "nearest",
+                "codebook_size, use_l2_normalisation and code_assignment are for vector quantisation "
+                "(quantizer='vq'); a lookup-free tokenizer has 2^token_size codes",
             )
         else:
             size = self.codebook_size
@@ -101,6 +127,10 @@ class TokenizerConfig:
                 f"got {size}",
             )
             _require(self.token_size >= 1, f"token_size (the code dimension) must be ≥ 1, got {self.token_size}")
+            _require(
+                self.code_assignment == "nearest" or not self.use_l2_normalisation,
+                "use_l2_normalisation picks the nearest code by cosine: it needs code_assignment='nearest'",
+            )
         _require(len(self.channel_mult) >= 1, "channel_mult must not be empty")
         for mult in self.channel_mult:
             _require(
@@ -113,25 +143,34 @@ class TokenizerConfig:
             self.image_size % self.downsample_factor == 0,
             f"image_size {self.image_size} is not a multiple of the downsampling factor {self.downsample_factor}",
         )
+        if self.model_class in ("taming", "magvit2"):
+            name = {"taming": "the Taming VQGAN", "magvit2": "the Open-MAGVIT2 autoencoder"}[self.model_class]
+            _require(self.padding_mode == "zeros", f"{name} pads with zeros only")
+            _require(self.sample_with_conv, f"{name} downsamples with convolutions (sample_with_conv=True)")
         if self.model_class == "taming":
-            _require(self.padding_mode == "zeros", "the Taming VQGAN pads with zeros only")
-            _require(self.sample_with_conv, "the Taming VQGAN downsamples with convolutions (sample_with_conv=True)")
             _require(self.num_res_blocks_decoder is None, "the Taming decoder has num_res_blocks + 1 blocks per level")
         else:
             _require(
                 not self.attn_resolutions and self.z_channels is None,
                 "attn_resolutions and z_channels describe the Taming VQGAN (model_class='taming')",
             )
-        if self.model_class == "maskgit":
+        if self.model_class in ("maskgit", "magvit2"):
             _require(
                 self.num_res_blocks_decoder is None,
-                "the MaskGIT (legacy) decoder has num_res_blocks blocks per level; leave num_res_blocks_decoder unset",
+                f"the {self.model_class} decoder has num_res_blocks blocks per level; "
+                "leave num_res_blocks_decoder unset",
             )
 
     @property
     def num_bits(self) -> int:
         """Bits per token index: K for LFQ, log2(codebook_size) for VQ (bit i of a VQ token is bit i of its index)."""
         return self.token_size if self.quantizer == "lfq" else self.codebook_size.bit_length() - 1
+
+    @property
+    def signed_images(self) -> bool:
+        """Whether the autoencoder works on images in [−1, 1] (Taming, Open-MAGVIT2: the tokenizer maps its [0, 1]
+        images there and back) rather than in [0, 1] (MaskBit's)."""
+        return self.model_class in ("taming", "magvit2")
 
     @property
     def num_codes(self) -> int:
@@ -309,6 +348,56 @@ OFFICIAL_VQ_HUB_FILES: dict[str, tuple[str, str]] = {
     "vqgan_plus_12bit": ("vqgan_plus_12bit", "vqgan_plus_12bit.bin"),
     "maskgit_tokenizer": ("maskgit_tokenizer", "maskgit_tokenizer.bin"),
     "taming_vqgan": ("taming_vqgan", "taming_vqgan.ckpt"),
+}
+
+# The bit-token family: Open-MAGVIT2 (TencentARC/Open-MAGVIT2, configs/Open-MAGVIT2/gpu/imagenet_lfqgan_{256,128}_L
+# .yaml), IBQ (configs/IBQ/gpu/imagenet_ibqgan_{N}.yaml, identical but for n_embed) and BitDance's ImageNet autoencoder
+# (shallowdream204/BitDance imagenet_gen/src/model.py, which hard-codes it). Their training losses are not
+# reproduced here (the entropy terms differ in detail, BitDance's is per 8-bit group): presets are for inference.
+_OPEN_MAGVIT2 = dict(model_class="magvit2", token_size=18, hidden_channels=128, num_res_blocks=4)
+TOKENIZER_PRESETS["open_magvit2_256_L"] = TokenizerConfig(channel_mult=(1, 1, 2, 2, 4), image_size=256, **_OPEN_MAGVIT2)
+TOKENIZER_PRESETS["open_magvit2_128_L"] = TokenizerConfig(channel_mult=(1, 2, 2, 4), image_size=128, **_OPEN_MAGVIT2)
+_IBQ = dict(
+    model_class="taming",
+    quantizer="vq",
+    code_assignment="dot_product",
+    token_size=256,
+    z_channels=256,
+    num_res_blocks=4,
+    attn_resolutions=(16,),
+    entropy_loss_weight=0.05,
+)
+IBQ_CODEBOOK_SIZES = (1024, 8192, 16384, 262144)
+TOKENIZER_PRESETS |= {f"ibq_{n}": TokenizerConfig(codebook_size=n, **_IBQ) for n in IBQ_CODEBOOK_SIZES}
+TOKENIZER_PRESETS["bitdance_ae_d16c32"] = TokenizerConfig(
+    model_class="magvit2", token_size=32, hidden_channels=256, num_res_blocks=4, entropy_loss_weight=0.0
+)
+# The open-magvit2-tiny conformance fixtures: 16×16 images → 8×8 tokens.
+TOKENIZER_PRESETS["tiny_open_magvit2"] = TokenizerConfig(
+    model_class="magvit2", token_size=10, hidden_channels=32, channel_mult=(2, 1), num_res_blocks=1, image_size=16
+)
+TOKENIZER_PRESETS["tiny_ibq"] = TokenizerConfig(
+    **{**_IBQ, "token_size": 8, "z_channels": 16, "num_res_blocks": 1, "attn_resolutions": (8,)},
+    codebook_size=1024,
+    hidden_channels=32,
+    channel_mult=(1, 1),
+    image_size=16,
+)
+TOKENIZER_PRESETS["tiny_bitdance"] = TokenizerConfig(
+    model_class="magvit2",
+    token_size=32,
+    hidden_channels=32,
+    channel_mult=(2, 1),
+    num_res_blocks=1,
+    entropy_loss_weight=0.0,
+)
+# Their published files, as OFFICIAL_VQ_HUB_FILES: hub repo name → (preset, file name), the repos and names of the
+# official READMEs (docs/Open-MAGVIT2.md, docs/IBQ.md, imagenet_gen/README.md). Not downloaded by any test here.
+FAMILY_HUB_FILES: dict[str, tuple[str, str]] = {
+    "Open-MAGVIT2-Tokenizer-256-resolution": ("open_magvit2_256_L", "imagenet_256_L.ckpt"),
+    "Open-MAGVIT2-Tokenizer-128-resolution": ("open_magvit2_128_L", "imagenet_128_L.ckpt"),
+    **{f"IBQ-Tokenizer-{n}": (f"ibq_{n}", f"imagenet256_{n}.ckpt") for n in IBQ_CODEBOOK_SIZES},
+    "BitDance-ImageNet": ("bitdance_ae_d16c32", "ae_d16c32.pt"),
 }
 
 GENERATOR_PRESETS: dict[str, GeneratorConfig] = {
@@ -494,7 +583,8 @@ _MLM_MODEL_IGNORED = {
 
 
 def read_official_yaml(source: str | Path | dict) -> OfficialConfig:
-    """Read an official MaskBit YAML file (or its parsed dict) into our dataclasses.
+    """Read an official MaskBit YAML file (or its parsed dict) into our dataclasses; also the bit-token family's
+    LightningCLI configs (`model.class_path` + `model.init_args`, see `read_family_config`).
 
     The bit count always comes from `model.vq_model.token_size`, never from a `codebook_size` field, so the stale
     `codebook_size: 4096` of the official 14/16/18-bit tokenizer YAMLs cannot produce a 12-bit generator.
@@ -510,8 +600,13 @@ def read_official_yaml(source: str | Path | dict) -> OfficialConfig:
         except yaml.YAMLError as error:
             raise ValueError(f"{path} is not valid YAML: {error}") from None
     model = (raw or {}).get("model") if isinstance(raw, dict) else None
+    if isinstance(model, dict) and "class_path" in model:
+        return read_family_config(raw)
     if not isinstance(model, dict) or not isinstance(model.get("vq_model"), dict):
-        raise ValueError("an official MaskBit config needs a `model.vq_model` section")
+        raise ValueError(
+            "an official MaskBit config needs a `model.vq_model` section (or, for Open-MAGVIT2, IBQ and BitDance, "
+            "`model.class_path` and `model.init_args`)"
+        )
     vq = dict(model["vq_model"])
 
     quantizer_type = vq.get("quantizer_type", "lookup-free")
@@ -573,3 +668,138 @@ _MLM_SAMPLING_KEYS = {
     "softmax_temperature": "softmax_temperature",
     "gen_mask_schedule_strategy": "mask_schedule",
 }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The bit-token family's configs: LightningCLI files (Open-MAGVIT2, IBQ), and BitDance's hard-coded arguments
+# spelled out the same way. Every key the official class accepts is known here; any other is an error (the official
+# autoencoders swallow unknown ddconfig keys, which hides typos).
+# ---------------------------------------------------------------------------------------------------------------
+
+FAMILY_CLASS_PATHS = {
+    "src.Open_MAGVIT2.models.lfqgan.VQModel": "Open-MAGVIT2",
+    "src.IBQ.models.ibqgan.IBQ": "IBQ",
+    "imagenet_gen.src.qae.VQModel": "BitDance",
+}
+_LIGHTNING_ARGS = {  # training, logging and loading arguments shared by the two Lightning modules
+    "lossconfig",
+    "ckpt_path",
+    "ignore_keys",
+    "image_key",
+    "colorize_nlabels",
+    "monitor",
+    "learning_rate",
+    "resume_lr",
+    "warmup_epochs",
+    "scheduler_type",
+    "min_learning_rate",
+    "use_ema",  # which weights a checkpoint holds is read from the checkpoint (maskbit.checkpoint.select_weights)
+    "stage",
+    "lr_drop_epoch",
+    "lr_drop_rate",
+    "sample_minimization_weight",
+    "batch_maximization_weight",
+}
+_FAMILY_INIT_ARGS = {
+    "Open-MAGVIT2": {"ddconfig", "n_embed", "embed_dim", "token_factorization", "factorized_bits", *_LIGHTNING_ARGS},
+    "IBQ": {
+        "ddconfig",
+        "n_embed",
+        "embed_dim",
+        "remap",
+        "sane_index_shape",
+        "l2_normalize",  # passed on, but unused by IndexPropagationQuantize
+        "cosine_similarity",  # likewise
+        "gradient_clip_val",
+        "use_entropy_loss",
+        "entropy_temperature",
+        "beta",
+        *_LIGHTNING_ARGS,
+    },
+    "BitDance": {"ddconfig", "num_codebooks", "sample_minimization_weight", "batch_maximization_weight", "gan_decoder"},
+}
+_MAGVIT2_DDCONFIG = {"double_z", "z_channels", "resolution", "in_channels", "out_ch", "ch", "ch_mult", "num_res_blocks"}
+_FAMILY_DDCONFIG = {
+    "Open-MAGVIT2": _MAGVIT2_DDCONFIG,
+    "IBQ": _MAGVIT2_DDCONFIG | {"attn_resolutions", "dropout", "resamp_with_conv", "give_pre_end"},
+    "BitDance": _MAGVIT2_DDCONFIG,
+}
+
+
+def _known_keys(section: Any, known: set[str], where: str) -> dict[str, Any]:
+    _require(isinstance(section, dict), f"{where} must be a mapping, got {section!r}")
+    unknown = sorted(set(section) - known)
+    _require(not unknown, f"unknown keys in {where}: {unknown}; the official class accepts {sorted(known)}")
+    return section
+
+
+def read_family_config(raw: dict[str, Any]) -> OfficialConfig:
+    """An Open-MAGVIT2, IBQ or BitDance config (`model.class_path`, `model.init_args.ddconfig`, ...) → a
+    TokenizerConfig. Open-MAGVIT2 and BitDance are lookup-free over the z_channels latent channels; IBQ is the Taming
+    VQGAN with `n_embed` codes of dimension `embed_dim`, assigned by dot product."""
+    model = raw["model"]
+    family = FAMILY_CLASS_PATHS.get(model["class_path"])
+    _require(
+        family is not None,
+        f"model.class_path {model['class_path']!r} is none of the known tokenizers {sorted(FAMILY_CLASS_PATHS)}",
+    )
+    args = _known_keys(model.get("init_args"), _FAMILY_INIT_ARGS[family], f"the {family} config's model.init_args")
+    dd = _known_keys(args.get("ddconfig"), _FAMILY_DDCONFIG[family], f"the {family} config's ddconfig")
+    missing = sorted({"z_channels", "ch", "ch_mult", "num_res_blocks"} - set(dd))
+    _require(not missing, f"the {family} config's ddconfig lacks {missing}")
+    _require(not dd.get("double_z", False), "double_z: True (a KL autoencoder's latent) is not a quantised tokenizer")
+    _require(dd.get("in_channels", 3) == dd.get("out_ch", 3), "ddconfig in_channels and out_ch must be equal")
+    z_channels = _coerce(dd["z_channels"], int, f"{family} ddconfig.z_channels")
+    values: dict[str, Any] = {
+        "hidden_channels": dd["ch"],
+        "channel_mult": dd["ch_mult"],
+        "num_res_blocks": dd["num_res_blocks"],
+        "num_channels": dd.get("in_channels", 3),
+        "image_size": dd.get("resolution", 256),  # IBQ: also what places the attention blocks
+    }
+    if family == "IBQ":
+        _require(args.get("remap") is None, "IBQ's index remapping (remap) is not supported")
+        _require(dd.get("resamp_with_conv", True), "resamp_with_conv: False (average pooling) is not supported")
+        _require(not dd.get("give_pre_end", False), "give_pre_end: True (a decoder without conv_out) is not supported")
+        entropy = (args.get("lossconfig") or {}).get("params", {}).get("entropy_loss_weight", 0.05)
+        values |= {
+            "model_class": "taming",
+            "quantizer": "vq",
+            "code_assignment": "dot_product",
+            "codebook_size": args.get("n_embed"),
+            "token_size": args.get("embed_dim"),
+            "z_channels": z_channels,
+            "attn_resolutions": dd.get("attn_resolutions", ()),
+            "commitment_cost": args.get("beta", 0.25),
+            "entropy_loss_weight": entropy if args.get("use_entropy_loss", False) else 0.0,
+            "entropy_loss_temperature": args.get("entropy_temperature", 0.01),
+        }
+    else:
+        # The Open-MAGVIT2 autoencoder ignores ddconfig.resolution (imagenet_lfqgan_256_L.yaml says 128): the size
+        # it was trained at is the data section's. BitDance states neither; it was trained at 256.
+        data_size = ((raw.get("data") or {}).get("init_args") or {}).get("train", {}).get("params", {})
+        data_size = (data_size.get("config") or {}).get("size")
+        values |= {
+            "model_class": "magvit2",
+            "quantizer": "lfq",
+            "token_size": z_channels,
+            "image_size": data_size or dd.get("resolution", 256),
+        }
+    if family == "Open-MAGVIT2":
+        n_embed, embed_dim = args.get("n_embed"), args.get("embed_dim")
+        _require(
+            embed_dim == z_channels and n_embed == 2**z_channels,
+            "Open-MAGVIT2's lookup-free quantiser codes z_channels bits: embed_dim must equal z_channels and n_embed "
+            f"2^z_channels = {2**z_channels}, got embed_dim {embed_dim}, n_embed {n_embed}",
+        )
+    if family == "BitDance":
+        groups = args.get("num_codebooks", 1)
+        _require(
+            isinstance(groups, int) and groups >= 1 and z_channels % groups == 0,
+            f"num_codebooks must divide z_channels = {z_channels} (BitDance codes a token as num_codebooks groups of "
+            f"z_channels / num_codebooks bits), got {groups!r}",
+        )
+        _require(not args.get("gan_decoder", False), "gan_decoder: True (a decoder fed with noise) is not supported")
+        values["entropy_loss_weight"] = 0.0  # its entropy term is per bit group: not reproduced
+    tokenizer = config_from_dict(TokenizerConfig, values)
+    return OfficialConfig(tokenizer, None, None, {k: v for k, v in raw.items() if k != "model"})

@@ -3,8 +3,10 @@
 Lookup-free (Yu et al., MAGVIT-v2; MaskBit Sec. 3.2, spec §1.5): each of the K latent channels becomes one bit by
 its sign, so the index's bits *are* the latent. Vector quantisation (van den Oord et al., VQ-VAE; the official
 `SimpleVectorizer`, spec §1.10): the latent at each position becomes the nearest of N learned codes, so the index
-only names a codebook row and its bits carry no meaning of their own. Both give a straight-through output, the
-indices and the same loss terms (commitment, VQ's codebook term, and the shared entropy term).
+only names a codebook row and its bits carry no meaning of their own; IBQ (Shi et al., "Taming Scalable Visual
+Tokenizer for Autoregressive Image Generation", 2024, `IndexPropagationQuantize`) takes the code of largest dot
+product instead and passes gradients to every code through a softmax over them. All give a straight-through output,
+the indices and the same loss terms (commitment, VQ's codebook term, and the shared entropy term).
 
 Axes: B batch, C latent channels (LFQ: K bits; VQ: the code dimension), h × w token grid, N codes (LFQ: 2^K).
 """
@@ -68,15 +70,22 @@ class Quantizer(nn.Module):
 
 
 class LookupFreeQuantizer(Quantizer):
-    """Sign quantisation of each latent channel; bit k of the index is channel k (z = 0 gives −1)."""
+    """Sign quantisation of each latent channel; bit k of the index is channel k (z = 0 gives −1). Open-MAGVIT2's
+    and BitDance's quantisers compute the same bits and indices."""
 
     def __init__(self, config: TokenizerConfig):
         super().__init__(config)
-        # Deterministic tables, kept as persistent buffers because the official state dicts contain them.
-        k = config.token_size
-        self.register_buffer("bits_to_indices", (2 ** torch.arange(k)).to(torch.int32))
-        codes = torch.arange(2**k)[:, None] >> torch.arange(k) & 1  # row n = bits of n, LSB first
-        self.register_buffer("codebook", codes.float() * 2 - 1)
+        # Deterministic tables, kept as persistent buffers because MaskBit's official state dicts contain them;
+        # Open-MAGVIT2's do not (non-persistent there), and BitDance's 2^32 rows would not fit: computed when needed.
+        self.stores_tables = config.model_class in ("vqgan+", "maskgit")
+        if self.stores_tables:
+            k = config.token_size
+            self.register_buffer("bits_to_indices", (2 ** torch.arange(k)).to(torch.int32))
+            self.register_buffer("codebook", all_codes(k, torch.device("cpu")))
+
+    def codes(self, device: torch.device) -> torch.Tensor:
+        """(2^K, K) float32 ±1: row n holds the bits of n."""
+        return self.codebook if self.stores_tables else all_codes(self.num_bits, device)
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         z = z.permute(0, 2, 3, 1)  # (B, h, w, K)
@@ -86,7 +95,7 @@ class LookupFreeQuantizer(Quantizer):
         zero = z.new_zeros(())
         per_sample_entropy = avg_entropy = entropy = zero
         if self.uses_entropy:
-            affinity = 2 * z.reshape(-1, self.num_bits) @ self.codebook.T  # (B·h·w, 2^K)
+            affinity = 2 * z.reshape(-1, self.num_bits) @ self.codes(z.device).to(z.dtype).T  # (B·h·w, 2^K)
             entropy, per_sample_entropy, avg_entropy = self.entropy(affinity)
         q = z + (q - z).detach()
         return QuantizerOutput(
@@ -110,15 +119,21 @@ class LookupFreeQuantizer(Quantizer):
 
 
 class VectorQuantizer(Quantizer):
-    """Nearest-code quantisation with a learned codebook (`quantize.embedding.weight`, N × C).
+    """Quantisation with a learned codebook (`quantize.embedding.weight`, N × C), by `code_assignment`:
 
-    The distance is computed as Σz² + Σe² − 2 z·e, as the official code does (argmin takes the first index on exact
-    ties), always in float32: under bf16 autocast the nearest code would otherwise depend on rounding.
+    * "nearest": the code nearest in L2, the distance computed as Σz² + Σe² − 2 z·e as the official code does
+      (the first index wins an exact tie, as with argmin); the straight-through output passes gradients to z unchanged.
+    * "dot_product" (IBQ): the code of largest z·e, the argmax of the index-propagation softmax(z·E) (on the tiny
+      fixture 93 of 128 tokens differ from the nearest code). The output is (hard − sg(soft) + soft) @ E, the code
+      itself in value, with gradients to z and to every code through the softmax.
+
+    Scores are always computed in float32: under bf16 autocast the chosen code would otherwise depend on rounding.
     """
 
     def __init__(self, config: TokenizerConfig):
         super().__init__(config)
         self.use_l2_normalisation = config.use_l2_normalisation
+        self.code_assignment = config.code_assignment
         self.embedding = nn.Embedding(config.codebook_size, config.token_size)
         nn.init.uniform_(self.embedding.weight, -1.0 / config.codebook_size, 1.0 / config.codebook_size)
 
@@ -127,28 +142,41 @@ class VectorQuantizer(Quantizer):
         codes = self.embedding.weight.float()
         return F.normalize(codes, dim=-1) if self.use_l2_normalisation else codes
 
-    def _distances(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, C, h, w) → the compared latent (B·h·w, C) float32 and its squared distances to every code (B·h·w, N)."""
+    def _scores(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, C, h, w) → the compared latent (B·h·w, C) float32 and its score for every code (B·h·w, N), higher is
+        closer: −(squared distance) for "nearest", z·e for "dot_product". These are also the entropy term's logits."""
         flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]).float()  # (B·h·w, C)
         if self.use_l2_normalisation:
             flat = F.normalize(flat, dim=-1)
         codes = self.codes()
         with torch.autocast(flat.device.type, enabled=False):
-            distances = flat.pow(2).sum(1, keepdim=True) + codes.pow(2).sum(1) - 2 * flat @ codes.T
-        return flat, distances
+            if self.code_assignment == "dot_product":
+                return flat, flat @ codes.T
+            return flat, -(flat.pow(2).sum(1, keepdim=True) + codes.pow(2).sum(1) - 2 * flat @ codes.T)
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         b, c, h, w = z.shape
-        flat, distances = self._distances(z)
-        indices = distances.argmin(1)
-        quantized = self.codes()[indices]  # (B·h·w, C)
+        flat, scores = self._scores(z)
+        indices = scores.argmax(1)
+        codes = self.codes()
+        quantized = codes[indices]  # (B·h·w, C)
         commitment = self.commitment_cost * torch.mean((quantized.detach() - flat) ** 2)
         codebook = torch.mean((quantized - flat.detach()) ** 2)
+        if self.code_assignment == "dot_product":
+            # IBQ's quant_loss, (2 + β)·mse in value: mse(z_q, z) through the soft one-hot, mse(sg(e), z),
+            # β·mse(e, sg(z)).
+            soft = scores.softmax(1)
+            one_hot = F.one_hot(indices, codes.shape[0]).to(soft)
+            propagated = (one_hot - soft.detach() + soft) @ codes
+            commitment = torch.mean((quantized.detach() - flat) ** 2)
+            codebook = self.commitment_cost * codebook + torch.mean((propagated - flat) ** 2)
+            quantized = propagated
+        else:
+            quantized = flat + (quantized - flat).detach()
         zero = flat.new_zeros(())
         per_sample_entropy = avg_entropy = entropy = zero
         if self.uses_entropy:
-            entropy, per_sample_entropy, avg_entropy = self.entropy(-distances)
-        quantized = flat + (quantized - flat).detach()
+            entropy, per_sample_entropy, avg_entropy = self.entropy(scores)
         return QuantizerOutput(
             quantized.view(b, h, w, c).permute(0, 3, 1, 2),
             indices.view(b, h, w),
@@ -161,8 +189,8 @@ class VectorQuantizer(Quantizer):
         )
 
     def indices(self, z: torch.Tensor) -> torch.Tensor:
-        """(B, C, h, w) → (B, h, w) int64: the nearest code at each position."""
-        return self._distances(z)[1].argmin(1).view(z.shape[0], *z.shape[2:])
+        """(B, C, h, w) → (B, h, w) int64: the chosen code at each position."""
+        return self._scores(z)[1].argmax(1).view(z.shape[0], *z.shape[2:])
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
         """(B, h, w) indices → (B, C, h, w) float32 codes."""
@@ -172,6 +200,11 @@ class VectorQuantizer(Quantizer):
                 f"got values in [{int(indices.min())}, {int(indices.max())}]"
             )
         return self.codes()[indices.long()].permute(0, 3, 1, 2)
+
+
+def all_codes(num_bits: int, device: torch.device) -> torch.Tensor:
+    """(2^K, K) float32 ±1: row n holds the bits of n, LSB first."""
+    return (torch.arange(2**num_bits, device=device)[:, None] >> torch.arange(num_bits, device=device) & 1) * 2.0 - 1
 
 
 def build_quantizer(config: TokenizerConfig) -> LookupFreeQuantizer | VectorQuantizer:

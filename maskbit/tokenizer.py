@@ -5,7 +5,9 @@ state-dict layout of the official `modeling/conv_vqgan.py::ConvVQModel` (spec §
 "SAME" padding (asymmetric for stride 2), the residual shortcut applied to the branch output, GroupNorm eps 1e-6, and
 the LFQ quantiser's bit tables stored as buffers. The same class holds the VQ tokenizers of spec §1.10: VQGAN+ (this
 autoencoder with a learned codebook), the MaskGIT tokenizer (the legacy decoder's key order) and the original Taming
-VQGAN (`maskbit/taming.py`, working in [−1, 1] between 1×1 quant_conv / post_quant_conv).
+VQGAN (`maskbit/taming.py`, working in [−1, 1] between 1×1 quant_conv / post_quant_conv); and the bit-token family:
+Open-MAGVIT2 and BitDance (`maskbit/magvit2.py` with the lookup-free quantiser, in [−1, 1]) and IBQ (the Taming VQGAN
+with the dot-product code assignment).
 
     image (B, 3, H, W) in [0, 1] → encoder → z (B, C, h, w) → quantiser → indices (B, h, w) → codes → decoder → image
     LFQ: C = K bits, codes = ±1 bits of the index.   VQ: C = code dimension, codes = rows of the learned codebook.
@@ -22,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maskbit import taming
+from maskbit import magvit2, taming
 from maskbit.checkpoint import PretrainedMixin
-from maskbit.config import OFFICIAL_VQ_HUB_FILES, TOKENIZER_PRESETS, TokenizerConfig
+from maskbit.config import FAMILY_HUB_FILES, OFFICIAL_VQ_HUB_FILES, TOKENIZER_PRESETS, TokenizerConfig
 from maskbit.device import precision_autocast
 from maskbit.quantizers import LookupFreeQuantizer, QuantizerOutput, VectorQuantizer, build_quantizer
 
@@ -180,7 +182,7 @@ class Tokenizer(PretrainedMixin, nn.Module):
 
     config_class = TokenizerConfig
     presets = TOKENIZER_PRESETS
-    official_hub_files = OFFICIAL_VQ_HUB_FILES
+    official_hub_files = OFFICIAL_VQ_HUB_FILES | FAMILY_HUB_FILES
     kind = "tokenizer"
     # encode / decode / decode_bits run under maskbit.device's autocast rule for this name ("auto": bf16 on CUDA,
     # float32 on the CPU; "fp32", "bf16"). A run-time choice, not part of the config or the checkpoint.
@@ -190,8 +192,9 @@ class Tokenizer(PretrainedMixin, nn.Module):
         super().__init__()
         self.config = config
         if config.model_class == "taming":
-            self.encoder = taming.Encoder(config)
-            self.decoder = taming.Decoder(config)
+            self.encoder, self.decoder = taming.Encoder(config), taming.Decoder(config)
+        elif config.model_class == "magvit2":
+            self.encoder, self.decoder = magvit2.Encoder(config), magvit2.Decoder(config)
         else:
             self.encoder = Encoder(config)
             self.decoder = Decoder(config, legacy=config.model_class == "maskgit")
@@ -231,7 +234,12 @@ class Tokenizer(PretrainedMixin, nn.Module):
                 fields["token_size"] = state_dict["encoder.conv_out.weight"].shape[0]
         if "encoder.conv_in.weight" in state_dict:
             fields["hidden_channels"] = state_dict["encoder.conv_in.weight"].shape[0]
-        if any(".block." in k for k in state_dict) or "quant_conv.weight" in state_dict:
+        if any(k.startswith(("encoder.mid_block.", "decoder.adaptive.")) for k in state_dict):
+            fields["model_class"] = "magvit2"
+            fields["quantizer"] = "lfq"
+            if "encoder.conv_out.weight" in state_dict:
+                fields["token_size"] = state_dict["encoder.conv_out.weight"].shape[0]
+        elif any(".block." in k for k in state_dict) or "quant_conv.weight" in state_dict:
             fields["model_class"] = "taming"
         return fields
 
@@ -245,24 +253,22 @@ class Tokenizer(PretrainedMixin, nn.Module):
         return TokenizerOutput(self.decode_latent(quantized.quantized), quantized)
 
     def encode_latent(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) in [0, 1] → the latent the quantiser sees, z (B, C, H/f, W/f) (Taming: after quant_conv)."""
+        """(B, 3, H, W) in [0, 1] → z (B, C, H/f, W/f), what the quantiser sees (Taming, IBQ: after quant_conv)."""
         self._check_images(images)
-        if self.config.model_class == "taming":  # the CompVis model works in [−1, 1]
-            return self.quant_conv(self.encoder(images * 2 - 1))
-        return self.encoder(images)
+        z = self.encoder(images * 2 - 1 if self.config.signed_images else images)
+        return self.quant_conv(z) if hasattr(self, "quant_conv") else z
 
     def decode_latent(self, latent: torch.Tensor) -> torch.Tensor:
         """Quantised latent (B, C, h, w) → images (B, 3, h·f, w·f), unclamped (clamp to [0, 1] for display)."""
         if latent.dim() != 4 or latent.shape[1] != self.config.token_size:
             raise ValueError(f"latent must have shape (B, {self.config.token_size}, h, w), got {tuple(latent.shape)}")
         latent = latent.to(self._dtype)
-        if self.config.model_class == "taming":
-            return (self.decoder(self.post_quant_conv(latent)) + 1) / 2
-        return self.decoder(latent)
+        images = self.decoder(self.post_quant_conv(latent) if hasattr(self, "post_quant_conv") else latent)
+        return (images + 1) / 2 if self.config.signed_images else images
 
     @torch.no_grad()
     def quantize(self, z: torch.Tensor) -> torch.Tensor:
-        """z (B, C, h, w) → the quantised latent the decoder sees: LFQ ±1 bits (z = 0 gives −1), VQ nearest codes."""
+        """z (B, C, h, w) → the quantised latent the decoder sees: LFQ ±1 bits (z = 0 gives −1), VQ the chosen codes."""
         if self.quantizer_kind == "lfq":
             return torch.where(z > 0, 1.0, -1.0).to(z.dtype)
         return self.quantizer.lookup(self.quantizer.indices(z)).to(z.dtype)
@@ -287,7 +293,7 @@ class Tokenizer(PretrainedMixin, nn.Module):
         if bits.dim() != 4 or bits.shape[1] != self.num_bits:
             raise ValueError(f"bits must have shape (B, {self.num_bits}, h, w), got {tuple(bits.shape)}")
         with precision_autocast(self.precision, self._device):
-            images = self.decoder(bits.to(self._dtype))
+            images = self.decode_latent(bits)
         return images if images.dtype == self._dtype else images.to(torch.float32)  # float32 out of autocast
 
     @torch.no_grad()
