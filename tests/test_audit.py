@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy.stats import mannwhitneyu
 
-from indexes.audit import c_t, c_t_cells
+from indexes.audit import auth_pct, authentic, c_t, c_t_cells, cliques, relative_distance, relative_flagged
 
 ROOT = Path(__file__).parents[1]
 
@@ -105,6 +105,42 @@ def test_c_t_detects_copies_and_underfitting():
     assert c_t(heldout, heldout_cells, far, generated_cells) > 5
 
 
+def test_relative_distance_by_hand():
+    distances = np.array([[1.0, 2.0, 3.0, 9.0], [0.0, 0.0, 0.0, 4.0], [0.0, 1.0, 2.0, 3.0]])
+    assert relative_distance(distances, neighbours=3) == pytest.approx([0.5, 1.0, 0.0])
+    assert relative_flagged(distances, neighbours=3).tolist() == [False, False, True]  # 0.5 < 0.5 is False
+    assert relative_flagged(distances, neighbours=3, alpha=0.6).tolist() == [True, False, True]
+    carlini = np.concatenate([[[1.0]], np.full((1, 49), 10.0), [[11.0]]], axis=1)  # n = 50: the last is unused
+    assert relative_distance(carlini) == pytest.approx([50 / 491])
+    assert relative_flagged(carlini).tolist() == [True]
+
+
+def test_auth_pct_by_hand():
+    generated = np.array([1.0, 2.0, 3.0, 0.5])
+    ids = np.array([0, 1, 0, 2])
+    train_nn = np.array([2.0, 1.0, 2.0, 0.5])
+    assert authentic(generated, ids, train_nn).tolist() == [False, True, True, False]  # 0.5 < 0.5 is False
+    assert auth_pct(generated, ids, train_nn) == 50.0
+    assert auth_pct([1.0], [7], [np.inf]) == 0.0  # a training image without another: never authentic
+
+
+def test_cliques_dense_and_knn_agree_by_hand():
+    d = np.full((7, 7), 9.0)
+    np.fill_diagonal(d, 0.0)
+    for i, j, distance in [(0, 3, 0.1), (3, 5, 0.2), (1, 2, 0.1), (2, 4, 0.5), (6, 6, 0.0)]:
+        d[i, j] = d[j, i] = distance
+    expected = [[0, 3, 5], [1, 2]]  # 2–4 at the threshold is no edge, 6 alone is no clique
+    assert cliques(d, threshold=0.5) == expected
+    ids = np.argsort(d, axis=1, kind="stable")[:, :2]  # k = 2 including self, as a FAISS self-search returns
+    knn = np.take_along_axis(d, ids, axis=1)
+    assert cliques(knn, 0.5, neighbour_ids=ids) == expected
+    ids[6, 1], knn[6, 1] = -1, np.inf  # FAISS padding
+    assert cliques(knn, 0.5, neighbour_ids=ids) == expected
+    one_way = np.array([[0.0, 0.1], [0.0, 9.0], [0.0, 9.0]])  # 0 → 2 only: edges count in either direction
+    assert cliques(one_way, 0.5, neighbour_ids=np.array([[0, 2], [1, 0], [2, 0]])) == [[0, 2]]
+    assert cliques(np.zeros((3, 3)), 0.0) == []
+
+
 GOOD = {"h": np.arange(30.0), "hc": np.zeros(30, int), "g": np.arange(30.0), "gc": np.zeros(30, int)}
 
 
@@ -123,6 +159,31 @@ BAD_INPUTS = [
     (lambda: c_t(GOOD["h"][:5], GOOD["hc"][:5], GOOD["g"][:20], GOOD["gc"][:20]), "tau: the default"),
     (lambda: c_t(GOOD["h"], GOOD["hc"], GOOD["g"], np.arange(30) % 2, tau=0.2), r"heldout_cells: kept cells \[1\]"),
     (lambda: c_t(GOOD["h"], GOOD["hc"], GOOD["g"], np.arange(30) % 10, tau=0.2), "no cell holds"),
+    (lambda: relative_distance(np.ones((2, 49))), "50 neighbours"),
+    (lambda: relative_distance(np.ones(50)), "distances: expected a 2-D"),
+    (lambda: relative_distance(np.ones((2, 5)), neighbours=1), "neighbours"),
+    (lambda: relative_distance(np.ones((2, 5)), neighbours=2.0), "neighbours"),
+    (lambda: relative_distance(np.array([[2.0, 1.0, 3.0]]), neighbours=3), "sorted"),
+    (lambda: relative_distance(np.array([[1.0, np.inf]]), neighbours=2), "infinite"),
+    (lambda: relative_distance(np.array([[np.nan, 1.0]]), neighbours=2), "NaN"),
+    (lambda: relative_distance(np.empty((0, 50))), "distances is empty"),
+    (lambda: relative_flagged(np.ones((2, 50)), alpha=0.0), "alpha"),
+    (lambda: relative_flagged(np.ones((2, 50)), alpha=1.5), "alpha"),
+    (lambda: auth_pct([], [], []), "generated_distances is empty"),
+    (lambda: auth_pct([1.0, 2.0], [0], [1.0, 1.0]), "matched_ids"),
+    (lambda: auth_pct([1.0, 2.0], [0, 1], [1.0]), "matched_nn_distances"),
+    (lambda: auth_pct([1.0, np.nan], [0, 1], [1.0, 1.0]), "generated_distances holds NaN"),
+    (lambda: auth_pct([1.0, 2.0], [0, 1], [1.0, np.nan]), "matched_nn_distances holds NaN"),
+    (lambda: auth_pct([1.0, 2.0], [0, -1], [1.0, 1.0]), "matched_ids holds negative"),
+    (lambda: auth_pct([1.0, 2.0], [0.0, 1.0], [1.0, 1.0]), "matched_ids must hold integers"),
+    (lambda: auth_pct([1.0, 2.0], [3, 3], [1.0, 1.5]), "differs between generations"),
+    (lambda: cliques(np.zeros((0, 0)), 0.5), "distances is empty"),
+    (lambda: cliques(np.zeros((3, 2)), 0.5), "square"),
+    (lambda: cliques(np.zeros((3, 3)), float("nan")), "threshold"),
+    (lambda: cliques(np.array([[0.0, np.nan], [0.0, 0.0]]), 0.5), "NaN"),
+    (lambda: cliques(np.zeros((3, 2)), 0.5, neighbour_ids=np.zeros((3, 3), int)), "neighbour_ids: expected"),
+    (lambda: cliques(np.zeros((3, 2)), 0.5, neighbour_ids=np.full((3, 2), 3)), "neighbour_ids must lie"),
+    (lambda: cliques(np.zeros((3, 2)), 0.5, neighbour_ids=np.zeros((3, 2))), "neighbour_ids must hold integers"),
 ]
 
 
