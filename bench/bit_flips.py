@@ -36,7 +36,7 @@ TOKEN_COUNTS = (1, 4, 16)  # flips at this many random tokens per image, besides
 
 
 def short_name(source: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", str(source).rstrip("/").split("/")[-1]) or "tokenizer"
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", str(source).rstrip("/").split("/")[-1])
 
 
 def measure(tokenizer, indices, reconstructions, labels, mask, bit, classifier, embed, batch_size):
@@ -60,10 +60,9 @@ def run_tokenizer(source, images, labels, classifier, embed, batch_size, seed):
     started = time.time()
     indices = torch.cat([tokenizer.encode(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
     reconstructions = analysis.decode_images(tokenizer, indices, batch_size).cpu()
-    quantiser = getattr(tokenizer, "quantizer_kind", None) or getattr(tokenizer.config, "quantizer", "lfq")
     result = {
         "source": str(source),
-        "quantizer": str(quantiser),
+        "quantizer": tokenizer.quantizer_kind,
         "num_bits": tokenizer.num_bits,
         "reconstruction_psnr_db": float(analysis.distances(reconstructions, images).psnr.mean()),
         "code_usage": analysis.token_statistics(indices, tokenizer.num_bits).code_usage,
