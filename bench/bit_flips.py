@@ -36,11 +36,12 @@ TOKEN_COUNTS = (1, 4, 16)  # flips at this many random tokens per image, besides
 
 
 def short_name(source: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", str(source).rstrip("/").split("/")[-1]) or "tokenizer"
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", str(source).rstrip("/").split("/")[-1])
 
 
 def measure(tokenizer, indices, reconstructions, labels, mask, bit, classifier, embed, batch_size):
-    """Flip `bit` where `mask` says (None: every token) in every grid, decode; mean distances and judge share."""
+    """Flip `bit` where `mask` says (None: every token) in every grid, decode; mean distances to the reconstructions,
+    and `judge_true_class`: the share of flipped images the judge labels with the image's true class."""
     flipped = bits.flip_bits(indices, bit, tokenizer.num_bits, mask)
     images = analysis.decode_images(tokenizer, flipped, batch_size).cpu()
     found = analysis.distances(images, reconstructions, embed)
@@ -51,7 +52,7 @@ def measure(tokenizer, indices, reconstructions, labels, mask, bit, classifier, 
         "unchanged": float(np.mean(np.isinf(found.psnr))),
     }
     if classifier is not None:
-        row["judge_keeps_class"] = float((judge.predict(classifier, images) == labels).float().mean())
+        row["judge_true_class"] = float((judge.predict(classifier, images) == labels).float().mean())
     return row, images[0]
 
 
@@ -60,10 +61,9 @@ def run_tokenizer(source, images, labels, classifier, embed, batch_size, seed):
     started = time.time()
     indices = torch.cat([tokenizer.encode(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
     reconstructions = analysis.decode_images(tokenizer, indices, batch_size).cpu()
-    quantiser = getattr(tokenizer, "quantizer_kind", None) or getattr(tokenizer.config, "quantizer", "lfq")
     result = {
         "source": str(source),
-        "quantizer": str(quantiser),
+        "quantizer": tokenizer.quantizer_kind,
         "num_bits": tokenizer.num_bits,
         "reconstruction_psnr_db": float(analysis.distances(reconstructions, images).psnr.mean()),
         "code_usage": analysis.token_statistics(indices, tokenizer.num_bits).code_usage,
@@ -113,11 +113,11 @@ def write_tables(results: list[dict], images: int, out: Path) -> None:
         for r in results:
             o = r["flips"][where]["overall"]
             cells.append(
-                f"{o['psnr_db']:.1f} dB / {o['l2']:.2f}" + (f" / {o['judge_keeps_class']:.1%}" if judged else "")
+                f"{o['psnr_db']:.1f} dB / {o['l2']:.2f}" + (f" / {o['judge_true_class']:.1%}" if judged else "")
             )
         label = "every token" if where == "all" else f"{where} random token{'s' if where != '1' else ''}"
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += ["", "Per bit, flipped at every token (PSNR dB" + (", judge keeps class" if judged else "") + "):", ""]
+    lines += ["", "Per bit, flipped at every token (PSNR dB" + (", judge: true class" if judged else "") + "):", ""]
     lines += ["| bit | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for bit in range(max(r["num_bits"] for r in results)):
         cells = []
@@ -125,7 +125,7 @@ def write_tables(results: list[dict], images: int, out: Path) -> None:
             rows = r["flips"]["all"]["per_bit"]
             if bit < len(rows):
                 cells.append(
-                    f"{rows[bit]['psnr_db']:.1f}" + (f", {rows[bit]['judge_keeps_class']:.0%}" if judged else "")
+                    f"{rows[bit]['psnr_db']:.1f}" + (f", {rows[bit]['judge_true_class']:.0%}" if judged else "")
                 )
             else:
                 cells.append("")
@@ -140,8 +140,8 @@ def plot(results: list[dict], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     judged = all("judge_on_originals" in r for r in results)
-    panels = ["psnr_db", "judge_keeps_class"] if judged else ["psnr_db", "l2"]
-    titles = {"psnr_db": "PSNR to the reconstruction (dB)", "judge_keeps_class": "judge keeps the class", "l2": "L2"}
+    panels = ["psnr_db", "judge_true_class"] if judged else ["psnr_db", "l2"]
+    titles = {"psnr_db": "PSNR to the reconstruction (dB)", "judge_true_class": "judge sees the true class", "l2": "L2"}
     figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
     for ax, key in zip(axes[0], panels):
         for r in results:

@@ -6,10 +6,10 @@ tensor in [0, 1] with the official transforms (spec §6: `RandomResizedCrop` + h
 resize + center crop for evaluation), its randomness drawn from an explicit `np.random.Generator` so that a run
 resumes exactly. `export_dataset` writes any dataset as `<class>/<index>.png` plus `labels.csv`.
 
-`ProceduralShapes` is the bundled model's dataset (DESIGN.md, "The bundled default"): ten shape classes with random
-colours, gradients, sizes, positions and rotations on solid or gradient backgrounds, with softly anti-aliased
-edges, a pure function of (seed, split, index), so the train split is effectively unlimited and the test split
-fixed.
+`ProceduralShapes` is the bundled model's dataset (docs/ARCHITECTURE.md, "The bundled default"): ten shape classes
+with random colours, gradients, sizes, positions and rotations on solid or gradient backgrounds, with softly
+anti-aliased edges, a pure function of (seed, split, index), so the train split is effectively unlimited and the test
+split fixed.
 """
 
 from __future__ import annotations

@@ -14,7 +14,9 @@ import torch
 from PIL import Image
 
 from app.callbacks import Callbacks
-from maskbit import SamplingConfig, Tokenizer, bits, generate
+from data import eval_view
+from indexes.store import thumbnails
+from maskbit import SamplingConfig, Tokenizer, analysis, bits, generate
 from maskbit.images import load_image
 from train.config import GENERATOR_TRAIN_PRESETS
 
@@ -30,8 +32,6 @@ def callbacks(app_server) -> Callbacks:
 @pytest.fixture(scope="module")
 def image_file(tmp_path_factory):
     """A procedural test image as a PNG file, at the tiny tokenizer's 32×32."""
-    from data import eval_view
-
     path = tmp_path_factory.mktemp("callbacks") / "shape.png"
     Image.fromarray((eval_view("procedural", "test", 0, 32)[0][0] * 255).round().byte().permute(1, 2, 0).numpy()).save(
         path
@@ -108,7 +108,14 @@ def test_flips_at_chosen_tokens_and_a_click_on_the_grid(callbacks, image_file):
     click = gr.SelectData(None, {"index": [40, 70], "value": None})  # the grid is 256 px: 32 px per token
     text, grid = callbacks.toggle_token(image_file, "0-3", click)  # column 1, row 2: token 17
     assert text == "0, 1, 2, 3, 17" and grid.shape == (256, 256, 3)
-    assert callbacks.toggle_token(image_file, text, click)[0] == "0, 1, 2, 3"  # a second click removes it
+    text, without = callbacks.toggle_token(image_file, text, click)
+    assert text == "0, 1, 2, 3"  # a second click removes it
+    changed = (grid != without).any(-1)  # the two grids differ in token 17's 32×32 cell only, tinted red there
+    cell = np.zeros_like(changed)
+    cell[64:96, 32:64] = True
+    assert changed[cell].mean() > 0.5 and not changed[~cell].any()
+    red = grid[64:96, 32:64].astype(int) - without[64:96, 32:64].astype(int)
+    assert red[..., 0].mean() > 0 and red[..., 0].mean() > red[..., 1].mean()
 
 
 def test_an_uploaded_photo_is_fitted_and_the_user_told(callbacks, tmp_path):
@@ -129,16 +136,32 @@ def test_token_map(callbacks, image_file, app_models):
     assert heat.layout.yaxis.scaleanchor == "x" and heat.layout.xaxis.title.text == "token column"
 
 
-def test_bit_walk_flips_bits_per_step(callbacks, image_file):
+def test_bit_walk_flips_bits_per_step(callbacks, image_file, app_models):
     gallery, plot = callbacks.bit_walk(image_file, 5, 3, 0)
     assert gallery[0][1] == "reconstruction" and gallery[1][1].startswith("5 bits (1%): ")
     assert [caption.split(" ")[0] for _, caption in gallery[1:]] == ["5", "10", "15"]
     assert plot.data[0].y[0] is None  # the reconstruction against itself: no finite PSNR, no point
+    tokenizer = Tokenizer.from_pretrained(app_models["tokenizer"])
+    tokens = tokenizer.encode(load_image(image_file)[None])[0]
+    walk = analysis.hamming_walk(tokenizer, tokens, 5, 3, seed=0)
+    assert bits.hamming(walk.indices, tokens.expand_as(walk.indices), dim=(1, 2)).tolist() == [0, 5, 10, 15]
+    assert (as_tensor(gallery[0][0]) - tokenizer.decode(tokens[None]).clamp(0, 1)[0]).abs().max() <= 1 / 255 + 1e-6
+    for (picture, caption), image in zip(gallery[1:], walk.images[1:]):
+        assert (as_tensor(picture) - image).abs().max() <= 1 / 255 + 1e-6
+        psnr = float(10 * torch.log10(1 / (image - walk.images[0]).pow(2).mean()))  # against the reconstruction
+        assert float(caption.split(": ")[1].removesuffix(" dB")) == pytest.approx(psnr, abs=0.051)
+    assert list(plot.data[0].x) == [0, 5, 10, 15] and list(plot.data[0].y[1:]) == pytest.approx(
+        walk.distances.psnr[1:].tolist()
+    )
 
 
 def test_dataset_image(callbacks):
     path, caption = callbacks.dataset_image(3)
     assert np.asarray(Image.open(path)).shape == (32, 32, 3) and caption.startswith("procedural train #3")
+    view = eval_view("procedural", "train", 0, 32)
+    image, label = view[3]
+    assert (as_tensor(np.asarray(Image.open(path))) - image).abs().max() <= 1 / 255 + 1e-6
+    assert caption == f"procedural train #3: {view.classes[label]}"
 
 
 def test_neighbours_of_a_training_image_find_it_first(callbacks):
@@ -174,6 +197,10 @@ def test_token_space_matches_a_direct_count(callbacks, app_server):
     assert codes.layout.yaxis.type == "log" and codes.layout.yaxis.dtick == 1  # ticks at powers of ten only
     image, caption = callbacks.indexed_image(5)
     assert "procedural:train:5" in caption and image.shape == (64, 64, 3)
+    view = eval_view("procedural", "train", 0, 32)
+    picture, label = view[5]  # the same item, read from the dataset and thumbnailed here
+    assert np.abs(image.astype(int) - thumbnails(picture[None])[0].astype(int)).max() <= 1
+    assert caption == f"id 5: procedural:train:5 ({view.classes[label]})"
 
 
 @pytest.mark.parametrize(
@@ -258,9 +285,12 @@ def test_model_choices_and_generated_images_between_tabs(callbacks):
         callbacks.send_generated([], None)
 
 
-def test_training_endpoints_without_a_job(callbacks):
+def test_training_endpoints_without_a_job(callbacks, app_server):
     table, choices = callbacks.train_status()
     assert isinstance(table, list) and "choices" in choices
+    workspace = app_server.settings.workspace  # other tests' jobs may be there: the table lists exactly those
+    on_disk = {p.name for p in workspace.glob("*") if (p / "status.json").is_file() or (p / "console.txt").is_file()}
+    assert {row[0] for row in table} == on_disk and choices["choices"] == [row[0] for row in table]
     figure, sample, console = callbacks.train_curves("")
     assert sample is None and console == "" and figure.layout.annotations[0].text == "choose a job"
     assert callbacks.train_presets_update("generator")["choices"] == sorted(GENERATOR_TRAIN_PRESETS)

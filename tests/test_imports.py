@@ -1,4 +1,4 @@
-"""The dependency direction of DESIGN.md: maskbit ← data ← {indexes, train} ← app, with no import cycles."""
+"""The import directions of docs/ARCHITECTURE.md: maskbit ← data ← {indexes, train} ← app, with no import cycles."""
 
 import ast
 import subprocess

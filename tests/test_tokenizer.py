@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from maskbit import Tokenizer, TokenizerConfig, bits
 from maskbit.tokenizer import same_padding
@@ -76,6 +77,13 @@ def test_residual_shortcut_quirk_is_kept():
     )
     block = model.encoder.down[1].res_blocks[0]  # 32 → 64 channels
     assert block.nin_shortcut.weight.shape == (64, 64, 1, 1)  # projects the branch output, as trained
+    x = torch.randn(2, 32, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        h = block.conv2(F.silu(block.norm2(block.conv1(F.silu(block.norm1(x))))))  # the branch, (2, 64, 8, 8)
+        projected = torch.einsum("oc,bchw->bohw", block.nin_shortcut.weight[:, :, 0, 0], h)  # the 1×1 conv, written out
+        torch.testing.assert_close(block(x), h + projected)  # h + W·h: the input x is not added at all
+        same = model.encoder.down[0].res_blocks[0]  # 32 → 32 channels: the plain residual h + x
+        torch.testing.assert_close(same(x), same.conv2(F.silu(same.norm2(same.conv1(F.silu(same.norm1(x)))))) + x)
 
 
 def test_norm_groups_default_to_the_official_32_and_configs_without_them_still_load(tmp_path, tiny_tokenizer):
@@ -108,10 +116,22 @@ def test_tokenizer_rejects_bad_images(tiny_tokenizer):
 
 
 def test_tokenizer_is_fully_convolutional(tiny_tokenizer):
-    images = torch.rand(1, 3, 48, 64)
+    images = torch.rand(1, 3, 48, 64, generator=torch.Generator().manual_seed(0))
     indices = tiny_tokenizer.encode(images)
     assert indices.shape == (1, 12, 16)
-    assert tiny_tokenizer.decode(indices).shape == (1, 3, 48, 64)
+    z = tiny_tokenizer.encode_latent(images)  # (1, 12, 12, 16)
+    assert torch.equal(indices, sum((z[:, k] > 0).long() << k for k in range(12)))  # channel k is bit k, LSB first
+    decoded = tiny_tokenizer.decode(indices)
+    assert decoded.shape == (1, 3, 48, 64)
+    torch.testing.assert_close(decoded, tiny_tokenizer.decode_bits(torch.where(z > 0, 1.0, -1.0)))
+    # The same weights compute the same function at any size: without a border (replicate padding) a uniform image
+    # is one code at 32×32 and at 48×64, and that code decodes to the same uniform colour at both sizes.
+    replicate = Tokenizer(dataclasses.replace(tiny_tokenizer.config, padding_mode="replicate"))
+    replicate.load_state_dict(tiny_tokenizer.state_dict())
+    square, wide = (replicate.encode(torch.full((1, 3, *size), 0.4)) for size in ((32, 32), (48, 64)))
+    assert square.unique().numel() == 1 and torch.equal(wide, torch.full_like(wide, square[0, 0, 0].item()))
+    colour = replicate.decode(square)[0, :, :1, :1]  # (3, 1, 1)
+    torch.testing.assert_close(replicate.decode(wide)[0], colour.expand(3, 48, 64), rtol=0, atol=1e-3)
 
 
 def test_replicate_padding_makes_codes_of_a_uniform_image_independent_of_the_border(tmp_path, tiny_tokenizer):

@@ -1,4 +1,4 @@
-"""The run directory of one training job (DESIGN.md):
+"""The run directory of one training job (docs/ARCHITECTURE.md, "Contracts"):
 
 config.json        the resolved config (all a resume needs)
 metrics.jsonl      append-only, one JSON object per logged step; after a resume a step may appear twice, the
