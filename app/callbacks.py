@@ -12,7 +12,7 @@ from app.explore import ExploreCallbacks
 from app.jobs import PRESETS, STAGES
 from app.search import SearchCallbacks
 from app.training import JOB_COLUMNS, TrainingCallbacks
-from app.validation import LIMITS
+from app.validation import LIMITS, SAMPLING_KNOBS
 from maskbit.config import GUIDANCE_ANNEALINGS, MASK_SCHEDULES, SAMPLING_PRESETS
 
 __all__ = ["Callbacks"]
@@ -37,6 +37,7 @@ class Callbacks(ExploreCallbacks, SearchCallbacks, TrainingCallbacks):
             "class_names": models.class_names,
             "sampling": dataclasses.asdict(models.sampling),
             "sampling_presets": list(SAMPLING_PRESETS),
+            "sampling_knobs": list(SAMPLING_KNOBS),
             "guidance_annealings": list(GUIDANCE_ANNEALINGS),
             "mask_schedules": list(MASK_SCHEDULES),
             "can_generate": models.can_generate,

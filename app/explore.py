@@ -8,8 +8,6 @@ without a server (tests call them directly); app/layout.py wires them to widgets
 
 from __future__ import annotations
 
-import dataclasses
-
 import gradio as gr
 import numpy as np
 
@@ -18,6 +16,7 @@ from app.endpoint import Endpoints, gpu, guarded
 from app.models import BUNDLED_PAIRS, OFFICIAL_PAIRS, generate_steps
 from app.validation import (
     LIMITS,
+    SAMPLING_KNOBS,
     UserError,
     bounded_text,
     checked_seed,
@@ -120,13 +119,13 @@ class ExploreCallbacks(Endpoints):
         chosen = [models.label(c) for c in labels]
         cycled = [chosen[i % len(chosen)] for i in range(count)]
         sampling = sampling_from(
-            num_steps,
-            guidance_scale,
-            guidance_annealing,
-            scale_pow,
-            randomize_temperature,
-            softmax_temperature,
-            mask_schedule,
+            num_steps=num_steps,
+            guidance_scale=guidance_scale,
+            guidance_annealing=guidance_annealing,
+            scale_pow=scale_pow,
+            randomize_temperature=randomize_temperature,
+            softmax_temperature=softmax_temperature,
+            mask_schedule=mask_schedule,
         )
         frames, fractions = [], []
         for step in generate_steps(models, cycled, sampling, seed):
@@ -157,9 +156,9 @@ class ExploreCallbacks(Endpoints):
     def apply_preset(self, name: str):
         """A sampling preset's knobs, and what it was tuned for."""
         if name not in SAMPLING_PRESETS:
-            return [gr.skip()] * 7 + [""]
-        values = list(dataclasses.astuple(SAMPLING_PRESETS[name]))
-        return values + [SAMPLING_PRESET_NOTES.get(name, "")]
+            return [gr.skip()] * len(SAMPLING_KNOBS) + [""]
+        preset = SAMPLING_PRESETS[name]
+        return [getattr(preset, knob) for knob in SAMPLING_KNOBS] + [SAMPLING_PRESET_NOTES.get(name, "")]
 
     def pick_generated(self, files: list[str], evt: gr.SelectData):
         return files[evt.index] if files and evt.index is not None and evt.index < len(files) else None
@@ -279,7 +278,7 @@ class ExploreCallbacks(Endpoints):
                 "bit_ids": flips.bit_ids,
                 "psnr_db": [_rounded(v, 3) for v in flips.distances.psnr],
                 "lpips": None if flips.distances.lpips is None else [round(float(v), 5) for v in flips.distances.lpips],
-                "judge_keeps_class": None if kept is None else kept.tolist(),
+                "judge_agrees": None if kept is None else kept.tolist(),  # with its verdict on the reconstruction
             }
         names = list(rows)
         bit_axis = sorted({b for flips, _ in rows.values() for b in flips.bit_ids})

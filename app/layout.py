@@ -82,15 +82,28 @@ def _generate_tab(v: dict) -> SimpleNamespace:
                 seed = gr.Number(0, label="seed")
                 preset = gr.Dropdown(v["sampling_presets"], value=None, label="sampling preset (fills the knobs)")
                 preset_note = gr.Markdown()
-                knobs = [
-                    gr.Slider(1, limits["num_steps"], value=s["num_steps"], step=1, label="steps", elem_id="num-steps"),
-                    gr.Slider(0, 15, value=s["guidance_scale"], step=0.1, label="guidance scale"),
-                    gr.Radio(v["guidance_annealings"], value=s["guidance_annealing"], label="guidance annealing"),
-                    gr.Slider(0.01, 5, value=s["scale_pow"], step=0.01, label="scale power"),
-                    gr.Slider(0, 15, value=s["randomize_temperature"], step=0.1, label="randomize temperature"),
-                    gr.Slider(0.01, 5, value=s["softmax_temperature"], step=0.01, label="softmax temperature"),
-                    gr.Radio(v["mask_schedules"], value=s["mask_schedule"], label="mask schedule"),
-                ]
+                widgets = {  # by the knob's name; the page lists them in the generate endpoint's order
+                    "num_steps": lambda: gr.Slider(
+                        1, limits["num_steps"], value=s["num_steps"], step=1, label="steps", elem_id="num-steps"
+                    ),
+                    "guidance_scale": lambda: gr.Slider(
+                        0, 15, value=s["guidance_scale"], step=0.1, label="guidance scale"
+                    ),
+                    "guidance_annealing": lambda: gr.Radio(
+                        v["guidance_annealings"], value=s["guidance_annealing"], label="guidance annealing"
+                    ),
+                    "scale_pow": lambda: gr.Slider(0.01, 5, value=s["scale_pow"], step=0.01, label="scale power"),
+                    "randomize_temperature": lambda: gr.Slider(
+                        0, 15, value=s["randomize_temperature"], step=0.1, label="randomize temperature"
+                    ),
+                    "softmax_temperature": lambda: gr.Slider(
+                        0.01, 5, value=s["softmax_temperature"], step=0.01, label="softmax temperature"
+                    ),
+                    "mask_schedule": lambda: gr.Radio(
+                        v["mask_schedules"], value=s["mask_schedule"], label="mask schedule"
+                    ),
+                }
+                knobs = [widgets[name]() for name in v["sampling_knobs"]]
                 button = gr.Button("Generate", variant="primary", interactive=v["can_generate"])
                 note = gr.Markdown(v["generation_note"], elem_id="generation-note")
             with gr.Column(scale=2):

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 
 from app.validation import UserError
 from maskbit import Generator, SamplingConfig, Tokenizer
-from maskbit.checkpoint import class_names
+from maskbit.checkpoint import class_names, default_sampling
 from maskbit.device import pick_device
-from maskbit.sampling import check_pair, default_sampling, iter_generate, prediction_to_indices
+from maskbit.sampling import check_pair, iter_generate, prediction_to_indices
 
 __all__ = ["Models", "load_models", "load_model", "OFFICIAL_PAIRS", "BUNDLED_PAIRS", "Step", "generate_steps"]
 
@@ -49,7 +49,7 @@ class Models:
     tokenizer_source: str
     generator_source: str
     class_names: list[str]
-    sampling: SamplingConfig  # the generator's own (maskbit.sampling.default_sampling)
+    sampling: SamplingConfig  # the generator's own (maskbit.checkpoint.default_sampling)
     image_size: int  # the generator's grid × the tokenizer's downsampling; else the tokenizer config's size
     problem: str = ""  # why generation is unavailable, if it is
 

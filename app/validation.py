@@ -34,6 +34,7 @@ __all__ = [
     "checked_seed",
     "bounded_text",
     "sampling_from",
+    "SAMPLING_KNOBS",
     "inside",
     "checked_model_source",
     "public_message",
@@ -131,8 +132,28 @@ def bounded_text(value, name: str, max_chars: int = LIMITS.text) -> str:
     return value
 
 
+# The generate endpoint's sampling knobs by name, in the order of its widgets (app/layout.py builds them from this
+# list, apply_preset fills them in it); every SamplingConfig field, whatever the dataclass's own field order.
+SAMPLING_KNOBS = (
+    "num_steps",
+    "guidance_scale",
+    "guidance_annealing",
+    "scale_pow",
+    "randomize_temperature",
+    "softmax_temperature",
+    "mask_schedule",
+)
+
+
 def sampling_from(
-    num_steps, guidance_scale, guidance_annealing, scale_pow, randomize_temperature, softmax_temperature, mask_schedule
+    *,
+    num_steps,
+    guidance_scale,
+    guidance_annealing,
+    scale_pow,
+    randomize_temperature,
+    softmax_temperature,
+    mask_schedule,
 ) -> SamplingConfig:
     """The sampling knobs of the generate endpoint, each checked, as a SamplingConfig."""
     if guidance_annealing not in GUIDANCE_ANNEALINGS:
@@ -142,13 +163,13 @@ def sampling_from(
     if mask_schedule not in MASK_SCHEDULES:
         raise UserError(f"mask_schedule must be one of {', '.join(MASK_SCHEDULES)}; got {_shown(mask_schedule)}")
     return SamplingConfig(
-        whole_number(num_steps, "num_steps", 1, LIMITS.steps),
-        real_number(guidance_scale, "guidance_scale", 0, 15),
-        guidance_annealing,
-        real_number(scale_pow, "scale_pow", 0.01, 5),
-        real_number(randomize_temperature, "randomize_temperature", 0, 15),
-        real_number(softmax_temperature, "softmax_temperature", 0.01, 5),
-        mask_schedule,
+        num_steps=whole_number(num_steps, "num_steps", 1, LIMITS.steps),
+        guidance_scale=real_number(guidance_scale, "guidance_scale", 0, 15),
+        guidance_annealing=guidance_annealing,
+        scale_pow=real_number(scale_pow, "scale_pow", 0.01, 5),
+        randomize_temperature=real_number(randomize_temperature, "randomize_temperature", 0, 15),
+        softmax_temperature=real_number(softmax_temperature, "softmax_temperature", 0.01, 5),
+        mask_schedule=mask_schedule,
     )
 
 

@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 import torch
 from safetensors.torch import load_file, save_file
 
-from maskbit.config import OfficialConfig, config_from_dict, read_official_yaml
+from maskbit.config import SAMPLING_PRESETS, OfficialConfig, SamplingConfig, config_from_dict, read_official_yaml
 from maskbit.device import PRECISIONS, pick_device
 from maskbit.files import atomic_write
 
@@ -66,14 +66,21 @@ OFFICIAL_RENAMES = {"token_emb.": "input_proj."}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-def class_names(generator_source: str | Path, num_classes: int) -> list[str]:
-    """The names of a generator's classes: `classes.json` beside the model (the bundled model, training runs),
-    ImageNet's for 1000 classes (torchvision's list), else "class i"."""
+# ------------------------------------------------------------------------------------------- what a model folder says
+
+
+def _model_directory(generator_source: str | Path) -> Path:
     source = DEFAULT_MODEL_DIR / "generator" if str(generator_source) == "default" else Path(generator_source)
-    directory = source if source.is_dir() else source.parent
+    return source if source.is_dir() else source.parent
+
+
+def class_names(generator_source: str | Path, num_classes: int) -> list[str]:
+    """The names of a generator's classes: the model's own `classes.json` (the bundled model, training runs; it wins
+    even when it names fewer classes than the config's `num_classes`, e.g. 10 shapes of a 1000-class recipe),
+    ImageNet's for 1000 classes (torchvision's list), else "class i"."""
     try:
-        names = json.loads((directory / "classes.json").read_text())
-        if isinstance(names, list) and len(names) >= num_classes:
+        names = json.loads((_model_directory(generator_source) / "classes.json").read_text())
+        if isinstance(names, list) and names:
             return [str(n) for n in names[:num_classes]]
     except (OSError, ValueError):
         pass
@@ -82,6 +89,35 @@ def class_names(generator_source: str | Path, num_classes: int) -> list[str]:
 
         return list(_IMAGENET_CATEGORIES)
     return [f"class {i}" for i in range(num_classes)]
+
+
+def default_sampling(generator_source: str | Path, generator_config: Any = None) -> SamplingConfig:
+    """The sampling a generator was made for, by one rule for the CLI, the app and the benchmarks:
+
+    1. the `sampling` stored with the model (`save_pretrained(..., sampling=)`: the bundled model, exported runs),
+       or in the config.json of the training run whose `model/` directory it is;
+    2. the paper's preset of an official generator, named by its hub id, file name or config preset;
+    3. otherwise the official 12-bit defaults (`SamplingConfig()`).
+    """
+    directory = _model_directory(generator_source)
+    for config_file in (directory / CONFIG_FILE, directory.parent / CONFIG_FILE):
+        stored = _stored_sampling(config_file)
+        if stored is not None:
+            return stored
+    for name in (generator_config, generator_source):
+        if isinstance(name, (str, Path)):
+            stem = Path(str(name)).name.removesuffix(".bin").removesuffix(".yaml").removesuffix(".yml")
+            if stem in SAMPLING_PRESETS:
+                return SAMPLING_PRESETS[stem]
+    return SamplingConfig()
+
+
+def _stored_sampling(config_file: Path) -> SamplingConfig | None:
+    try:
+        stored = json.loads(config_file.read_text()).get("sampling")
+        return config_from_dict(SamplingConfig, stored) if isinstance(stored, dict) else None
+    except (OSError, ValueError, AttributeError):  # absent, not JSON, not a dict, or not sampling settings
+        return None
 
 
 class CheckpointError(ValueError):

@@ -15,18 +15,15 @@ Axes: B batch, N token positions, m groups, V = 2^(K/m) classes per group, M = N
 
 from __future__ import annotations
 
-import json
 import math
 import operator
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 
 from maskbit import bits as bitops
-from maskbit.checkpoint import CONFIG_FILE, DEFAULT_MODEL_DIR
-from maskbit.config import SAMPLING_PRESETS, SamplingConfig, config_from_dict
+from maskbit.config import SAMPLING_PRESETS, GeneratorConfig, SamplingConfig
 from maskbit.device import precision_autocast
 from maskbit.generator import Generator
 from maskbit.tokenizer import Tokenizer
@@ -41,7 +38,6 @@ __all__ = [
     "generate",
     "check_pair",
     "resolve_sampling",
-    "default_sampling",
     "MAX_SEED",
     "check_seed",
 ]
@@ -163,36 +159,6 @@ def resolve_sampling(sampling: SamplingConfig | str | None) -> SamplingConfig:
     return sampling
 
 
-def default_sampling(generator_source: str | Path, generator_config: Any = None) -> SamplingConfig:
-    """The sampling a generator was made for, by one rule for the CLI, the app and the benchmarks:
-
-    1. the `sampling` stored with the model (`save_pretrained(..., sampling=)`: the bundled model, exported runs),
-       or in the config.json of the training run whose `model/` directory it is;
-    2. the paper's preset of an official generator, named by its hub id, file name or config preset;
-    3. otherwise the official 12-bit defaults (`SamplingConfig()`).
-    """
-    source = DEFAULT_MODEL_DIR / "generator" if str(generator_source) == "default" else Path(generator_source)
-    directory = source if source.is_dir() else source.parent
-    for config_file in (directory / CONFIG_FILE, directory.parent / CONFIG_FILE):
-        stored = _stored_sampling(config_file)
-        if stored is not None:
-            return stored
-    for name in (generator_config, generator_source):
-        if isinstance(name, (str, Path)):
-            stem = Path(str(name)).name.removesuffix(".bin").removesuffix(".yaml").removesuffix(".yml")
-            if stem in SAMPLING_PRESETS:
-                return SAMPLING_PRESETS[stem]
-    return SamplingConfig()
-
-
-def _stored_sampling(config_file: Path) -> SamplingConfig | None:
-    try:
-        stored = json.loads(config_file.read_text()).get("sampling")
-        return config_from_dict(SamplingConfig, stored) if isinstance(stored, dict) else None
-    except (OSError, ValueError, AttributeError):  # absent, not JSON, not a dict, or not sampling settings
-        return None
-
-
 @torch.no_grad()
 def iter_generate(
     generator: Generator,
@@ -245,9 +211,10 @@ def prediction_to_indices(prediction: torch.Tensor, generator: Generator) -> tor
     return bitops.combine_groups(prediction, generator.config.token_size).view(-1, side, side)
 
 
-def check_pair(generator: Generator, tokenizer: Tokenizer) -> None:
-    """Raise ValueError unless `tokenizer` gives the tokens `generator` models: lookup-free, with its bit count."""
-    k = generator.config.token_size
+def check_pair(generator: Generator | GeneratorConfig, tokenizer: Tokenizer) -> None:
+    """Raise ValueError unless `tokenizer` gives the tokens `generator` (or a generator of that config) models:
+    lookup-free, with its bit count. The one check for sampling, the app and training."""
+    k = getattr(generator, "config", generator).token_size
     if tokenizer.quantizer_kind != "lfq":
         raise ValueError(
             "a MaskBit generator predicts bit tokens, the signs of a lookup-free (LFQ) tokenizer's latent; this "

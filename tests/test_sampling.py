@@ -182,7 +182,7 @@ def test_default_sampling_is_the_generators_own(tmp_path, tiny_generator):
     import json
 
     from maskbit import SAMPLING_PRESETS, SamplingConfig
-    from maskbit.sampling import default_sampling
+    from maskbit.checkpoint import default_sampling
 
     assert default_sampling("default") == SAMPLING_PRESETS["default"]  # stored with the bundled model
     assert default_sampling("markweber/maskbit_generator_14bit") == SAMPLING_PRESETS["maskbit_generator_14bit"]

@@ -28,6 +28,7 @@ from maskbit import Generator, Tokenizer, bits, iter_generate, prediction_to_ind
 from maskbit.device import mixed_precision, pick_device
 from maskbit.files import write_json_atomic
 from maskbit.images import image_grid, psnr, save_image
+from maskbit.sampling import check_pair
 from train.config import GeneratorTrainConfig, OptimizerConfig, TokenizerTrainConfig, to_dict
 from train.data import AugmentedImages, ResumableBatchSampler, TokenFile, batches
 from train.ema import EMA
@@ -229,14 +230,7 @@ class GeneratorStage(Stage):
         if config.tokenizer:
             self.tokenizer = Tokenizer.from_pretrained(config.tokenizer, config.tokenizer_config or None)
             self.tokenizer.inference(accelerator.device)
-            if self.tokenizer.quantizer_kind != "lfq":
-                raise ValueError(
-                    f"{config.tokenizer} is a vector-quantised tokenizer; a MaskBit generator learns bit tokens: "
-                    "train it on a lookup-free tokenizer's tokens"
-                )
-            if self.tokenizer.num_bits != config.model.token_size:
-                k = config.model.token_size
-                raise ValueError(f"the tokenizer has {self.tokenizer.num_bits}-bit tokens, model.token_size is {k}")
+            check_pair(config.model, self.tokenizer)
         if config.data.pretokenized:
             self.dataset = TokenFile(config.data.pretokenized)
             self._check_token_file()
