@@ -64,7 +64,7 @@ class Settings:
     index: str = ""  # an index directory; empty: the one built for the loaded tokenizer under index_root
     index_root: Path = field(default_factory=lambda: cache_dir() / "indexes")
     index_dataset: str = "procedural"
-    index_size: int = 4000
+    index_limit: int = 4000  # the first N images of index_dataset
     random_lpips_backbone: bool = False
     precision: str = "auto"  # maskbit.device: auto = bf16 autocast on CUDA, float32 on the CPU
     host: str = "127.0.0.1"
@@ -144,10 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
         "~/.cache/maskbit-explorer) [MASKBIT_INDEX_ROOT]",
     )
     p.add_argument(
-        "--index-size",
+        "--index-limit",
+        "--index-size",  # its old name
+        dest="index_limit",
         type=whole(1, 10_000_000),
-        default=_env("MASKBIT_INDEX_SIZE", "4000"),  # a string default goes through `type` too
-        help="images of the dataset indexed on first start [MASKBIT_INDEX_SIZE]",
+        default=_env("MASKBIT_INDEX_LIMIT", _env("MASKBIT_INDEX_SIZE", "4000")),  # a string goes through `type` too
+        help="index the first N images of the dataset on first start (as `indexes build --limit`) "
+        "[MASKBIT_INDEX_LIMIT]",
     )
     p.add_argument(
         "--random-lpips-backbone",

@@ -200,7 +200,7 @@ class AppState:
                 self.index_directory(models),
                 models.tokenizer,
                 dataset=self.settings.index_dataset,
-                size=self.settings.index_size,
+                limit=self.settings.index_limit,
                 resolution=models.image_size,
                 options=IndexOptions(metrics, random_lpips_backbone=self.settings.random_lpips_backbone),
                 must_exist=bool(self.settings.index),

@@ -86,7 +86,7 @@ class Sizes:
     queries: int
     lpips_images: int
     lpips_size: int
-    index_size: int  # procedural images in the app's index
+    index_limit: int  # procedural images in the app's index
     heldout: int  # held-out images that calibrate it
     train_steps: int
     train_batch: int
@@ -330,7 +330,7 @@ def check_index(check: Check) -> list[dict]:
     index = build_dataset_index(
         directory,
         tokenizer,
-        limit=check.sizes.index_size,
+        limit=check.sizes.index_limit,
         options=IndexOptions(random_lpips_backbone=not backbone_path("alex").is_file()),
     )
     built = time.perf_counter() - start
@@ -443,7 +443,7 @@ def start_app(check: Check) -> App:
 
     port = free_port()
     command = [sys.executable, "-m", "app", "--port", str(port), "--workspace", str(check.work / "runs")]
-    command += ["--index", str(check.work / "index"), "--index-size", str(check.sizes.index_size)]
+    command += ["--index", str(check.work / "index"), "--index-limit", str(check.sizes.index_limit)]
     command += ["--random-lpips-backbone"] if not backbone_path("alex").is_file() else []
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
     if check.device.type == "cpu":

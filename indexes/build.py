@@ -46,7 +46,7 @@ def ready_index(
     tokenizer: Tokenizer,
     *,
     dataset: str = "procedural",
-    size: int,
+    limit: int,
     resolution: int | None = None,
     options: IndexOptions | None = None,
     must_exist: bool = False,
@@ -57,9 +57,9 @@ def ready_index(
 
     - An index there is opened; one built with another tokenizer is refused (IndexError_).
     - Nothing there: with `must_exist` (a directory the user named) refused; for a tokenizer of more than
-      MAX_BUILD_RESOLUTION pixels refused with the command that builds one; otherwise the first `size` images of
+      MAX_BUILD_RESOLUTION pixels refused with the command that builds one; otherwise the first `limit` images of
       `dataset` are indexed at `resolution` (default: the tokenizer's image size).
-    - An index of `dataset` with fewer than `size` images is extended (a build continues where it stopped).
+    - An index of `dataset` with fewer than `limit` images is extended (a build continues where it stopped).
     - An index of a dataset that has no thresholds yet is calibrated on `heldout` held-out images of it.
     """
     directory = Path(directory)
@@ -73,14 +73,14 @@ def ready_index(
             f"no index for this {resolution}px tokenizer: build one of your dataset with `python -m indexes build "
             "--dataset <folder> --tokenizer <source> --index <dir>` and start with --index"
         )
-    if index is None or (len(index) < size and index.dataset is not None and index.dataset.spec == dataset):
-        progress(0, size, f"indexing {dataset}")
+    if index is None or (len(index) < limit and index.dataset is not None and index.dataset.spec == dataset):
+        progress(0, limit, f"indexing {dataset}")
         index = build_dataset_index(
             directory,
             tokenizer,
             dataset=dataset,
             resolution=resolution,
-            limit=size,
+            limit=limit,
             options=options,
             progress=lambda done, total, what: progress(done, total, f"{what} {dataset}"),
         )

@@ -212,7 +212,7 @@ def cmd_encode(args: argparse.Namespace) -> None:
     device = pick_device(args.device)
     tokenizer = load_model(Tokenizer, args.tokenizer, args.tokenizer_config, False, device, args.precision)
     paths = find_images(args.images)
-    size = tokenizer.config.image_size if args.size is None else args.size
+    size = tokenizer.config.image_size if args.resolution is None else args.resolution
     indices = []
     for path in tqdm(paths, desc="encoding", unit="image", disable=args.quiet):
         indices.append(tokenizer.encode(load_image(path, size)[None].to(device)).cpu())
@@ -243,7 +243,7 @@ def cmd_flip(args: argparse.Namespace) -> None:
     if source.suffix == ".npy":
         indices = load_indices(source)[0]
     else:
-        size = tokenizer.config.image_size if args.size is None else args.size
+        size = tokenizer.config.image_size if args.resolution is None else args.resolution
         indices = tokenizer.encode(load_image(source, size)[None].to(device))[0]
     flips = analysis.flip_each_bit(tokenizer, indices, args.bit_ids, args.positions)
     out = Path(args.out)
@@ -317,7 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_tokenizer_args(p)
     p.add_argument("images", nargs="+", help="image files or directories")
     p.add_argument(
-        "--size",
+        "--resolution",
+        "--size",  # its old name
+        dest="resolution",
         type=whole(0, MAX_IMAGE_SIZE),
         help="resize shorter side and center-crop (default: the tokenizer's; 0: keep)",
     )
@@ -336,7 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bit-ids", type=whole(0), nargs="+", help="bits to flip, one at a time (default: all)")
     p.add_argument("--positions", type=whole(0), nargs="+", help="flat token positions to flip (default: all)")
     p.add_argument(
-        "--size",
+        "--resolution",
+        "--size",  # its old name
+        dest="resolution",
         type=whole(0, MAX_IMAGE_SIZE),
         help="resize shorter side and center-crop (default: the tokenizer's; 0: keep)",
     )

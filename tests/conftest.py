@@ -66,7 +66,7 @@ def app_server(tmp_path_factory, app_models):
         tokenizer=app_models["tokenizer"],
         generator=app_models["generator"],
         index_root=root / "indexes",
-        index_size=96,
+        index_limit=96,
         random_lpips_backbone=True,
         workspace=root / "runs",
         port=free_port(),

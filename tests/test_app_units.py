@@ -418,8 +418,8 @@ def test_a_launch_that_cannot_start_leaves_no_job_behind(jobs, tmp_path, monkeyp
     assert not (tmp_path / "runs" / "doomed").exists() and jobs.names() == [] and jobs.processes == {}
 
 
-def _lingering_job(jobs, name: str, state: str, seconds: float):
-    """A run directory whose `accelerate launch` parent (a real process) outlives its trainer by `seconds`."""
+def _lingering_job(jobs, name: str, state: str):
+    """A run directory whose `accelerate launch` parent (a real process) lives until its stdin is closed."""
     import json
     import subprocess
     import sys
@@ -430,34 +430,41 @@ def _lingering_job(jobs, name: str, state: str, seconds: float):
     run.create()
     run.write_config(to_dict(TOKENIZER_TRAIN_PRESETS["tiny"]))
     run.write_status(state=state, stage="tokenizer", pid=None, step=4, total_steps=8)
-    launcher = subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({seconds})"], start_new_session=True)
+    command = [sys.executable, "-c", "import sys; sys.stdin.read()"]
+    launcher = subprocess.Popen(command, stdin=subprocess.PIPE, start_new_session=True)
     (run.path / "launcher.json").write_text(json.dumps({"pid": launcher.pid}))
     jobs.processes[name] = launcher  # reaped by the app, as its own launches are
     return launcher
 
 
-def test_a_resume_right_after_a_stop_waits_for_the_launcher_to_exit(jobs):
+def test_a_resume_right_after_a_stop_waits_for_the_launcher_to_exit(jobs, monkeypatch):
     """Issue 28.7: the trainer had written "stopped" but `accelerate launch` still lived: "still running"."""
-    launcher = _lingering_job(jobs, "just-stopped", "stopped", seconds=1.5)
+    launcher = _lingering_job(jobs, "just-stopped", "stopped")
     assert jobs.is_running("just-stopped") and jobs.job("just-stopped").state == "stopped"
+    wait = jobs.wait_stopped
+
+    def launcher_exits_while_waited_for(name, timeout):
+        assert jobs.is_running(name)  # the resume waits for a live process...
+        launcher.stdin.close()  # ...which then exits
+        return wait(name, timeout)
+
+    monkeypatch.setattr(jobs, "wait_stopped", launcher_exits_while_waited_for)
     # The wait ends when the launcher exits; then the resume goes on to its next check (this run has no checkpoint).
     with pytest.raises(UserError, match="has no complete checkpoint yet"):
         jobs.resume("just-stopped")
     assert launcher.poll() is not None and not jobs.is_running("just-stopped")
 
 
-def test_a_resume_of_a_running_job_is_refused_at_once(jobs):
-    import time
-
-    launcher = _lingering_job(jobs, "busy", "running", seconds=60)
+def test_a_resume_of_a_running_job_is_refused_without_waiting(jobs, monkeypatch):
+    launcher = _lingering_job(jobs, "busy", "running")
     try:
-        started = time.perf_counter()
+        monkeypatch.setattr(jobs, "wait_stopped", lambda *a: pytest.fail("a running job that was not stopped waited"))
         with pytest.raises(UserError, match=rf"job 'busy' is still running \(pid {launcher.pid}\); stop it first"):
             jobs.resume("busy")
-        assert time.perf_counter() - started < 1
+        monkeypatch.undo()
         jobs.stop("busy")
         assert jobs.job("busy").state == "stopping"
-        assert jobs.wait_stopped("busy", 30) and jobs.job("busy").state == "died"  # it wrote no status of its own
+        assert jobs.wait_stopped("busy", 60) and jobs.job("busy").state == "died"  # it wrote no status of its own
     finally:
         launcher.kill()
         launcher.wait()
@@ -467,7 +474,7 @@ def test_a_job_that_does_not_stop_in_time_is_said_to_be_stopping(jobs, monkeypat
     import app.jobs
 
     monkeypatch.setattr(app.jobs, "STOP_GRACE_S", 0.3)
-    launcher = _lingering_job(jobs, "slow", "running", seconds=60)
+    launcher = _lingering_job(jobs, "slow", "running")
     try:
         (jobs.run_dir("slow").path / app.jobs.STOP_REQUEST).write_text("{}")  # stop() without the signal
         with pytest.raises(UserError, match="job 'slow' is still stopping .*; resume it again in a moment"):

@@ -563,7 +563,7 @@ def test_ready_index_builds_extends_calibrates_and_refuses(tmp_path, tiny_tokeni
     index = ready_index(
         tmp_path / "i",
         tiny_tokenizer,
-        size=12,
+        limit=12,
         resolution=32,
         options=options,
         heldout=10,
@@ -574,19 +574,19 @@ def test_ready_index_builds_extends_calibrates_and_refuses(tmp_path, tiny_tokeni
     assert index.dataset.spec == "procedural" and len(index.classes) == 10
     assert set(index.calibration) == {"hamming", "pixel"} and index.calibration["pixel"].heldout_images == 10
     assert steps[0] == "indexing procedural" and "calibrating on held-out images" in steps
-    grown = ready_index(tmp_path / "i", tiny_tokenizer, size=16, resolution=32, options=options)
+    grown = ready_index(tmp_path / "i", tiny_tokenizer, limit=16, resolution=32, options=options)
     assert len(grown) == 16 and torch.equal(torch.from_numpy(grown.tokens[:12]), torch.from_numpy(index.tokens))
     with pytest.raises(IndexError_, match="is not an index"):
-        ready_index(tmp_path / "nothing", tiny_tokenizer, size=4, must_exist=True)
+        ready_index(tmp_path / "nothing", tiny_tokenizer, limit=4, must_exist=True)
     with pytest.raises(IndexError_, match="no index for this 256px tokenizer: build one"):
-        ready_index(tmp_path / "big", tiny_tokenizer, size=4)  # the tiny tokenizer's own size is 256
+        ready_index(tmp_path / "big", tiny_tokenizer, limit=4)  # the tiny tokenizer's own size is 256
     other = Tokenizer.from_pretrained(
         OFFICIAL_TINY / "tiny_tokenizer.bin", config=OFFICIAL_TINY / "tiny_tokenizer.yaml"
     )
     with torch.no_grad():
         next(other.parameters()).add_(1)
     with pytest.raises(IndexError_, match="was built with another tokenizer"):
-        ready_index(tmp_path / "i", other, size=16, resolution=32)
+        ready_index(tmp_path / "i", other, limit=16, resolution=32)
 
 
 def test_the_app_reads_no_raw_index_manifest():
