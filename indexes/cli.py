@@ -170,12 +170,15 @@ def cmd_report(args: argparse.Namespace) -> None:
         )
         names = [f"generated:{i}:class{int(c)}" for i, c in enumerate(labels)]
     heldout = heldout_images(args.heldout_dataset, args.count, size, args.seed, args.heldout_split)
-    report = memorization_report(index, generated, heldout, args.out, args.percentile, generated_names=names)
+    report = memorization_report(
+        index, generated, heldout, args.out, args.percentile, generated_names=names, tau=args.tau
+    )
     for metric, data in report["metrics"].items():
         print(
             f"{metric:8s} threshold {data['threshold']:.4g} (p{args.percentile:g} of held-out): "
             f"{data['flagged_fraction']:.1%} of {len(generated)} generated images flagged"
         )
+    print(report["verdict"])
     print(f"wrote report.json, report.html, report.png and closest_*.png to {args.out}")
 
 
@@ -264,6 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heldout-dataset", default="procedural")
     p.add_argument("--heldout-split", default="test")
     p.add_argument("--percentile", type=real(0, 100), default=1.0, help="held-out percentile that sets the threshold")
+    p.add_argument(
+        "--tau",
+        type=real(0, 1),
+        default=None,
+        help="C_T keeps label cells holding more than this share of the generated images (default 20 / count)",
+    )
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--out", required=True)
     p.set_defaults(run=cmd_report)

@@ -593,3 +593,60 @@ def test_the_app_reads_no_raw_index_manifest():
     """Issue 28.3: the app asks the index's typed attributes; what a manifest holds is indexes/' business."""
     for path in (ROOT / "app").glob("*.py"):
         assert "manifest" not in path.read_text(), path.name
+
+
+# ---------------------------------------------------------------------------------------------------- report audit
+# 120 training images in 10 label cells give about 12 generations per cell: dgm-eval's default tau (a cell needs more
+# than 20 generated images) would keep none, so these tests pass tau = 0.05 (cells with more than 6). With m ≈ 12 per
+# cell, perfect copies reach at most C_T ≈ −√(3m) ≈ −6; 600 held-out images (about 60 per cell) bring them past −5.
+
+
+@pytest.fixture(scope="module")
+def audit_heldout() -> torch.Tensor:
+    return procedural(600, split="test")[0]
+
+
+def test_report_audit_catches_exported_training_images(tmp_path, index, audit_heldout):
+    from indexes.report import memorization_report
+
+    copies, _ = procedural(120)  # every training image, exported as a "generation"
+    report = memorization_report(index, copies, audit_heldout, tmp_path, tau=0.05)
+    assert report["verdict"].startswith("Possible copying")
+    for metric in ("hamming", "pixel"):
+        audit = report["metrics"][metric]
+        assert audit["c_t"] < -5 and audit["c_t_note"] is None, metric
+        assert audit["c_t_cells"] == "label of the nearest training image"
+        assert audit["flagged_fraction"] == 1.0 and audit["relative_flagged_fraction"] == 1.0, metric
+        assert audit["auth_pct"] == 0.0 and audit["relative_neighbours"] == 50, metric
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert (
+        saved["verdict"] == report["verdict"] and saved["metrics"]["pixel"]["c_t"] == report["metrics"]["pixel"]["c_t"]
+    )
+    page = (tmp_path / "report.html").read_text()
+    assert "Possible copying" in page and "C_T (Meehan)" in page and "AuthPct" in page
+
+
+def test_report_audit_passes_fresh_images_and_finds_duplicated_generations(tmp_path, index, audit_heldout):
+    from indexes.report import memorization_report
+
+    fresh, _ = procedural(120, start=600, split="test")  # unseen, from the held-out images' distribution
+    generated = torch.cat([fresh, fresh[:1]])  # one generation twice: a clique of two
+    report = memorization_report(index, generated, audit_heldout, tmp_path, tau=0.05)
+    assert report["verdict"].startswith("No sign of copying"), report["verdict"]
+    for metric in ("hamming", "lpips", "pixel"):
+        audit = report["metrics"][metric]
+        assert abs(audit["c_t"]) < 3.5, metric
+        assert audit["auth_pct"] > 40 and audit["relative_flagged_fraction"] < 0.5, metric
+        assert any({"generated:0", "generated:120"} <= set(group) for group in audit["cliques"]), metric
+
+
+def test_report_audit_without_enough_generations_records_why_and_refuses_an_empty_set(tmp_path, index):
+    from indexes.report import memorization_report
+
+    heldout, _ = procedural(40, split="test")
+    report = memorization_report(index, procedural(6, start=900)[0], heldout, tmp_path)  # default tau needs > 20
+    for audit in report["metrics"].values():
+        assert audit["c_t"] is None and "tau" in audit["c_t_note"] and audit["auth_pct"] is not None
+    assert "C_T is not computed" in report["verdict"]
+    with pytest.raises(ValueError, match="generated"):
+        memorization_report(index, torch.zeros(0, 3, 32, 32), heldout, tmp_path)
