@@ -119,13 +119,15 @@ class ExploreCallbacks(Endpoints):
         chosen = [models.label(c) for c in labels]
         cycled = [chosen[i % len(chosen)] for i in range(count)]
         sampling = sampling_from(
-            num_steps=num_steps,
-            guidance_scale=guidance_scale,
-            guidance_annealing=guidance_annealing,
-            scale_pow=scale_pow,
-            randomize_temperature=randomize_temperature,
-            softmax_temperature=softmax_temperature,
-            mask_schedule=mask_schedule,
+            {
+                "num_steps": num_steps,
+                "guidance_scale": guidance_scale,
+                "guidance_annealing": guidance_annealing,
+                "scale_pow": scale_pow,
+                "randomize_temperature": randomize_temperature,
+                "softmax_temperature": softmax_temperature,
+                "mask_schedule": mask_schedule,
+            }
         )
         frames, fractions = [], []
         for step in generate_steps(models, cycled, sampling, seed):

@@ -145,31 +145,21 @@ SAMPLING_KNOBS = (
 )
 
 
-def sampling_from(
-    *,
-    num_steps,
-    guidance_scale,
-    guidance_annealing,
-    scale_pow,
-    randomize_temperature,
-    softmax_temperature,
-    mask_schedule,
-) -> SamplingConfig:
-    """The sampling knobs of the generate endpoint, each checked, as a SamplingConfig."""
-    if guidance_annealing not in GUIDANCE_ANNEALINGS:
-        raise UserError(
-            f"guidance_annealing must be one of {', '.join(GUIDANCE_ANNEALINGS)}; got {_shown(guidance_annealing)}"
-        )
-    if mask_schedule not in MASK_SCHEDULES:
-        raise UserError(f"mask_schedule must be one of {', '.join(MASK_SCHEDULES)}; got {_shown(mask_schedule)}")
+def sampling_from(knobs: dict) -> SamplingConfig:
+    """The generate endpoint's sampling knobs ({name: value} for every name in SAMPLING_KNOBS), each checked."""
+    annealing, schedule = knobs["guidance_annealing"], knobs["mask_schedule"]
+    if annealing not in GUIDANCE_ANNEALINGS:
+        raise UserError(f"guidance_annealing must be one of {', '.join(GUIDANCE_ANNEALINGS)}; got {_shown(annealing)}")
+    if schedule not in MASK_SCHEDULES:
+        raise UserError(f"mask_schedule must be one of {', '.join(MASK_SCHEDULES)}; got {_shown(schedule)}")
     return SamplingConfig(
-        num_steps=whole_number(num_steps, "num_steps", 1, LIMITS.steps),
-        guidance_scale=real_number(guidance_scale, "guidance_scale", 0, 15),
-        guidance_annealing=guidance_annealing,
-        scale_pow=real_number(scale_pow, "scale_pow", 0.01, 5),
-        randomize_temperature=real_number(randomize_temperature, "randomize_temperature", 0, 15),
-        softmax_temperature=real_number(softmax_temperature, "softmax_temperature", 0.01, 5),
-        mask_schedule=mask_schedule,
+        num_steps=whole_number(knobs["num_steps"], "num_steps", 1, LIMITS.steps),
+        guidance_scale=real_number(knobs["guidance_scale"], "guidance_scale", 0, 15),
+        guidance_annealing=annealing,
+        scale_pow=real_number(knobs["scale_pow"], "scale_pow", 0.01, 5),
+        randomize_temperature=real_number(knobs["randomize_temperature"], "randomize_temperature", 0, 15),
+        softmax_temperature=real_number(knobs["softmax_temperature"], "softmax_temperature", 0.01, 5),
+        mask_schedule=schedule,
     )
 
 

@@ -147,6 +147,16 @@ def add_tokenizer_args(parser: argparse.ArgumentParser) -> None:
     add_device_arguments(parser)
 
 
+def add_resolution_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--resolution",
+        "--size",  # its old name
+        dest="resolution",
+        type=whole(0, MAX_IMAGE_SIZE),
+        help="resize shorter side and center-crop (default: the tokenizer's; 0: keep)",
+    )
+
+
 # ------------------------------------------------------------------------------------------------------ commands
 
 
@@ -316,13 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("encode", "images → token indices (.npy, shape (B, h, w))")
     add_tokenizer_args(p)
     p.add_argument("images", nargs="+", help="image files or directories")
-    p.add_argument(
-        "--resolution",
-        "--size",  # its old name
-        dest="resolution",
-        type=whole(0, MAX_IMAGE_SIZE),
-        help="resize shorter side and center-crop (default: the tokenizer's; 0: keep)",
-    )
+    add_resolution_argument(p)
     p.add_argument("--out", default="outputs/indices.npy")
     p.set_defaults(run=cmd_encode)
 
@@ -337,13 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", help="an image, or a .npy of indices")
     p.add_argument("--bit-ids", type=whole(0), nargs="+", help="bits to flip, one at a time (default: all)")
     p.add_argument("--positions", type=whole(0), nargs="+", help="flat token positions to flip (default: all)")
-    p.add_argument(
-        "--resolution",
-        "--size",  # its old name
-        dest="resolution",
-        type=whole(0, MAX_IMAGE_SIZE),
-        help="resize shorter side and center-crop (default: the tokenizer's; 0: keep)",
-    )
+    add_resolution_argument(p)
     p.add_argument("--out", default="outputs/flip")
     p.set_defaults(run=cmd_flip)
 

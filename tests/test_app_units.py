@@ -540,4 +540,4 @@ def test_the_sampling_widgets_are_named_not_ordered():
     assert sorted(SAMPLING_KNOBS) == sorted(f.name for f in dataclasses.fields(SamplingConfig))
     preset = SAMPLING_PRESETS["maskbit_generator_14bit"]
     values = Callbacks.apply_preset(None, "maskbit_generator_14bit")[:-1]
-    assert sampling_from(**dict(zip(SAMPLING_KNOBS, values))) == preset
+    assert sampling_from(dict(zip(SAMPLING_KNOBS, values))) == preset
