@@ -343,7 +343,13 @@ def test_checked_paths_are_absolute_and_cover_every_path_setting(jobs, tmp_path,
     # Every other text setting is a choice from a fixed list, not a path: a new path field must join PATH_FIELDS.
     choices = {"stage", "data.split", "data.interpolation", "training.mixed_precision"}
     choices |= {"sampling.guidance_annealing", "sampling.mask_schedule"}  # the generator's
-    choices |= {"loss.perceptual", "model.model_class", "model.quantizer", "model.padding_mode"}  # the tokenizer's
+    choices |= {
+        "loss.perceptual",
+        "model.model_class",
+        "model.quantizer",
+        "model.padding_mode",
+        "model.code_assignment",
+    }  # the tokenizer's
     for stage, presets in (("generator", GENERATOR_TRAIN_PRESETS), ("tokenizer", TOKENIZER_TRAIN_PRESETS)):
         for preset in presets.values():
             text = {key for key, value in flat_keys(preset).items() if isinstance(value, str)}

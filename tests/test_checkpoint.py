@@ -200,7 +200,7 @@ def test_class_names_come_from_beside_the_model(tmp_path, tiny_generator):
     tiny_generator.save_pretrained(tmp_path / "model")
     (tmp_path / "model" / "classes.json").write_text('["cat", "dog", "owl"]')
     assert class_names(tmp_path / "model", 2) == ["cat", "dog"]
-    assert class_names(tmp_path / "model", 4) == ["class 0", "class 1", "class 2", "class 3"]  # too few names
+    assert class_names(tmp_path / "model", 4) == ["cat", "dog", "owl"]  # the model's own list wins (issue 25.1)
 
 
 # ------------------------------------------------------------------------------------------- Lightning .ckpt files
@@ -300,14 +300,3 @@ def test_inference_freezes_places_and_sets_the_precision(tiny_tokenizer):
     with pytest.raises(ValueError, match="precision must be one of auto, fp32, bf16, got 'fp16'"):
         model.inference("cpu", "fp16")
 
-
-def test_a_models_own_class_list_wins_over_its_recipes_class_count(tmp_path):
-    """Issue 25.1: a generator trained on the 10 shapes with a 1000-class recipe showed ImageNet's names."""
-    from data.datasets import PROCEDURAL_CLASSES as SHAPE_CLASSES
-    from maskbit.checkpoint import class_names
-
-    (tmp_path / "model").mkdir()
-    (tmp_path / "model" / "classes.json").write_text(json.dumps(list(SHAPE_CLASSES)))
-    assert class_names(tmp_path / "model", 1000) == list(SHAPE_CLASSES)
-    assert class_names(tmp_path / "nowhere", 1000)[:2] == ["tench", "goldfish"]
-    assert class_names(tmp_path / "nowhere", 3) == ["class 0", "class 1", "class 2"]
