@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from app.validation import UserError
 from maskbit import Generator, SamplingConfig, Tokenizer
 from maskbit.checkpoint import class_names, default_sampling
+from maskbit.config import IBQ_CODEBOOK_SIZES
 from maskbit.device import pick_device
 from maskbit.sampling import check_pair, iter_generate, prediction_to_indices
 
@@ -37,6 +38,27 @@ OFFICIAL_PAIRS = {
     "VQGAN+ 12-bit (ImageNet 256; tokenizer only)": ("markweber/vqgan_plus_12bit", ""),
     "MaskGIT tokenizer (VQ, 10-bit; tokenizer only)": ("markweber/maskgit_tokenizer", ""),
     "Taming VQGAN (VQ, 10-bit; tokenizer only)": ("markweber/taming_vqgan", ""),
+    # The bit-token family (README): each hub id names its file and preset (maskbit.config.FAMILY_HUB_FILES); none has
+    # a generator of this project's kind, so they load as tokenizers only, like the VQ ones above.
+    "Open-MAGVIT2 (LFQ, 18 bits, ImageNet 256; tokenizer only)": (
+        "TencentARC/Open-MAGVIT2-Tokenizer-256-resolution",
+        "",
+    ),
+    "Open-MAGVIT2 (LFQ, 18 bits, ImageNet 128; tokenizer only)": (
+        "TencentARC/Open-MAGVIT2-Tokenizer-128-resolution",
+        "",
+    ),
+    **{
+        f"IBQ {n:,} codes (VQ, {n.bit_length() - 1} bits, ImageNet 256; tokenizer only)": (
+            f"TencentARC/IBQ-Tokenizer-{n}",
+            "",
+        )
+        for n in IBQ_CODEBOOK_SIZES
+    },
+    "BitDance autoencoder (LFQ, 32 bits in 4 groups of 8, ImageNet 256; tokenizer only)": (
+        "shallowdream204/BitDance-ImageNet",
+        "",
+    ),
 }
 
 

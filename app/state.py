@@ -22,7 +22,7 @@ from app.settings import Settings
 from app.validation import UserError, checked_model_source
 from indexes.store import ImageIndex, IndexError_, IndexOptions
 from maskbit import Tokenizer
-from maskbit.analysis import Atlas, code_atlas
+from maskbit.analysis import MAX_DRAWN_BITS, Atlas, code_atlas
 
 logger = logging.getLogger("app")
 
@@ -70,7 +70,7 @@ class AppState:
             else None
         )
         self.files = TempFiles(settings.max_temp_files)  # the PNGs the UI hands between tabs
-        self._atlases: dict[str, Atlas] = {}  # tokenizer identity → its code atlas (computed once)
+        self._atlases: dict[str, Atlas] = {}  # tokenizer identity and code source → its atlas (computed once)
         self._atlas_lock = threading.Lock()  # seconds of decoding per atlas: one computation at a time
         self._comparisons: dict[str, Tokenizer] = {}  # source → a second tokenizer for side-by-side bit flips
         self._judge = None  # data/judge.py's classifier, loaded on first use
@@ -112,11 +112,16 @@ class AppState:
 
     def atlas(self, tokenizer: Tokenizer) -> Atlas:
         """The tokenizer's code atlas (maskbit.analysis.code_atlas), computed once per tokenizer: a request that
-        comes while the background thread computes it waits for that result instead of computing it again."""
-        key = tokenizer.identity()
+        comes while the background thread computes it waits for that result instead of computing it again. Where the
+        atlas samples codes (more than 2^12), they are codes the index's images use once the index is ready."""
+        index = self.index
+        used = None
+        if tokenizer.num_bits > MAX_DRAWN_BITS and index is not None and len(index) and index.tokenizer is tokenizer:
+            used = index.tokens
+        key = f"{tokenizer.identity()}:{'random' if used is None else 'index'}"
         with self._atlas_lock:
             if key not in self._atlases:
-                self._atlases[key] = code_atlas(tokenizer)
+                self._atlases[key] = code_atlas(tokenizer, used=used)
             return self._atlases[key]
 
     def judge(self):

@@ -8,7 +8,7 @@
     pixel.faiss        IndexFlatL2 over 16×16 thumbnails in [0, 1] (squared L2)
                        (`<metric>.npy`, the raw vectors, with the torch backend: indexes/backends.py)
     hamming-hnsw.faiss optional IndexBinaryHNSW over the same codes: approximate Hamming search (`approximate=True`)
-    tokens.npy         (N, h, w) token indices, for per-token Hamming maps
+    tokens.npy         (N, h, w) token indices (int32; int64 for 32-bit tokens), for per-token Hamming maps
     thumbnails.npy     (N, T, T, 3) uint8, for display
     sources.jsonl      one {"source", "label"} per id
 Every file is written under a temporary name and renamed; the manifest last, so a crash leaves the old index.
@@ -123,7 +123,7 @@ class ImageIndex:
         self._datasets: dict[tuple[str, str], Any] = {}  # (spec, split) → dataset view, for loading sources
         self.flat: dict[str, Any] = {}  # metric → exact k-NN index (indexes/backends.py)
         self.hnsw: Any = None  # optional approximate Hamming index
-        self.tokens = np.zeros((0, *manifest["grid"]), dtype=np.int32)
+        self.tokens = np.zeros((0, *manifest["grid"]), dtype=token_dtype(manifest["tokenizer"]["num_bits"]))
         self.thumbnails = np.zeros((0, THUMBNAIL_SIZE, THUMBNAIL_SIZE, 3), dtype=np.uint8)
         self.sources: list[dict[str, Any]] = []
 
@@ -354,7 +354,7 @@ class ImageIndex:
             self.flat["lpips"].add(self._lpips_vectors(images))
         if "pixel" in self.flat:
             self.flat["pixel"].add(pixel_features(images))
-        self.tokens = np.concatenate([self.tokens, tokens.cpu().numpy().astype(np.int32)])
+        self.tokens = np.concatenate([self.tokens, tokens.cpu().numpy().astype(self.tokens.dtype)])
         self.thumbnails = np.concatenate([self.thumbnails, thumbnails(images)])
         self.sources += [{"source": str(s), "label": int(label)} for s, label in zip(sources, labels, strict=True)]
         self.manifest["count"] += len(images)
@@ -526,6 +526,12 @@ class ImageIndex:
     def token_distance_map(self, tokens: torch.Tensor, neighbour_id: int) -> np.ndarray:
         """Per-token Hamming distance (h, w) between one token grid and an indexed image."""
         return bits.hamming(tokens.cpu().long(), torch.from_numpy(self.tokens[neighbour_id]).long()).numpy()
+
+
+def token_dtype(num_bits: int) -> np.dtype:
+    """How tokens.npy stores indices: int32 (half the bytes) while they fit, int64 from 32 bits (BitDance's 2^32 codes
+    would wrap to negative numbers in int32)."""
+    return np.dtype(np.int32 if num_bits <= 31 else np.int64)
 
 
 def pixel_features(images: torch.Tensor) -> np.ndarray:

@@ -38,6 +38,8 @@ __all__ = [
     "token_statistics",
     "gray_code",
     "Atlas",
+    "MAX_DRAWN_BITS",
+    "sample_codes",
     "code_atlas",
 ]
 
@@ -208,10 +210,14 @@ class TokenStatistics(NamedTuple):
 
 
 def token_statistics(indices: np.ndarray | torch.Tensor, num_bits: int) -> TokenStatistics:
-    """Usage and entropy of every bit and every code over token grids (n, h, w)."""
+    """Usage and entropy of every bit and every code over token grids (n, h, w).
+
+    Memory is O(tokens), whatever K: codes are counted among the used ones (no 2^K table, which at BitDance's 32 bits
+    would be 2^32 entries) and bits one at a time (no (tokens, K) float table)."""
     indices = torch.as_tensor(np.asarray(indices)).long()
     flat = indices.reshape(-1)
-    usage = (bits.indices_to_bits(flat, num_bits) > 0).double().mean(0).numpy()
+    bits.check_indices(flat, num_bits)
+    usage = np.array([float(((flat >> k) & 1).double().mean()) for k in range(num_bits)])
     with np.errstate(divide="ignore", invalid="ignore"):
         entropy = -np.nan_to_num(usage * np.log2(usage)) - np.nan_to_num((1 - usage) * np.log2(1 - usage))
     counts = flat.unique(return_counts=True)[1].numpy()
@@ -228,38 +234,53 @@ def gray_code(n: torch.Tensor) -> torch.Tensor:
     return n ^ (n >> 1)
 
 
+MAX_DRAWN_BITS = 12  # 2^12 codes fill a 64×64 sheet; above that the atlas samples codes (`code_atlas`)
+
+
 class Atlas(NamedTuple):
-    """What every code of a tokenizer looks like, laid out so that codes one bit apart sit side by side."""
+    """What the codes of a tokenizer look like, laid out so that codes one bit apart sit side by side.
+
+    Two layouts (`layout`): "gray", every code of the low 2·half bits in a Gray-code sheet (row r = high half gray(r),
+    column c = low half gray(c)); "neighbours", where 2^K codes are too many to draw: row r is a sampled code (column
+    0) and its K Hamming-1 neighbours (column k + 1: bit k flipped)."""
 
     image: torch.Tensor  # (3, rows·S, cols·S) in [0, 1]: one S×S cell per code
     codes: torch.Tensor  # (rows, cols) the code shown in each cell
     cell: int  # S, pixels per cell side
-    base: int  # the bits above the atlas's 2·half bits, fixed for every cell (0 unless asked)
+    base: int  # "gray": the bits above the atlas's 2·half bits, fixed for every cell (0 unless asked); else 0
+    layout: str = "gray"  # "gray" or "neighbours"
+
+    def describe(self, num_bits: int) -> str:
+        """One line saying what the rows and columns are, for a caption."""
+        rows, cols = self.codes.shape
+        if self.layout == "neighbours":
+            return (
+                f"{rows} sampled codes of 2^{num_bits} (too many to draw), one per row: the code, then bit 0 … "
+                f"{num_bits - 1} flipped (its {num_bits} Hamming-1 neighbours)"
+            )
+        low = 2 * (rows.bit_length() - 1)
+        fixed = "" if low == num_bits else f"; bits {low}–{num_bits - 1} fixed to those of {self.base}"
+        return f"{rows}×{cols} codes: row r = high half gray(r), column c = low half gray(c){fixed}"
+
+
+def sample_codes(num_bits: int, count: int, seed: int, used: np.ndarray | torch.Tensor | None = None) -> torch.Tensor:
+    """(≤ count,) distinct int64 codes: of `used` (token grids of any shape), drawn by token, so that a code comes up
+    as often as it is used; without `used`, uniform in [0, 2^K). The same seed gives the same codes."""
+    rng = torch.Generator().manual_seed(seed)
+    if used is None:
+        return torch.randint(0, 2**num_bits, (count,), generator=rng).unique()[:count]
+    flat = torch.as_tensor(np.asarray(used)).long().reshape(-1)
+    if flat.numel() == 0:
+        raise ValueError("no used codes given to sample from")
+    bits.check_indices(flat, num_bits)
+    drawn = flat[torch.randperm(len(flat), generator=rng)].numpy()
+    _, first = np.unique(drawn, return_index=True)  # each code's first place in the random order
+    return torch.from_numpy(drawn[np.sort(first)[:count]])
 
 
 @torch.no_grad()
-def code_atlas(tokenizer, half_bits: int | None = None, base: int = 0, grid: int = 6, crop: int = 2, batch_size=256):
-    """Decode every code as a uniform grid×grid token grid and keep the central crop×crop tokens of the image.
-
-    A uniform grid, not one token among others, because that is defined the same way for any tokenizer (a lookup-free
-    code has no "neutral" neighbour to sit among), and the centre crop, because a convolutional decoder's border
-    (zero padding) changes what the code looks like there. Cells are indexed by the two halves of the code's low
-    2·half_bits bits, each in Gray-code order: row r holds high half gray(r), column c low half gray(c), so a step to
-    a neighbouring cell flips exactly one bit of the code. `half_bits` defaults to K/2, at most 6 (a 64×64 sheet);
-    bits above those are fixed to those of `base`.
-    """
-    k = tokenizer.num_bits
-    half_bits = min(6, k // 2) if half_bits is None else half_bits
-    if not 1 <= half_bits <= k // 2:
-        raise ValueError(f"half_bits must be in [1, {k // 2}] for {k}-bit tokens, got {half_bits}")
-    if not 0 <= base < 2**k:
-        raise ValueError(f"base must be a {k}-bit code, got {base}")
-    if not 1 <= crop <= grid:
-        raise ValueError(f"crop must be between 1 and grid = {grid}, got {crop}")
-    side = 2**half_bits
-    order = gray_code(torch.arange(side))
-    high = base >> (2 * half_bits) << (2 * half_bits)
-    codes = high | order[:, None] << half_bits | order[None, :]  # (side, side)
+def _cells(tokenizer, codes: torch.Tensor, grid: int, crop: int, batch_size: int) -> torch.Tensor:
+    """(n,) codes → (n, 3, S, S): each code decoded as a uniform grid×grid token grid, its central crop×crop tokens."""
     f = tokenizer.downsample_factor
     start, size = (grid - crop) // 2 * f, crop * f
     cells = []
@@ -267,6 +288,62 @@ def code_atlas(tokenizer, half_bits: int | None = None, base: int = 0, grid: int
         uniform = chunk[:, None, None].expand(-1, grid, grid)
         images = decode_images(tokenizer, uniform, batch_size).cpu()
         cells.append(images[:, :, start : start + size, start : start + size])
-    cells = torch.cat(cells).view(side, side, 3, size, size)
-    sheet = cells.permute(2, 0, 3, 1, 4).reshape(3, side * size, side * size)
+    return torch.cat(cells)
+
+
+@torch.no_grad()
+def code_atlas(
+    tokenizer,
+    half_bits: int | None = None,
+    base: int = 0,
+    grid: int = 6,
+    crop: int = 2,
+    batch_size: int = 256,
+    layout: str = "auto",
+    used: np.ndarray | torch.Tensor | None = None,
+    samples: int = 8,
+    seed: int = 0,
+) -> Atlas:
+    """Decode codes as a uniform grid×grid token grid and keep the central crop×crop tokens of the image.
+
+    A uniform grid, not one token among others, because that is defined the same way for any tokenizer (a lookup-free
+    code has no "neutral" neighbour to sit among), and the centre crop, because a convolutional decoder's border
+    (zero padding) changes what the code looks like there.
+
+    `layout` "gray" draws every code of the low 2·half_bits bits: cells are indexed by the two halves of the code,
+    each in Gray-code order (row r holds high half gray(r), column c low half gray(c)), so a step to a neighbouring
+    cell flips exactly one bit. `half_bits` defaults to K/2, at most 6; bits above those are fixed to those of `base`.
+    `layout` "neighbours" samples `samples` codes instead: codes of `used` (token grids, e.g. an index's tokens; drawn
+    by token with `seed`), or uniform random codes without it, each followed on its row by its K Hamming-1 neighbours.
+    "auto" is "gray" up to K = 12 bits (all 2^K codes on one sheet) or when `half_bits` is given, else "neighbours":
+    2^18 codes (Open-MAGVIT2) or 2^32 (BitDance) are too many to draw.
+    """
+    k = tokenizer.num_bits
+    if layout not in ("auto", "gray", "neighbours"):
+        raise ValueError(f"layout must be 'auto', 'gray' or 'neighbours', got {layout!r}")
+    if not 1 <= crop <= grid:
+        raise ValueError(f"crop must be between 1 and grid = {grid}, got {crop}")
+    if layout == "auto":
+        layout = "gray" if k <= MAX_DRAWN_BITS or half_bits is not None else "neighbours"
+    if layout == "neighbours":
+        if not 1 <= samples <= 1024:
+            raise ValueError(f"samples must be between 1 and 1024, got {samples}")
+        sampled = sample_codes(k, samples, seed, used)
+        codes = torch.cat([sampled[:, None], sampled[:, None] ^ (1 << torch.arange(k))], 1)  # (rows, K + 1)
+        cells = _cells(tokenizer, codes, grid, crop, batch_size)
+        size = cells.shape[-1]
+        sheet = cells.view(*codes.shape, 3, size, size).permute(2, 0, 3, 1, 4)
+        return Atlas(sheet.reshape(3, codes.shape[0] * size, codes.shape[1] * size), codes, size, 0, "neighbours")
+    half_bits = min(6, k // 2) if half_bits is None else half_bits
+    if not 1 <= half_bits <= k // 2:
+        raise ValueError(f"half_bits must be in [1, {k // 2}] for {k}-bit tokens, got {half_bits}")
+    if not 0 <= base < 2**k:
+        raise ValueError(f"base must be a {k}-bit code, got {base}")
+    side = 2**half_bits
+    order = gray_code(torch.arange(side))
+    high = base >> (2 * half_bits) << (2 * half_bits)
+    codes = high | order[:, None] << half_bits | order[None, :]  # (side, side)
+    cells = _cells(tokenizer, codes, grid, crop, batch_size)
+    size = cells.shape[-1]
+    sheet = cells.view(side, side, 3, size, size).permute(2, 0, 3, 1, 4).reshape(3, side * size, side * size)
     return Atlas(sheet, codes, size, high)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 
 __all__ = [
+    "check_indices",
     "indices_to_bits",
     "bits_to_indices",
     "split_groups",
@@ -32,7 +33,9 @@ def _check_num_bits(num_bits: int) -> None:
         raise ValueError(f"num_bits must be in [1, {MAX_BITS}], got {num_bits}")
 
 
-def _check_indices(indices: torch.Tensor, num_bits: int) -> None:
+def check_indices(indices: torch.Tensor, num_bits: int) -> None:
+    """Raise unless `indices` is an integer tensor of values in [0, 2^K) (K = `num_bits`, at most MAX_BITS)."""
+    _check_num_bits(num_bits)
     if indices.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
         raise TypeError(f"indices must be an integer tensor, got {indices.dtype}")
     if indices.numel() and (indices.min() < 0 or indices.max() >= 2**num_bits):
@@ -49,7 +52,7 @@ def _bit_weights(num_bits: int, device: torch.device) -> torch.Tensor:
 def indices_to_bits(indices: torch.Tensor, num_bits: int) -> torch.Tensor:
     """(...) int indices in [0, 2^K) → (..., K) float32 bits in {−1, +1}, bit k = channel k, LSB first."""
     _check_num_bits(num_bits)
-    _check_indices(indices, num_bits)
+    check_indices(indices, num_bits)
     set_bits = (indices.long()[..., None] & _bit_weights(num_bits, indices.device)) != 0
     return set_bits.float() * 2 - 1
 
@@ -66,7 +69,7 @@ def split_groups(indices: torch.Tensor, num_bits: int, num_groups: int) -> torch
     _check_num_bits(num_bits)
     if num_bits % num_groups:
         raise ValueError(f"{num_bits} bits cannot be split into {num_groups} equal groups")
-    _check_indices(indices, num_bits)
+    check_indices(indices, num_bits)
     bits_per_group = num_bits // num_groups
     shifts = torch.arange(num_groups, device=indices.device) * bits_per_group
     return (indices.long()[..., None] >> shifts) & (2**bits_per_group - 1)
@@ -79,7 +82,7 @@ def combine_groups(groups: torch.Tensor, num_bits: int) -> torch.Tensor:
     if num_bits % num_groups:
         raise ValueError(f"{num_bits} bits cannot be split into {num_groups} equal groups")
     bits_per_group = num_bits // num_groups
-    _check_indices(groups, bits_per_group)
+    check_indices(groups, bits_per_group)
     shifts = torch.arange(num_groups, device=groups.device) * bits_per_group
     return (groups.long() << shifts).sum(-1)
 
@@ -98,7 +101,7 @@ def flip_bits(
     Flipping the same bits twice gives the input back.
     """
     _check_num_bits(num_bits)
-    _check_indices(indices, num_bits)
+    check_indices(indices, num_bits)
     bit_ids = [bit_ids] if isinstance(bit_ids, int) else list(bit_ids)
     bad = [b for b in bit_ids if not 0 <= int(b) < num_bits]
     if bad:
