@@ -95,7 +95,8 @@ def pretokenize(args: argparse.Namespace) -> None:
         indices.append(tokenizer.encode(images.to(device)).cpu())
         labels.append(batch_labels)
     indices, labels = torch.cat(indices), torch.cat(labels)
-    dtype = np.uint16 if tokenizer.num_bits <= 16 else np.int32 if tokenizer.num_bits <= 31 else np.int64  # no wrap at 32 bits
+    # the smallest type that holds every index: int32 would wrap 32-bit tokens (BitDance) to negative numbers
+    dtype = np.uint16 if tokenizer.num_bits <= 16 else np.int32 if tokenizer.num_bits <= 31 else np.int64
     meta = {
         "tokenizer": str(args.tokenizer),
         "tokenizer_identity": tokenizer.identity(),
