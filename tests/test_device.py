@@ -40,9 +40,19 @@ def test_bf16_on_a_cpu_without_native_bf16_warns_that_it_is_slower(monkeypatch):
         assert [str(w.message)[:30] for w in caught] == ([] if native else ["this CPU has no native bf16 (n"])
 
 
-def test_auto_precision_is_bf16_on_cuda_and_fp32_on_the_cpu():
-    assert autocast_dtype("auto", torch.device("cpu")) is None
-    assert autocast_dtype("auto", torch.device("cuda")) is torch.bfloat16
+def test_auto_precision_is_bf16_on_cuda_and_on_a_cpu_with_native_bf16(monkeypatch):
+    from maskbit import device
+
+    monkeypatch.delenv("MASKBIT_PRECISION")  # the suite's fp32 (conftest.py)
+    for native, expected in ((True, torch.bfloat16), (False, None)):
+        monkeypatch.setattr(device, "cpu_has_native_bf16", lambda native=native: native)
+        assert autocast_dtype("auto", torch.device("cpu")) is expected
+        assert autocast_dtype("auto", torch.device("cuda")) is torch.bfloat16
+    monkeypatch.setenv("MASKBIT_PRECISION", "fp32")
+    assert autocast_dtype("auto", torch.device("cuda")) is None
+    monkeypatch.setenv("MASKBIT_PRECISION", "fp16")
+    with pytest.raises(ValueError, match="MASKBIT_PRECISION must be one of"):
+        autocast_dtype("auto", torch.device("cpu"))
     assert autocast_dtype("bf16", torch.device("cpu")) is torch.bfloat16
     assert autocast_dtype("fp32", torch.device("cuda")) is None
     x = torch.ones(2, 2)
