@@ -6,6 +6,8 @@ thread rule ("after"), interleaved in one process (issue 27).
     idle      nothing of ours beside it
     cli       one other CPU-bound process: a torch loop with one thread per core that knows nothing of the rule
               (as another user's job would); the CLI's case
+    train     `python -m train tokenizer --preset default` from the command line (the issue's case; "before": the
+              trainer with one thread per core, MASKBIT_THREADS; normal priority both times)
     app       the app's case: a background thread that encodes dataset batches as the index build does, and a
               tokenizer training job launched through app.jobs.Jobs (`accelerate launch`, the `default` preset)
 
@@ -56,8 +58,29 @@ def rule(after: bool):
 
 @contextlib.contextmanager
 def burner():
-    process = subprocess.Popen([sys.executable, "-c", BURNER], env={**os.environ, "OMP_NUM_THREADS": ""})
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MASKBIT_THREADS")}
+    process = subprocess.Popen([sys.executable, "-c", BURNER], env=env)  # one thread per core
     time.sleep(3)  # its imports
+    try:
+        yield
+    finally:
+        process.kill()
+        process.wait()
+
+
+@contextlib.contextmanager
+def trainer(after: bool, workspace: Path):
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MASKBIT_THREADS")}
+    if not after:
+        env["MASKBIT_THREADS"] = str(usable_cores())
+    run = workspace / f"train-{time.monotonic_ns()}"
+    args = [sys.executable, "-m", "train", "tokenizer", "--preset", "default", "--run-dir", str(run)]
+    process = subprocess.Popen(
+        args, cwd=Path(__file__).parents[1], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+    )
+    deadline = time.time() + 300
+    while not (run / "metrics.jsonl").is_file() and time.time() < deadline and process.poll() is None:
+        time.sleep(1)  # until its first logged steps
     try:
         yield
     finally:
@@ -123,7 +146,8 @@ def app_load(tokenizer: Tokenizer, after: bool, workspace: Path):
 
 def time_generate(generator, tokenizer, precision: str, repeats: int) -> float:
     labels = torch.arange(4)
-    generate(generator, tokenizer, labels, "default", seed=0, precision=precision)
+    if repeats == 0:
+        return generate(generator, tokenizer, labels, "default", seed=0, precision=precision)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -135,7 +159,7 @@ def time_generate(generator, tokenizer, precision: str, repeats: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"])
-    parser.add_argument("--loads", nargs="+", default=["idle", "cli", "app"])
+    parser.add_argument("--loads", nargs="+", default=["idle", "cli", "train", "app"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
@@ -151,20 +175,34 @@ def main() -> None:
     print(report, flush=True)
     with tempfile.TemporaryDirectory() as workspace:
         for load in args.loads:
-            for after in (False, True):  # interleaved: before, after under the same load
-                key = f"{load} {'after' if after else 'before'}"
-                if load == "idle":
-                    context = contextlib.nullcontext()
-                elif load == "cli":
-                    context = burner()
-                else:
-                    context = app_load(tokenizer, after, Path(workspace))
-                with context, rule(after):
+            if load in ("app", "train"):  # the other work differs: before and after one after the other
+                blocks = [((False,), None), ((True,), None)]
+            else:  # the same load for both: before and after interleaved at every repeat
+                blocks = [((False, True), burner() if load == "cli" else contextlib.nullcontext())]
+            for rules, context in blocks:
+                if context is None:
+                    after = rules[0]
+                    if load == "app":
+                        context = app_load(tokenizer, after, Path(workspace))
+                    else:
+                        context = trainer(after, Path(workspace))
+                with context:
                     for precision in args.precision:
                         tokenizer.precision = precision
-                        seconds = time_generate(generator, tokenizer, precision, args.repeats)
-                        report["seconds"][f"{key} {precision}"] = seconds
-                        print(f"{key} {precision}: {seconds:.2f} s", flush=True)
+                        times = {after: [] for after in rules}
+                        for after in rules:  # warm-up
+                            with rule(after):
+                                time_generate(generator, tokenizer, precision, 0)
+                        for _ in range(args.repeats):
+                            for after in rules:
+                                with rule(after):
+                                    times[after].append(time_generate(generator, tokenizer, precision, 1))
+                        for after, values in times.items():
+                            key = f"{load} {'after' if after else 'before'} {precision}"
+                            report["seconds"][key] = min(values)
+                            print(
+                                f"{key}: {min(values):.2f} s (all: {', '.join(f'{v:.2f}' for v in values)})", flush=True
+                            )
     report["load_average_at_end"] = os.getloadavg()
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
