@@ -8,6 +8,7 @@ group; SIGTERM makes the trainer write a checkpoint and stop, so a stopped job c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -196,17 +197,19 @@ class Jobs:
     # ------------------------------------------------------------------------------------------------ commands
 
     def command(self, stage: str, run: RunDir, preset: str = "", overrides: list[str] = (), resume: bool = False):
-        from maskbit.device import mixed_precision, pick_device
+        from maskbit.device import mixed_precision, pick_device, usable_cores
 
         # One process on the device the app uses. The trainer hands accelerate its config's training.mixed_precision
-        # ("auto": maskbit.device.mixed_precision), which wins over the launcher's default given here.
+        # ("auto": maskbit.device.mixed_precision), which wins over the launcher's default given here. On the CPU it
+        # may use the app's cores (OMP_NUM_THREADS) and fits its threads to the load at every step
+        # (maskbit.device.fit_threads); `_start` lowers its priority, so the app's requests come first.
         device = pick_device()
         launcher = Path(sys.executable).with_name("accelerate")  # the venv's `accelerate` script
         head = [str(launcher), "launch"] if launcher.is_file() else [sys.executable, "-m", "accelerate.commands.launch"]
         head += ["--num_processes", "1", "--num_machines", "1", "--mixed_precision", mixed_precision("auto", device)]
         head += ["--dynamo_backend", "no"]
         if device.type == "cpu":
-            head.append("--cpu")
+            head += ["--cpu", "--num_cpu_threads_per_process", str(usable_cores())]
         args = head + ["-m", "train", stage, "--run-dir", str(run.path)]
         if resume:
             return args + ["--resume"]
@@ -291,6 +294,8 @@ class Jobs:
         return name
 
     def _start(self, name: str, args: list[str]) -> None:
+        from maskbit.device import BACKGROUND_NICE
+
         run = self.run_dir(name)
         run.path.mkdir(parents=True, exist_ok=True)
         (run.path / STOP_REQUEST).unlink(missing_ok=True)
@@ -308,6 +313,10 @@ class Jobs:
                 )
         except OSError as error:
             raise UserError(f"could not start the training process: {error.strerror or error}") from None
+        # Background work: the launcher (a Python start-up away from starting the trainer, which inherits it) at a
+        # lower priority than the app's requests.
+        with contextlib.suppress(AttributeError, OSError):
+            os.setpriority(os.PRIO_PROCESS, process.pid, BACKGROUND_NICE)
         self.processes[name] = process
         try:
             (run.path / "launcher.json").write_text(

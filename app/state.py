@@ -23,6 +23,7 @@ from app.validation import UserError, checked_model_source
 from indexes.store import ImageIndex, IndexError_, IndexOptions
 from maskbit import Tokenizer
 from maskbit.analysis import MAX_DRAWN_BITS, Atlas, code_atlas
+from maskbit.device import run_in_background
 
 logger = logging.getLogger("app")
 
@@ -147,6 +148,7 @@ class AppState:
             return self._worker
 
     def _background(self, generation: int, previous: threading.Thread | None) -> None:
+        run_in_background()  # one thread at a lower priority: the user's requests keep the cores
         if previous is not None:
             previous.join()  # stale work stops at its next status update; two never write one index at once
         try:

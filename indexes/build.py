@@ -23,6 +23,7 @@ import torch
 from data import eval_view, heldout_images
 from indexes.store import ImageIndex, IndexError_, IndexOptions, save_npy
 from maskbit import Tokenizer, bits
+from maskbit.device import fit_threads
 from maskbit.files import atomic_write
 
 __all__ = ["ready_index", "build_dataset_index", "calibrate", "token_projection"]
@@ -186,6 +187,7 @@ def _index_items(
     spec, split = index.manifest["dataset"]["spec"], index.manifest["dataset"]["split"]
     for n, first in enumerate(range(items.start, items.stop, batch_size)):
         ids = range(first, min(first + batch_size, items.stop))
+        fit_threads(index.device)  # LPIPS and the pixels; the tokenizer fits its own
         batch = [view[i] for i in ids]
         sources = [f"{spec}:{split}:{i}" for i in ids]
         index.add(torch.stack([image for image, _ in batch]), sources, [label for _, label in batch])

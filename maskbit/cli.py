@@ -30,8 +30,8 @@ EXAMPLES = {
   # the published 12-bit models (downloaded from the hub), with the official 12-bit sampling preset
   python -m maskbit generate --tokenizer markweber/maskbit_tokenizer_12bit \\
       --generator markweber/maskbit_generator_12bit --labels 1 7 282 --device cuda --precision bf16
-  # the bundled model on a CPU with bf16 autocast: 1.8x faster here, approximate (bench/README.md)
-  python -m maskbit generate --labels 0 1 2 3 --precision bf16
+  # the bundled model in float32 even on a CPU with native bf16, where auto means bf16 (bench/README.md)
+  python -m maskbit generate --labels 0 1 2 3 --precision fp32
   # real-size 12-bit architecture with random weights, 2 steps (plumbing and speed checks)
   python -m maskbit generate --tokenizer maskbit_tokenizer_12bit --generator maskbit_generator_12bit \\
       --random-init --labels 1 --num-steps 2""",

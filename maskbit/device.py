@@ -1,8 +1,12 @@
 """Where models run and at what precision: one rule for the library, the CLIs, training, indexes and the app.
 
     device     "auto" → the first CUDA device when there is one, else the CPU
-    precision  "auto" → bf16 autocast on CUDA, float32 on the CPU; "fp32" and "bf16" force one
+    precision  "auto" → bf16 autocast on CUDA and on a CPU with native bf16, else float32; "fp32" and "bf16" force one
     training   accelerate's mixed_precision "auto" → "bf16" on CUDA and on a CPU with native bf16, else "no"
+    threads    on the CPU, each unit of work (a sampling step, an encode or decode, a training step, an index batch)
+               runs with `cpu_threads()` threads: the cores this process may use (OMP_NUM_THREADS caps them) less the
+               tasks other processes are running at that moment, at least one. Background work (the app's index
+               build, the jobs it launches) also runs at a lower priority (`BACKGROUND_NICE`).
 
 Nothing here touches CUDA at import time (a ZeroGPU Space attaches the GPU only inside its decorated functions);
 `pick_device` asks torch.cuda only when it is called.
@@ -13,7 +17,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import os
+import threading
 import warnings
+from pathlib import Path
 
 import torch
 
@@ -26,6 +33,11 @@ __all__ = [
     "precision_autocast",
     "mixed_precision",
     "cpu_has_native_bf16",
+    "usable_cores",
+    "cpu_threads",
+    "fit_threads",
+    "run_in_background",
+    "BACKGROUND_NICE",
     "add_device_arguments",
 ]
 
@@ -48,11 +60,17 @@ def pick_device(name: str | torch.device = "auto") -> torch.device:
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for a precision name: "auto" is bf16 on CUDA and fp32 (no autocast) on the CPU."""
+    """The autocast dtype for a precision name: "auto" is bf16 on CUDA and on a CPU with native bf16 (AVX-512 BF16
+    or AMX), where it is 2-4x faster and keeps the bundled pair's quality (judged share, PSNR, bits: bench/README.md,
+    "bf16 on a CPU with native bf16"); fp32 (no autocast) on other CPUs, where bf16 is emulated and 6x slower."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":  # MASKBIT_PRECISION: what "auto" means for a deployment or a test suite
+        precision = os.environ.get("MASKBIT_PRECISION", "auto")
+        if precision not in PRECISIONS:
+            raise ValueError(f"MASKBIT_PRECISION must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
+        precision = "bf16" if device.type == "cuda" or cpu_has_native_bf16() else "fp32"
     if precision == "bf16":
         _warn_if_emulated(device)
     return torch.bfloat16 if precision == "bf16" else None
@@ -100,6 +118,72 @@ def mixed_precision(name: str, device: torch.device) -> str:
     return name
 
 
+# ------------------------------------------------------------------------------------------------------ threads
+
+BACKGROUND_NICE = 10  # background work yields the CPU to interactive work (CFS weight 110 against 1024 at nice 0)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on, capped by OMP_NUM_THREADS when it is set (a launched job's share)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        cap = int(os.environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        cap = cores
+    return max(1, min(cores, cap if cap > 0 else cores))
+
+
+def _running_elsewhere() -> int:
+    """Tasks other processes are running now (Linux: /proc/loadavg's runnable count less this process's own running
+    threads, whose count includes the caller and OpenMP workers still spinning after a parallel region); 0 where
+    /proc is absent."""
+    try:
+        running = int(Path("/proc/loadavg").read_text().split()[3].partition("/")[0])
+        own = 0
+        for task in os.scandir("/proc/self/task"):
+            with open(f"{task.path}/stat", "rb") as file:
+                own += file.read().rpartition(b")")[2][1:2] == b"R"
+    except (OSError, ValueError, IndexError):
+        return 0
+    return max(0, running - max(own, 1))
+
+
+def cpu_threads() -> int:
+    """Threads for the next unit of CPU work: the usable cores less the tasks other processes run now, at least 1.
+
+    Two processes that each run one OpenMP thread per core stall each other: every parallel region ends at a barrier
+    that waits for the thread the other process has descheduled (4 images took 3.5x (fp32) to 11x (bf16) their idle
+    time on 2 cores next to a training run; bench/README.md, "Threads under load"). MASKBIT_THREADS=N fixes the
+    count instead (measurements that need a fixed one)."""
+    fixed = os.environ.get("MASKBIT_THREADS", "")
+    if fixed.isdigit() and int(fixed) > 0:
+        return int(fixed)
+    return max(1, usable_cores() - _running_elsewhere())
+
+
+def fit_threads(device: torch.device | str = "cpu") -> int:
+    """Set the calling thread's torch (OpenMP, oneDNN, MKL) thread count to `cpu_threads()` for CPU work, before each
+    unit of work; returns it (0 on other devices, where nothing is changed). A thread marked by `run_in_background`
+    keeps one thread."""
+    if torch.device(device).type != "cpu":
+        return 0
+    threads = 1 if getattr(_background, "active", False) else cpu_threads()
+    torch.set_num_threads(threads)  # OpenMP's count is per calling thread (torch reports the last one set)
+    return threads
+
+
+_background = threading.local()
+
+
+def run_in_background() -> None:
+    """Mark the calling thread as background work: one torch thread (`fit_threads`) and a lower CPU priority (Linux
+    sets priorities per thread), so that interactive work in the same process or beside it keeps the cores."""
+    _background.active = True
+    torch.set_num_threads(1)
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
+
+
 def add_device_arguments(parser: argparse.ArgumentParser) -> None:
     """--device and --precision, the same on every command line of the project."""
     parser.add_argument("--device", default="auto", choices=DEVICES, help="auto: CUDA when there is a GPU, else CPU")
@@ -107,6 +191,6 @@ def add_device_arguments(parser: argparse.ArgumentParser) -> None:
         "--precision",
         default="auto",
         choices=PRECISIONS,
-        help="auto: bf16 autocast on CUDA, float32 on the CPU; bf16 on a CPU is approximate, and faster only on one "
-        "with native bf16 (AVX-512 BF16 or AMX; bench/README.md)",
+        help="auto: bf16 autocast on CUDA and on a CPU with native bf16 (AVX-512 BF16 or AMX), float32 on other "
+        "CPUs, where bf16 is emulated and slow (bench/README.md); fp32 for the official code's exact numerics",
     )

@@ -24,7 +24,7 @@ import torch
 
 from maskbit import bits as bitops
 from maskbit.config import SAMPLING_PRESETS, GeneratorConfig, SamplingConfig
-from maskbit.device import precision_autocast
+from maskbit.device import fit_threads, precision_autocast
 from maskbit.generator import Generator
 from maskbit.tokenizer import Tokenizer
 
@@ -192,6 +192,7 @@ def iter_generate(
     autocast = precision_autocast(precision or generator.precision, device)
     for step in range(sampling.num_steps):
         scale = guidance_weight(step, sampling)
+        fit_threads(device)  # each step with the threads that fit the machine's load now
         with autocast:
             if scale == 0:
                 logits = generator(tokens, labels, keep_labels).float()

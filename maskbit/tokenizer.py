@@ -27,7 +27,7 @@ from torch import nn
 from maskbit import magvit2, taming
 from maskbit.checkpoint import PretrainedMixin
 from maskbit.config import FAMILY_HUB_FILES, OFFICIAL_VQ_HUB_FILES, TOKENIZER_PRESETS, TokenizerConfig
-from maskbit.device import precision_autocast
+from maskbit.device import fit_threads, precision_autocast
 from maskbit.quantizers import LookupFreeQuantizer, QuantizerOutput, VectorQuantizer, build_quantizer
 
 __all__ = ["Tokenizer", "LookupFreeQuantizer", "VectorQuantizer", "QuantizerOutput", "TokenizerOutput"]
@@ -276,6 +276,7 @@ class Tokenizer(PretrainedMixin, nn.Module):
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) in [0, 1] → indices (B, h, w) int64 in [0, 2^num_bits); LFQ: bit k of an index = channel k."""
+        fit_threads(self._device)
         with precision_autocast(self.precision, self._device):
             z = self.encode_latent(images)
         return self.quantizer.indices(z.float())
@@ -292,6 +293,7 @@ class Tokenizer(PretrainedMixin, nn.Module):
             )
         if bits.dim() != 4 or bits.shape[1] != self.num_bits:
             raise ValueError(f"bits must have shape (B, {self.num_bits}, h, w), got {tuple(bits.shape)}")
+        fit_threads(self._device)
         with precision_autocast(self.precision, self._device):
             images = self.decode_latent(bits)
         return images if images.dtype == self._dtype else images.to(torch.float32)  # float32 out of autocast
@@ -306,6 +308,7 @@ class Tokenizer(PretrainedMixin, nn.Module):
             indices = indices.view(-1, side, side)
         if indices.dim() != 3:
             raise ValueError(f"indices must have shape (B, h, w) or (B, N), got {tuple(indices.shape)}")
+        fit_threads(self._device)
         with precision_autocast(self.precision, self._device):
             images = self.decode_latent(self.quantizer.lookup(indices))
         return images if images.dtype == self._dtype else images.to(torch.float32)  # float32 out of autocast

@@ -117,6 +117,70 @@ def test_launch_commands_are_argument_lists(tmp_path):
     assert resume[-1] == "--resume" and "--preset" not in resume
 
 
+REPORT_THREADS = """
+import json, os, sys, torch
+sys.path.insert(0, os.getcwd())  # the project root, where the app starts its jobs
+from maskbit.device import fit_threads
+pid = os.getpid()
+environ = dict(item.split("=", 1) for item in open(f"/proc/{pid}/environ").read().split("\\0") if "=" in item)
+report = {"omp": environ.get("OMP_NUM_THREADS"), "nice": os.getpriority(os.PRIO_PROCESS, 0)}
+report["parent_nice"] = os.getpriority(os.PRIO_PROCESS, os.getppid())
+report["start"] = torch.get_num_threads()
+report["fitted"] = fit_threads("cpu")
+open(sys.argv[1], "w").write(json.dumps(report))
+"""
+
+
+def test_a_launched_job_gets_the_apps_cores_a_lower_priority_and_fits_its_threads(tmp_path, monkeypatch):
+    """Read back from the launched process itself: its environment (/proc/<pid>/environ), its priority and that of
+    `accelerate launch`, and the torch thread counts it starts with and fits to the load."""
+    import json
+    import os
+
+    from maskbit.device import BACKGROUND_NICE, usable_cores
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    jobs = Jobs(tmp_path / "runs")
+    args = jobs.command("tokenizer", jobs.run_dir("a"), "tiny")
+    script, report = tmp_path / "report_threads.py", tmp_path / "report.json"
+    script.write_text(REPORT_THREADS)
+    jobs._start("a", args[: args.index("-m")] + [str(script), str(report)])  # accelerate launch, this script
+    assert jobs.processes["a"].wait(120) == 0, (jobs.run_dir("a").path / "console.txt").read_text()[-2000:]
+    seen = json.loads(report.read_text())
+    nice = min(19, os.getpriority(os.PRIO_PROCESS, 0) + BACKGROUND_NICE)
+    cores = usable_cores()
+    assert seen["omp"] == str(cores) and seen["start"] == cores and seen["nice"] == seen["parent_nice"] == nice
+    assert 1 <= seen["fitted"] <= cores  # fitted to the load at each step: test_device.py
+
+
+def test_the_apps_generation_fits_its_threads_to_the_load(models):
+    """Next to one busy process per core, every sampling step and decode of the app's generation runs one thread."""
+    import subprocess
+    import sys
+    import time
+
+    from maskbit.device import usable_cores
+
+    threads = []
+    hooks = [
+        models.generator.register_forward_hook(lambda *_: threads.append(("step", torch.get_num_threads()))),
+        models.tokenizer.decoder.register_forward_hook(lambda *_: threads.append(("decode", torch.get_num_threads()))),
+    ]
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(usable_cores())]
+    previous = torch.get_num_threads()
+    try:
+        time.sleep(0.5)
+        list(generate_steps(models, [0, 1], models.sampling, 0))
+    finally:
+        for process in busy:
+            process.kill()
+            process.wait()
+        for hook in hooks:
+            hook.remove()
+        torch.set_num_threads(previous)
+    assert {kind for kind, _ in threads} == {"step", "decode"} and {n for _, n in threads} == {1}
+
+
 def test_jobs_refuse_escapes_and_unknown_keys(tmp_path):
     jobs = Jobs(tmp_path / "runs")
     for name in ("../x", "/abs", "", "a b", ".hidden"):

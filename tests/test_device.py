@@ -40,9 +40,19 @@ def test_bf16_on_a_cpu_without_native_bf16_warns_that_it_is_slower(monkeypatch):
         assert [str(w.message)[:30] for w in caught] == ([] if native else ["this CPU has no native bf16 (n"])
 
 
-def test_auto_precision_is_bf16_on_cuda_and_fp32_on_the_cpu():
-    assert autocast_dtype("auto", torch.device("cpu")) is None
-    assert autocast_dtype("auto", torch.device("cuda")) is torch.bfloat16
+def test_auto_precision_is_bf16_on_cuda_and_on_a_cpu_with_native_bf16(monkeypatch):
+    from maskbit import device
+
+    monkeypatch.delenv("MASKBIT_PRECISION")  # the suite's fp32 (conftest.py)
+    for native, expected in ((True, torch.bfloat16), (False, None)):
+        monkeypatch.setattr(device, "cpu_has_native_bf16", lambda native=native: native)
+        assert autocast_dtype("auto", torch.device("cpu")) is expected
+        assert autocast_dtype("auto", torch.device("cuda")) is torch.bfloat16
+    monkeypatch.setenv("MASKBIT_PRECISION", "fp32")
+    assert autocast_dtype("auto", torch.device("cuda")) is None
+    monkeypatch.setenv("MASKBIT_PRECISION", "fp16")
+    with pytest.raises(ValueError, match="MASKBIT_PRECISION must be one of"):
+        autocast_dtype("auto", torch.device("cpu"))
     assert autocast_dtype("bf16", torch.device("cpu")) is torch.bfloat16
     assert autocast_dtype("fp32", torch.device("cuda")) is None
     x = torch.ones(2, 2)
@@ -108,3 +118,62 @@ def test_the_sampler_runs_at_the_generator_precision_unless_told_otherwise(tiny_
     steps = SAMPLING_PRESETS["tiny"].num_steps
     assert dtypes == [torch.float32] * steps + [torch.bfloat16] * steps + [torch.float32] * steps
     assert (states[-1].prediction < tiny_generator.config.mask_token).all()
+
+
+BUSY = "while True: pass"
+
+
+@pytest.fixture
+def busy_cores():
+    """One CPU-bound process per core this process may use (as another user's jobs would be)."""
+    import subprocess
+    import sys
+    import time
+
+    from maskbit.device import usable_cores
+
+    processes = [subprocess.Popen([sys.executable, "-c", BUSY]) for _ in range(usable_cores())]
+    time.sleep(0.5)
+    yield
+    for process in processes:
+        process.kill()
+        process.wait()
+
+
+def test_threads_fit_the_load_and_a_cap_or_a_fixed_count_is_kept(busy_cores, monkeypatch):
+    from maskbit.device import cpu_threads, fit_threads, usable_cores
+
+    previous = torch.get_num_threads()
+    try:
+        assert cpu_threads() == 1  # every core has another process's task on it
+        assert fit_threads("cpu") == 1 and torch.get_num_threads() == 1
+        assert fit_threads("cuda") == 0 and torch.get_num_threads() == 1  # nothing changed off the CPU
+        monkeypatch.setenv("MASKBIT_THREADS", "3")
+        assert fit_threads("cpu") == 3 and torch.get_num_threads() == 3
+        monkeypatch.delenv("MASKBIT_THREADS")
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        assert usable_cores() == 1
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_background_work_runs_one_thread_at_a_lower_priority():
+    import os
+    import threading
+
+    from maskbit.device import BACKGROUND_NICE, fit_threads, run_in_background
+
+    seen = {}
+
+    def background():
+        run_in_background()
+        seen["threads"] = fit_threads("cpu")
+        stat = open(f"/proc/self/task/{threading.get_native_id()}/stat").read().rpartition(")")[2].split()
+        seen["nice"] = int(stat[16])  # field 19 of stat: nice
+
+    previous = torch.get_num_threads()
+    worker = threading.Thread(target=background)
+    worker.start()
+    worker.join()
+    torch.set_num_threads(previous)
+    assert seen == {"threads": 1, "nice": min(19, os.getpriority(os.PRIO_PROCESS, 0) + BACKGROUND_NICE)}

@@ -25,7 +25,7 @@ from accelerate.utils import set_seed
 from tqdm import tqdm
 
 from maskbit import Generator, Tokenizer, bits, iter_generate, prediction_to_indices
-from maskbit.device import mixed_precision, pick_device
+from maskbit.device import fit_threads, mixed_precision, pick_device
 from maskbit.files import write_json_atomic
 from maskbit.images import image_grid, psnr, save_image
 from maskbit.sampling import check_pair
@@ -417,6 +417,7 @@ def train(config: TokenizerTrainConfig | GeneratorTrainConfig, run_dir: str | Pa
         step = start
         last_time, images_seen = time.time(), 0
         while step < t.max_steps:
+            fit_threads(accelerator.device)  # each step with the threads that fit the machine's load now
             logs = stage.set_lr(step)
             for _ in range(t.gradient_accumulation_steps):
                 logs |= stage.micro_step(next(data), step)
