@@ -5,8 +5,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).parents[1]
 TINY = ROOT / "tests" / "fixtures" / "official-tiny" / "tiny_tokenizer.bin"
+
+
+def _leaves(tree, path=""):
+    """A nested dict/list as {path: leaf}, for pytest.approx (which compares flat mappings only)."""
+    if isinstance(tree, dict):
+        return {k: v for key, value in tree.items() for k, v in _leaves(value, f"{path}/{key}").items()}
+    if isinstance(tree, list):
+        return {k: v for i, value in enumerate(tree) for k, v in _leaves(value, f"{path}/{i}").items()}
+    return {path: tree}
 
 
 def test_bit_flips_writes_its_tables_and_plots(tmp_path):
@@ -18,7 +29,9 @@ def test_bit_flips_writes_its_tables_and_plots(tmp_path):
     assert report["images"] == 3 and report["judge"] is None  # 32 px images: the judge knows 64 px shapes only
     tokenizer = report["tokenizers"][0]
     assert set(tokenizer["flips"]) == {"all", "1", "4", "16"} and len(tokenizer["flips"]["all"]["per_bit"]) == 12
-    assert report["tokenizers"][0]["flips"] == report["tokenizers"][1]["flips"]  # the same tokenizer twice
+    # The same tokenizer twice gives the same figures, up to float32 rounding: each decode runs with the threads that
+    # fit the machine's load at that moment (maskbit.device), and the thread count changes the order of some sums.
+    assert _leaves(report["tokenizers"][0]["flips"]) == pytest.approx(_leaves(report["tokenizers"][1]["flips"]), rel=1e-5)
     one_token, every_token = tokenizer["flips"]["1"]["overall"], tokenizer["flips"]["all"]["overall"]
     assert one_token["l2"] < every_token["l2"]  # flipping one token moves an image less than flipping all 64
     for name in ("bit_flips.md", "bit_flips.png", "bit_flips_examples.png"):
