@@ -299,4 +299,3 @@ def test_inference_freezes_places_and_sets_the_precision(tiny_tokenizer):
     assert next(model.parameters()).device == torch.device("cpu")
     with pytest.raises(ValueError, match="precision must be one of auto, fp32, bf16, got 'fp16'"):
         model.inference("cpu", "fp16")
-
