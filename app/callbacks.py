@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import gradio as gr
+
 from app.explore import ExploreCallbacks
 from app.jobs import PRESETS, STAGES
 from app.search import SearchCallbacks
@@ -57,6 +59,42 @@ class Callbacks(ExploreCallbacks, SearchCallbacks, TrainingCallbacks):
             "train_presets": PRESETS,
             "job_columns": JOB_COLUMNS,
         }
+
+    # ------------------------------------------------------------------------------------------------ the page
+
+    def served(self) -> tuple:
+        """Everything the page shows of the pair the server holds now, for app/layout.py's `served` widgets in their
+        order: model pair, tokenizer, generator, model info, classes, the sampling knobs (SAMPLING_KNOBS), the step
+        slider, the Generate button and its note, the tokenizers to compare with, bits per walk step, the index line.
+        Every page load asks for it, so a page reloaded after a switch (here or in another tab) shows the new pair."""
+        v = self.page_values()
+        names, sampling = v["class_names"], v["sampling"]
+        return (
+            gr.update(choices=v["model_choices"], value=v["model_choice"]),
+            v["tokenizer"],
+            v["generator"],
+            self.model_info(),
+            gr.update(choices=names, value=names[:1]),
+            *(sampling[knob] for knob in SAMPLING_KNOBS),
+            gr.update(maximum=sampling["num_steps"], value=sampling["num_steps"]),
+            gr.update(interactive=v["can_generate"]),
+            v["generation_note"],
+            gr.update(choices=v["comparison_choices"]),
+            gr.update(value=v["walk_bits"]),
+            v["index_status"],
+        )
+
+    def load_served(self, tokenizer: str, generator: str) -> tuple:
+        """The model panel's Load on the page: the pair loaded, then what `served` shows, the message and the old
+        pair's generation outputs emptied."""
+        *_, message = self.load_models(tokenizer, generator)
+        return (*self.served(), message, *self.cleared())
+
+    def train_load_served(self, name: str) -> tuple:
+        """The Training tab's "Load into explorer" on the page: as `load_served`, the message in both places."""
+        *_, message = self.train_load(name)
+        served = self.served()
+        return (*served, message, message, *self.cleared())
 
     def _pair(self, choice: str) -> tuple[str, str] | None:
         try:

@@ -172,6 +172,14 @@ class ExploreCallbacks(Endpoints):
             raise gr.Error("generate an image first", print_exception=False)
         return path
 
+    def send_generated_to(self, tab: str):
+        """`send_generated` for a button that also opens `tab` (only when there is an image to send)."""
+
+        def send(files: list[str], chosen: str | None):
+            return self.send_generated(files, chosen), gr.update(selected=tab)
+
+        return send
+
     # ------------------------------------------------------------------------------------------------ bit flips
 
     @gpu

@@ -43,6 +43,17 @@ CSS = """
 .pixelated img { object-fit: contain !important; }
 #token-grid img { image-rendering: pixelated; cursor: crosshair; }
 .intro { opacity: 0.85; }
+/* Galleries fit their column: Gradio gives each thumbnail at least 100 px (8 neighbours in a 800-px column scroll
+   sideways) and lays the caption over the image on one line, cut with an ellipsis. Here columns share the width, and
+   the caption sits under its image, wrapped, so the distances it reports are always readable. */
+.grid-container { grid-template-columns: repeat(var(--grid-cols), minmax(0, 1fr)) !important;
+                  grid-template-rows: none !important; grid-auto-rows: auto !important; }
+.thumbnail-item.thumbnail-lg { aspect-ratio: auto !important; height: auto !important;
+                               display: flex; flex-direction: column; }
+.thumbnail-item.thumbnail-lg > img { height: auto !important; }
+.thumbnail-item .caption-label { position: static !important; max-width: 100% !important; white-space: normal !important;
+                                 overflow-wrap: anywhere; text-overflow: clip !important; border: none !important;
+                                 border-radius: 0 !important; }
 """
 
 # gr.Plot has no click event: clicking a point of the token-space UMAP fills "index id" with the point's id and
