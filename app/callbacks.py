@@ -36,6 +36,7 @@ class Callbacks(ExploreCallbacks, SearchCallbacks, TrainingCallbacks):
             "tokenizer": models.tokenizer_source,
             "generator": models.generator_source,
             "index_status": self.index_status(),
+            "lpips_ready": self.state.lpips is not None,
             "class_names": models.class_names,
             "sampling": dataclasses.asdict(models.sampling),
             "sampling_presets": list(SAMPLING_PRESETS),
@@ -65,8 +66,9 @@ class Callbacks(ExploreCallbacks, SearchCallbacks, TrainingCallbacks):
     def served(self) -> tuple:
         """Everything the page shows of the pair the server holds now, for app/layout.py's `served` widgets in their
         order: model pair, tokenizer, generator, model info, classes, the sampling knobs (SAMPLING_KNOBS), the step
-        slider, the Generate button and its note, the tokenizers to compare with, bits per walk step, the index line.
-        Every page load asks for it, so a page reloaded after a switch (here or in another tab) shows the new pair."""
+        slider, the Generate button and its note, the tokenizers to compare with, bits per walk step, the index line,
+        the LPIPS gallery and the note in its place (the last three are `status()`'s). Every page load asks for it, so
+        a page reloaded after a switch (here or in another tab) shows the new pair."""
         v = self.page_values()
         names, sampling = v["class_names"], v["sampling"]
         return (
@@ -81,8 +83,15 @@ class Callbacks(ExploreCallbacks, SearchCallbacks, TrainingCallbacks):
             v["generation_note"],
             gr.update(choices=v["comparison_choices"]),
             gr.update(value=v["walk_bits"]),
-            v["index_status"],
+            *self.status(),
         )
+
+    def status(self) -> tuple:
+        """The index line, and the LPIPS gallery or, in its place until LPIPS is ready, the note that says why not
+        (the page's timer asks every 2 s: LPIPS and the index are prepared in the background)."""
+        ready = self.state.lpips is not None
+        note = f"**by LPIPS**: {self.state.lpips_note}" if not ready else ""
+        return self.index_status(), gr.update(visible=ready), gr.update(value=note, visible=not ready)
 
     def load_served(self, tokenizer: str, generator: str) -> tuple:
         """The model panel's Load on the page: the pair loaded, then what `served` shows, the message and the old

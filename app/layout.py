@@ -188,7 +188,7 @@ def _flips_tab(v: dict) -> SimpleNamespace:
                     reconstruction = gr.Image(label="reconstruction", interactive=False, height=200, **PIXELATED)
                 flipped = gr.Gallery(
                     elem_id="flipped-gallery",
-                    label="bit i flipped | what changed (×4, black: nothing)",
+                    label="bit i flipped | what changed (scaled to its largest change; yellow: chosen tokens)",
                     columns=3,
                     height="max-content",
                     **PIXELATED,
@@ -211,21 +211,21 @@ def _flips_tab(v: dict) -> SimpleNamespace:
             with gr.Row():
                 compare_loaded = gr.Gallery(
                     elem_id="compare-loaded",
-                    label="loaded tokenizer: bit i flipped | what changed",
+                    label="loaded tokenizer: bit i flipped | what changed (scaled)",
                     columns=3,
                     height="max-content",
                     **PIXELATED,
                 )
                 compare_other = gr.Gallery(
                     elem_id="compare-other",
-                    label="compared tokenizer: bit i flipped | what changed",
+                    label="compared tokenizer: bit i flipped | what changed (scaled)",
                     columns=3,
                     height="max-content",
                     **PIXELATED,
                 )
             with gr.Row():
                 compare_psnr = gr.Plot(label="PSNR per bit", elem_id="compare-psnr")
-                compare_distance = gr.Plot(label="LPIPS per bit")
+                compare_distance = gr.Plot(label="LPIPS per bit (L2 without LPIPS weights)")
                 compare_judge = gr.Plot(label="the judge's verdict per bit")
             compare_summary = gr.JSON(label="comparison", open=False)
         with gr.Accordion("Bit planes and token map", open=False):
@@ -266,14 +266,25 @@ def _neighbours_tab(v: dict) -> SimpleNamespace:
                 message = gr.Markdown(elem_id="neighbours-message")
                 verdict = gr.Markdown(elem_id="verdict")
             with gr.Column(scale=2):
-                galleries = [
-                    gr.Gallery(elem_id=f"{metric}-gallery", label=label, columns=8, height="max-content", **PIXELATED)
-                    for metric, label in (
-                        ("hamming", "by Hamming distance of the tokens"),
-                        ("lpips", "by LPIPS"),
-                        ("pixel", "by pixel L2 (16×16)"),
+                galleries = []
+                for metric, label in (
+                    ("hamming", "by Hamming distance of the tokens"),
+                    ("lpips", "by LPIPS"),
+                    ("pixel", "by pixel L2 (16×16)"),
+                ):
+                    shown = metric != "lpips" or v["lpips_ready"]  # else the note in its place says why not
+                    galleries.append(
+                        gr.Gallery(
+                            elem_id=f"{metric}-gallery",
+                            label=label,
+                            columns=8,
+                            height="max-content",
+                            visible=shown,
+                            **PIXELATED,
+                        )
                     )
-                ]
+                    if metric == "lpips":
+                        lpips_note = gr.Markdown(visible=not shown, elem_id="lpips-note")
         with gr.Row():
             scatter = gr.Plot(label="distances compared")
             heat = gr.Plot(label="per-token Hamming map")
@@ -287,7 +298,7 @@ def _neighbours_tab(v: dict) -> SimpleNamespace:
             report_text = gr.Markdown()
             report_image = gr.Image(label="nearest-distance histograms", format="png", interactive=False)
             report_json = gr.JSON(visible=False)
-    return SimpleNamespace(**{k: w for k, w in locals().items() if k != "v"})
+    return SimpleNamespace(**{k: w for k, w in locals().items() if k not in ("v", "metric", "label", "shown")})
 
 
 def _tokens_tab() -> SimpleNamespace:
@@ -392,14 +403,14 @@ def _wire(demo, c: Callbacks, m, g, f, n, t, j, tabs, timer, index_line) -> None
     # the pair the server holds now, on every page load and after every switch (a reloaded page shows it too)
     served = [
         m.pair, m.tokenizer, m.generator, m.info, g.labels, *g.knobs, g.step, g.button, g.note, f.compare_with,
-        f.walk_bits, index_line,
+        f.walk_bits, index_line, n.galleries[1], n.lpips_note,
     ]  # fmt: skip
     cleared = [g.gallery, g.frame, g.masked, g.progress]  # a new pair: results (and errors) of the old one go
     demo.load(c.model_info, None, m.info, api_name="model_info")
     demo.load(c.served, None, served, **PRIVATE)
     # the public endpoint first: a private event of the same function takes its name otherwise
     gr.Button("Index status", visible=False).click(c.index_status, None, index_line, api_name="index_status")
-    timer.tick(c.index_status, None, index_line, show_progress="hidden", **PRIVATE)
+    timer.tick(c.status, None, [index_line, n.galleries[1], n.lpips_note], show_progress="hidden", **PRIVATE)
     _ui(m.pair.input, c.pair_sources, m.pair, [m.tokenizer, m.generator], m.message)
     _api(c.load_models, [m.tokenizer, m.generator], [m.info, g.labels, m.message], "load_models")
     _ui(m.load.click, c.load_served, [m.tokenizer, m.generator], [*served, m.message, *cleared], m.message)

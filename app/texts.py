@@ -9,7 +9,8 @@ GENERATE = (
 FLIPS = (
     "**The claim (Fig. 3):** flip one bit of every token of a lookup-free (bit) tokenizer and the image keeps its "
     "content, while colours and details change, because bit k of a token is the sign of latent channel k. "
-    "Flip each bit and compare the PSNR and the difference maps (black: unchanged). Then *compare with* the VQ twin: "
+    "Flip each bit and compare the PSNR and the difference maps (black: unchanged; each map is scaled to its own "
+    "largest change, by the gain its caption gives). Then *compare with* the VQ twin: "
     "a vector-quantised tokenizer's index bits only number codebook entries."
 )
 NEIGHBOURS = (
@@ -51,9 +52,9 @@ CSS = """
 .thumbnail-item.thumbnail-lg { aspect-ratio: auto !important; height: auto !important;
                                display: flex; flex-direction: column; }
 .thumbnail-item.thumbnail-lg > img { height: auto !important; }
-.thumbnail-item .caption-label { position: static !important; max-width: 100% !important; white-space: normal !important;
-                                 overflow-wrap: anywhere; text-overflow: clip !important; border: none !important;
-                                 border-radius: 0 !important; }
+.thumbnail-item .caption-label { position: static !important; max-width: 100% !important;
+                                 white-space: normal !important; overflow-wrap: anywhere;
+                                 text-overflow: clip !important; border: none !important; border-radius: 0 !important; }
 """
 
 # gr.Plot has no click event: clicking a point of the token-space UMAP fills "index id" with the point's id and

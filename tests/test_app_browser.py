@@ -103,9 +103,14 @@ def test_a_reloaded_page_shows_the_pair_the_server_holds(page, app_server):
     shapes = app_server.settings.workspace / "shapes-generator"  # a folder models may be loaded from
     Generator.from_pretrained(generator).save_pretrained(shapes, sampling=SamplingConfig(num_steps=5))
     (shapes / "classes.json").write_text('["circle", "square"]')
+    lpips, note = state.lpips, state.lpips_note
     try:
         state.switch_models(tokenizer, str(shapes))
+        state.lpips, state.lpips_note = None, "LPIPS unavailable: no AlexNet weights here"  # as a server without them
         page.reload()
+        tab(page, "Neighbours")  # issue 25.8: the reason at once, in the LPIPS gallery's place
+        expect(page.locator("#lpips-note")).to_contain_text("by LPIPS: LPIPS unavailable: no AlexNet weights here")
+        expect(page.locator("#lpips-gallery")).to_be_hidden()
         page.get_by_text("Model", exact=True).first.click()  # the model panel starts closed
         tab(page, "Generate")
         expect(page.get_by_label("generator (empty: none)")).to_have_value(str(shapes))
@@ -114,6 +119,7 @@ def test_a_reloaded_page_shows_the_pair_the_server_holds(page, app_server):
         expect(page.locator("#generate-progress")).to_have_text("4 images, 5 steps", timeout=TIMEOUT)
         expect(page.locator("#generated-gallery")).to_contain_text("circle (#0)")
     finally:
+        state.lpips, state.lpips_note = lpips, note
         state.switch_models(tokenizer, generator)
         state.wait_ready(300)
         page.reload()

@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from app import pictures
 from app.callbacks import Callbacks
 from data import eval_view
 from indexes.store import thumbnails
@@ -94,17 +95,22 @@ def test_flip_bits_matches_the_library(callbacks, image_file, app_models):
     assert summary["psnr_db"][1] == pytest.approx(
         float(10 * torch.log10(1 / (recon - flipped).pow(2).mean())), abs=1e-2
     )
-    picture = gallery[1][0]  # the flipped image, a 2 px gap, and |flipped − reconstruction| × 4
+    # the flipped image, a gap, and |flipped − reconstruction| scaled to its largest change, both enlarged 8×
+    picture = gallery[1][0][::8, ::8]
     assert picture.shape == (32, 66, 3) and (as_tensor(picture[:, :32]) - flipped[0]).abs().max() <= 1 / 255 + 1e-6
-    difference = ((flipped[0] - recon[0]).abs() * 4).clamp(0, 1)
-    assert (as_tensor(picture[:, -32:]) - difference).abs().max() <= 1 / 255 + 1e-6
+    change = (flipped[0] - recon[0]).abs()
+    assert (as_tensor(picture[:, -32:]) - change / change.max()).abs().max() <= 1 / 255 + 1e-6
     assert gallery[1][1].startswith("bit 5: ") and summary["lpips"] is not None  # random-backbone LPIPS
+    assert gallery[1][1].endswith(f" · map ×{1 / float(change.max()):.0f}")
     assert note == "" and grid.shape == (256, 256, 3)
 
 
 def test_flips_at_chosen_tokens_and_a_click_on_the_grid(callbacks, image_file):
-    summary = callbacks.flip_bits(image_file, "3", "0-3, 9")[5]
+    _, _, gallery, _, _, summary, _, _ = callbacks.flip_bits(image_file, "3", "0-3, 9")
     assert summary["positions_flipped"] == 5
+    what_changed = gallery[0][0][:, -256:]  # 32 px per token: token 9 is row 1, column 1, outlined in yellow
+    assert (what_changed[32, 32:64] == pictures.MARK).all() and (what_changed[32:64, 63] == pictures.MARK).all()
+    assert not (what_changed[128:160, 128:160] == pictures.MARK).all(-1).any()  # token 36 was not chosen
     click = gr.SelectData(None, {"index": [40, 70], "value": None})  # the grid is 256 px: 32 px per token
     text, grid = callbacks.toggle_token(image_file, "0-3", click)  # column 1, row 2: token 17
     assert text == "0, 1, 2, 3, 17" and grid.shape == (256, 256, 3)
@@ -312,7 +318,7 @@ def test_bit_flips_side_by_side_with_a_vq_tokenizer(callbacks, image_file, app_s
     indices = vq.encode(load_image(image_file)[None])
     recon = vq.decode(indices).clamp(0, 1)
     flipped = vq.decode(bits.flip_bits(indices, 7, 12)).clamp(0, 1)  # bit 7 of each codebook index
-    assert (as_tensor(other[1][0][:, :32]) - flipped[0]).abs().max() <= 1 / 255 + 1e-6
+    assert (as_tensor(other[1][0][::8, ::8][:, :32]) - flipped[0]).abs().max() <= 1 / 255 + 1e-6
     psnr_7 = float(10 * torch.log10(1 / (flipped - recon).pow(2).mean()))
     assert summary["compared (VQ)"]["psnr_db"][1] == pytest.approx(psnr_7, abs=1e-2)
     assert [trace.name for trace in psnr.data] == ["loaded (LFQ)", "compared (VQ)"] and list(psnr.data[0].x) == [
@@ -322,6 +328,29 @@ def test_bit_flips_side_by_side_with_a_vq_tokenizer(callbacks, image_file, app_s
     assert verdict.layout.annotations[0].text.startswith("the judge knows")  # 32-px images: no judge
     with pytest.raises(gr.Error, match="outside the folders models may be loaded from"):
         callbacks.compare_flips(image_file, "/etc/passwd", "0", "all")
+
+
+def test_without_lpips_weights_the_page_says_so_and_names_the_l2_plot(callbacks, image_file, app_server):
+    """Issue 25.8: a server without LPIPS weights shows the reason in the LPIPS gallery's place at once, and the
+    comparison's distance plot is named by what it shows."""
+    state = app_server.state
+    lpips, note = state.lpips, state.lpips_note
+    try:
+        state.lpips, state.lpips_note = None, "LPIPS unavailable: no AlexNet weights in the torch cache"
+        line, gallery, shown = callbacks.status()
+        assert line == callbacks.index_status() and gallery["visible"] is False
+        assert shown == {"__type__": "update", "value": f"**by LPIPS**: {state.lpips_note}", "visible": True}
+        from maskbit import TOKENIZER_PRESETS
+
+        source = app_server.settings.workspace / "l2-vq" / "model"  # 32 px, as the loaded pair
+        Tokenizer(TOKENIZER_PRESETS["tiny_vqgan_plus"]).save_pretrained(source)
+        distance = callbacks.compare_flips(image_file, str(source), "0", "all")[3]
+        assert distance.layout.title.text == "L2 per bit (no LPIPS weights on this server)"
+        assert distance.layout.yaxis.title.text == "L2"
+    finally:
+        state.lpips, state.lpips_note = lpips, note
+    _, gallery, shown = callbacks.status()
+    assert gallery["visible"] is True and shown["visible"] is False
 
 
 def test_the_code_atlas_of_the_loaded_tokenizer(callbacks, app_server):

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -611,3 +612,29 @@ def test_the_sampling_widgets_are_named_not_ordered():
     preset = SAMPLING_PRESETS["maskbit_generator_14bit"]
     values = Callbacks.apply_preset(None, "maskbit_generator_14bit")[:-1]
     assert sampling_from(dict(zip(SAMPLING_KNOBS, values))) == preset
+
+
+def test_a_difference_map_is_scaled_to_its_own_range_and_marks_the_chosen_tokens():
+    """Issue 25.5: a one-token flip changes pixels by about 0.01; its map shows that change white, says the gain, and
+    outlines the chosen tokens."""
+    from app.pictures import MARK, with_difference
+
+    reference = torch.full((3, 32, 32), 0.5)
+    image = reference.clone()
+    image[:, 9, 13] += 0.01  # token (row 2, column 3) of a 8×8 grid of 4-px tokens: id 19
+    image[0, 30, 1] -= 0.004
+    picture, gain = with_difference(image, reference, (8, 8), [19])
+    assert gain == pytest.approx(100, rel=1e-3)
+    assert picture.shape == (256, 256 + 16 + 256, 3)  # enlarged 8×, a 2-px gap (16 at that scale)
+    left, right = picture[:, :256].astype(int), picture[:, -256:].astype(int)
+    assert (left[72:80, 104:112] == round(0.51 * 255)).all() and (left[:8, :8] == round(0.5 * 255)).all()
+    assert (right[73:79, 105:111] == 255).all()  # the largest change is white
+    assert (right[241:247, 9:15, 0] == round(0.4 * 255)).all() and (right[241:247, 9:15, 1:] == 0).all()
+    assert (right[64, 96:128] == MARK).all() and (right[64:96, 127] == MARK).all()  # the outline of token 19
+    outline = np.zeros((256, 256), bool)
+    outline[64, 96:128] = outline[95, 96:128] = outline[64:96, 96] = outline[64:96, 127] = True
+    unchanged = ~outline
+    unchanged[72:80, 104:112] = unchanged[240:248, 8:16] = False
+    assert (right[unchanged] == 0).all()  # black: unchanged
+    same, gain = with_difference(reference, reference, (8, 8))
+    assert gain == 1 and (same[:, -256:] == 0).all()
