@@ -1,5 +1,6 @@
 """The app's pieces without a server: models, uploads and every other input check, jobs, settings, files."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -371,6 +372,9 @@ def jobs(tmp_path):
     [
         ("tokenizer", "procedural", "data.dataset=/etc", "data.dataset '/etc' is outside the allowed folders"),
         ("tokenizer", "/etc", "", "dataset '/etc' is outside the allowed folders"),
+        ("tokenizer", "/no/such/x", "", "dataset '/no/such/x' is outside the allowed folders"),
+        ("tokenizer", "procedual", "", "dataset 'procedual': no such dataset or folder; did you mean 'procedural'? "),
+        ("tokenizer", "DATA/imgz", "", "DATA/imgz': no such dataset or folder; datasets: procedural, or a folder"),
         ("tokenizer", "procedural", "data.dataset=../../../../../../etc", "outside the allowed folders"),
         ("tokenizer", "procedural", "data.pretokenized=/etc/passwd", "data.pretokenized '/etc/passwd' is outside"),
         ("generator", "procedural", "tokenizer=/etc/passwd", "tokenizer '/etc/passwd' is outside"),
@@ -387,7 +391,7 @@ def test_every_path_of_a_launch_is_checked_however_it_is_given(jobs, tmp_path, s
     dataset = dataset.replace("DATA", str(tmp_path / "data"))
     with pytest.raises(UserError) as error:
         jobs.launch(stage, "job", "tiny", dataset, overrides)
-    assert message in str(error.value)
+    assert message.replace("DATA", str(tmp_path / "data")) in str(error.value)
     assert not (tmp_path / "runs" / "job").exists()  # a refused launch leaves nothing behind
 
 
@@ -638,3 +642,43 @@ def test_a_difference_map_is_scaled_to_its_own_range_and_marks_the_chosen_tokens
     assert (right[unchanged] == 0).all()  # black: unchanged
     same, gain = with_difference(reference, reference, (8, 8))
     assert gain == 1 and (same[:, -256:] == 0).all()
+
+
+def test_the_launchers_note_on_its_defaults_is_no_error_of_the_job(tmp_path):
+    """Issue 25.7: accelerate's note on the values it chose stays out of the job table's error column."""
+    jobs = Jobs(tmp_path / "runs")
+    run = tmp_path / "runs" / "starting-job"
+    run.mkdir(parents=True)
+    note = (
+        "The following values were not passed to `accelerate launch` and had defaults used instead:\n"
+        "\t`--num_cpu_threads_per_process` was set to `8` to improve out-of-box performance when training on CPUs\n"
+        "To avoid this warning pass in values for each of the problematic parameters or run `accelerate config`.\n"
+    )
+    (run / "console.txt").write_text(note)
+    assert jobs.job("starting-job").error is None
+    (run / "console.txt").write_text(
+        note + "Traceback (most recent call last):\nModuleNotFoundError: No module named 'x'\n"
+    )
+    assert (
+        jobs.job("starting-job").error == "Traceback (most recent call last):\nModuleNotFoundError: No module named 'x'"
+    )
+
+
+def test_offline_a_hub_id_says_what_to_type_in_the_model_panel(tmp_path):
+    """Issue 25.7: the library's advice (a from_pretrained call with config=) is not what the panel takes."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\nfrom app.models import load_model\nfrom maskbit import Tokenizer\n"
+        "try:\n    load_model(Tokenizer, 'markweber/maskbit_tokenizer_12bit', None, torch.device('cpu'), 'fp32')\n"
+        "except ValueError as error:\n    print(error)"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == (
+        "cannot download the tokenizer 'markweber/maskbit_tokenizer_12bit' (this server may be offline). Download "
+        "https://huggingface.co/markweber/maskbit_tokenizer_12bit/resolve/main/maskbit_tokenizer_12bit.bin on a "
+        "machine that is online, put maskbit_tokenizer_12bit.bin into the workspace or a model root (--model-root), "
+        "and type that file's path in the model panel's tokenizer box: its preset is recognised from its weights"
+    ), result.stderr
