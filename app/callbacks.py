@@ -37,6 +37,7 @@ class Callbacks(ExploreCallbacks, SearchCallbacks, TrainingCallbacks):
             "generator": models.generator_source,
             "index_status": self.index_status(),
             "lpips_ready": self.state.lpips is not None,
+            "second_claim": self.second_claim(None),
             "class_names": models.class_names,
             "sampling": dataclasses.asdict(models.sampling),
             "sampling_presets": list(SAMPLING_PRESETS),

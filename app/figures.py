@@ -165,7 +165,7 @@ def hamming_map(distances: np.ndarray, num_bits: int, title: str) -> go.Figure:
 def neighbour_scatter(x: Sequence[float], y: Sequence[float], x_title: str, y_title: str, text: Sequence[str]):
     figure = go.Figure(go.Scatter(x=list(x), y=list(y), mode="markers", text=list(text)))
     figure.update_layout(
-        title=f"{y_title} against {x_title} over every image found ({len(x)})",
+        title=f"the {len(x)} neighbours found by any metric",
         xaxis_title=x_title,
         yaxis_title=y_title,
         height=340,

@@ -289,6 +289,8 @@ def _neighbours_tab(v: dict) -> SimpleNamespace:
             scatter = gr.Plot(label="distances compared")
             heat = gr.Plot(label="per-token Hamming map")
         found = gr.JSON(label="neighbours", open=False)
+        with gr.Accordion("The paper's second claim: do Hamming neighbours find the images that look alike?"):
+            claim = gr.Markdown(v["second_claim"], elem_id="second-claim")
         with gr.Accordion("Memorization report over generated images", open=False):
             with gr.Row():
                 count = gr.Slider(*v["limits"]["report_images"], value=32, step=4, label="generated images")
@@ -445,7 +447,9 @@ def _wire(demo, c: Callbacks, m, g, f, n, t, j, tabs, timer, index_line) -> None
 
     found = [*n.galleries, n.verdict, n.scatter, n.heat, n.found]
     _api(c.neighbours, [n.image, n.k], found, "neighbours", **UNREAD)
-    _ui(n.button.click, c.neighbours, [n.image, n.k], found, n.message, **UNREAD)
+    _ui(n.button.click, c.neighbours, [n.image, n.k], found, n.message, **UNREAD).then(
+        c.second_claim, n.found, n.claim, **PRIVATE
+    )
     report = [n.report_image, n.report_text, n.report_json]
     _api(c.memorization_report, [n.count, n.seed], report, "memorization_report")
     _ui(n.report_button.click, c.memorization_report, [n.count, n.seed], report, n.report_message)

@@ -16,7 +16,9 @@ FLIPS = (
 NEIGHBOURS = (
     "**The check (App. G):** is a generated image a copy of a training image? It is compared with its nearest "
     "indexed training images by Hamming distance between tokens, by LPIPS and by pixels. The verdict flags an "
-    "image that is closer to a training image than 99 % of held-out real images are to theirs."
+    "image that is closer to a training image than 99 % of held-out real images are to theirs. The same search "
+    "tests the paper's second claim (below the results): do Hamming distances between bit tokens find the images "
+    "that look alike?"
 )
 TOKENS = (
     "**What this shows:** how the tokenizer uses its bits and codes over the indexed images. The UMAP places whole "

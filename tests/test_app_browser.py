@@ -183,6 +183,7 @@ def test_neighbours_tab(page, shots):
     page.get_by_role("button", name="Find neighbours").click()
     expect(page.locator("#hamming-gallery img")).to_have_count(8, timeout=TIMEOUT)
     expect(page.locator("#verdict")).to_contain_text("threshold")
+    expect(page.locator("#second-claim")).to_contain_text(re.compile(r"Hamming ∩ pixel: \d of 8"))
     loaded = "() => [...document.querySelectorAll('.thumbnail-item img')].every(i => i.complete && i.naturalWidth)"
     page.wait_for_function(loaded)
     page.screenshot(path=shots / "neighbours.png", full_page=True)

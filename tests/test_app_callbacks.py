@@ -183,6 +183,14 @@ def test_neighbours_of_a_training_image_find_it_first(callbacks):
     z = np.array(heat.data[0].z)
     assert z.shape == (8, 8) and z.sum() == 0  # identical tokens
     assert scatter.layout.xaxis.title.text == "Hamming distance (bits)" and scatter.layout.yaxis.title.text == "LPIPS"
+    found = {n["id"] for metric in ("hamming", "lpips", "pixel") for n in data[metric]}
+    assert scatter.layout.title.text == f"the {len(found)} neighbours found by any metric"
+    # the second claim for this query: how many of the 5 Hamming neighbours are among the pixel (LPIPS) 5
+    claim = callbacks.second_claim(data)
+    for other in ("pixel", "lpips"):
+        shared = {n["id"] for n in data["hamming"]} & {n["id"] for n in data[other]}
+        assert f"Hamming ∩ {other}: **{len(shared)} of 5** (overlap@5 = {len(shared) / 5:.2f})" in claim
+    assert "k random images of the 96 indexed share 0.05 on average" in claim and "bench/neighbours.py" in claim
 
 
 def test_the_report_uses_the_neighbours_threshold(callbacks, app_server):
