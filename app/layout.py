@@ -297,7 +297,15 @@ def _neighbours_tab(v: dict) -> SimpleNamespace:
                 seed = gr.Number(0, label="seed")
                 report_button = gr.Button("Run report")
             report_message = gr.Markdown(elem_id="report-message")
-            report_text = gr.Markdown()
+            report_text = gr.Markdown(elem_id="report-text")
+            report_flagged = gr.Gallery(
+                elem_id="report-flagged",
+                label="flagged: each generated image | the training image nearest to it",
+                columns=8,
+                height="max-content",
+                visible=False,
+                **PIXELATED,
+            )
             report_image = gr.Image(label="nearest-distance histograms", format="png", interactive=False)
             report_json = gr.JSON(visible=False)
     return SimpleNamespace(**{k: w for k, w in locals().items() if k not in ("v", "metric", "label", "shown")})
@@ -450,7 +458,7 @@ def _wire(demo, c: Callbacks, m, g, f, n, t, j, tabs, timer, index_line) -> None
     _ui(n.button.click, c.neighbours, [n.image, n.k], found, n.message, **UNREAD).then(
         c.second_claim, n.found, n.claim, **PRIVATE
     )
-    report = [n.report_image, n.report_text, n.report_json]
+    report = [n.report_image, n.report_text, n.report_flagged, n.report_json]
     _api(c.memorization_report, [n.count, n.seed], report, "memorization_report")
     _ui(n.report_button.click, c.memorization_report, [n.count, n.seed], report, n.report_message)
 

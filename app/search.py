@@ -11,7 +11,7 @@ import gradio as gr
 import numpy as np
 import torch
 
-from app import figures
+from app import figures, pictures
 from app.endpoint import Endpoints, gpu, guarded
 from app.models import generate_steps
 from app.validation import LIMITS, UserError, checked_seed, whole_number
@@ -113,17 +113,34 @@ class SearchCallbacks(Endpoints):
         calibration = next(iter(index.calibration.values()), None)
         held = calibration.heldout_images if calibration else count  # as many as the Neighbours tab's threshold
         heldout = heldout_images(spec, held, index.image_size, seed)
+        images = torch.cat(generated)
         with tempfile.TemporaryDirectory(prefix="maskbit-report-") as out:  # the figure is kept, the rest removed
-            data = report(index, torch.cat(generated), heldout, Path(out))
+            data = report(index, images, heldout, Path(out))
             figure = shutil.copyfile(Path(out) / "report.png", self.state.files.path("report.png"))
-        return (
-            str(figure),
-            _report_text(data, count),
-            {
-                m: {key: d[key] for key in ("threshold", "flagged_fraction", "generated", "heldout")}
-                for m, d in data["metrics"].items()
-            },
-        )
+        summary = {
+            "verdict": data["verdict"],
+            "percentile": data["percentile"],
+            "metrics": {m: {key: d[key] for key in REPORT_KEYS} for m, d in data["metrics"].items()},
+        }
+        flagged = self._flagged_pairs(index, images, data)
+        return str(figure), _report_text(data, count), gr.update(value=flagged, visible=bool(flagged)), summary
+
+    def _flagged_pairs(self, index, images: torch.Tensor, data: dict, per_metric: int = 8) -> list:
+        """The flagged generated images (closest first, `per_metric` per metric), each beside the training image
+        it is closest to, at the index's thumbnail size."""
+        ids = {source["source"]: i for i, source in enumerate(index.sources)}
+        pairs = []
+        for metric, d in data["metrics"].items():
+            for flag in d["flagged"][:per_metric]:
+                i = int(flag["generated"].rsplit(":", 1)[1])  # indexes.report names them generated:<i>
+                thumbnail = self._thumbnail(index, ids[flag["nearest"]])
+                size = thumbnail.shape[:2]
+                generated = torch.nn.functional.interpolate(images[i : i + 1], size=size, mode="area")[0]
+                gap = np.full((size[0], 1, 3), 255, np.uint8)
+                picture = np.concatenate([pictures.to_array(generated), gap, thumbnail], axis=1)
+                caption = f"{metric} {flag['distance']:.4g}: generated #{i} | {flag['nearest']}"
+                pairs.append((picture, caption))
+        return pairs
 
     # ------------------------------------------------------------------------------------------------ token space
 
@@ -170,6 +187,8 @@ class SearchCallbacks(Endpoints):
 # ---------------------------------------------------------------------------------------------------- text
 
 
+# what the report's JSON output keeps of indexes.report's per-metric entries, under the library's names
+REPORT_KEYS = ("threshold", "flagged_fraction", "c_t", "auth_pct", "relative_flagged_fraction", "generated", "heldout")
 CLAIM_REFERENCE = (
     "Over 500 held-out queries of the procedural dataset (`bench/neighbours.py`, bench/README.md, section "
     '"Hamming neighbours against pixel neighbours"): the bundled LFQ tokenizer\'s Hamming top-10 share 25 % with '
@@ -215,14 +234,26 @@ def _verdict_text(result, k: int, index, lpips_note: str) -> str:
 
 
 def _report_text(data: dict, count: int) -> str:
+    """The report's verdict, then per metric C_T (Meehan et al. 2020) and the flagged share against chance."""
+    from indexes.audit import MEEHAN_MIN_GENERATED
+
     p = data["percentile"]
-    lines = []
+    lines = [f"**{data['verdict']}**", ""]
     for metric, d in data["metrics"].items():
         ratio = d["flagged_fraction"] / (p / 100) if p else float("nan")
+        if d["c_t"] is not None:
+            c_t = f"C_T = {d['c_t']:.2f} (below −3: copying; above +3: underfitting)"
+        elif count <= MEEHAN_MIN_GENERATED:  # the library's note asks for a tau, which the page does not take
+            c_t = f"C_T not computed: it needs more than {MEEHAN_MIN_GENERATED} generated images"
+        else:
+            c_t = d["c_t_note"] or "C_T not computed"
         lines.append(
-            f"- **{metric}**: {d['flagged_fraction']:.1%} of {count} generated images are closer to a training image "
-            f"than the threshold {d['threshold']:.4g}; by construction {p:g} % of held-out real images are, so this is "
-            f"{ratio:.1f}× what chance gives (median nearest distance: generated {d['generated']['median']:.4g}, "
-            f"held-out {d['heldout']['median']:.4g})"
+            f"- **{metric}**: {c_t}; {d['flagged_fraction']:.1%} of "
+            f"{count} generated images are closer to a training image than the threshold {d['threshold']:.4g}; by "
+            f"construction {p:g} % of held-out real images are, so this is {ratio:.1f}× what chance gives (median "
+            f"nearest distance: generated {d['generated']['median']:.4g}, held-out {d['heldout']['median']:.4g})"
         )
+    cells = next(iter(data["metrics"].values()), {}).get("c_t_cells")
+    if cells:
+        lines.append(f"\nC_T's cells: {cells}.")
     return "\n".join(lines)

@@ -184,6 +184,14 @@ def test_neighbours_tab(page, shots):
     expect(page.locator("#hamming-gallery img")).to_have_count(8, timeout=TIMEOUT)
     expect(page.locator("#verdict")).to_contain_text("threshold")
     expect(page.locator("#second-claim")).to_contain_text(re.compile(r"Hamming ∩ pixel: \d of 8"))
+    # issue 24.6: the memorization report states its verdict and C_T per metric
+    page.get_by_text("Memorization report over generated images").click()
+    count = page.get_by_label("generated images").locator("xpath=..").locator("input[type=number]")
+    count.fill("4")
+    count.press("Enter")
+    page.get_by_role("button", name="Run report").click()
+    expect(page.locator("#report-text")).to_contain_text(re.compile(r"(No sign of copying|Possible copying)"))
+    expect(page.locator("#report-text")).to_contain_text(re.compile(r"hamming: C_T"))
     loaded = "() => [...document.querySelectorAll('.thumbnail-item img')].every(i => i.complete && i.naturalWidth)"
     page.wait_for_function(loaded)
     page.screenshot(path=shots / "neighbours.png", full_page=True)

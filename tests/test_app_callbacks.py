@@ -194,12 +194,39 @@ def test_neighbours_of_a_training_image_find_it_first(callbacks):
 
 
 def test_the_report_uses_the_neighbours_threshold(callbacks, app_server):
-    image, text, summary = callbacks.memorization_report(8, 0)
-    assert set(summary) == {"hamming", "lpips", "pixel"} and "what chance gives" in text
+    image, text, flagged, summary = callbacks.memorization_report(8, 0)
+    assert set(summary["metrics"]) == {"hamming", "lpips", "pixel"} and "what chance gives" in text
+    assert text.startswith(f"**{summary['verdict']}**") and summary["verdict"].startswith(("No sign", "Possible"))
     calibration = app_server.state.index.manifest["calibration"]
-    for metric, figures in summary.items():  # the same held-out images and percentile: the same thresholds
+    for metric, figures in summary["metrics"].items():  # the same held-out images and percentile: the same thresholds
         assert figures["threshold"] == pytest.approx(calibration[metric]["threshold"])
+        c_t = "C_T not computed" if figures["c_t"] is None else f"C_T = {figures['c_t']:.2f}"
+        assert f"**{metric}**: {c_t}" in text or "C_T not computed" in text
+    shown = sum(min(8, round(d["flagged_fraction"] * 8)) for d in summary["metrics"].values())
+    assert len(flagged["value"]) == shown and flagged["visible"] == (shown > 0)
+    assert "C_T not computed: it needs more than 20 generated images" in text  # 8 generated images
     assert Image.open(image).size[0] > 100
+
+
+def test_the_reports_flagged_images_stand_beside_their_training_neighbours(callbacks, app_server, tmp_path):
+    """Issue 24.6: training images offered as generated ones are all flagged, each beside itself in the index."""
+    from indexes.report import memorization_report
+
+    index = app_server.state.index
+    train, test = eval_view("procedural", "train", 0, 32), eval_view("procedural", "test", 0, 32)
+    images = torch.stack([train[i][0] for i in (3, 7, 11)])
+    data = memorization_report(index, images, torch.stack([test[i][0] for i in range(8)]), tmp_path)
+    pairs = callbacks._flagged_pairs(index, images, data)
+    assert len(pairs) == 3 * len(data["metrics"])  # every image, by every metric
+    picture, caption = pairs[1]  # hamming, second closest
+    flag = data["metrics"]["hamming"]["flagged"][1]
+    i = int(flag["generated"].split(":")[1])
+    assert caption == f"hamming {flag['distance']:.4g}: generated #{i} | procedural:train:{(3, 7, 11)[i]}"
+    side = index.thumbnails.shape[1]
+    assert picture.shape == (side, 2 * side + 1, 3)
+    assert (picture[:, side + 1 :] == index.thumbnails[(3, 7, 11)[i]]).all()  # the training image itself
+    shrunk = torch.nn.functional.interpolate(images[i : i + 1], size=(side, side), mode="area")[0]
+    assert (as_tensor(picture[:, :side]) - shrunk).abs().max() <= 1 / 255 + 1e-6
 
 
 def test_token_space_matches_a_direct_count(callbacks, app_server):
