@@ -302,7 +302,7 @@ class ExploreCallbacks(Endpoints):
             distance = figures.compare(bit_axis, l2, "L2 per bit (no LPIPS weights on this server)", "L2")
         if judge is not None:
             kept = {n: dict(zip(r[0].bit_ids, r[1])) for n, r in rows.items()}
-            verdict = figures.compare(bit_axis, kept, "judge: the same shape? (1: yes)", "kept")
+            verdict = figures.compare(bit_axis, kept, "judge: the same shape? (1: yes)", "kept", zero_marks=True)
         else:
             verdict = figures.empty("the judge knows the bundled dataset's 64-px shapes only")
         return galleries[0], galleries[1], psnr, distance, verdict, summary | {"tokenizers": names}

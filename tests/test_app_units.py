@@ -682,3 +682,18 @@ def test_offline_a_hub_id_says_what_to_type_in_the_model_panel(tmp_path):
         "machine that is online, put maskbit_tokenizer_12bit.bin into the workspace or a model root (--model-root), "
         "and type that file's path in the model panel's tokenizer box: its preset is recognised from its weights"
     ), result.stderr
+
+
+def test_a_zero_bar_is_drawn_and_the_status_line_never_blank():
+    """Issue 25.10: the VQ twin's judge bars are 0: each gets a visible mark in its series' colour, beside its bar."""
+    from app import figures
+    from app.state import IndexStatus
+
+    figure = figures.compare([0, 1, 2], {"LFQ": {0: 1.0, 1: 1.0, 2: 0.0}, "VQ": {0: 0.0, 1: 0.0}}, "t", "kept", True)
+    lfq, vq, lfq_zero, vq_zero = figure.data
+    assert list(lfq_zero.x) == ["2"] and list(vq_zero.x) == ["0", "1"]  # VQ has no bit 2: no bar, no mark
+    assert lfq_zero.offsetgroup == lfq.offsetgroup and vq_zero.offsetgroup == vq.offsetgroup
+    assert vq_zero.marker.color == vq.marker.color != lfq.marker.color
+    assert list(vq_zero.base) == [-figures.ZERO_MARK / 2] * 2 and list(vq_zero.y) == [figures.ZERO_MARK] * 2
+    assert len(figures.compare([0], {"LFQ": {0: 0.0}}, "t", "PSNR").data) == 1  # marks only where asked for
+    assert IndexStatus().text().startswith("⏳ the index is being prepared")
