@@ -50,6 +50,21 @@ def as_tensor(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(array)).permute(2, 0, 1).float() / 255
 
 
+def test_the_endpoints_are_three_objects_over_one_state(callbacks, app_server):
+    """Issue 28.4: composed, not inherited: each tab's object owns its endpoints, none calls another's."""
+    from app.explore import ExploreCallbacks
+    from app.search import SearchCallbacks
+    from app.training import TrainingCallbacks
+
+    parts = (ExploreCallbacks, SearchCallbacks, TrainingCallbacks)
+    assert not any(issubclass(a, b) for a in parts for b in parts if a is not b)
+    assert callbacks.generate.__self__ is callbacks.explore and callbacks.neighbours.__self__ is callbacks.search
+    assert callbacks.train_launch.__self__ is callbacks.training
+    assert callbacks.explore.state is callbacks.search.state is callbacks.training.state is app_server.state
+    with pytest.raises(AttributeError, match="has no endpoint 'no_such_endpoint'"):
+        _ = callbacks.no_such_endpoint
+
+
 def test_page_values_and_model_info(callbacks):
     values = callbacks.page_values()
     assert values["class_names"][:2] == ["tench", "goldfish"] and values["can_generate"]
@@ -216,7 +231,7 @@ def test_the_reports_flagged_images_stand_beside_their_training_neighbours(callb
     train, test = eval_view("procedural", "train", 0, 32), eval_view("procedural", "test", 0, 32)
     images = torch.stack([train[i][0] for i in (3, 7, 11)])
     data = memorization_report(index, images, torch.stack([test[i][0] for i in range(8)]), tmp_path)
-    pairs = callbacks._flagged_pairs(index, images, data)
+    pairs = callbacks.search._flagged_pairs(index, images, data)
     assert len(pairs) == 3 * len(data["metrics"])  # every image, by every metric
     picture, caption = pairs[1]  # hamming, second closest
     flag = data["metrics"]["hamming"]["flagged"][1]
