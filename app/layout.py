@@ -249,7 +249,13 @@ def _flips_tab(v: dict) -> SimpleNamespace:
                 walk_seed = gr.Number(0, label="seed")
                 walk_button = gr.Button("Walk")
             walk_message = gr.Markdown(elem_id="walk-message")
-            walk_gallery = gr.Gallery(elem_id="walk-gallery", columns=9, height="max-content", **PIXELATED)
+            walk_gallery = gr.Gallery(
+                elem_id="walk-gallery",
+                label="the walk: bits flipped from the reconstruction, and PSNR to it",
+                columns=9,
+                height="max-content",
+                **PIXELATED,
+            )
             walk_plot = gr.Plot(label="change along the walk")
     return SimpleNamespace(**{k: w for k, w in locals().items() if k not in ("v", "limits")})
 

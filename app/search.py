@@ -64,7 +64,7 @@ class SearchCallbacks(Endpoints):
             galleries.get("hamming", []),
             gr.update(value=galleries["lpips"], visible=True) if "lpips" in galleries else gr.update(visible=False),
             galleries.get("pixel", []),
-            _verdict_text(result, k, index, self.state.lpips_note),
+            _verdict_text(result, k, index),
             scatter,
             heat,
             result.to_json(),
@@ -86,7 +86,7 @@ class SearchCallbacks(Endpoints):
         return (
             f"For this query, its top-{k} by Hamming distance against its top-{k} by the other metrics:\n"
             + "\n".join(lines)
-            + f"\n\nk random images of the {len(index)} indexed share {chance:.2f} on average. "
+            + f"\n\nk random images of the {len(index)} indexed would share {chance:.2g} (k / N) on average. "
             + CLAIM_REFERENCE
         )
 
@@ -209,7 +209,7 @@ def _caption(row, vq: bool) -> str:
     return f"{row.class_name} · {row.distance:.4g}{same}"
 
 
-def _verdict_text(result, k: int, index, lpips_note: str) -> str:
+def _verdict_text(result, k: int, index) -> str:
     lines = []
     for metric, verdict in result.verdicts.items():
         name = _metric_name(metric, index)
@@ -227,10 +227,7 @@ def _verdict_text(result, k: int, index, lpips_note: str) -> str:
             f"- the nearest by index bits has the same token as the query at {nearest.same_tokens:.0%} of positions"
         )
     overlap = ", ".join(f"{pair}: {value:.0%}" for pair, value in result.overlap.items())
-    text = "\n".join(lines) + f"\n\ntop-{k} overlap between metrics: {overlap}"
-    if "lpips" not in result.rows:
-        text += f"\n\n{lpips_note}"
-    return text
+    return "\n".join(lines) + f"\n\ntop-{k} overlap between metrics: {overlap}"  # LPIPS's note: in its gallery's place
 
 
 def _report_text(data: dict, count: int) -> str:
@@ -243,8 +240,11 @@ def _report_text(data: dict, count: int) -> str:
         ratio = d["flagged_fraction"] / (p / 100) if p else float("nan")
         if d["c_t"] is not None:
             c_t = f"C_T = {d['c_t']:.2f} (below −3: copying; above +3: underfitting)"
-        elif count <= MEEHAN_MIN_GENERATED:  # the library's note asks for a tau, which the page does not take
-            c_t = f"C_T not computed: it needs more than {MEEHAN_MIN_GENERATED} generated images"
+        elif "tau" in (d["c_t_note"] or ""):  # the library's note asks for a tau, which the page does not take
+            c_t = (
+                f"C_T not computed: it needs a cell (the class of the nearest training image) holding more than "
+                f"{MEEHAN_MIN_GENERATED} of the generated images (Meehan et al.'s default); ask for more images"
+            )
         else:
             c_t = d["c_t_note"] or "C_T not computed"
         lines.append(

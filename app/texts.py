@@ -60,6 +60,9 @@ CSS = """
 .thumbnail-item.thumbnail-lg { aspect-ratio: auto !important; height: auto !important;
                                display: flex; flex-direction: column; }
 .thumbnail-item.thumbnail-lg > img { height: auto !important; }
+.grid-wrap:not(.minimal) { padding-top: 30px !important; }  /* the gallery's label sits over its first row otherwise */
+/* a few flagged pairs: Gradio gives a gallery as few columns as it has images, each pair half the page wide */
+#report-flagged .grid-container { grid-template-columns: repeat(auto-fill, 240px) !important; }
 .thumbnail-item .caption-label { position: static !important; max-width: 100% !important;
                                  white-space: normal !important; overflow-wrap: anywhere;
                                  text-overflow: clip !important; border: none !important; border-radius: 0 !important; }
