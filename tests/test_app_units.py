@@ -607,14 +607,14 @@ def test_the_sampling_widgets_are_named_not_ordered():
     """Issue 28.4: the seven widgets relied on SamplingConfig's field order; now each is a named knob."""
     import dataclasses
 
-    from app.callbacks import Callbacks
+    from app.explore import ExploreCallbacks
     from app.validation import SAMPLING_KNOBS, sampling_from
     from maskbit import SamplingConfig
     from maskbit.config import SAMPLING_PRESETS
 
     assert sorted(SAMPLING_KNOBS) == sorted(f.name for f in dataclasses.fields(SamplingConfig))
     preset = SAMPLING_PRESETS["maskbit_generator_14bit"]
-    values = Callbacks.apply_preset(None, "maskbit_generator_14bit")[:-1]
+    values = ExploreCallbacks.apply_preset(None, "maskbit_generator_14bit")[:-1]
     assert sampling_from(dict(zip(SAMPLING_KNOBS, values))) == preset
 
 
