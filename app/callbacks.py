@@ -1,16 +1,23 @@
 """All the app's endpoints, one object: `Callbacks(state).generate(...)`, `.neighbours(...)`, `.train_launch(...)`.
 
-The methods live with their tab: app/explore.py (model panel, Generate, Bit flips), app/search.py (Neighbours, Token
-space), app/training.py (Training). Tests call them directly; app/layout.py wires them to widgets.
+The endpoints live with their tab, as three objects over one state: app/explore.py (model panel, Generate, Bit
+flips), app/search.py (Neighbours, Token space), app/training.py (Training). None calls another; what joins two
+tabs (loading a finished job into the explorer, the values the page starts from) is here. Tests call the endpoints
+directly; app/layout.py wires them to widgets.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 
+import gradio as gr
+
+from app.endpoint import guarded
 from app.explore import ExploreCallbacks
 from app.jobs import PRESETS, STAGES
 from app.search import SearchCallbacks
+from app.state import AppState
 from app.training import JOB_COLUMNS, TrainingCallbacks
 from app.validation import LIMITS, SAMPLING_KNOBS
 from maskbit.config import GUIDANCE_ANNEALINGS, MASK_SCHEDULES, SAMPLING_PRESETS
@@ -18,22 +25,52 @@ from maskbit.config import GUIDANCE_ANNEALINGS, MASK_SCHEDULES, SAMPLING_PRESETS
 __all__ = ["Callbacks"]
 
 
-class Callbacks(ExploreCallbacks, SearchCallbacks, TrainingCallbacks):
-    """Every endpoint of the explorer, over the models, index and jobs that `state` holds (`Callbacks(state)`)."""
+class Callbacks:
+    """Every endpoint of the explorer, over the models, index and jobs that `state` holds (`Callbacks(state)`).
+
+    `callbacks.generate` is `callbacks.explore.generate`: an endpoint is looked up in the three tabs' objects, where
+    each name is defined once (checked here), so the page and the API keep one flat set of names."""
+
+    def __init__(self, state: AppState):
+        self.state, self.settings = state, state.settings
+        self.explore = ExploreCallbacks(state)
+        self.search = SearchCallbacks(state)
+        self.training = TrainingCallbacks(state)
+        self._parts = (self.explore, self.search, self.training)
+        defined = Counter(n for owner in (Callbacks, *map(type, self._parts)) for n in vars(owner) if n[0] != "_")
+        if twice := sorted(n for n, times in defined.items() if times > 1):
+            raise TypeError(f"endpoints defined in two places: {twice}")
+
+    def __getattr__(self, name: str):
+        if not name.startswith("_"):
+            for part in self.__dict__.get("_parts", ()):
+                if name in vars(type(part)):
+                    return getattr(part, name)
+        raise AttributeError(f"{type(self).__name__} has no endpoint {name!r}")
+
+    @guarded
+    def train_load(self, name):
+        """Load a finished job's model into the explorer (its tokenizer, and its generator if it trained one)."""
+        tokenizer, generator = self.training.model_pair(name)
+        info, classes, message = self.explore.load_models(tokenizer, generator)
+        choices = gr.update(choices=self.explore.model_choices(), value=f"run: {name}")
+        return info, classes, message, choices, message
 
     def page_values(self) -> dict:
         """What the page's widgets start from (app/layout.py imports no torch, so it asks here)."""
         models, settings = self.state.models, self.settings
         total_bits = models.grid[0] * models.grid[1] * models.tokenizer.num_bits
-        choices = self.model_choices()
+        choices = self.explore.model_choices()
         current = (models.tokenizer_source, models.generator_source)
         return {
             "model_choices": choices,
-            "comparison_choices": self.comparison_choices(),
+            "comparison_choices": self.explore.comparison_choices(),
             "model_choice": next((c for c in choices if self._pair(c) == current), None),
             "tokenizer": models.tokenizer_source,
             "generator": models.generator_source,
-            "index_status": self.index_status(),
+            "index_status": self.explore.index_status(),
+            "lpips_ready": self.state.lpips is not None,
+            "second_claim": self.search.second_claim(None),
             "class_names": models.class_names,
             "sampling": dataclasses.asdict(models.sampling),
             "sampling_presets": list(SAMPLING_PRESETS),
@@ -41,7 +78,7 @@ class Callbacks(ExploreCallbacks, SearchCallbacks, TrainingCallbacks):
             "guidance_annealings": list(GUIDANCE_ANNEALINGS),
             "mask_schedules": list(MASK_SCHEDULES),
             "can_generate": models.can_generate,
-            "generation_note": self.generation_note(),
+            "generation_note": self.explore.generation_note(),
             "limits": {
                 "max_images": settings.max_images,
                 "num_steps": LIMITS.steps,
@@ -58,8 +95,52 @@ class Callbacks(ExploreCallbacks, SearchCallbacks, TrainingCallbacks):
             "job_columns": JOB_COLUMNS,
         }
 
+    # ------------------------------------------------------------------------------------------------ the page
+
+    def served(self) -> tuple:
+        """Everything the page shows of the pair the server holds now, for app/layout.py's `served` widgets in their
+        order: model pair, tokenizer, generator, model info, classes, the sampling knobs (SAMPLING_KNOBS), the step
+        slider, the Generate button and its note, the tokenizers to compare with, bits per walk step, the index line,
+        the LPIPS gallery and the note in its place (the last three are `status()`'s). Every page load asks for it, so
+        a page reloaded after a switch (here or in another tab) shows the new pair."""
+        v = self.page_values()
+        names, sampling = v["class_names"], v["sampling"]
+        return (
+            gr.update(choices=v["model_choices"], value=v["model_choice"]),
+            v["tokenizer"],
+            v["generator"],
+            self.explore.model_info(),
+            gr.update(choices=names, value=names[:1]),
+            *(sampling[knob] for knob in SAMPLING_KNOBS),
+            gr.update(maximum=sampling["num_steps"], value=sampling["num_steps"]),
+            gr.update(interactive=v["can_generate"]),
+            v["generation_note"],
+            gr.update(choices=v["comparison_choices"]),
+            gr.update(value=v["walk_bits"]),
+            *self.status(),
+        )
+
+    def status(self) -> tuple:
+        """The index line, and the LPIPS gallery or, in its place until LPIPS is ready, the note that says why not
+        (the page's timer asks every 2 s: LPIPS and the index are prepared in the background)."""
+        ready = self.state.lpips is not None
+        note = f"**by LPIPS**: {self.state.lpips_note}" if not ready else ""
+        return self.explore.index_status(), gr.update(visible=ready), gr.update(value=note, visible=not ready)
+
+    def load_served(self, tokenizer: str, generator: str) -> tuple:
+        """The model panel's Load on the page: the pair loaded, then what `served` shows, the message and the old
+        pair's generation outputs emptied."""
+        *_, message = self.explore.load_models(tokenizer, generator)
+        return (*self.served(), message, *self.explore.cleared())
+
+    def train_load_served(self, name: str) -> tuple:
+        """The Training tab's "Load into explorer" on the page: as `load_served`, the message in both places."""
+        *_, message = self.train_load(name)
+        served = self.served()
+        return (*served, message, message, *self.explore.cleared())
+
     def _pair(self, choice: str) -> tuple[str, str] | None:
         try:
-            return self.pair_sources(choice)
+            return self.explore.pair_sources(choice)
         except ValueError:
             return None

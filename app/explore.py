@@ -172,6 +172,14 @@ class ExploreCallbacks(Endpoints):
             raise gr.Error("generate an image first", print_exception=False)
         return path
 
+    def send_generated_to(self, tab: str):
+        """`send_generated` for a button that also opens `tab` (only when there is an image to send)."""
+
+        def send(files: list[str], chosen: str | None):
+            return self.send_generated(files, chosen), gr.update(selected=tab)
+
+        return send
+
     # ------------------------------------------------------------------------------------------------ bit flips
 
     @gpu
@@ -186,14 +194,11 @@ class ExploreCallbacks(Endpoints):
         indices, _ = analysis.reconstruct(models.tokenizer, picture)
         flips = analysis.flip_each_bit(models.tokenizer, indices, chosen_bits, chosen_positions, self.state.lpips)
         found = flips.distances
-        captions = [
-            f"bit {bit}: {_db(found.psnr[i])}" + (f", LPIPS {found.lpips[i]:.3f}" if found.lpips is not None else "")
-            for i, bit in enumerate(flips.bit_ids)
-        ]
-        gallery = [
-            (pictures.with_difference(flipped, flips.reconstruction), caption)
-            for flipped, caption in zip(flips.flipped, captions)
-        ]
+        gallery = []
+        for i, (bit, flipped) in enumerate(zip(flips.bit_ids, flips.flipped)):
+            shown, gain = pictures.with_difference(flipped, flips.reconstruction, (h, w), chosen_positions)
+            lpips = f", LPIPS {found.lpips[i]:.3f}" if found.lpips is not None else ""
+            gallery.append((shown, f"bit {bit}: {_db(found.psnr[i])}{lpips} · map ×{gain:.0f}"))
         summary = {
             "quantizer": models.tokenizer.quantizer_kind,
             "bit_ids": flips.bit_ids,
@@ -268,12 +273,11 @@ class ExploreCallbacks(Endpoints):
                 reference = predict(judge, flips.reconstruction[None])[0]
                 kept = (predict(judge, flips.flipped) == reference).float().numpy()
             rows[name] = (flips, kept)
-            galleries.append(
-                [
-                    (pictures.with_difference(f, flips.reconstruction), f"bit {b}: {_db(p)}")
-                    for b, f, p in zip(flips.bit_ids, flips.flipped, flips.distances.psnr)
-                ]
-            )
+            gallery = []
+            for b, f, p in zip(flips.bit_ids, flips.flipped, flips.distances.psnr):
+                shown, gain = pictures.with_difference(f, flips.reconstruction, (h, w), chosen_positions)
+                gallery.append((shown, f"bit {b}: {_db(p)} · map ×{gain:.0f}"))
+            galleries.append(gallery)
             summary[name] = {
                 "source": str(tokenizer) if tok is other else models.tokenizer_source,
                 "quantizer": tok.quantizer_kind,
@@ -295,10 +299,10 @@ class ExploreCallbacks(Endpoints):
             distance = figures.compare(bit_axis, lpips, "LPIPS (lower: less change)", "LPIPS")
         else:
             l2 = {n: dict(zip(r[0].bit_ids, r[0].distances.l2)) for n, r in rows.items()}
-            distance = figures.compare(bit_axis, l2, "L2 (LPIPS: no weights here)", "L2")
+            distance = figures.compare(bit_axis, l2, "L2 per bit (no LPIPS weights on this server)", "L2")
         if judge is not None:
             kept = {n: dict(zip(r[0].bit_ids, r[1])) for n, r in rows.items()}
-            verdict = figures.compare(bit_axis, kept, "judge: the same shape? (1: yes)", "kept")
+            verdict = figures.compare(bit_axis, kept, "judge: the same shape? (1: yes)", "kept", zero_marks=True)
         else:
             verdict = figures.empty("the judge knows the bundled dataset's 64-px shapes only")
         return galleries[0], galleries[1], psnr, distance, verdict, summary | {"tokenizers": names}

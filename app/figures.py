@@ -25,6 +25,8 @@ __all__ = [
 ]
 
 HEIGHT = 320
+COLOURS = ["#636efa", "#ef553b", "#00cc96", "#ab63fa"]  # plotly's first colours, named where two traces share one
+ZERO_MARK = 0.03  # the height of the mark a zero bar gets, on a 0–1 axis
 
 
 def _finite(values: Sequence[float]) -> list[float | None]:
@@ -49,15 +51,30 @@ def bars(x: Sequence, series: dict[str, Sequence[float]], title: str, xaxis: str
     return figure
 
 
-def compare(bit_ids: Sequence[int], series: dict[str, dict[int, float]], title: str, yaxis: str) -> go.Figure:
-    """Bars per bit for several tokenizers; a tokenizer with fewer bits has no bar at the others' extra bits."""
-    figure = bars(
-        [str(b) for b in bit_ids],
-        {name: [values.get(b, float("nan")) for b in bit_ids] for name, values in series.items()},
-        title,
-        "bit i flipped at the chosen tokens",
-        yaxis,
-    )
+def compare(
+    bit_ids: Sequence[int], series: dict[str, dict[int, float]], title: str, yaxis: str, zero_marks: bool = False
+) -> go.Figure:
+    """Bars per bit for several tokenizers; a tokenizer with fewer bits has no bar at the others' extra bits.
+    `zero_marks`: a bar of height 0 is drawn as a short line in its colour (a 0 is an answer, not a missing bar)."""
+    x = [str(b) for b in bit_ids]
+    values = {name: [v.get(b, float("nan")) for b in bit_ids] for name, v in series.items()}
+    figure = bars(x, values, title, "bit i flipped at the chosen tokens", yaxis)
+    if zero_marks:
+        colours = COLOURS
+        for i, (name, ys) in enumerate(values.items()):
+            figure.data[i].marker.color = colours[i % len(colours)]
+            zeros = [b for b, y in zip(x, ys) if y == 0]
+            figure.add_bar(
+                x=zeros,
+                y=[ZERO_MARK] * len(zeros),
+                base=[-ZERO_MARK / 2] * len(zeros),
+                marker_color=colours[i % len(colours)],
+                name=f"{name}: 0",
+                offsetgroup=str(i),
+                showlegend=False,
+                hovertemplate=f"{name}: 0<extra></extra>",
+            )
+            figure.data[i].offsetgroup = str(i)
     return figure.update_layout(legend=dict(orientation="h", y=-0.3), margin=dict(t=50, b=80))
 
 
@@ -165,7 +182,7 @@ def hamming_map(distances: np.ndarray, num_bits: int, title: str) -> go.Figure:
 def neighbour_scatter(x: Sequence[float], y: Sequence[float], x_title: str, y_title: str, text: Sequence[str]):
     figure = go.Figure(go.Scatter(x=list(x), y=list(y), mode="markers", text=list(text)))
     figure.update_layout(
-        title=f"{y_title} against {x_title} over every image found ({len(x)})",
+        title=f"the {len(x)} neighbours found by any metric",
         xaxis_title=x_title,
         yaxis_title=y_title,
         height=340,
@@ -243,7 +260,9 @@ def training_curves(metrics: Sequence[dict], name: str) -> go.Figure:
         title=f"{name}: losses" + (" and evaluation PSNR" if "eval_psnr" in keys else ""),
         xaxis_title="step",
         yaxis_title="loss",
-        height=360,
+        height=380,
         yaxis2=dict(overlaying="y", side="right", title="PSNR (dB)"),
+        legend=dict(orientation="h", y=-0.25),  # below the plot: on the right it covers the PSNR axis
+        margin=dict(t=50, b=90),
     )
     return figure

@@ -9,6 +9,7 @@ group; SIGTERM makes the trainer write a checkpoint and stop, so a stopped job c
 from __future__ import annotations
 
 import contextlib
+import difflib
 import json
 import os
 import re
@@ -34,6 +35,13 @@ from train.config import (
 from train.rundir import RunDir
 
 __all__ = ["Jobs", "Job", "STAGES", "PRESETS"]
+
+# accelerate's note on the launch values it chose (`--num_cpu_threads_per_process` …): harmless, not an error
+LAUNCHER_NOTE = re.compile(
+    r"^(The following values were not passed to `accelerate launch`.*|\t+.*|"
+    r"To avoid this warning pass in values for each of the problematic parameters.*|\s*)$"
+)
+DATASET_NAMES = ["procedural"]  # the named datasets (data.datasets.build_dataset); any other is a path
 
 STAGES = ("tokenizer", "generator")
 PRESETS = {"tokenizer": sorted(TOKENIZER_TRAIN_PRESETS), "generator": sorted(GENERATOR_TRAIN_PRESETS)}
@@ -137,10 +145,18 @@ class Jobs:
         roots = [self.workspace, *self.data_roots]
         path = self._absolute(dataset)
         if not any(c in str(path) for c in "*?[{"):
+            # a bare word is a mistyped name more often than a folder; a path outside the roots is only told that
+            # (whether it exists there is nobody's business)
+            if not path.exists() and (os.sep not in dataset or inside(path, roots)):
+                close = difflib.get_close_matches(dataset, DATASET_NAMES, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise UserError(
+                    f"{what} {dataset[:200]!r}: no such dataset or folder; {hint}datasets: "
+                    f"{', '.join(DATASET_NAMES)}, or a folder of class folders, a .tar file or a shard pattern inside "
+                    f"{', '.join(map(str, roots))}"
+                )
             if not inside(path, roots):
                 raise self._outside(what, dataset, roots)
-            if not path.exists():
-                raise UserError(f"{what} {dataset!r} does not exist")
             return str(path.resolve())
         # A shard pattern: every folder it names, and every file it matches, must be inside the roots.
         if ".." in path.parts:
@@ -406,7 +422,8 @@ class Jobs:
             state = "stopping"
         error = status.get("last_error")
         if state in ("starting", "died") and not status:
-            error = self.console_tail(name, 3) or error
+            error = _without_launcher_notes(self.console_tail(name, 12)).splitlines()[-3:]
+            error = "\n".join(error) or None
         metrics = run.read_metrics()
         loss = next((m["loss"] for m in reversed(metrics) if "loss" in m), None)
         stage = status.get("stage") or _stage_from_config(run)
@@ -468,3 +485,8 @@ def _stage_from_config(run: RunDir) -> str:
         return "generator" if "tokenizer" in json.loads(run.config_path.read_text()) else "tokenizer"
     except (OSError, json.JSONDecodeError):
         return "?"
+
+
+def _without_launcher_notes(console: str) -> str:
+    """The console's lines less accelerate's note on the launch values it chose, which is no error of the job."""
+    return "\n".join(line for line in console.splitlines() if not LAUNCHER_NOTE.match(line))

@@ -9,6 +9,8 @@ app/validation.py:load_upload is the first reader of the file; their other input
 
 from __future__ import annotations
 
+import functools
+import inspect
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
@@ -106,6 +108,7 @@ def _generate_tab(v: dict) -> SimpleNamespace:
                 knobs = [widgets[name]() for name in v["sampling_knobs"]]
                 button = gr.Button("Generate", variant="primary", interactive=v["can_generate"])
                 note = gr.Markdown(v["generation_note"], elem_id="generation-note")
+                message = gr.Markdown(elem_id="generate-message")
             with gr.Column(scale=2):
                 gallery = gr.Gallery(
                     elem_id="generated-gallery",
@@ -136,6 +139,7 @@ def _generate_tab(v: dict) -> SimpleNamespace:
         knobs=knobs,
         button=button,
         note=note,
+        message=message,
         gallery=gallery,
         to_flip=to_flip,
         to_neighbours=to_neighbours,
@@ -170,6 +174,7 @@ def _flips_tab(v: dict) -> SimpleNamespace:
                 bit_ids = gr.Textbox("all", label="bits to flip (all, or e.g. 0, 3, 5-7)")
                 positions = gr.Textbox("all", label="at tokens (all, or ids; click the grid)")
                 button = gr.Button("Flip each bit", variant="primary")
+                message = gr.Markdown(elem_id="flip-message")
                 grid = gr.Image(
                     label="token grid: click tokens to choose them",
                     interactive=False,
@@ -183,7 +188,7 @@ def _flips_tab(v: dict) -> SimpleNamespace:
                     reconstruction = gr.Image(label="reconstruction", interactive=False, height=200, **PIXELATED)
                 flipped = gr.Gallery(
                     elem_id="flipped-gallery",
-                    label="bit i flipped | what changed (×4, black: nothing)",
+                    label="bit i flipped | what changed (scaled to its largest change; yellow: chosen tokens)",
                     columns=3,
                     height="max-content",
                     **PIXELATED,
@@ -202,30 +207,39 @@ def _flips_tab(v: dict) -> SimpleNamespace:
                     label="tokenizer to compare with (its bits flipped at the same tokens)",
                 )
                 compare_button = gr.Button("Compare", variant="primary", elem_id="compare-button")
+            compare_message = gr.Markdown(elem_id="compare-message")
             with gr.Row():
                 compare_loaded = gr.Gallery(
                     elem_id="compare-loaded",
-                    label="loaded tokenizer: bit i flipped | what changed",
+                    label="loaded tokenizer: bit i flipped | what changed (scaled)",
                     columns=3,
                     height="max-content",
                     **PIXELATED,
                 )
                 compare_other = gr.Gallery(
                     elem_id="compare-other",
-                    label="compared tokenizer: bit i flipped | what changed",
+                    label="compared tokenizer: bit i flipped | what changed (scaled)",
                     columns=3,
                     height="max-content",
                     **PIXELATED,
                 )
             with gr.Row():
                 compare_psnr = gr.Plot(label="PSNR per bit", elem_id="compare-psnr")
-                compare_distance = gr.Plot(label="LPIPS per bit")
+                compare_distance = gr.Plot(label="LPIPS per bit (L2 without LPIPS weights)")
                 compare_judge = gr.Plot(label="the judge's verdict per bit")
+            _intro(texts.JUDGE)
             compare_summary = gr.JSON(label="comparison", open=False)
         with gr.Accordion("Bit planes and token map", open=False):
             planes_button = gr.Button("Show bit planes")
+            planes_message = gr.Markdown(elem_id="planes-message")
             with gr.Row():
-                planes = gr.Gallery(label="bit planes (white: bit set)", columns=6, height="max-content", **PIXELATED)
+                planes = gr.Gallery(
+                    elem_id="planes-gallery",
+                    label="bit planes (white: bit set)",
+                    columns=6,
+                    height="max-content",
+                    **PIXELATED,
+                )
                 heat = gr.Plot(label="token indices")
             tokens = gr.JSON(visible=False)
         with gr.Accordion("Random walk in Hamming space", open=False):
@@ -234,7 +248,14 @@ def _flips_tab(v: dict) -> SimpleNamespace:
                 walk_steps = gr.Slider(1, limits["walk_steps"], value=8, step=1, label="steps")
                 walk_seed = gr.Number(0, label="seed")
                 walk_button = gr.Button("Walk")
-            walk_gallery = gr.Gallery(columns=9, height="max-content", **PIXELATED)
+            walk_message = gr.Markdown(elem_id="walk-message")
+            walk_gallery = gr.Gallery(
+                elem_id="walk-gallery",
+                label="the walk: bits flipped from the reconstruction, and PSNR to it",
+                columns=9,
+                height="max-content",
+                **PIXELATED,
+            )
             walk_plot = gr.Plot(label="change along the walk")
     return SimpleNamespace(**{k: w for k, w in locals().items() if k not in ("v", "limits")})
 
@@ -249,35 +270,59 @@ def _neighbours_tab(v: dict) -> SimpleNamespace:
                 )
                 k = gr.Slider(1, v["limits"]["k"], value=8, step=1, label="k")
                 button = gr.Button("Find neighbours", variant="primary")
+                message = gr.Markdown(elem_id="neighbours-message")
                 verdict = gr.Markdown(elem_id="verdict")
             with gr.Column(scale=2):
-                galleries = [
-                    gr.Gallery(elem_id=f"{metric}-gallery", label=label, columns=8, height="max-content", **PIXELATED)
-                    for metric, label in (
-                        ("hamming", "by Hamming distance of the tokens"),
-                        ("lpips", "by LPIPS"),
-                        ("pixel", "by pixel L2 (16×16)"),
+                galleries = []
+                for metric, label in (
+                    ("hamming", "by Hamming distance of the tokens"),
+                    ("lpips", "by LPIPS"),
+                    ("pixel", "by pixel L2 (16×16)"),
+                ):
+                    shown = metric != "lpips" or v["lpips_ready"]  # else the note in its place says why not
+                    galleries.append(
+                        gr.Gallery(
+                            elem_id=f"{metric}-gallery",
+                            label=label,
+                            columns=8,
+                            height="max-content",
+                            visible=shown,
+                            **PIXELATED,
+                        )
                     )
-                ]
+                    if metric == "lpips":
+                        lpips_note = gr.Markdown(visible=not shown, elem_id="lpips-note")
         with gr.Row():
             scatter = gr.Plot(label="distances compared")
             heat = gr.Plot(label="per-token Hamming map")
         found = gr.JSON(label="neighbours", open=False)
+        with gr.Accordion("The paper's second claim: do Hamming neighbours find the images that look alike?"):
+            claim = gr.Markdown(v["second_claim"], elem_id="second-claim")
         with gr.Accordion("Memorization report over generated images", open=False):
             with gr.Row():
                 count = gr.Slider(*v["limits"]["report_images"], value=32, step=4, label="generated images")
                 seed = gr.Number(0, label="seed")
                 report_button = gr.Button("Run report")
-            report_text = gr.Markdown()
+            report_message = gr.Markdown(elem_id="report-message")
+            report_text = gr.Markdown(elem_id="report-text")
+            report_flagged = gr.Gallery(
+                elem_id="report-flagged",
+                label="flagged: each generated image | the training image nearest to it",
+                columns=8,
+                height="max-content",
+                visible=False,
+                **PIXELATED,
+            )
             report_image = gr.Image(label="nearest-distance histograms", format="png", interactive=False)
             report_json = gr.JSON(visible=False)
-    return SimpleNamespace(**{k: w for k, w in locals().items() if k != "v"})
+    return SimpleNamespace(**{k: w for k, w in locals().items() if k not in ("v", "metric", "label", "shown")})
 
 
 def _tokens_tab() -> SimpleNamespace:
     with gr.Tab("Token space", id="tokens"):
         _intro(texts.TOKENS)
         button = gr.Button("Compute", variant="primary")
+        message = gr.Markdown(elem_id="tokens-message")
         with gr.Row():
             usage = gr.Plot(label="bit usage")
             codes = gr.Plot(label="code usage")
@@ -330,92 +375,118 @@ def _training_tab(v: dict) -> SimpleNamespace:
 # ---------------------------------------------------------------------------------------------------- events
 
 
+def _api(fn, inputs, outputs, api_name: str, **options) -> None:
+    """The public API endpoint of an action, on a hidden trigger: an API client gets refusals as errors."""
+    gr.Button(api_name, visible=False).click(fn, inputs, outputs, api_name=api_name, **options)
+
+
+def _ui(trigger, fn, inputs, outputs: list, message, **options):
+    """The page's event of an action: a refusal leaves every output as it was (no "Error" badge over the last results)
+    and its message stays in `message`, next to the action's button, until the next action; success clears it.
+    `message` may be one of `outputs` (then the action's own text goes there on success)."""
+    own = message in outputs
+    targets = outputs if own else [*outputs, message]
+
+    def refused(error: Exception) -> list:
+        text = error.message if isinstance(error, gr.Error) else str(error)  # gr.Error: from app/endpoint.py:guarded
+        return [f"⚠️ {text}" if t is message else gr.skip() for t in targets]
+
+    def done(result) -> list:
+        result = list(result) if isinstance(result, (tuple, list)) and len(outputs) > 1 else [result]
+        return result if own else [*result, ""]
+
+    if inspect.isgeneratorfunction(fn):
+
+        def event(*args):
+            try:
+                for result in fn(*args):
+                    yield done(result)
+            except (gr.Error, ValueError) as error:
+                yield refused(error)
+
+    else:
+
+        def event(*args):
+            try:
+                return done(fn(*args))
+            except (gr.Error, ValueError) as error:
+                return refused(error)
+
+    functools.update_wrapper(event, fn)  # Gradio reads the parameters (gr.SelectData) from the signature
+    return trigger(event, inputs, targets, **PRIVATE, **options)
+
+
 def _wire(demo, c: Callbacks, m, g, f, n, t, j, tabs, timer, index_line) -> None:
-    generation = [g.button, g.note]
+    # the pair the server holds now, on every page load and after every switch (a reloaded page shows it too)
+    served = [
+        m.pair, m.tokenizer, m.generator, m.info, g.labels, *g.knobs, g.step, g.button, g.note, f.compare_with,
+        f.walk_bits, index_line, n.galleries[1], n.lpips_note,
+    ]  # fmt: skip
+    cleared = [g.gallery, g.frame, g.masked, g.progress]  # a new pair: results (and errors) of the old one go
     demo.load(c.model_info, None, m.info, api_name="model_info")
-    demo.load(c.model_choices_update, None, m.pair, **PRIVATE)  # runs finished since the page was built
+    demo.load(c.served, None, served, **PRIVATE)
     # the public endpoint first: a private event of the same function takes its name otherwise
     gr.Button("Index status", visible=False).click(c.index_status, None, index_line, api_name="index_status")
-    timer.tick(c.index_status, None, index_line, show_progress="hidden", **PRIVATE)
-    m.pair.input(c.pair_sources, m.pair, [m.tokenizer, m.generator], **PRIVATE)
-    loaded = m.load.click(
-        c.load_models, [m.tokenizer, m.generator], [m.info, g.labels, m.message], api_name="load_models"
-    )
-    cleared = [g.gallery, g.frame, g.masked, g.progress]  # a new pair: results (and errors) of the old one go
-    loaded.success(c.generation_controls, None, generation, **PRIVATE).then(c.cleared, None, cleared, **PRIVATE)
+    timer.tick(c.status, None, [index_line, n.galleries[1], n.lpips_note], show_progress="hidden", **PRIVATE)
+    _ui(m.pair.input, c.pair_sources, m.pair, [m.tokenizer, m.generator], m.message)
+    _api(c.load_models, [m.tokenizer, m.generator], [m.info, g.labels, m.message], "load_models")
+    _ui(m.load.click, c.load_served, [m.tokenizer, m.generator], [*served, m.message, *cleared], m.message)
 
     g.preset.change(c.apply_preset, g.preset, [*g.knobs, g.preset_note], **PRIVATE)
-    g.button.click(
-        c.generate,
-        [g.labels, g.count, g.seed, *g.knobs],
-        [g.gallery, g.masked, g.unmasking, g.step, g.frame, g.files, g.progress],
-        api_name="generate",
-    )
+    generate = [g.labels, g.count, g.seed, *g.knobs]
+    generated = [g.gallery, g.masked, g.unmasking, g.step, g.frame, g.files, g.progress]
+    _api(c.generate, generate, generated, "generate")
+    _ui(g.button.click, c.generate, generate, generated, g.message)
     g.step.input(c.show_step, [g.unmasking, g.step], [g.frame, g.masked], show_progress="hidden", **PRIVATE)
     g.gallery.select(c.pick_generated, g.files, g.chosen, **PRIVATE)
-    g.to_flip.click(c.send_generated, [g.files, g.chosen], f.image, **PRIVATE).then(
-        lambda: gr.update(selected="flip"), None, tabs, **PRIVATE
-    )
-    g.to_neighbours.click(c.send_generated, [g.files, g.chosen], n.image, **PRIVATE).then(
-        lambda: gr.update(selected="neighbours"), None, tabs, **PRIVATE
-    )
+    for button, image, where in ((g.to_flip, f.image, "flip"), (g.to_neighbours, n.image, "neighbours")):
+        _ui(button.click, c.send_generated_to(where), [g.files, g.chosen], [image, tabs], g.progress)
 
-    f.use_item.click(c.dataset_image, f.item, [f.image, f.caption], api_name="dataset_image")
-    f.button.click(
-        c.flip_bits,
-        [f.image, f.bit_ids, f.positions],
-        [f.original, f.reconstruction, f.flipped, f.psnr_chart, f.distance_chart, f.summary, f.grid, f.fit],
-        api_name="flip_bits",
-        **UNREAD,
-    )
-    f.grid.select(c.toggle_token, [f.image, f.positions], [f.positions, f.grid], **PRIVATE, **UNREAD)
-    f.compare_button.click(
-        c.compare_flips,
-        [f.image, f.compare_with, f.bit_ids, f.positions],
-        [f.compare_loaded, f.compare_other, f.compare_psnr, f.compare_distance, f.compare_judge, f.compare_summary],
-        api_name="compare_flips",
-        **UNREAD,
-    )
-    f.planes_button.click(c.token_map, f.image, [f.planes, f.heat, f.tokens], api_name="token_map", **UNREAD)
-    f.walk_button.click(
-        c.bit_walk,
-        [f.image, f.walk_bits, f.walk_steps, f.walk_seed],
-        [f.walk_gallery, f.walk_plot],
-        api_name="bit_walk",
-        **UNREAD,
-    )
+    _api(c.dataset_image, f.item, [f.image, f.caption], "dataset_image")
+    _ui(f.use_item.click, c.dataset_image, f.item, [f.image, f.caption], f.caption)
+    flip = [f.image, f.bit_ids, f.positions]
+    flipped = [f.original, f.reconstruction, f.flipped, f.psnr_chart, f.distance_chart, f.summary, f.grid, f.fit]
+    _api(c.flip_bits, flip, flipped, "flip_bits", **UNREAD)
+    _ui(f.button.click, c.flip_bits, flip, flipped, f.message, **UNREAD)
+    _ui(f.grid.select, c.toggle_token, [f.image, f.positions], [f.positions, f.grid], f.message, **UNREAD)
+    compare = [f.image, f.compare_with, f.bit_ids, f.positions]
+    compared = [f.compare_loaded, f.compare_other, f.compare_psnr, f.compare_distance, f.compare_judge]
+    compared += [f.compare_summary]
+    _api(c.compare_flips, compare, compared, "compare_flips", **UNREAD)
+    _ui(f.compare_button.click, c.compare_flips, compare, compared, f.compare_message, **UNREAD)
+    _api(c.token_map, f.image, [f.planes, f.heat, f.tokens], "token_map", **UNREAD)
+    _ui(f.planes_button.click, c.token_map, f.image, [f.planes, f.heat, f.tokens], f.planes_message, **UNREAD)
+    walk = [f.image, f.walk_bits, f.walk_steps, f.walk_seed]
+    _api(c.bit_walk, walk, [f.walk_gallery, f.walk_plot], "bit_walk", **UNREAD)
+    _ui(f.walk_button.click, c.bit_walk, walk, [f.walk_gallery, f.walk_plot], f.walk_message, **UNREAD)
 
-    n.button.click(
-        c.neighbours,
-        [n.image, n.k],
-        [*n.galleries, n.verdict, n.scatter, n.heat, n.found],
-        api_name="neighbours",
-        **UNREAD,
+    found = [*n.galleries, n.verdict, n.scatter, n.heat, n.found]
+    _api(c.neighbours, [n.image, n.k], found, "neighbours", **UNREAD)
+    _ui(n.button.click, c.neighbours, [n.image, n.k], found, n.message, **UNREAD).then(
+        c.second_claim, n.found, n.claim, **PRIVATE
     )
-    n.report_button.click(
-        c.memorization_report,
-        [n.count, n.seed],
-        [n.report_image, n.report_text, n.report_json],
-        api_name="memorization_report",
-    )
+    report = [n.report_image, n.report_text, n.report_flagged, n.report_json]
+    _api(c.memorization_report, [n.count, n.seed], report, "memorization_report")
+    _ui(n.report_button.click, c.memorization_report, [n.count, n.seed], report, n.report_message)
 
-    t.button.click(c.token_space, None, [t.usage, t.codes, t.umap, t.statistics], api_name="token_space")
-    t.view_button.click(c.indexed_image, t.view_id, [t.view_image, t.view_caption], api_name="indexed_image")
-    t.atlas_button.click(c.code_atlas, None, [t.atlas, t.atlas_caption], api_name="code_atlas")
+    space = [t.usage, t.codes, t.umap, t.statistics]
+    _api(c.token_space, None, space, "token_space")
+    _ui(t.button.click, c.token_space, None, space, t.message)
+    _api(c.indexed_image, t.view_id, [t.view_image, t.view_caption], "indexed_image")
+    _ui(t.view_button.click, c.indexed_image, t.view_id, [t.view_image, t.view_caption], t.view_caption)
+    _api(c.code_atlas, None, [t.atlas, t.atlas_caption], "code_atlas")
+    _ui(t.atlas_button.click, c.code_atlas, None, [t.atlas, t.atlas_caption], t.atlas_caption)
 
     j.stage.change(c.train_presets_update, j.stage, j.preset, **PRIVATE)
-    j.launch.click(
-        c.train_launch,
-        [j.stage, j.name, j.preset, j.dataset, j.overrides],
-        [j.table, j.job, j.message],
-        api_name="train_launch",
-    )
+    launch = [j.stage, j.name, j.preset, j.dataset, j.overrides]
+    _api(c.train_launch, launch, [j.table, j.job, j.message], "train_launch")
+    _ui(j.launch.click, c.train_launch, launch, [j.table, j.job, j.message], j.message)
     gr.Button("status", visible=False).click(c.train_status, None, [j.table, j.job], api_name="train_status")
-    j.stop.click(c.train_stop, j.job, [j.table, j.message], api_name="train_stop")
-    j.resume.click(c.train_resume, j.job, [j.table, j.message], api_name="train_resume")
-    j.load.click(c.train_load, j.job, [m.info, g.labels, m.message, m.pair, j.message], api_name="train_load").success(
-        c.generation_controls, None, generation, **PRIVATE
-    ).then(c.cleared, None, cleared, **PRIVATE)
+    for button, fn, name in ((j.stop, c.train_stop, "train_stop"), (j.resume, c.train_resume, "train_resume")):
+        _api(fn, j.job, [j.table, j.message], name)
+        _ui(button.click, fn, j.job, [j.table, j.message], j.message)
+    _api(c.train_load, j.job, [m.info, g.labels, m.message, m.pair, j.message], "train_load")
+    _ui(j.load.click, c.train_load_served, j.job, [*served, m.message, j.message, *cleared], j.message)
     j.job.change(c.train_curves, j.job, [j.curves, j.sample, j.console], api_name="train_curves")
     timer.tick(c.refresh, j.job, [j.table, j.curves, j.sample, j.console], show_progress="hidden", **PRIVATE)
     demo.load(c.jobs_view, None, [j.table, j.job], **PRIVATE)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from app.validation import UserError
 from maskbit import Generator, SamplingConfig, Tokenizer
-from maskbit.checkpoint import class_names, default_sampling
+from maskbit.checkpoint import HubDownloadError, class_names, default_sampling
 from maskbit.config import IBQ_CODEBOOK_SIZES
 from maskbit.device import pick_device
 from maskbit.sampling import check_pair, iter_generate, prediction_to_indices
@@ -174,6 +174,12 @@ def load_model(cls, source: str, config, device: torch.device, precision: str):
     """One model for inference (PretrainedMixin.inference), or a UserError saying why it cannot be loaded."""
     try:
         return cls.from_pretrained(source, config).inference(device, precision)
+    except HubDownloadError as error:  # the library's advice (a from_pretrained call) is not what the panel takes
+        raise UserError(
+            f"cannot download the {cls.kind} {source!r} (this server may be offline). Download {error.url} on a "
+            f"machine that is online, put {error.file_name} into the workspace or a model root (--model-root), and "
+            f"type that file's path in the model panel's {cls.kind} box: its preset is recognised from its weights"
+        ) from None
     except (OSError, ValueError) as error:
         raise UserError(f"cannot load the {cls.kind} {source!r}: {error}") from None
 

@@ -9,6 +9,7 @@ from maskbit.images import image_grid, to_array
 
 __all__ = ["to_array", "enlarged", "token_grid", "with_difference", "frames_sheet", "DISPLAY"]
 
+MARK = (255, 220, 0)  # the outline of a chosen token on a difference map
 DISPLAY = 256  # pixels on the longer side that small images are enlarged to (nearest neighbour: pixels stay sharp)
 
 
@@ -33,10 +34,33 @@ def token_grid(image: torch.Tensor, grid: tuple[int, int], chosen: list[int] | N
     return array.astype(np.uint8)
 
 
-def with_difference(image: torch.Tensor, reference: torch.Tensor, gain: float = 4.0, gap: int = 2) -> np.ndarray:
-    """The image and, beside it after a white gap, |image − reference| × gain (black: unchanged), at its size."""
-    difference = ((image - reference).abs() * gain).clamp(0, 1)
-    return to_array(torch.cat([image, image.new_ones(3, image.shape[1], gap), difference], dim=2))
+def with_difference(
+    image: torch.Tensor,
+    reference: torch.Tensor,
+    grid: tuple[int, int],
+    chosen: list[int] | None = None,
+    gap: int = 2,
+) -> tuple[np.ndarray, float]:
+    """The image and, beside it after a white gap, what changed: |image − reference| scaled to its own range (its
+    largest change becomes white; black: unchanged), both enlarged as `enlarged` does, the chosen tokens (flat
+    row-major ids on the (h, w) token `grid`) outlined in yellow on the map. → (picture, the map's gain).
+
+    A flip of one bit at one token changes pixels by about 0.01: a fixed gain leaves its map black."""
+    difference = (image - reference).abs()
+    peak = float(difference.max())
+    gain = 1.0 / peak if peak > 0 else 1.0
+    left, right = enlarged(image), enlarged((difference * gain).clamp(0, 1))
+    h, w = grid
+    cell_h, cell_w = right.shape[0] // h, right.shape[1] // w
+    for p in chosen or []:
+        r, c = divmod(p, w)
+        top, bottom, first, last = r * cell_h, (r + 1) * cell_h - 1, c * cell_w, (c + 1) * cell_w - 1
+        for rows, cols in ((top, slice(first, last + 1)), (bottom, slice(first, last + 1))):
+            right[rows, cols] = MARK
+        for cols, rows in ((first, slice(top, bottom + 1)), (last, slice(top, bottom + 1))):
+            right[rows, cols] = MARK
+    white = np.full((left.shape[0], gap * left.shape[0] // image.shape[1], 3), 255, np.uint8)
+    return np.concatenate([left, white, right], axis=1), gain
 
 
 def frames_sheet(frames: torch.Tensor, columns: int = 4) -> np.ndarray:

@@ -46,7 +46,9 @@ class IndexStatus:
         if self.state == "building":
             percent = f" {self.done}/{self.total}" if self.total else ""
             return f"⏳ building the index: {self.what}{percent}"
-        return {"ready": "✅ ", "unavailable": "⚠️ ", "none": ""}[self.state] + self.message
+        if self.state == "none":
+            return "⏳ the index is being prepared in the background (opened, or built for these models)"
+        return {"ready": "✅ ", "unavailable": "⚠️ "}[self.state] + self.message
 
 
 class AppState:

@@ -1,4 +1,5 @@
-"""The Training tab's endpoints: launch, watch, stop, resume jobs (app/jobs.py), and load a finished one."""
+"""The Training tab's endpoints: launch, watch, stop, resume jobs (app/jobs.py), and name a finished job's models
+(app/callbacks.py loads them into the explorer)."""
 
 from __future__ import annotations
 
@@ -81,9 +82,6 @@ class TrainingCallbacks(Endpoints):
         except (UserError, OSError, ValueError):
             return gr.skip(), figures.empty(f"job {str(name)[:80]!r} cannot be read"), None, ""
 
-    @guarded
-    def train_load(self, name):
-        """Load a finished job's model into the explorer (its tokenizer, and its generator if it trained one)."""
-        tokenizer, generator = self._jobs().model_pair(bounded_text(name, "name (job name)", 200))
-        info, classes, message = self.load_models(tokenizer, generator)  # ExploreCallbacks, in Callbacks
-        return info, classes, message, gr.update(choices=self.model_choices(), value=f"run: {name}"), message
+    def model_pair(self, name) -> tuple[str, str]:
+        """A finished job's (tokenizer, generator) sources; app/callbacks.py:Callbacks.train_load loads them."""
+        return self._jobs().model_pair(bounded_text(name, "name (job name)", 200))

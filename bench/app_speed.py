@@ -66,7 +66,7 @@ def main() -> None:
     try:
         startup = wait_http(url, process, 300)
         client = Client(url, verbose=False)
-        while "building" in (status := client.predict(api_name="/index_status")) or not status:
+        while (status := client.predict(api_name="/index_status")).startswith("⏳") or not status:
             time.sleep(1)
         index_ready = time.time() - started
         info = client.predict(api_name="/model_info")
@@ -143,6 +143,12 @@ def screenshots(url: str, folder: Path, compare: str) -> None:
         page.get_by_role("button", name="Send to bit flips").click()
         page.get_by_role("button", name="Flip each bit").click()
         expect(page.locator("#flipped-gallery img")).not_to_have_count(0)
+        page.get_by_text("Bit planes and token map").click()
+        page.get_by_role("button", name="Show bit planes").click()
+        expect(page.locator("#planes-gallery img")).not_to_have_count(0)
+        page.get_by_text("Random walk in Hamming space").click()
+        page.get_by_role("button", name="Walk", exact=True).click()
+        expect(page.locator("#walk-gallery img")).not_to_have_count(0)
         page.screenshot(path=folder / "bit-flips.png", full_page=True)
         chooser = page.get_by_label("tokenizer to compare with (its bits flipped at the same tokens)")
         chooser.fill(compare)
@@ -155,6 +161,11 @@ def screenshots(url: str, folder: Path, compare: str) -> None:
         page.get_by_role("button", name="Send to neighbours").click()
         page.get_by_role("button", name="Find neighbours").click()
         expect(page.locator("#verdict")).to_contain_text("threshold")
+        page.get_by_text("Memorization report over generated images").click()
+        page.get_by_role("button", name="Run report").click()
+        expect(page.locator("#report-text")).to_contain_text("copying")
+        loaded = "() => [...document.querySelectorAll('.thumbnail-item img')].every(i => i.complete && i.naturalWidth)"
+        page.wait_for_function(loaded)
         page.screenshot(path=folder / "neighbours.png", full_page=True)
         page.get_by_role("tab", name="Token space", exact=True).click()
         page.get_by_role("button", name="Compute").click()
@@ -163,6 +174,13 @@ def screenshots(url: str, folder: Path, compare: str) -> None:
         expect(page.locator("#atlas img")).to_be_visible()
         page.screenshot(path=folder / "token-space.png", full_page=True)
         page.get_by_role("tab", name="Training", exact=True).click()
+        name = f"screenshot-{int(time.time())}"  # a tiny run in the workspace, for its curves and samples
+        page.get_by_label("job name").fill(name)
+        overrides = page.get_by_label("overrides, one key=value per line (e.g. training.max_steps=200)")
+        overrides.fill("training.max_steps=40\ntraining.sample_every=5")
+        page.get_by_role("button", name="Launch").click()
+        expect(page.locator("#job-table div[role=row]", has_text=name)).to_contain_text("finished")
+        page.wait_for_timeout(3000)  # the 2-s timer draws the last curves and samples
         page.screenshot(path=folder / "training.png", full_page=True)
         browser.close()
 

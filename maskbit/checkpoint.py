@@ -41,6 +41,7 @@ from maskbit.files import atomic_write
 __all__ = [
     "PretrainedMixin",
     "CheckpointError",
+    "HubDownloadError",
     "MetadataPlaceholder",
     "load_official_state_dict",
     "select_weights",
@@ -122,6 +123,15 @@ def _stored_sampling(config_file: Path) -> SamplingConfig | None:
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded; the message says why and what to do."""
+
+
+class HubDownloadError(CheckpointError):
+    """A hub checkpoint that could not be downloaded (offline, unknown repo). `url`: the file to fetch elsewhere;
+    `file_name`: the name to keep (an official file's name names its preset); `preset`: the config to pass."""
+
+    def __init__(self, message: str, url: str, file_name: str, preset: str | None):
+        super().__init__(message)
+        self.url, self.file_name, self.preset = url, file_name, preset
 
 
 def load_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -422,12 +432,16 @@ class PretrainedMixin:
             paths = [Path(hf_hub_download(repo_id, f)) for f in files]
         except Exception as error:
             where = os.environ.get("HF_HUB_CACHE") or "the Hugging Face cache (~/.cache/huggingface/hub)"
-            raise CheckpointError(
+            url = f"https://huggingface.co/{repo_id}/resolve/main/{files[0]}"
+            raise HubDownloadError(
                 f"could not get {', '.join(files)} of the hub repo {repo_id} into {where} "
                 f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}). "
-                f"If this machine is offline, download https://huggingface.co/{repo_id}/resolve/main/{files[0]} "
+                f"If this machine is offline, download {url} "
                 f"elsewhere and pass its local path: {cls.__name__}.from_pretrained('path/to/{files[0]}'"
-                + (f", config='{preset}')" if preset else ")")
+                + (f", config='{preset}')" if preset else ")"),
+                url,
+                files[0],
+                preset,
             ) from None
         if file_name:
             return cls._build(

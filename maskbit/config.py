@@ -447,8 +447,8 @@ SAMPLING_PRESETS: dict[str, SamplingConfig] = {
 # What each sampling preset was tuned for: the paper's presets suit their own ImageNet checkpoints, not other models.
 SAMPLING_PRESET_NOTES: dict[str, str] = {
     **{
-        name: f"the paper's preset for {name.removesuffix('_128steps').removesuffix('_256steps')} "
-        "(markweber/… on ImageNet 256); on other models it can make images worse"
+        name: f"the paper's preset for markweber/{name.removesuffix('_128steps').removesuffix('_256steps')} "
+        "(ImageNet 256); on other models it can make images worse"
         for name in SAMPLING_PRESETS
         if name.startswith("maskbit_generator_")
     },

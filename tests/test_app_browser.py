@@ -66,7 +66,8 @@ def test_steps_stream_while_the_last_images_stay(page):
     tab(page, "Generate")
     page.get_by_label("sampling preset (fills the knobs)").click()
     page.get_by_role("option", name="maskbit_generator_12bit").click()
-    expect(page.get_by_text("the paper's preset for maskbit_generator_12bit")).to_be_visible()
+    note = "the paper's preset for markweber/maskbit_generator_12bit (ImageNet 256); on other models it can make"
+    expect(page.get_by_text(note)).to_be_visible()  # issue 25.10: the hub id whole, not cut short
     steps = page.locator("#num-steps input[type=number]")
     steps.fill("24")
     steps.press("Enter")
@@ -93,6 +94,40 @@ def test_a_pair_without_a_generator_says_so(page, app_server):
     expect(page.get_by_text("Error", exact=True)).to_have_count(0)
 
 
+def test_a_reloaded_page_shows_the_pair_the_server_holds(page, app_server):
+    """Issue 25.2: the models are switched elsewhere (another tab, the API); a reload shows the new pair, its classes
+    and its sampling, and Generate works with them."""
+    from maskbit import Generator, SamplingConfig
+
+    state = app_server.state
+    tokenizer, generator = state.models.tokenizer_source, state.models.generator_source
+    shapes = app_server.settings.workspace / "shapes-generator"  # a folder models may be loaded from
+    Generator.from_pretrained(generator).save_pretrained(shapes, sampling=SamplingConfig(num_steps=5))
+    (shapes / "classes.json").write_text('["circle", "square"]')
+    lpips, note = state.lpips, state.lpips_note
+    try:
+        state.switch_models(tokenizer, str(shapes))
+        state.lpips, state.lpips_note = None, "LPIPS unavailable: no AlexNet weights here"  # as a server without them
+        page.reload()
+        tab(page, "Neighbours")  # issue 25.8: the reason at once, in the LPIPS gallery's place
+        expect(page.locator("#lpips-note")).to_contain_text("by LPIPS: LPIPS unavailable: no AlexNet weights here")
+        expect(page.locator("#lpips-gallery")).to_be_hidden()
+        page.get_by_text("Model", exact=True).first.click()  # the model panel starts closed
+        tab(page, "Generate")
+        expect(page.get_by_label("generator (empty: none)")).to_have_value(str(shapes))
+        expect(page.locator("#num-steps input[type=number]")).to_have_value("5")
+        page.get_by_role("button", name="Generate", exact=True).click()
+        expect(page.locator("#generate-progress")).to_have_text("4 images, 5 steps", timeout=TIMEOUT)
+        expect(page.locator("#generated-gallery")).to_contain_text("circle (#0)")
+    finally:
+        state.lpips, state.lpips_note = lpips, note
+        state.switch_models(tokenizer, generator)
+        state.wait_ready(300)
+        page.reload()
+    page.get_by_text("Model", exact=True).first.click()
+    expect(page.get_by_label("generator (empty: none)")).to_have_value(generator)
+
+
 def test_bit_flip_tab(page, shots, app_server):
     tab(page, "Generate")
     page.get_by_role("button", name="Generate", exact=True).click()
@@ -108,10 +143,19 @@ def test_bit_flip_tab(page, shots, app_server):
     caption = page.locator("#flipped-gallery .caption-label").first
     expect(caption).to_contain_text(re.compile(r"bit 0: \d+\.\d dB"))
     assert caption.evaluate("c => c.scrollWidth <= c.clientWidth + 1")
-    # clicking a token on the grid chooses it
+    # issue 25.4: a refused input keeps the results on screen and says why beside the button, until the next action
+    bits = page.get_by_label("bits to flip (all, or e.g. 0, 3, 5-7)")
+    bits.fill("99")
+    page.get_by_role("button", name="Flip each bit").click()
+    expect(page.locator("#flip-message")).to_contain_text("bit_ids", timeout=TIMEOUT)
+    expect(page.locator("#flipped-gallery img")).to_have_count(12)
+    expect(page.get_by_text("Error", exact=True)).to_have_count(0)
+    bits.fill("all")
+    # clicking a token on the grid chooses it (the next action: the message goes)
     tokens = page.get_by_label("at tokens (all, or ids; click the grid)")
     page.locator("#token-grid img").click(position={"x": 5, "y": 5})
     expect(tokens).to_have_value(re.compile(r"^\d+$"))
+    expect(page.locator("#flip-message")).to_have_text("")
     page.screenshot(path=shots / "bit-flips.png", full_page=True)
 
 
@@ -140,7 +184,75 @@ def test_neighbours_tab(page, shots):
     page.get_by_role("button", name="Find neighbours").click()
     expect(page.locator("#hamming-gallery img")).to_have_count(8, timeout=TIMEOUT)
     expect(page.locator("#verdict")).to_contain_text("threshold")
+    expect(page.locator("#second-claim")).to_contain_text(re.compile(r"Hamming ∩ pixel: \d of 8"))
+    # issue 24.6: the memorization report states its verdict and C_T per metric
+    page.get_by_text("Memorization report over generated images").click()
+    count = page.get_by_label("generated images").locator("xpath=..").locator("input[type=number]")
+    count.fill("4")
+    count.press("Enter")
+    page.get_by_role("button", name="Run report").click()
+    expect(page.locator("#report-text")).to_contain_text(re.compile(r"(No sign of copying|Possible copying)"))
+    expect(page.locator("#report-text")).to_contain_text(re.compile(r"hamming: C_T"))
+    loaded = "() => [...document.querySelectorAll('.thumbnail-item img')].every(i => i.complete && i.naturalWidth)"
+    page.wait_for_function(loaded)
     page.screenshot(path=shots / "neighbours.png", full_page=True)
+
+
+# Everything in a gallery that can be cut off: the gallery's own boxes scrolling sideways, a thumbnail past the
+# gallery's right edge, a caption whose text is wider or taller than its box (the caption ellipsis).
+CUT_OFF = """(gallery) => {
+    const cut = [];
+    const box = gallery.getBoundingClientRect();
+    for (const e of [gallery, ...gallery.querySelectorAll('*')]) {
+        if (e.scrollWidth > e.clientWidth + 1 && getComputedStyle(e).overflowX !== 'visible')
+            cut.push(`${e.className || e.tagName} scrolls sideways (${e.scrollWidth} > ${e.clientWidth})`);
+    }
+    for (const t of gallery.querySelectorAll('.thumbnail-item')) {
+        if (t.getBoundingClientRect().right > box.right + 1) cut.push(`a thumbnail past the right edge`);
+    }
+    for (const c of gallery.querySelectorAll('.caption-label')) {
+        if (c.scrollWidth > c.clientWidth + 1 || c.scrollHeight > c.clientHeight + 1)
+            cut.push(`caption "${c.textContent.trim()}" truncated`);
+    }
+    return cut;
+}"""
+SIZES = [{"width": 1400, "height": 1000}, {"width": 1280, "height": 800}]
+
+
+def cut_off(page, gallery_ids) -> list[str]:
+    """What is cut off in these galleries at each window size (the page is left at the fixture's size)."""
+    found = []
+    try:
+        for size in SIZES:
+            page.set_viewport_size(size)
+            page.wait_for_timeout(300)  # one layout pass (a resize re-flows the galleries)
+            for name in gallery_ids:
+                found += [
+                    f"{name} at {size['width']}×{size['height']}: {c}"
+                    for c in page.locator(f"#{name}").evaluate(CUT_OFF)
+                ]
+    finally:
+        page.set_viewport_size({"width": 1400, "height": 1100})
+    return found
+
+
+def test_no_gallery_is_cut_off(page, shots):
+    """Issue 25.6: the neighbour galleries (8 images), the bit planes (12) and the random walk (9) fit their column
+    at 1400×1000 and 1280×800: nothing scrolls sideways and no caption is truncated."""
+    galleries = ["hamming-gallery", "pixel-gallery"]
+    tab(page, "Neighbours")
+    expect(page.locator("#hamming-gallery .thumbnail-item")).to_have_count(8)
+    problems = cut_off(page, galleries + (["lpips-gallery"] if page.locator("#lpips-gallery img").count() else []))
+    tab(page, "Bit flips")
+    page.get_by_text("Bit planes and token map").click()
+    page.get_by_role("button", name="Show bit planes").click()
+    expect(page.locator("#planes-gallery .thumbnail-item")).to_have_count(12, timeout=TIMEOUT)
+    page.get_by_text("Random walk in Hamming space").click()
+    page.get_by_role("button", name="Walk", exact=True).click()
+    expect(page.locator("#walk-gallery .thumbnail-item")).to_have_count(9, timeout=TIMEOUT)
+    problems += cut_off(page, ["planes-gallery", "walk-gallery"])
+    page.screenshot(path=shots / "bit-planes-and-walk.png", full_page=True)
+    assert problems == [], "\n".join(problems)
 
 
 def test_token_space_tab(page, shots):
@@ -192,6 +304,10 @@ def test_training_tab(page, shots, app_server):
         if not page.get_by_label("model pair").is_visible():  # the model panel starts closed
             page.get_by_text("Model", exact=True).first.click()
         expect(page.get_by_label("model pair")).to_have_value("run: browser-job")
+        # issue 25.3: the boxes show the loaded run, so that pressing Load keeps it
+        run = state.jobs.model_pair("browser-job")
+        expect(page.get_by_label("tokenizer (from_pretrained source)")).to_have_value(run[0])
+        expect(page.get_by_label("generator (empty: none)")).to_have_value(run[1])
         page.screenshot(path=shots / "training.png", full_page=True)
     finally:
         state.switch_models(tokenizer, generator)

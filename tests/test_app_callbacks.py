@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from app import pictures
 from app.callbacks import Callbacks
 from data import eval_view
 from indexes.store import thumbnails
@@ -47,6 +48,21 @@ def last(stream):
 def as_tensor(array: np.ndarray) -> torch.Tensor:
     """A uint8 picture (H, W, 3) back to (3, H, W) in [0, 1]."""
     return torch.from_numpy(np.array(array)).permute(2, 0, 1).float() / 255
+
+
+def test_the_endpoints_are_three_objects_over_one_state(callbacks, app_server):
+    """Issue 28.4: composed, not inherited: each tab's object owns its endpoints, none calls another's."""
+    from app.explore import ExploreCallbacks
+    from app.search import SearchCallbacks
+    from app.training import TrainingCallbacks
+
+    parts = (ExploreCallbacks, SearchCallbacks, TrainingCallbacks)
+    assert not any(issubclass(a, b) for a in parts for b in parts if a is not b)
+    assert callbacks.generate.__self__ is callbacks.explore and callbacks.neighbours.__self__ is callbacks.search
+    assert callbacks.train_launch.__self__ is callbacks.training
+    assert callbacks.explore.state is callbacks.search.state is callbacks.training.state is app_server.state
+    with pytest.raises(AttributeError, match="has no endpoint 'no_such_endpoint'"):
+        _ = callbacks.no_such_endpoint
 
 
 def test_page_values_and_model_info(callbacks):
@@ -94,17 +110,22 @@ def test_flip_bits_matches_the_library(callbacks, image_file, app_models):
     assert summary["psnr_db"][1] == pytest.approx(
         float(10 * torch.log10(1 / (recon - flipped).pow(2).mean())), abs=1e-2
     )
-    picture = gallery[1][0]  # the flipped image, a 2 px gap, and |flipped − reconstruction| × 4
+    # the flipped image, a gap, and |flipped − reconstruction| scaled to its largest change, both enlarged 8×
+    picture = gallery[1][0][::8, ::8]
     assert picture.shape == (32, 66, 3) and (as_tensor(picture[:, :32]) - flipped[0]).abs().max() <= 1 / 255 + 1e-6
-    difference = ((flipped[0] - recon[0]).abs() * 4).clamp(0, 1)
-    assert (as_tensor(picture[:, -32:]) - difference).abs().max() <= 1 / 255 + 1e-6
+    change = (flipped[0] - recon[0]).abs()
+    assert (as_tensor(picture[:, -32:]) - change / change.max()).abs().max() <= 1 / 255 + 1e-6
     assert gallery[1][1].startswith("bit 5: ") and summary["lpips"] is not None  # random-backbone LPIPS
+    assert gallery[1][1].endswith(f" · map ×{1 / float(change.max()):.0f}")
     assert note == "" and grid.shape == (256, 256, 3)
 
 
 def test_flips_at_chosen_tokens_and_a_click_on_the_grid(callbacks, image_file):
-    summary = callbacks.flip_bits(image_file, "3", "0-3, 9")[5]
+    _, _, gallery, _, _, summary, _, _ = callbacks.flip_bits(image_file, "3", "0-3, 9")
     assert summary["positions_flipped"] == 5
+    what_changed = gallery[0][0][:, -256:]  # 32 px per token: token 9 is row 1, column 1, outlined in yellow
+    assert (what_changed[32, 32:64] == pictures.MARK).all() and (what_changed[32:64, 63] == pictures.MARK).all()
+    assert not (what_changed[128:160, 128:160] == pictures.MARK).all(-1).any()  # token 36 was not chosen
     click = gr.SelectData(None, {"index": [40, 70], "value": None})  # the grid is 256 px: 32 px per token
     text, grid = callbacks.toggle_token(image_file, "0-3", click)  # column 1, row 2: token 17
     assert text == "0, 1, 2, 3, 17" and grid.shape == (256, 256, 3)
@@ -177,15 +198,53 @@ def test_neighbours_of_a_training_image_find_it_first(callbacks):
     z = np.array(heat.data[0].z)
     assert z.shape == (8, 8) and z.sum() == 0  # identical tokens
     assert scatter.layout.xaxis.title.text == "Hamming distance (bits)" and scatter.layout.yaxis.title.text == "LPIPS"
+    found = {n["id"] for metric in ("hamming", "lpips", "pixel") for n in data[metric]}
+    assert scatter.layout.title.text == f"the {len(found)} neighbours found by any metric"
+    # the second claim for this query: how many of the 5 Hamming neighbours are among the pixel (LPIPS) 5
+    claim = callbacks.second_claim(data)
+    for other in ("pixel", "lpips"):
+        shared = {n["id"] for n in data["hamming"]} & {n["id"] for n in data[other]}
+        assert f"Hamming ∩ {other}: **{len(shared)} of 5** (overlap@5 = {len(shared) / 5:.2f})" in claim
+    assert (
+        "k random images of the 96 indexed would share 0.052 (k / N) on average" in claim
+        and "bench/neighbours.py" in claim
+    )
 
 
 def test_the_report_uses_the_neighbours_threshold(callbacks, app_server):
-    image, text, summary = callbacks.memorization_report(8, 0)
-    assert set(summary) == {"hamming", "lpips", "pixel"} and "what chance gives" in text
+    image, text, flagged, summary = callbacks.memorization_report(8, 0)
+    assert set(summary["metrics"]) == {"hamming", "lpips", "pixel"} and "what chance gives" in text
+    assert text.startswith(f"**{summary['verdict']}**") and summary["verdict"].startswith(("No sign", "Possible"))
     calibration = app_server.state.index.manifest["calibration"]
-    for metric, figures in summary.items():  # the same held-out images and percentile: the same thresholds
+    for metric, figures in summary["metrics"].items():  # the same held-out images and percentile: the same thresholds
         assert figures["threshold"] == pytest.approx(calibration[metric]["threshold"])
+        c_t = "C_T not computed" if figures["c_t"] is None else f"C_T = {figures['c_t']:.2f}"
+        assert f"**{metric}**: {c_t}" in text or "C_T not computed" in text
+    shown = sum(min(8, round(d["flagged_fraction"] * 8)) for d in summary["metrics"].values())
+    assert len(flagged["value"]) == shown and flagged["visible"] == (shown > 0)
+    assert "C_T not computed: it needs a cell (the class of the nearest training image) holding more than 20" in text
     assert Image.open(image).size[0] > 100
+
+
+def test_the_reports_flagged_images_stand_beside_their_training_neighbours(callbacks, app_server, tmp_path):
+    """Issue 24.6: training images offered as generated ones are all flagged, each beside itself in the index."""
+    from indexes.report import memorization_report
+
+    index = app_server.state.index
+    train, test = eval_view("procedural", "train", 0, 32), eval_view("procedural", "test", 0, 32)
+    images = torch.stack([train[i][0] for i in (3, 7, 11)])
+    data = memorization_report(index, images, torch.stack([test[i][0] for i in range(8)]), tmp_path)
+    pairs = callbacks.search._flagged_pairs(index, images, data)
+    assert len(pairs) == 3 * len(data["metrics"])  # every image, by every metric
+    picture, caption = pairs[1]  # hamming, second closest
+    flag = data["metrics"]["hamming"]["flagged"][1]
+    i = int(flag["generated"].split(":")[1])
+    assert caption == f"hamming {flag['distance']:.4g}: generated #{i} | procedural:train:{(3, 7, 11)[i]}"
+    side = index.thumbnails.shape[1]
+    assert picture.shape == (side, 2 * side + 1, 3)
+    assert (picture[:, side + 1 :] == index.thumbnails[(3, 7, 11)[i]]).all()  # the training image itself
+    shrunk = torch.nn.functional.interpolate(images[i : i + 1], size=(side, side), mode="area")[0]
+    assert (as_tensor(picture[:, :side]) - shrunk).abs().max() <= 1 / 255 + 1e-6
 
 
 def test_token_space_matches_a_direct_count(callbacks, app_server):
@@ -312,7 +371,7 @@ def test_bit_flips_side_by_side_with_a_vq_tokenizer(callbacks, image_file, app_s
     indices = vq.encode(load_image(image_file)[None])
     recon = vq.decode(indices).clamp(0, 1)
     flipped = vq.decode(bits.flip_bits(indices, 7, 12)).clamp(0, 1)  # bit 7 of each codebook index
-    assert (as_tensor(other[1][0][:, :32]) - flipped[0]).abs().max() <= 1 / 255 + 1e-6
+    assert (as_tensor(other[1][0][::8, ::8][:, :32]) - flipped[0]).abs().max() <= 1 / 255 + 1e-6
     psnr_7 = float(10 * torch.log10(1 / (flipped - recon).pow(2).mean()))
     assert summary["compared (VQ)"]["psnr_db"][1] == pytest.approx(psnr_7, abs=1e-2)
     assert [trace.name for trace in psnr.data] == ["loaded (LFQ)", "compared (VQ)"] and list(psnr.data[0].x) == [
@@ -322,6 +381,29 @@ def test_bit_flips_side_by_side_with_a_vq_tokenizer(callbacks, image_file, app_s
     assert verdict.layout.annotations[0].text.startswith("the judge knows")  # 32-px images: no judge
     with pytest.raises(gr.Error, match="outside the folders models may be loaded from"):
         callbacks.compare_flips(image_file, "/etc/passwd", "0", "all")
+
+
+def test_without_lpips_weights_the_page_says_so_and_names_the_l2_plot(callbacks, image_file, app_server):
+    """Issue 25.8: a server without LPIPS weights shows the reason in the LPIPS gallery's place at once, and the
+    comparison's distance plot is named by what it shows."""
+    state = app_server.state
+    lpips, note = state.lpips, state.lpips_note
+    try:
+        state.lpips, state.lpips_note = None, "LPIPS unavailable: no AlexNet weights in the torch cache"
+        line, gallery, shown = callbacks.status()
+        assert line == callbacks.index_status() and gallery["visible"] is False
+        assert shown == {"__type__": "update", "value": f"**by LPIPS**: {state.lpips_note}", "visible": True}
+        from maskbit import TOKENIZER_PRESETS
+
+        source = app_server.settings.workspace / "l2-vq" / "model"  # 32 px, as the loaded pair
+        Tokenizer(TOKENIZER_PRESETS["tiny_vqgan_plus"]).save_pretrained(source)
+        distance = callbacks.compare_flips(image_file, str(source), "0", "all")[3]
+        assert distance.layout.title.text == "L2 per bit (no LPIPS weights on this server)"
+        assert distance.layout.yaxis.title.text == "L2"
+    finally:
+        state.lpips, state.lpips_note = lpips, note
+    _, gallery, shown = callbacks.status()
+    assert gallery["visible"] is True and shown["visible"] is False
 
 
 def test_the_code_atlas_of_the_loaded_tokenizer(callbacks, app_server):

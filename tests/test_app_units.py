@@ -1,7 +1,9 @@
 """The app's pieces without a server: models, uploads and every other input check, jobs, settings, files."""
 
+import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -370,6 +372,9 @@ def jobs(tmp_path):
     [
         ("tokenizer", "procedural", "data.dataset=/etc", "data.dataset '/etc' is outside the allowed folders"),
         ("tokenizer", "/etc", "", "dataset '/etc' is outside the allowed folders"),
+        ("tokenizer", "/no/such/x", "", "dataset '/no/such/x' is outside the allowed folders"),
+        ("tokenizer", "procedual", "", "dataset 'procedual': no such dataset or folder; did you mean 'procedural'? "),
+        ("tokenizer", "DATA/imgz", "", "DATA/imgz': no such dataset or folder; datasets: procedural, or a folder"),
         ("tokenizer", "procedural", "data.dataset=../../../../../../etc", "outside the allowed folders"),
         ("tokenizer", "procedural", "data.pretokenized=/etc/passwd", "data.pretokenized '/etc/passwd' is outside"),
         ("generator", "procedural", "tokenizer=/etc/passwd", "tokenizer '/etc/passwd' is outside"),
@@ -386,7 +391,7 @@ def test_every_path_of_a_launch_is_checked_however_it_is_given(jobs, tmp_path, s
     dataset = dataset.replace("DATA", str(tmp_path / "data"))
     with pytest.raises(UserError) as error:
         jobs.launch(stage, "job", "tiny", dataset, overrides)
-    assert message in str(error.value)
+    assert message.replace("DATA", str(tmp_path / "data")) in str(error.value)
     assert not (tmp_path / "runs" / "job").exists()  # a refused launch leaves nothing behind
 
 
@@ -602,12 +607,93 @@ def test_the_sampling_widgets_are_named_not_ordered():
     """Issue 28.4: the seven widgets relied on SamplingConfig's field order; now each is a named knob."""
     import dataclasses
 
-    from app.callbacks import Callbacks
+    from app.explore import ExploreCallbacks
     from app.validation import SAMPLING_KNOBS, sampling_from
     from maskbit import SamplingConfig
     from maskbit.config import SAMPLING_PRESETS
 
     assert sorted(SAMPLING_KNOBS) == sorted(f.name for f in dataclasses.fields(SamplingConfig))
     preset = SAMPLING_PRESETS["maskbit_generator_14bit"]
-    values = Callbacks.apply_preset(None, "maskbit_generator_14bit")[:-1]
+    values = ExploreCallbacks.apply_preset(None, "maskbit_generator_14bit")[:-1]
     assert sampling_from(dict(zip(SAMPLING_KNOBS, values))) == preset
+
+
+def test_a_difference_map_is_scaled_to_its_own_range_and_marks_the_chosen_tokens():
+    """Issue 25.5: a one-token flip changes pixels by about 0.01; its map shows that change white, says the gain, and
+    outlines the chosen tokens."""
+    from app.pictures import MARK, with_difference
+
+    reference = torch.full((3, 32, 32), 0.5)
+    image = reference.clone()
+    image[:, 9, 13] += 0.01  # token (row 2, column 3) of a 8×8 grid of 4-px tokens: id 19
+    image[0, 30, 1] -= 0.004
+    picture, gain = with_difference(image, reference, (8, 8), [19])
+    assert gain == pytest.approx(100, rel=1e-3)
+    assert picture.shape == (256, 256 + 16 + 256, 3)  # enlarged 8×, a 2-px gap (16 at that scale)
+    left, right = picture[:, :256].astype(int), picture[:, -256:].astype(int)
+    assert (left[72:80, 104:112] == round(0.51 * 255)).all() and (left[:8, :8] == round(0.5 * 255)).all()
+    assert (right[73:79, 105:111] == 255).all()  # the largest change is white
+    assert (right[241:247, 9:15, 0] == round(0.4 * 255)).all() and (right[241:247, 9:15, 1:] == 0).all()
+    assert (right[64, 96:128] == MARK).all() and (right[64:96, 127] == MARK).all()  # the outline of token 19
+    outline = np.zeros((256, 256), bool)
+    outline[64, 96:128] = outline[95, 96:128] = outline[64:96, 96] = outline[64:96, 127] = True
+    unchanged = ~outline
+    unchanged[72:80, 104:112] = unchanged[240:248, 8:16] = False
+    assert (right[unchanged] == 0).all()  # black: unchanged
+    same, gain = with_difference(reference, reference, (8, 8))
+    assert gain == 1 and (same[:, -256:] == 0).all()
+
+
+def test_the_launchers_note_on_its_defaults_is_no_error_of_the_job(tmp_path):
+    """Issue 25.7: accelerate's note on the values it chose stays out of the job table's error column."""
+    jobs = Jobs(tmp_path / "runs")
+    run = tmp_path / "runs" / "starting-job"
+    run.mkdir(parents=True)
+    note = (
+        "The following values were not passed to `accelerate launch` and had defaults used instead:\n"
+        "\t`--num_cpu_threads_per_process` was set to `8` to improve out-of-box performance when training on CPUs\n"
+        "To avoid this warning pass in values for each of the problematic parameters or run `accelerate config`.\n"
+    )
+    (run / "console.txt").write_text(note)
+    assert jobs.job("starting-job").error is None
+    (run / "console.txt").write_text(
+        note + "Traceback (most recent call last):\nModuleNotFoundError: No module named 'x'\n"
+    )
+    assert (
+        jobs.job("starting-job").error == "Traceback (most recent call last):\nModuleNotFoundError: No module named 'x'"
+    )
+
+
+def test_offline_a_hub_id_says_what_to_type_in_the_model_panel(tmp_path):
+    """Issue 25.7: the library's advice (a from_pretrained call with config=) is not what the panel takes."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\nfrom app.models import load_model\nfrom maskbit import Tokenizer\n"
+        "try:\n    load_model(Tokenizer, 'markweber/maskbit_tokenizer_12bit', None, torch.device('cpu'), 'fp32')\n"
+        "except ValueError as error:\n    print(error)"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == (
+        "cannot download the tokenizer 'markweber/maskbit_tokenizer_12bit' (this server may be offline). Download "
+        "https://huggingface.co/markweber/maskbit_tokenizer_12bit/resolve/main/maskbit_tokenizer_12bit.bin on a "
+        "machine that is online, put maskbit_tokenizer_12bit.bin into the workspace or a model root (--model-root), "
+        "and type that file's path in the model panel's tokenizer box: its preset is recognised from its weights"
+    ), result.stderr
+
+
+def test_a_zero_bar_is_drawn_and_the_status_line_never_blank():
+    """Issue 25.10: the VQ twin's judge bars are 0: each gets a visible mark in its series' colour, beside its bar."""
+    from app import figures
+    from app.state import IndexStatus
+
+    figure = figures.compare([0, 1, 2], {"LFQ": {0: 1.0, 1: 1.0, 2: 0.0}, "VQ": {0: 0.0, 1: 0.0}}, "t", "kept", True)
+    lfq, vq, lfq_zero, vq_zero = figure.data
+    assert list(lfq_zero.x) == ["2"] and list(vq_zero.x) == ["0", "1"]  # VQ has no bit 2: no bar, no mark
+    assert lfq_zero.offsetgroup == lfq.offsetgroup and vq_zero.offsetgroup == vq.offsetgroup
+    assert vq_zero.marker.color == vq.marker.color != lfq.marker.color
+    assert list(vq_zero.base) == [-figures.ZERO_MARK / 2] * 2 and list(vq_zero.y) == [figures.ZERO_MARK] * 2
+    assert len(figures.compare([0], {"LFQ": {0: 0.0}}, "t", "PSNR").data) == 1  # marks only where asked for
+    assert IndexStatus().text().startswith("⏳ the index is being prepared")
