@@ -193,6 +193,8 @@ def cmd_report(args: argparse.Namespace) -> None:
             f"{metric:8s} threshold {data['threshold']:.4g} (p{args.percentile:g} of held-out): "
             f"{data['flagged_fraction']:.1%} of {len(generated)} generated images flagged"
         )
+        if data["c_t_note"]:
+            print(f"{'':8s} {data['c_t_note']}")
     planted = report.get("planted")
     if planted:
         metrics = list(planted["metrics"])

@@ -72,7 +72,9 @@ def memorization_report(
     saw. plant_seed draws the planted images and the noise.
 
     Bad input raises ValueError naming the parameter before any file is written; the files are written at the end,
-    each whole, report.json last."""
+    each whole, report.json last. A statistic that the data cannot support is left out with a note that says why
+    (e.g. `c_t_note` when a cell that enters C_T holds fewer than 2 held-out images: which cells enter depends on
+    where the generations fall, so the rest of the report is kept)."""
     generated, heldout = generated.cpu(), heldout.cpu()  # the index searches on its own device
     _check_images(generated, "generated")
     _check_images(heldout, "heldout")
@@ -114,8 +116,7 @@ def memorization_report(
         threshold = float(np.percentile(held_distances, percentile))
         flagged = np.flatnonzero(gen_distances < threshold)
         gen_cells, held_cells = cells[nearest_ids], cells[held_ids[:, 0]]
-        _check_cells(held_cells, gen_cells, tau, metric, planted=bool(plant))
-        c_t, c_t_note = _c_t(held_distances, held_cells, gen_distances, gen_cells, tau)
+        c_t, c_t_note = _c_t(held_distances, held_cells, gen_distances, gen_cells, tau, planted=bool(plant))
         authenticity, authenticity_note = _auth_pct(index, metric, gen_distances, nearest_ids)
         relative, relative_note = _relative_flagged(metric, gen_neighbours)
         held_relative, _ = _relative_flagged(metric, held_neighbours)
@@ -246,23 +247,27 @@ def _check_distances(distances: np.ndarray, name: str) -> None:
         raise ValueError(f"{name}: the search returned NaN distances; check the images and the index")
 
 
-def _check_cells(heldout_cells, generated_cells, tau, metric: str, planted: bool) -> None:
-    """Every cell that enters C_T needs at least MIN_CELL_HELDOUT held-out images."""
+def _thin_cells(heldout_cells, generated_cells, tau, planted: bool) -> str | None:
+    """Why C_T is not computed when a cell that enters it holds fewer than MIN_CELL_HELDOUT held-out images (one
+    held-out image gives a Z of no meaning), or None. Which cells enter C_T depends on where the generations fall,
+    known only after generating and searching, so this is a note in the report, not an error that throws away the
+    generated images and the other statistics."""
     m = len(generated_cells)
     if tau is None and m <= audit.MEEHAN_MIN_GENERATED:
-        return  # C_T is not computed (the note says why)
+        return None  # C_T is not computed anyway; audit.c_t says why
     share = tau if tau is not None else audit.MEEHAN_MIN_GENERATED / m
     labels, counts = np.unique(generated_cells, return_counts=True)
     kept = labels[counts / m > share]
     held = np.array([(heldout_cells == label).sum() for label in kept], dtype=int)
-    thin = kept[held < MIN_CELL_HELDOUT]
-    if len(thin):
-        split = " (--plant keeps half of them for the threshold)" if planted else ""
-        raise ValueError(
-            f"heldout: C_T cells {thin.tolist()} ({metric}: label of the nearest training image) hold fewer than "
-            f"{MIN_CELL_HELDOUT} held-out images{split}; give more held-out images (--count) or a larger --tau "
-            f"(now {share:.3g})"
-        )
+    thin = held < MIN_CELL_HELDOUT
+    if not thin.any():
+        return None
+    split = " (--plant keeps half of them for the threshold)" if planted else ""
+    return (
+        f"C_T not computed: heldout: cells {kept[thin].tolist()} hold more than tau = {share:.3g} of the generated "
+        f"images but only {held[thin].tolist()} held-out images{split}, fewer than {MIN_CELL_HELDOUT}; give more "
+        "held-out images (--count) or a larger --tau"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- planted copies
@@ -335,8 +340,11 @@ def _cell_labels(index: ImageIndex) -> tuple[np.ndarray, str]:
 
 
 def _c_t(
-    heldout_distances, heldout_cells, generated_distances, generated_cells, tau
+    heldout_distances, heldout_cells, generated_distances, generated_cells, tau, planted: bool = False
 ) -> tuple[float | None, str | None]:
+    thin = _thin_cells(heldout_cells, generated_cells, tau, planted)
+    if thin:
+        return None, thin
     try:
         return audit.c_t(heldout_distances, heldout_cells, generated_distances, generated_cells, tau), None
     except ValueError as error:  # too few generated images per cell for tau, or a kept cell without held-out images
