@@ -36,7 +36,8 @@ EXAMPLES = {
   python -m indexes add my_images/ --index indexes/default --tokenizer default""",
     "report": """examples:
   python -m indexes report --index indexes/default --generator default --count 500 --out reports/default
-  python -m indexes report --index indexes/default --generated outputs/generate --out reports/mine""",
+  python -m indexes report --index indexes/default --generated outputs/generate --out reports/mine
+  python -m indexes report --index indexes/default --generator default --count 500 --plant 100 --out reports/plant""",
     "fetch": """examples:
   python -m indexes fetch-weights                 # AlexNet (233 MB) into $TORCH_HOME/hub/checkpoints
   python -m indexes fetch-weights --net vgg --url file:///mnt/usb/vgg16-397923af.pth""",
@@ -150,6 +151,10 @@ def cmd_report(args: argparse.Namespace) -> None:
     tokenizer = load_tokenizer(args)
     index = ImageIndex.open(args.index, tokenizer)
     size = index.image_size
+    if args.plant > len(index):  # before generating anything
+        raise ValueError(
+            f"--plant {args.plant} is larger than the index ({len(index)} images): plant at most that many"
+        )
     if args.generated:
         # `python -m maskbit generate` also writes grid.png, a mosaic of the others: not a generated image
         paths = [p for p in find_images(args.generated) if p.name != "grid.png"][: args.count]
@@ -169,15 +174,41 @@ def cmd_report(args: argparse.Namespace) -> None:
             ]
         )
         names = [f"generated:{i}:class{int(c)}" for i, c in enumerate(labels)]
-    heldout = heldout_images(args.heldout_dataset, args.count, size, args.seed, args.heldout_split)
+    # with --plant, twice as many: half set the threshold, half are the real images among the planted copies
+    held = args.count * (2 if args.plant else 1)
+    heldout = heldout_images(args.heldout_dataset, held, size, args.seed, args.heldout_split)
     report = memorization_report(
-        index, generated, heldout, args.out, args.percentile, generated_names=names, tau=args.tau
+        index,
+        generated,
+        heldout,
+        args.out,
+        args.percentile,
+        generated_names=names,
+        tau=args.tau,
+        plant=args.plant,
+        plant_seed=args.seed,
     )
     for metric, data in report["metrics"].items():
         print(
             f"{metric:8s} threshold {data['threshold']:.4g} (p{args.percentile:g} of held-out): "
             f"{data['flagged_fraction']:.1%} of {len(generated)} generated images flagged"
         )
+        if data["c_t_note"]:
+            print(f"{'':8s} {data['c_t_note']}")
+    planted = report.get("planted")
+    if planted:
+        metrics = list(planted["metrics"])
+        print(f"planted copies of {planted['count']} training images: recall (AUC) at the report's threshold")
+        print(f"  {'edit':16s}" + "".join(f"{m:>18s}" for m in metrics))
+        for name in planted["transforms"]:
+            print(
+                f"  {name:16s}"
+                + "".join(
+                    f"{100 * d['recall'][name]:>10.0f} % ({d['auc'][name]:.2f})" for d in planted["metrics"].values()
+                )
+            )
+        fpr = "".join(f"{100 * d['false_positive_rate']:>16.1f} %" for d in planted["metrics"].values())
+        print(f"  {'real images':16s}{fpr}   (false-positive rate, {planted['controls']} held-out images)")
     print(report["verdict"])
     print(f"wrote report.json, report.html, report.png and closest_*.png to {args.out}")
 
@@ -273,7 +304,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="C_T keeps label cells holding more than this share of the generated images (default 20 / count)",
     )
-    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument(
+        "--plant",
+        type=whole(0, MAX_IMAGES),
+        default=0,
+        metavar="N",
+        help="also plant copies of N training images under 10 edits (exact, flip, crop, shift, JPEG, brightness, "
+        "noise, the tokenizer's reconstruction, half pasted) among 2 x --count held-out images, half of which set "
+        "the threshold, and report each metric's recall and ROC AUC per edit",
+    )
+    p.add_argument("--seed", type=SEED, default=0, help="generation, held-out images and planted copies")
     p.add_argument("--out", required=True)
     p.set_defaults(run=cmd_report)
 

@@ -5,8 +5,24 @@ generated images and for N held-out real images. A generated image is flagged wh
 than the p-th percentile of the held-out distances (p = 1 by default): real images the model never saw are rarely
 that close, so such a generation is a memorization candidate. Per metric the report adds the statistics of
 `indexes.audit` (Meehan's C_T, AuthPct, Carlini's relative-distance flags, cliques of near-identical generations)
-and one verdict sentence over all metrics. Writes report.json, an HTML page (verdict, table, plotly histograms), a
-PNG of the distance histograms, and a gallery of the closest generated/training pairs.
+and one verdict sentence over all metrics. With `plant=N` it also plants copies of N training images under the edits
+of `indexes.plant` among held-out images that did not set the threshold, and measures each metric's recall, ROC AUC
+and false-positive rate. Writes report.json, an HTML page (verdict, tables, plotly histograms and ROC curves), a PNG
+of the same plots, a gallery of the closest generated/training pairs per metric and, with planted copies,
+planted.png (the first planted image under every edit).
+
+The verdict. A metric finds the generations *closer* to the training set than held-out images when C_T < −3 (C_T is
+about N(0, 1) when the model neither copies nor underfits) or when it flags far more generations than the held-out
+percentile would (binomial p < 0.001). Closer is not the same as copied: a generator whose samples are smooth or
+blurry is close in pixel distance (and LPIPS) to the smooth training images without copying any one of them; the
+bundled generator once measured 13.8 % flagged and C_T −4.3 by pixel distance while Hamming C_T was +2.5. So:
+- "Possible copying by ..." needs the Hamming distance between bit tokens among the metrics that find the
+  generations closer, or, in a metric that finds them closer, Carlini's relative criterion (a generation much closer
+  to one training image than to its other near neighbours: a copy of *that* image, not of a smooth region of the
+  training set) flagging far more generations than held-out images (binomial p < 0.001 at the held-out rate);
+- "No copy confirmed: ..." when only pixel distance or LPIPS finds them closer, naming which metric says what;
+- "No sign of copying: ..." otherwise.
+Each sentence gives every metric's C_T and flagged share.
 """
 
 from __future__ import annotations
@@ -19,16 +35,18 @@ import torch
 from scipy.stats import binom
 
 from indexes import audit
+from indexes import plant as plant_module
 from indexes.store import ImageIndex, IndexError_, pixel_features
 from maskbit import bits
 from maskbit.files import atomic_write, write_json_atomic
-from maskbit.images import image_grid, save_image
+from maskbit.images import image_grid, to_pil
 
-__all__ = ["memorization_report"]
+__all__ = ["memorization_report", "verdict"]
 
 AXIS_NAMES = {"hamming": "Hamming distance (bits)", "lpips": "LPIPS", "pixel": "squared pixel L2 (16×16)"}
-COPYING_C_T = -3.0  # C_T below this reads as copying (about N(0, 1) under H0)
-EXCESS_P_VALUE = 1e-3  # a flagged count this unlikely at the held-out rate p / 100 reads as copying
+COPYING_C_T = -3.0  # C_T below this reads as closer than held-out images (about N(0, 1) under H0)
+EXCESS_P_VALUE = 1e-3  # a flagged count this unlikely at the held-out rate reads as an excess
+MIN_CELL_HELDOUT = 2  # held-out images a C_T cell needs (one gives no spread to rank against)
 
 
 def memorization_report(
@@ -40,20 +58,44 @@ def memorization_report(
     gallery_size: int = 8,
     generated_names: list[str] | None = None,
     tau: float | None = None,
+    *,
+    plant: int = 0,
+    plant_seed: int = 0,
 ) -> dict:
     """generated (M, 3, S, S), heldout (N, 3, S, S) in [0, 1]. Returns (and writes) the report. tau: Meehan's
-    minimum share of the generated images for a cell to enter C_T (default 20 / M, as dgm-eval)."""
-    if len(generated) == 0:
-        raise ValueError("generated is empty: the report needs at least one generated image")
-    if len(heldout) == 0:
-        raise ValueError("heldout is empty: the report needs held-out real images to calibrate against")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    minimum share of the generated images for a cell to enter C_T (default 20 / M, as dgm-eval).
+
+    plant: also plant that many copies of training images under each edit of `indexes.plant` and measure how many
+    the threshold finds (report["planted"]). The held-out images are then split by position: those at even positions
+    (0, 2, 4, ...) set the threshold and C_T, those at odd positions are the real images mixed with the copies (and
+    the hosts of the half-pasted copies), so that the false-positive rate is measured on images the threshold never
+    saw. plant_seed draws the planted images and the noise.
+
+    Bad input raises ValueError naming the parameter before any file is written; the files are written at the end,
+    each whole, report.json last. A statistic that the data cannot support is left out with a note that says why
+    (e.g. `c_t_note` when a cell that enters C_T holds fewer than 2 held-out images: which cells enter depends on
+    where the generations fall, so the rest of the report is kept)."""
     generated, heldout = generated.cpu(), heldout.cpu()  # the index searches on its own device
+    _check_images(generated, "generated")
+    _check_images(heldout, "heldout")
+    if tau is not None and not 0 < tau < 1:  # also refuses NaN
+        raise ValueError(f"tau must lie in (0, 1), got {tau}")
+    if not 0 <= percentile <= 100:
+        raise ValueError(f"percentile must lie in [0, 100], got {percentile}")
+    controls = None
+    if plant:
+        ids = plant_module.planted_ids(len(index), plant, plant_seed)  # refuses plant > len(index) by name
+        if len(heldout) < 4:
+            raise ValueError(
+                f"heldout: --plant splits the held-out images in two (threshold / real images among the copies); "
+                f"give at least 4, got {len(heldout)}"
+            )
+        heldout, controls = heldout[0::2], heldout[1::2]
+    out = Path(out)
     names = generated_names or [f"generated:{i}" for i in range(len(generated))]
     neighbours = min(audit.CARLINI_NEIGHBOURS, len(index))  # Carlini's n, or all there is in a small index
     near_generated, generated_tokens = _nearest(index, generated, k=neighbours)
-    near_heldout, _ = _nearest(index, heldout, k=1)
+    near_heldout, _ = _nearest(index, heldout, k=neighbours)
     cells, cells_described = _cell_labels(index)
     report = {
         "verdict": "",
@@ -64,21 +106,27 @@ def memorization_report(
         "indexed_images": len(index),
         "metrics": {},
     }
+    galleries = {}
     for metric, (gen_ids, gen_neighbours) in near_generated.items():
+        held_ids, held_neighbours = near_heldout[metric]
+        _check_distances(gen_neighbours, f"generated ({metric} distances)")
+        _check_distances(held_neighbours, f"heldout ({metric} distances)")
         gen_distances, nearest_ids = gen_neighbours[:, 0], gen_ids[:, 0]
-        held_ids, held_distances = near_heldout[metric][0][:, 0], near_heldout[metric][1][:, 0]
+        held_distances = held_neighbours[:, 0]
         threshold = float(np.percentile(held_distances, percentile))
         flagged = np.flatnonzero(gen_distances < threshold)
-        c_t, c_t_note = _c_t(held_distances, cells[held_ids], gen_distances, cells[nearest_ids], tau)
+        gen_cells, held_cells = cells[nearest_ids], cells[held_ids[:, 0]]
+        c_t, c_t_note = _c_t(held_distances, held_cells, gen_distances, gen_cells, tau, planted=bool(plant))
         authenticity, authenticity_note = _auth_pct(index, metric, gen_distances, nearest_ids)
         relative, relative_note = _relative_flagged(metric, gen_neighbours)
+        held_relative, _ = _relative_flagged(metric, held_neighbours)
         pairwise = _pairwise_distances(index, metric, generated, generated_tokens)
         report["metrics"][metric] = {
             "threshold": threshold,
             "generated": _summary(gen_distances),
             "heldout": _summary(held_distances),
             "flagged_fraction": float(len(flagged) / len(gen_distances)),
-            "flagged_p_value": _excess_p_value(len(flagged), len(gen_distances), percentile),
+            "flagged_p_value": _excess_p_value(len(flagged), len(gen_distances), percentile / 100),
             "flagged": [
                 {
                     "generated": names[i],
@@ -94,6 +142,8 @@ def memorization_report(
             "auth_pct": authenticity,
             "auth_pct_note": authenticity_note,
             "relative_flagged_fraction": relative,
+            "heldout_relative_flagged_fraction": held_relative,
+            "relative_p_value": _relative_p_value(relative, held_relative, len(gen_distances), len(held_distances)),
             "relative_neighbours": neighbours,
             "relative_alpha": audit.CARLINI_ALPHA,
             "relative_note": relative_note,
@@ -101,29 +151,159 @@ def memorization_report(
             "generated_distances": gen_distances.tolist(),
             "heldout_distances": held_distances.tolist(),
         }
-        _gallery(index, generated, nearest_ids, gen_distances, gallery_size, out / f"closest_{metric}.png")
+        galleries[metric] = _gallery(index, generated, nearest_ids, gen_distances, gallery_size)
+    examples = None
+    if plant:
+        report["planted"], examples = _planted(index, ids, controls, report, plant_seed)
     report["verdict"] = verdict(report)
-    write_json_atomic(out / "report.json", report)
+
+    # Everything is computed: write the files, each whole, the report itself last.
+    out.mkdir(parents=True, exist_ok=True)
+    for metric, grid in galleries.items():
+        _save_png(grid, out / f"closest_{metric}.png")
+    if examples is not None:
+        _save_png(examples, out / "planted.png")
     _plots(report, out)
+    write_json_atomic(out / "report.json", report)
     return report
 
 
 def verdict(report: dict) -> str:
-    """One sentence over all metrics: copying when some C_T < −3 or some metric flags far more generations than the
-    held-out percentile would (binomial p < 0.001), else no sign of it."""
+    """One sentence over all metrics.
+
+    A metric places the generations *closer* to the training set than held-out images when its C_T < −3 or it flags
+    far more generations than the held-out percentile would (binomial p < 0.001). Closeness alone is not copying: a
+    generator of smooth or blurry images is close in pixel distance (and LPIPS) to the smooth training images, without
+    copying any of them. So the verdict says "Possible copying" only when the Hamming distance between bit tokens is
+    among the metrics that find the generations closer, or when Carlini's relative criterion (a generation much
+    closer to one training image than to its other near neighbours) flags far more generations than held-out images
+    (p < 0.001) in a metric that finds them closer. When only pixel distance or LPIPS finds them closer, it says "No
+    copy confirmed" and names which metric says what."""
     metrics = report["metrics"]
-    copying = [
+    closer = [
         m
         for m, d in metrics.items()
         if (d["c_t"] is not None and d["c_t"] < COPYING_C_T) or d["flagged_p_value"] < EXCESS_P_VALUE
     ]
+    relative = [
+        m
+        for m in closer
+        if (d := metrics[m]).get("relative_p_value") is not None and d["relative_p_value"] < EXCESS_P_VALUE
+    ]
+    confirmed = closer if "hamming" in closer else relative
     c_t = ", ".join(f"{d['c_t']:.1f} ({m})" for m, d in metrics.items() if d["c_t"] is not None) or "not computed"
     flagged = ", ".join(f"{100 * d['flagged_fraction']:.1f} % ({m})" for m, d in metrics.items())
-    head = f"Possible copying by {', '.join(copying)}" if copying else "No sign of copying"
-    return (
-        f"{head}: C_T is {c_t} and {flagged} of generated images are closer than the "
-        f"{_ordinal(report['percentile'])} percentile of held-out images."
+    evidence = (
+        f"C_T is {c_t} and {flagged} of generated images are closer than the "
+        f"{_ordinal(report['percentile'])} percentile of held-out images"
     )
+    if confirmed:
+        why = (
+            "Hamming distance between bit tokens agrees"
+            if "hamming" in confirmed
+            else (
+                "Carlini's relative criterion agrees ("
+                + ", ".join(_relative_text(m, metrics[m]) for m in relative)
+                + ")"
+            )
+        )
+        return f"Possible copying by {', '.join(confirmed)}: {evidence}; {why}."
+    if closer:
+        hamming = (
+            "Hamming distance between bit tokens does not"
+            if "hamming" in metrics
+            else "the index has no Hamming metric to check"
+        )
+        return (
+            f"No copy confirmed: {' and '.join(closer)} alone place{'s' if len(closer) == 1 else ''} the generations "
+            f"closer to the training set than held-out images, which smooth or blurry samples also do; {hamming}, and "
+            f"Carlini's relative criterion flags no more generations than held-out images: {evidence}."
+        )
+    return f"No sign of copying: {evidence}."
+
+
+def _relative_text(metric: str, data: dict) -> str:
+    return (
+        f"{100 * data['relative_flagged_fraction']:.1f} % of generations against "
+        f"{100 * data['heldout_relative_flagged_fraction']:.1f} % of held-out images by {metric}"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- input checks
+
+
+def _check_images(images: torch.Tensor, name: str) -> None:
+    if len(images) == 0:
+        what = "generated images to audit" if name == "generated" else "held-out real images to calibrate against"
+        raise ValueError(f"{name} is empty: the report needs {what}")
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"{name} must have shape (B, 3, S, S), got {tuple(images.shape)}")
+    if not torch.isfinite(images).all():
+        raise ValueError(f"{name} holds NaN or infinite pixels")
+
+
+def _check_distances(distances: np.ndarray, name: str) -> None:
+    if np.isnan(distances).any():
+        raise ValueError(f"{name}: the search returned NaN distances; check the images and the index")
+
+
+def _thin_cells(heldout_cells, generated_cells, tau, planted: bool) -> str | None:
+    """Why C_T is not computed when a cell that enters it holds fewer than MIN_CELL_HELDOUT held-out images (one
+    held-out image gives a Z of no meaning), or None. Which cells enter C_T depends on where the generations fall,
+    known only after generating and searching, so this is a note in the report, not an error that throws away the
+    generated images and the other statistics."""
+    m = len(generated_cells)
+    if tau is None and m <= audit.MEEHAN_MIN_GENERATED:
+        return None  # C_T is not computed anyway; audit.c_t says why
+    share = tau if tau is not None else audit.MEEHAN_MIN_GENERATED / m
+    labels, counts = np.unique(generated_cells, return_counts=True)
+    kept = labels[counts / m > share]
+    held = np.array([(heldout_cells == label).sum() for label in kept], dtype=int)
+    thin = held < MIN_CELL_HELDOUT
+    if not thin.any():
+        return None
+    split = " (--plant keeps half of them for the threshold)" if planted else ""
+    return (
+        f"C_T not computed: heldout: cells {kept[thin].tolist()} hold more than tau = {share:.3g} of the generated "
+        f"images but only {held[thin].tolist()} held-out images{split}, fewer than {MIN_CELL_HELDOUT}; give more "
+        "held-out images (--count) or a larger --tau"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- planted copies
+
+
+def _planted(index: ImageIndex, ids: np.ndarray, controls: torch.Tensor, report: dict, seed: int):
+    """report["planted"] and a picture of the first planted image under every edit."""
+    originals = index.load_images(ids).cpu()
+    hosts = controls[np.arange(len(ids)) % len(controls)]
+    copies = plant_module.plant_copies(originals, index.tokenizer, hosts, seed)
+    near_controls, _ = _nearest(index, controls, k=1)
+    near_copies = {name: _nearest(index, images, k=1)[0] for name, images in copies.items()}
+    planted = {
+        "count": len(ids),
+        "transforms": list(copies),
+        "controls": len(controls),
+        "split": "held-out images at even positions set the threshold; those at odd positions are the real images",
+        "ids": ids.tolist(),
+        "metrics": {},
+    }
+    for metric, data in report["metrics"].items():
+        real = near_controls[metric][1][:, 0]
+        _check_distances(real, f"heldout ({metric} distances of the real images among the copies)")
+        found = {name: near[metric][1][:, 0] for name, near in near_copies.items()}
+        for name, distances in found.items():
+            _check_distances(distances, f"plant ({metric} distances of the {name} copies)")
+        scores = plant_module.planted_scores(found, real, data["threshold"])
+        planted["metrics"][metric] = {
+            "recall": scores.recall,
+            "auc": scores.auc,
+            "false_positive_rate": scores.false_positive_rate,
+            "copy_distances": {name: d.tolist() for name, d in found.items()},
+            "real_distances": real.tolist(),
+        }
+    pictures = torch.stack([copies[name][0] for name in copies])
+    return planted, image_grid(pictures, columns=len(pictures))
 
 
 # ---------------------------------------------------------------------------------------------------- search
@@ -160,8 +340,11 @@ def _cell_labels(index: ImageIndex) -> tuple[np.ndarray, str]:
 
 
 def _c_t(
-    heldout_distances, heldout_cells, generated_distances, generated_cells, tau
+    heldout_distances, heldout_cells, generated_distances, generated_cells, tau, planted: bool = False
 ) -> tuple[float | None, str | None]:
+    thin = _thin_cells(heldout_cells, generated_cells, tau, planted)
+    if thin:
+        return None, thin
     try:
         return audit.c_t(heldout_distances, heldout_cells, generated_distances, generated_cells, tau), None
     except ValueError as error:  # too few generated images per cell for tau, or a kept cell without held-out images
@@ -202,9 +385,17 @@ def _relative_flagged(metric: str, distances: np.ndarray) -> tuple[float | None,
         return None, f"relative distance not computed: {error}"
 
 
-def _excess_p_value(flagged: int, total: int, percentile: float) -> float:
-    """P(at least `flagged` of `total` flags) if each generation were flagged at the held-out rate p / 100."""
-    return float(binom.sf(flagged - 1, total, percentile / 100)) if flagged else 1.0
+def _excess_p_value(flagged: int, total: int, rate: float) -> float:
+    """P(at least `flagged` of `total` flags) if each generation were flagged at the held-out `rate`."""
+    return float(binom.sf(flagged - 1, total, rate)) if flagged else 1.0
+
+
+def _relative_p_value(generated: float | None, heldout: float | None, m: int, n: int) -> float | None:
+    """Carlini's flags among M generations against their rate among N held-out images ((k + ½) / (N + 1), so that a
+    rate of 0 seen in N images is not taken for certain)."""
+    if generated is None or heldout is None:
+        return None
+    return _excess_p_value(round(generated * m), m, (heldout * n + 0.5) / (n + 1))
 
 
 @torch.no_grad()
@@ -250,18 +441,23 @@ def _summary(values: np.ndarray) -> dict[str, float]:
     }
 
 
-def _gallery(index, generated, ids, distances, size, path) -> None:
-    """Rows of (generated, nearest training image) for the closest pairs."""
+def _gallery(index, generated, ids, distances, size) -> torch.Tensor:
+    """Rows of (generated, nearest training image) for the closest pairs, as one image (3, H, W)."""
     order = np.argsort(distances)[:size]
     pairs = []
     for i in order:
         thumb = torch.from_numpy(index.thumbnails[ids[i]]).permute(2, 0, 1).float() / 255
         image = torch.nn.functional.interpolate(generated[i : i + 1], size=thumb.shape[-2:], mode="area")[0]
         pairs += [image, thumb]
-    save_image(image_grid(torch.stack(pairs), columns=2), path)
+    return image_grid(torch.stack(pairs), columns=2)
+
+
+def _save_png(image: torch.Tensor, path: Path) -> None:
+    atomic_write(path, lambda p: to_pil(image).save(p, format="PNG"))
 
 
 def _plots(report: dict, out: Path) -> None:
+    """report.html and report.png: per metric the distance histograms and, with planted copies, the ROC curves."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -270,8 +466,13 @@ def _plots(report: dict, out: Path) -> None:
     from plotly.subplots import make_subplots
 
     metrics = list(report["metrics"])
-    figure = make_subplots(rows=1, cols=len(metrics), subplot_titles=[f"{m} distance to nearest" for m in metrics])
-    fig_png, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.5), squeeze=False)
+    planted = report.get("planted")
+    rows = 2 if planted else 1
+    titles = [f"{m} distance to nearest" for m in metrics]
+    if planted:
+        titles += [f"{m}: planted copies against real images (ROC)" for m in metrics]
+    figure = make_subplots(rows=rows, cols=len(metrics), subplot_titles=titles)
+    fig_png, axes = plt.subplots(rows, len(metrics), figsize=(5 * len(metrics), 3.5 * rows), squeeze=False)
     for col, metric in enumerate(metrics):
         data = report["metrics"][metric]
         for name, values, color in (
@@ -296,7 +497,11 @@ def _plots(report: dict, out: Path) -> None:
         axes[0, col].legend(fontsize=7)
         figure.update_xaxes(title_text=AXIS_NAMES.get(metric, metric), row=1, col=col + 1)
         figure.update_yaxes(title_text="images", row=1, col=col + 1)
-    figure.update_layout(barmode="overlay", title="Nearest-training-image distances: generated vs held-out")
+        if planted:
+            _roc_plots(planted, metric, figure, axes[1, col], col, go)
+    figure.update_layout(
+        barmode="overlay", title="Nearest-training-image distances: generated vs held-out", height=450 * rows
+    )
     page = _html_page(report, figure.to_html(full_html=False, include_plotlyjs=True))
     atomic_write(out / "report.html", lambda p: Path(p).write_text(page, encoding="utf-8"))
     fig_png.tight_layout()
@@ -304,8 +509,60 @@ def _plots(report: dict, out: Path) -> None:
     plt.close(fig_png)
 
 
+def _roc_plots(planted: dict, metric: str, figure, axis, col: int, go) -> None:
+    """One ROC curve per edit (copies against the real images), and the report's operating point."""
+    import matplotlib.pyplot as plt
+
+    data = planted["metrics"][metric]
+    colors = plt.get_cmap("tab10")
+    for i, name in enumerate(planted["transforms"]):
+        fpr, tpr = plant_module.roc_curve(data["copy_distances"][name], data["real_distances"])
+        label = f"{name} (AUC {data['auc'][name]:.2f})"
+        color = _hex(colors(i % 10))
+        axis.step(fpr, tpr, where="post", color=color, label=label, linewidth=1)
+        figure.add_trace(
+            go.Scatter(x=fpr, y=tpr, mode="lines", line={"shape": "hv", "color": color}, name=label, showlegend=True),
+            row=2,
+            col=col + 1,
+        )
+    axis.axvline(data["false_positive_rate"], color="black", linestyle="--", linewidth=0.8, label="report threshold")
+    axis.set_xlabel("false-positive rate (real held-out images flagged)")
+    axis.set_ylabel("recall (copies flagged)")
+    axis.set_title(f"{metric}: planted copies")
+    axis.legend(fontsize=6)
+    figure.add_vline(x=data["false_positive_rate"], line_dash="dash", row=2, col=col + 1)
+    figure.update_xaxes(title_text="false-positive rate", row=2, col=col + 1)
+    figure.update_yaxes(title_text="recall", row=2, col=col + 1)
+
+
+def _hex(rgba) -> str:
+    return "#" + "".join(f"{round(255 * c):02x}" for c in rgba[:3])
+
+
+def _planted_table(planted: dict) -> str:
+    """Recall at the report's threshold (and the ROC AUC) of every edit under every metric."""
+    metrics = list(planted["metrics"])
+    head = "".join(f"<th>{html.escape(m)} recall</th><th>{html.escape(m)} AUC</th>" for m in metrics)
+    rows = "".join(
+        f"<tr><td>{html.escape(name)}</td>"
+        + "".join(
+            f"<td>{100 * d['recall'][name]:.0f} %</td><td>{d['auc'][name]:.3f}</td>"
+            for d in planted["metrics"].values()
+        )
+        + "</tr>"
+        for name in planted["transforms"]
+    )
+    fpr = "".join(f"<td>{100 * planted['metrics'][m]['false_positive_rate']:.1f} %</td><td></td>" for m in metrics)
+    return f"""<h3>Planted copies</h3>
+<p>{planted["count"]} training images copied under each edit, among {planted["controls"]} real held-out images that
+did not set the threshold ({html.escape(planted["split"])}). Recall: the share of copies closer than the report's
+threshold; AUC: P(copy closer than a real image).</p>
+<table><tr><th>edit</th>{head}</tr>{rows}<tr><td>real images flagged (false-positive rate)</td>{fpr}</tr></table>
+"""
+
+
 def _html_page(report: dict, plots: str) -> str:
-    """The verdict, a table of the per-metric statistics, then the histograms."""
+    """The verdict, a table of the per-metric statistics, the planted copies' recall, then the plots."""
 
     def cell(value, form: str) -> str:
         return "—" if value is None else format(value, form)
@@ -318,6 +575,7 @@ def _html_page(report: dict, plots: str) -> str:
         f" %</td><td>{len(d['cliques'])}</td></tr>"
         for m, d in report["metrics"].items()
     )
+    planted = _planted_table(report["planted"]) if report.get("planted") else ""
     p = f"{report['percentile']:g}"
     return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>Memorization report</title>
@@ -328,6 +586,7 @@ def _html_page(report: dict, plots: str) -> str:
 {report["indexed_images"]} indexed images ({html.escape(report["index"])}).</p>
 <table><tr><th>metric</th><th>threshold (p{p} of held-out)</th><th>flagged</th><th>C_T (Meehan)</th>
 <th>AuthPct</th><th>Carlini flagged</th><th>cliques</th></tr>{rows}</table>
+{planted}
 {plots}
 </body></html>
 """

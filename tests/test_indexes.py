@@ -636,6 +636,7 @@ def test_report_audit_passes_fresh_images_and_finds_duplicated_generations(tmp_p
     for metric in ("hamming", "lpips", "pixel"):
         audit = report["metrics"][metric]
         assert abs(audit["c_t"]) < 3.5, metric
+        assert audit["flagged_fraction"] <= 0.04, metric  # near the 1st percentile: 121 images, about 1 flagged
         assert audit["auth_pct"] > 40 and audit["relative_flagged_fraction"] < 0.5, metric
         assert any({"generated:0", "generated:120"} <= set(group) for group in audit["cliques"]), metric
 
@@ -650,3 +651,48 @@ def test_report_audit_without_enough_generations_records_why_and_refuses_an_empt
     assert "C_T is not computed" in report["verdict"]
     with pytest.raises(ValueError, match="generated"):
         memorization_report(index, torch.zeros(0, 3, 32, 32), heldout, tmp_path)
+
+
+def audit_metric(c_t, flagged, p_value, relative=0.0, heldout_relative=0.0, relative_p=1.0) -> dict:
+    """What `verdict` reads of one metric's entry in report.json."""
+    return {
+        "c_t": c_t,
+        "flagged_fraction": flagged,
+        "flagged_p_value": p_value,
+        "relative_flagged_fraction": relative,
+        "heldout_relative_flagged_fraction": heldout_relative,
+        "relative_p_value": relative_p,
+    }
+
+
+def test_verdict_calls_copying_only_when_hamming_or_carlinis_criterion_agrees():
+    from indexes.report import verdict
+
+    def sentence(**metrics) -> str:
+        return verdict({"percentile": 1.0, "metrics": metrics})
+
+    # A generator of smooth samples: close in pixel distance to smooth training images, not by bit tokens, and no
+    # generation much closer to one training image than to its other neighbours (the bundled generator's figures).
+    smooth = sentence(hamming=audit_metric(2.5, 0.004, 0.6), pixel=audit_metric(-4.3, 0.138, 1e-40))
+    assert smooth.startswith("No copy confirmed: pixel alone places the generations closer"), smooth
+    assert "Hamming distance between bit tokens does not" in smooth and "-4.3 (pixel)" in smooth
+    both = sentence(hamming=audit_metric(0.1, 0.01, 0.5), lpips=audit_metric(-3.5, 0.02, 0.05), pixel=smooth_pixel())
+    assert both.startswith("No copy confirmed: lpips and pixel alone place the generations"), both
+    # Carlini's criterion in excess over held-out images confirms what pixel distance finds.
+    carlini = sentence(hamming=audit_metric(0.4, 0.01, 0.5), pixel=audit_metric(-4.3, 0.138, 1e-40, 0.12, 0.01, 1e-20))
+    assert carlini.startswith("Possible copying by pixel:") and "Carlini's relative criterion agrees" in carlini
+    assert "12.0 % of generations against 1.0 % of held-out images by pixel" in carlini
+    # Hamming distance finding the generations closer is copying by itself, and names the other metrics that agree.
+    hamming = sentence(hamming=audit_metric(-6.0, 0.5, 1e-30), pixel=audit_metric(-5.0, 0.4, 1e-25))
+    assert hamming.startswith("Possible copying by hamming, pixel:") and "bit tokens agrees" in hamming
+    excess = sentence(hamming=audit_metric(None, 0.2, 1e-9), pixel=audit_metric(None, 0.0, 1.0))
+    assert excess.startswith("Possible copying by hamming:") and "C_T is not computed" in excess
+    assert sentence(hamming=audit_metric(-1.0, 0.01, 0.5), pixel=audit_metric(1.2, 0.0, 1.0)).startswith(
+        "No sign of copying: C_T is -1.0 (hamming), 1.2 (pixel)"
+    )
+    without = sentence(pixel=audit_metric(-4.3, 0.138, 1e-40, None, None, None))
+    assert without.startswith("No copy confirmed: pixel alone") and "no Hamming metric" in without
+
+
+def smooth_pixel() -> dict:
+    return audit_metric(-4.3, 0.138, 1e-40, 0.0, 0.0, 1.0)
