@@ -86,6 +86,7 @@ class Callbacks:
                 "walk_r": LIMITS.walk_r,
                 "walk_steps": LIMITS.walk_steps,
                 "report_images": LIMITS.report_images,
+                "report_plant": LIMITS.report_plant,
             },
             "walk_bits": max(1, min(LIMITS.walk_r, total_bits // 24)),  # 8 steps flip a third of the bits
             "dataset_images_visible": settings.dataset_images_visible,

@@ -302,6 +302,12 @@ def _neighbours_tab(v: dict) -> SimpleNamespace:
             with gr.Row():
                 count = gr.Slider(*v["limits"]["report_images"], value=32, step=4, label="generated images")
                 seed = gr.Number(0, label="seed")
+                plant = gr.Slider(
+                    *v["limits"]["report_plant"],
+                    value=0,
+                    step=1,
+                    label="planted copies (training images copied under 10 edits: does the check find them?)",
+                )
                 report_button = gr.Button("Run report")
             report_message = gr.Markdown(elem_id="report-message")
             report_text = gr.Markdown(elem_id="report-text")
@@ -466,8 +472,8 @@ def _wire(demo, c: Callbacks, m, g, f, n, t, j, tabs, timer, index_line) -> None
         c.second_claim, n.found, n.claim, **PRIVATE
     )
     report = [n.report_image, n.report_text, n.report_flagged, n.report_json]
-    _api(c.memorization_report, [n.count, n.seed], report, "memorization_report")
-    _ui(n.report_button.click, c.memorization_report, [n.count, n.seed], report, n.report_message)
+    _api(c.memorization_report, [n.count, n.seed, n.plant], report, "memorization_report")
+    _ui(n.report_button.click, c.memorization_report, [n.count, n.seed, n.plant], report, n.report_message)
 
     space = [t.usage, t.codes, t.umap, t.statistics]
     _api(c.token_space, None, space, "token_space")

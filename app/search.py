@@ -92,8 +92,10 @@ class SearchCallbacks(Endpoints):
 
     @gpu
     @guarded
-    def memorization_report(self, count, seed):
-        """Generate `count` images and compare their nearest training distances with held-out real images'."""
+    def memorization_report(self, count, seed, plant=0):
+        """Generate `count` images and compare their nearest training distances with held-out real images'; with
+        `plant` > 0 also plant that many training images as copies under every edit of `indexes.plant` among
+        held-out images that did not set the threshold, and measure each metric's recall on them."""
         from data import heldout_images
         from indexes.report import memorization_report as report
 
@@ -103,6 +105,9 @@ class SearchCallbacks(Endpoints):
             raise UserError(models.why_not)
         count = whole_number(count, "count (generated images)", *LIMITS.report_images)
         seed = checked_seed(seed)
+        plant = whole_number(
+            plant, "plant (planted copies)", LIMITS.report_plant[0], min(LIMITS.report_plant[1], len(index))
+        )
         labels = [i % len(models.class_names) for i in range(count)]
         generated = []
         for first in range(0, count, 16):
@@ -112,16 +117,25 @@ class SearchCallbacks(Endpoints):
         spec, seed = (described.spec, described.seed) if described else (self.settings.index_dataset, 0)
         calibration = next(iter(index.calibration.values()), None)
         held = calibration.heldout_images if calibration else count  # as many as the Neighbours tab's threshold
-        heldout = heldout_images(spec, held, index.image_size, seed)
+        # With planted copies the report splits the held-out images in two (threshold / real images among the
+        # copies): draw twice as many, so that the threshold rests on as many as without.
+        heldout = heldout_images(spec, 2 * held if plant else held, index.image_size, seed)
         images = torch.cat(generated)
         with tempfile.TemporaryDirectory(prefix="maskbit-report-") as out:  # the figure is kept, the rest removed
-            data = report(index, images, heldout, Path(out))
+            data = report(index, images, heldout, Path(out), plant=plant, plant_seed=seed)
             figure = shutil.copyfile(Path(out) / "report.png", self.state.files.path("report.png"))
         summary = {
             "verdict": data["verdict"],
             "percentile": data["percentile"],
             "metrics": {m: {key: d[key] for key in REPORT_KEYS} for m, d in data["metrics"].items()},
         }
+        if "planted" in data:
+            planted = data["planted"]
+            summary["planted"] = {
+                "count": planted["count"],
+                "transforms": planted["transforms"],
+                "metrics": {m: {key: d[key] for key in PLANTED_KEYS} for m, d in planted["metrics"].items()},
+            }
         flagged = self._flagged_pairs(index, images, data)
         return str(figure), _report_text(data, count), gr.update(value=flagged, visible=bool(flagged)), summary
 
@@ -188,6 +202,7 @@ class SearchCallbacks(Endpoints):
 
 
 # what the report's JSON output keeps of indexes.report's per-metric entries, under the library's names
+PLANTED_KEYS = ("recall", "auc", "false_positive_rate")
 REPORT_KEYS = ("threshold", "flagged_fraction", "c_t", "auth_pct", "relative_flagged_fraction", "generated", "heldout")
 CLAIM_REFERENCE = (
     "Over 500 held-out queries of the procedural dataset (`bench/neighbours.py`, bench/README.md, section "
@@ -256,4 +271,26 @@ def _report_text(data: dict, count: int) -> str:
     cells = next(iter(data["metrics"].values()), {}).get("c_t_cells")
     if cells:
         lines.append(f"\nC_T's cells: {cells}.")
+    if "planted" in data:
+        lines.append(_planted_table(data["planted"]))
+    return "\n".join(lines)
+
+
+def _planted_table(planted: dict) -> str:
+    """The planted copies' recall at the report's threshold (ROC AUC in brackets) per edit and metric, and the share
+    of real held-out images flagged among them."""
+    metrics = list(planted["metrics"])
+    lines = [
+        f"\n**Planted copies**: {planted['count']} training images, each under every edit, among "
+        f"{planted['controls']} held-out real images that did not set the threshold. Recall at the threshold "
+        "(ROC AUC: 1 = every copy closer than every real image, 0.5 = no better than chance):",
+        "",
+        "| edit | " + " | ".join(metrics) + " |",
+        "|---|" + "---|" * len(metrics),
+    ]
+    for name in planted["transforms"]:
+        cells = (f"{d['recall'][name]:.0%} ({d['auc'][name]:.2f})" for d in planted["metrics"].values())
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    rates = (f"{d['false_positive_rate']:.1%}" for d in planted["metrics"].values())
+    lines.append("| real images flagged | " + " | ".join(rates) + " |")
     return "\n".join(lines)

@@ -54,6 +54,7 @@ class LIMITS:
     walk_r = 256  # bits flipped per step of a walk
     walk_steps = 16
     report_images = (4, 256)
+    report_plant = (0, 64)  # training images planted as copies under every edit of indexes.plant
     text = 10_000  # characters of a free-text field: id lists, class names, paths
     source = 1_000  # characters of a model source or a dataset path
 

@@ -121,7 +121,7 @@ def test_bad_input_gets_a_message_and_the_server_survives(client, image_file, tm
         ("generate", (["tench"], 1, 0, NAN, *KNOBS[1:]), "num_steps must be a whole number from 1 to 256; got nan"),
         ("generate", (["tench"], 1, 0, 4, NAN, *KNOBS[2:]), "guidance_scale must be a number from 0 to 15"),
         ("dataset_image", (NAN,), "item (dataset image number) must be a whole number from 0"),
-        ("memorization_report", (NAN, 0), "count (generated images) must be a whole number from 4 to 256"),
+        ("memorization_report", (NAN, 0, 0), "count (generated images) must be a whole number from 4 to 256"),
         ("indexed_image", (float("inf"),), "index_id must be a whole number from 0 to 95; got inf"),
     ],
 )

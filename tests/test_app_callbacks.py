@@ -214,7 +214,9 @@ def test_neighbours_of_a_training_image_find_it_first(callbacks):
 def test_the_report_uses_the_neighbours_threshold(callbacks, app_server):
     image, text, flagged, summary = callbacks.memorization_report(8, 0)
     assert set(summary["metrics"]) == {"hamming", "lpips", "pixel"} and "what chance gives" in text
-    assert text.startswith(f"**{summary['verdict']}**") and summary["verdict"].startswith(("No sign", "Possible"))
+    assert text.startswith(f"**{summary['verdict']}**") and summary["verdict"].startswith(
+        ("No sign", "No copy confirmed", "Possible")
+    )
     calibration = app_server.state.index.manifest["calibration"]
     for metric, figures in summary["metrics"].items():  # the same held-out images and percentile: the same thresholds
         assert figures["threshold"] == pytest.approx(calibration[metric]["threshold"])
@@ -224,6 +226,19 @@ def test_the_report_uses_the_neighbours_threshold(callbacks, app_server):
     assert len(flagged["value"]) == shown and flagged["visible"] == (shown > 0)
     assert "C_T not computed: it needs a cell (the class of the nearest training image) holding more than 20" in text
     assert Image.open(image).size[0] > 100
+
+
+def test_the_report_plants_copies_when_asked_and_finds_the_exact_ones(callbacks):
+    """Issue 24.6: the planted-copy recall table, with the library's figures; exact copies are found by every metric."""
+    image, text, flagged, summary = callbacks.memorization_report(8, 0, 3)
+    planted = summary["planted"]
+    assert planted["count"] == 3 and set(planted["metrics"]) == set(summary["metrics"])
+    for metric, figures in planted["metrics"].items():
+        assert figures["recall"]["exact"] == 1.0 and figures["auc"]["exact"] == 1.0, metric
+        assert set(figures["recall"]) == set(planted["transforms"]) and 0 <= figures["false_positive_rate"] <= 1
+    assert "**Planted copies**: 3 training images" in text and "| exact | " + " | ".join(["100% (1.00)"] * 3) in text
+    with pytest.raises(gr.Error, match=r"plant \(planted copies\) must be a whole number from 0 to 64"):
+        callbacks.memorization_report(8, 0, 65)
 
 
 def test_the_reports_flagged_images_stand_beside_their_training_neighbours(callbacks, app_server, tmp_path):
