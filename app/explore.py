@@ -313,13 +313,8 @@ class ExploreCallbacks(Endpoints):
         """Every code of the loaded tokenizer decoded, codes one bit apart side by side (maskbit.analysis)."""
         tokenizer = self.state.models.tokenizer
         atlas = self.state.atlas(tokenizer)
-        side = atlas.codes.shape[0]
-        low = 2 * (side.bit_length() - 1)
-        fixed = "" if low == tokenizer.num_bits else f"; bits {low}–{tokenizer.num_bits - 1} fixed to 0"
-        caption = (
-            f"{side}×{side} codes of {tokenizer.quantizer_kind.upper()} tokenizer {self.state.models.tokenizer_source}"
-            f": row r = high half gray(r), column c = low half gray(c){fixed}"
-        )
+        source = self.state.models.tokenizer_source
+        caption = f"{tokenizer.quantizer_kind.upper()} tokenizer {source}: {atlas.describe(tokenizer.num_bits)}"
         return pictures.to_array(atlas.image), caption
 
     @gpu

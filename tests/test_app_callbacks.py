@@ -428,7 +428,8 @@ def test_the_code_atlas_of_the_loaded_tokenizer(callbacks, app_server):
     expected = code_atlas(app_server.state.models.tokenizer)
     assert image.shape == (expected.image.shape[1], expected.image.shape[2], 3) and image.shape[0] == 64 * expected.cell
     assert (as_tensor(image) - expected.image).abs().max() <= 1 / 255 + 1e-6
-    assert caption.startswith("64×64 codes of LFQ tokenizer")
+    assert caption.endswith(": 64×64 codes: row r = high half gray(r), column c = low half gray(c)")
+    assert caption.startswith("LFQ tokenizer ")
 
 
 def test_a_compared_tokenizer_runs_at_the_apps_precision(app_server, monkeypatch):
