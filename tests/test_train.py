@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from data.datasets import PROCEDURAL_CLASSES
 from maskbit import Generator, Tokenizer
+from maskbit.checkpoint import class_names
 from train.config import TOKENIZER_TRAIN_PRESETS, TokenizerTrainConfig, apply_overrides, load_train_config
 from train.ema import EMA
 from train.engine import lr_factor
@@ -82,10 +84,10 @@ def test_generator_from_a_token_file_and_from_images(tokenizer_run, tmp_path):
         "--set",
         f"tokenizer={model_dir}",
         f"data.pretokenized={tokens}",
-        "model.num_classes=10",
     )
     generator = Generator.from_pretrained(tmp_path / "gen" / "model")
-    assert generator.config.num_classes == 10
+    assert generator.config.num_classes == 10  # the recipe's: one class per procedural shape (issue 25.1)
+    assert class_names(tmp_path / "gen" / "model", 10) == list(PROCEDURAL_CLASSES)
     assert (tmp_path / "gen" / "samples" / "step-6.png").is_file()
     run_train(
         "generator",

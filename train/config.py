@@ -326,7 +326,9 @@ GENERATOR_TRAIN_PRESETS: dict[str, GeneratorTrainConfig] = {
         ),
     ),
     "tiny": GeneratorTrainConfig(
-        model=GENERATOR_PRESETS["tiny"],
+        # the official tiny architecture (tests/fixtures/official-tiny) with one class per procedural shape: a
+        # generator trained on the shapes has their 10 classes, not ImageNet's 1000
+        model=dataclasses.replace(GENERATOR_PRESETS["tiny"], num_classes=10),
         tokenizer="",  # must be given: e.g. a tiny tokenizer run's model directory
         data=DataConfig(resolution=32, random_crop=False),
         optimizer=_FAST_OPTIMIZER,
