@@ -9,10 +9,11 @@ classifier trained on real images only) still sees the original class. The claim
 
 At a few random tokens it also measures where the change goes: the *locality* of a flip is the share of the pixel
 change (squared L2, summed over channels) that falls inside the flipped tokens' own pixel blocks (for one token of a
-16×16 grid on 64 px images: its 4×4 pixels, 1/256 of the image), and `locality_3x3` the share inside those tokens
-and their 8 neighbours. A decoder that only looks at nearby tokens keeps most of the change there; one that
-normalises with statistics of the whole grid (every GroupNorm does a little, Open-MAGVIT2's adaptive GroupNorm
-reads the statistics of the tokens themselves) spreads some of it over the image.
+16×16 grid on 64 px images: its 4×4 pixels, 1/256 of the image), and `locality_3x3` (`locality_5x5`) the share
+inside the 3×3 (5×5) tokens around them. A decoder that only looks at nearby tokens keeps most of the change there;
+one that normalises with statistics of the whole grid (every GroupNorm does a little, Open-MAGVIT2's adaptive
+GroupNorm reads the statistics of the tokens themselves) or attends over it spreads some of it over the image.
+Decoding is in float32 unless asked otherwise: bf16 rounding changes every pixel a little and hides where a flip lands.
 
     .venv/bin/python -m bench.bit_flips --out bench/results                 # the bundled LFQ tokenizer and its VQ twin
     .venv/bin/python -m bench.bit_flips --tokenizers default default-vq runs/twin-omv/model runs/twin-ibq/model \
@@ -93,15 +94,16 @@ def measure(tokenizer, indices, reconstructions, labels, mask, bit, classifier, 
     if classifier is not None:
         row["judge_true_class"] = float((judge.predict(classifier, images) == labels).float().mean())
     if mask is not None:
-        own, near = flip_locality(images, reconstructions, mask), flip_locality(images, reconstructions, mask, 1)
-        row["locality"] = float(np.nanmean(own)) if np.isfinite(own).any() else float("nan")
-        row["locality_3x3"] = float(np.nanmean(near)) if np.isfinite(near).any() else float("nan")
+        for key, spread in (("locality", 0), ("locality_3x3", 1), ("locality_5x5", 2)):
+            shares = flip_locality(images, reconstructions, mask, spread)
+            row[key] = float(np.nanmean(shares)) if np.isfinite(shares).any() else float("nan")
         row["area_share"] = float(mask.double().mean())  # the locality of a change spread evenly over the image
     return row, images[0]
 
 
-def run_tokenizer(source, config, label, images, labels, classifier, embed, batch_size, seed, token_counts):
+def run_tokenizer(source, config, label, images, labels, classifier, embed, batch_size, seed, token_counts, precision):
     tokenizer = Tokenizer.from_pretrained(source, config).requires_grad_(False).eval()
+    tokenizer.precision = precision
     started = time.time()
     indices = torch.cat([tokenizer.encode(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
     reconstructions = analysis.decode_images(tokenizer, indices, batch_size).cpu()
@@ -184,8 +186,8 @@ def write_tables(results: list[dict], images: int, out: Path) -> None:
         judge_head = " / judge" if judged else ""
         lines += [
             f"| tokenizer | family | every token: PSNR{judge_head} | 1 token: PSNR{judge_head} | "
-            "1 token: locality (own block) | 1 token: locality (3×3 tokens) | own block's share of the image |",
-            "|---|---|---|---|---|---|---|",
+            "1 token: locality (own block) | in 3×3 tokens | in 5×5 tokens | own block's share of the image |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for name, r in zip(names, results):
             every, one = r["flips"]["all"]["overall"], r["flips"]["1"]["overall"]
@@ -194,6 +196,7 @@ def write_tables(results: list[dict], images: int, out: Path) -> None:
                 f"{one['psnr_db']:.1f} dB" + (f" / {one['judge_true_class']:.1%}" if judged else ""),
                 f"{one['locality']:.1%}",
                 f"{one['locality_3x3']:.1%}",
+                f"{one['locality_5x5']:.1%}",
                 f"{one['area_share']:.2%}",
             ]
             lines.append(f"| {name} | {r['family']} | " + " | ".join(cells) + " |")
@@ -298,6 +301,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--atlas", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "auto"],
+        default="fp32",
+        help="decoding precision; fp32 by default: bf16 rounding changes every pixel a little and would hide where a "
+        "one-token flip lands",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args(argv)
     if args.images < 1:
@@ -349,7 +359,17 @@ def main(argv: list[str] | None = None) -> None:
     results, examples, atlases, localities = [], [], [], []
     for source, config, label in zip(args.tokenizers, configs, labels):
         result, tokenizer, example, locality = run_tokenizer(
-            source, config, label, images, labels_true, classifier, embed, args.batch_size, args.seed, counts
+            source,
+            config,
+            label,
+            images,
+            labels_true,
+            classifier,
+            embed,
+            args.batch_size,
+            args.seed,
+            counts,
+            args.precision,
         )
         results.append(result)
         examples.append(example)
@@ -369,6 +389,7 @@ def main(argv: list[str] | None = None) -> None:
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
         "images": len(images),
+        "precision": args.precision,
         "dataset": f"{args.dataset} ({args.split})",
         "lpips": lpips_note,
         "judge": None if classifier is None else str(args.judge or judge.BUNDLED),
