@@ -163,6 +163,9 @@ def test_bit_token_family_twins_train_through_the_engine(tmp_path, preset, model
     assert [m["step"] for m in metrics] == [1, 2, 3, 4]
     for m in metrics:
         assert m["commitment_loss"] > 0 and m["entropy_loss"] != 0 and math.isfinite(m["loss"])
+        # A confident code choice per token, so the entropy term has a gradient (IBQ's codes start as N(0, 1):
+        # with VQGAN's U(±1/N) every z·e ≈ 0 and the softmax over the codes is uniform, ln 256 = 5.5 nats).
+        assert m["per_sample_entropy"] < 0.5 * math.log(2**8)
         codebook = m.get("codebook_loss", 0.0)
         assert (codebook > 0) == (quantizer == "vq")  # IBQ: mse(soft-propagated codes, z) + β·mse(e, sg(z))
         annealed = 1 + 2.0 * max(0.0, 1 - (m["step"] - 1) / 4)
