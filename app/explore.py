@@ -236,10 +236,10 @@ class ExploreCallbacks(Endpoints):
         return text, pictures.token_grid(reconstruction, (h, w), chosen)
 
     def comparison_choices(self) -> list[str]:
-        """Tokenizers to compare bit flips with: the VQ twin and the bundled LFQ one, and finished tokenizer runs."""
+        """Tokenizers to compare bit flips with: the bundled twins and LFQ tokenizer, and finished tokenizer runs."""
         runs = self.state.jobs.finished_models() if self.state.jobs is not None else []
         tokenizers = (self.state.jobs.model_pair(name)[0] for name in runs)
-        return list(dict.fromkeys(["default-vq", "default", *tokenizers]))
+        return list(dict.fromkeys(["default-vq", "default", "default-omv", *tokenizers]))
 
     @gpu
     @guarded

@@ -351,6 +351,7 @@ def test_model_choices_and_generated_images_between_tabs(callbacks):
     choices = callbacks.model_choices()
     assert choices[:2] == ["bundled default (LFQ, 12 bits)", "bundled VQ twin (VQGAN+, 12 bits; tokenizer only)"]
     assert callbacks.pair_sources(choices[1]) == ("default-vq", "")
+    assert callbacks.pair_sources(choices[2]) == ("default-omv", "")  # the Open-MAGVIT2 twin: a tokenizer only
     assert callbacks.pair_sources("official 12-bit (LFQ, ImageNet 256)")[1] == "markweber/maskbit_generator_12bit"
     files = ["a.png", "b.png"]
     assert callbacks.pick_generated(files, gr.SelectData(None, {"index": 1, "value": None})) == "b.png"

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).parents[1]
@@ -27,6 +28,7 @@ def test_bit_flips_writes_its_tables_and_plots(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "bit_flips.json").read_text())
     assert report["images"] == 3 and report["judge"] is None  # 32 px images: the judge knows 64 px shapes only
+    assert report["precision"] == "fp32"  # bf16 rounding would move every pixel and blur where a flip lands
     tokenizer = report["tokenizers"][0]
     assert set(tokenizer["flips"]) == {"all", "1", "4", "16"} and len(tokenizer["flips"]["all"]["per_bit"]) == 12
     # The same tokenizer twice gives the same figures, up to float32 rounding: each decode runs with the threads that
@@ -35,10 +37,83 @@ def test_bit_flips_writes_its_tables_and_plots(tmp_path):
     assert first.keys() == second.keys()
     for key, value in first.items():
         assert value == (second[key] if value is None else pytest.approx(second[key], rel=1e-5)), key
+    assert report["tokenizers"][1]["label"] == "tiny_tokenizer.bin-2"  # the same source twice: numbered
     one_token, every_token = tokenizer["flips"]["1"]["overall"], tokenizer["flips"]["all"]["overall"]
     assert one_token["l2"] < every_token["l2"]  # flipping one token moves an image less than flipping all 64
     for name in ("bit_flips.md", "bit_flips.png", "bit_flips_examples.png"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def test_flip_locality_of_decoders_whose_receptive_field_is_known():
+    """A 4×4 token grid on 16×16 pixels: a decoder that paints each token's own block keeps all of a token's change
+    there; one that blurs over 3×3 tokens keeps it in the 3×3 neighbourhood; a change spread evenly over the image
+    gives each region its share of the area."""
+    import torch
+
+    from bench.bit_flips import flip_locality
+
+    def paint(tokens):  # receptive field: the token itself
+        return tokens.repeat_interleave(4, -2).repeat_interleave(4, -1)
+
+    def blur(tokens):  # receptive field: the 3×3 tokens around
+        return paint(torch.nn.functional.avg_pool2d(tokens, 3, stride=1, padding=1, count_include_pad=False))
+
+    tokens = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros(2, 4, 4, dtype=torch.bool)
+    mask[0, 1, 2] = mask[1, 0, 0] = True  # an inner token and a corner token
+    flipped = torch.where(mask[:, None], 1 - tokens, tokens)
+    assert flip_locality(paint(flipped), paint(tokens), mask) == pytest.approx([1.0, 1.0])
+    assert flip_locality(paint(flipped), paint(tokens), mask, spread=1) == pytest.approx([1.0, 1.0])
+    assert (flip_locality(blur(flipped), blur(tokens), mask) < 0.5).all()
+    assert flip_locality(blur(flipped), blur(tokens), mask, spread=1) == pytest.approx([1.0, 1.0])
+    uniform = paint(tokens) + 0.1  # the whole image moves alike
+    assert flip_locality(uniform, paint(tokens), mask) == pytest.approx([1 / 16, 1 / 16])
+    assert flip_locality(uniform, paint(tokens), mask, spread=1) == pytest.approx([9 / 16, 4 / 16])  # corner: 2×2
+    assert np.isnan(flip_locality(paint(tokens), paint(tokens), mask)).all()  # nothing changed: no share to take
+
+
+def test_bit_flips_on_published_family_checkpoints(tmp_path):
+    """The Open-MAGVIT2 and IBQ tiny fixtures in their published format (.ckpt + official YAML), at 1 token only."""
+    fixtures = ROOT / "tests" / "fixtures" / "open-magvit2-tiny"
+    command = [sys.executable, "-m", "bench.bit_flips", "--tokenizers"]
+    command += [str(fixtures / "tiny_lfq.ckpt"), str(fixtures / "tiny_ibq.ckpt"), "--configs"]
+    command += [str(fixtures / "tiny_lfq.yaml"), str(fixtures / "tiny_ibq.yaml"), "--labels", "omv", "ibq"]
+    command += ["--token-counts", "1", "--images", "3", "--lpips", "off", "--no-atlas", "--out", str(tmp_path)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "bit_flips.json").read_text())
+    assert [(t["label"], t["family"], t["num_bits"]) for t in report["tokenizers"]] == [
+        ("omv", "Open-MAGVIT2 LFQ", 10),
+        ("ibq", "IBQ VQ", 10),
+    ]
+    for tokenizer in report["tokenizers"]:
+        assert set(tokenizer["flips"]) == {"all", "1"}
+        for row in tokenizer["flips"]["1"]["per_bit"]:
+            assert 0 <= row["locality"] <= row["locality_3x3"] <= row["locality_5x5"] <= 1
+            assert row["area_share"] == 1 / 64
+        # Both decoders see the whole grid (adaptive GroupNorm, attention): some of the change leaves the block.
+        assert tokenizer["flips"]["1"]["overall"]["locality"] < 1
+    table = (tmp_path / "bit_flips.md").read_text()
+    assert "| omv | Open-MAGVIT2 LFQ |" in table and "1 token: locality (own block)" in table
+    for name in ("bit_flips.png", "bit_flips_examples.png", "bit_flips_locality.png"):
+        assert (tmp_path / name).stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--tokenizers", "a", "b", "--configs", "x", "y", "z"], "--configs takes one value for all tokenizers"),
+        (["--tokenizers", "a", "b", "--labels", "same", "same"], "--labels must be distinct"),
+        (["--tokenizers", "a", "--labels", "a/b"], "letters, digits"),
+        (["--tokenizers", "a", "--token-counts", "0"], "--token-counts must be distinct whole numbers"),
+    ],
+)
+def test_bit_flips_bad_arguments_are_named(args, message, capsys):
+    from bench import bit_flips
+
+    with pytest.raises(SystemExit):
+        bit_flips.main([*args, "--out", "/nonexistent/never-written"])
+    assert message in capsys.readouterr().err
 
 
 def test_neighbours_measures_what_a_brute_force_search_finds(tmp_path, tiny_tokenizer):

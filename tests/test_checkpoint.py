@@ -289,6 +289,17 @@ def test_the_bundled_tokenizers_load_by_name_and_differ_only_in_the_quantiser():
         Generator.from_pretrained("default-vq")  # generation needs bit tokens: there is no VQ generator
 
 
+def test_the_bundled_open_magvit2_twin_loads_by_name():
+    """default-omv: the Open-MAGVIT2 architecture on the bundled tokenizer's grid of 12-bit tokens, no generator."""
+    omv, lfq = Tokenizer.from_pretrained("default-omv"), Tokenizer.from_pretrained("default")
+    assert (omv.config.model_class, omv.quantizer_kind, omv.num_bits) == ("magvit2", "lfq", 12)
+    images = torch.rand(1, 3, 64, 64)
+    assert omv.encode(images).shape == lfq.encode(images).shape == (1, 16, 16)
+    assert omv.decode(omv.encode(images)).shape == (1, 3, 64, 64)
+    with pytest.raises(FileNotFoundError, match="neither a file"):
+        Generator.from_pretrained("default-omv")
+
+
 def test_inference_freezes_places_and_sets_the_precision(tiny_tokenizer):
     """The one way every CLI, the indexes and the app prepare a loaded model (issue 28.2)."""
     import copy

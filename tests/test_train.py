@@ -154,6 +154,51 @@ def test_vq_tokenizer_trains_and_resumes_exactly_after_kill_9(tmp_path):
     assert model.encode(torch.rand(1, 3, 32, 32)).shape == (1, 8, 8)
 
 
+@pytest.mark.parametrize(
+    ("preset", "model_class", "quantizer"), [("tiny_omv", "magvit2", "lfq"), ("tiny_ibq", "taming", "vq")]
+)
+def test_bit_token_family_twins_train_through_the_engine(tmp_path, preset, model_class, quantizer):
+    """Open-MAGVIT2 (LFQ, adaptive-GroupNorm decoder) and IBQ (dot-product VQ with its index-propagation losses):
+    a few real steps, the GAN from step 2, the logged terms adding up to the loss, a model that loads and encodes."""
+    run_train("tokenizer", "--preset", preset, "--set", "training.max_steps=4", "--run-dir", str(tmp_path / "run"))
+    metrics = RunDir(tmp_path / "run").read_metrics()
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4]
+    for m in metrics:
+        assert m["commitment_loss"] > 0 and m["entropy_loss"] != 0 and math.isfinite(m["loss"])
+        # A confident code choice per token, so the entropy term has a gradient (IBQ's codes start as N(0, 1):
+        # with VQGAN's U(±1/N) every z·e ≈ 0 and the softmax over the codes is uniform, ln 256 = 5.5 nats).
+        assert m["per_sample_entropy"] < 0.5 * math.log(2**8)
+        codebook = m.get("codebook_loss", 0.0)
+        assert (codebook > 0) == (quantizer == "vq")  # IBQ: mse(soft-propagated codes, z) + β·mse(e, sg(z))
+        annealed = 1 + 2.0 * max(0.0, 1 - (m["step"] - 1) / 4)
+        expected = 4 * m["reconstruction_loss"] + m["commitment_loss"] + codebook + annealed * m["entropy_loss"]
+        expected += 0.02 * m.get("gan_generator_loss", 0.0)
+        assert m["loss"] == pytest.approx(expected, rel=1e-4), m["step"]
+    assert "gan_generator_loss" in metrics[-1] and any(m.get("eval_psnr", 0) > 0 for m in metrics)
+    model = Tokenizer.from_pretrained(tmp_path / "run" / "model")
+    assert (model.config.model_class, model.quantizer_kind, model.num_bits) == (model_class, quantizer, 8)
+    assert model.encode(torch.rand(2, 3, 32, 32)).shape == (2, 8, 8)
+
+
+def test_the_family_twins_share_the_bundled_recipe():
+    """default_omv and default_ibq differ from `default` in the autoencoder only: same grid, 12-bit tokens, data,
+    optimiser, losses and steps, and a parameter count within 20 %."""
+    default = TOKENIZER_TRAIN_PRESETS["default"]
+    size = sum(p.numel() for p in Tokenizer(default.model).parameters())
+    for name, model_class in (("default_omv", "magvit2"), ("default_ibq", "taming")):
+        twin = TOKENIZER_TRAIN_PRESETS[name]
+        assert twin.model.model_class == model_class
+        assert (twin.model.num_bits, twin.model.grid_size, twin.model.image_size) == (12, 16, 64)
+        assert (twin.data, twin.optimizer, twin.loss, twin.training) == (
+            default.data,
+            default.optimizer,
+            default.loss,
+            default.training,
+        )
+        assert abs(sum(p.numel() for p in Tokenizer(twin.model).parameters()) / size - 1) < 0.2, name
+    assert TOKENIZER_TRAIN_PRESETS["default_ibq"].model.code_assignment == "dot_product"
+
+
 def test_sigterm_stops_with_a_checkpoint_and_resume_finishes(tmp_path):
     run_dir = tmp_path / "run"
     process = subprocess.Popen(
