@@ -287,65 +287,27 @@ TOKENIZER_TRAIN_PRESETS["default_vq"] = dataclasses.replace(
 # adaptive GroupNorms take their scale and shift from the statistics of the whole token grid) at hidden width 56,
 # 1.76 M; the IBQ architecture (the Taming VQGAN with attention at the 16×16 grid, a 4,096 × 48 codebook, the code of
 # largest dot product with IBQ's index-propagation losses, `maskbit/quantizers.py`) at hidden width 48, 2.02 M.
-TOKENIZER_TRAIN_PRESETS["default_omv"] = dataclasses.replace(
-    TOKENIZER_TRAIN_PRESETS["default"],
-    model=TokenizerConfig(
-        model_class="magvit2",
-        token_size=12,
-        hidden_channels=56,
-        channel_mult=(1, 1, 2),
-        num_res_blocks=1,
-        norm_groups=8,
-        image_size=64,
-    ),
-)
-TOKENIZER_TRAIN_PRESETS["default_ibq"] = dataclasses.replace(
-    TOKENIZER_TRAIN_PRESETS["default"],
-    model=TokenizerConfig(
-        model_class="taming",
-        quantizer="vq",
-        code_assignment="dot_product",
-        codebook_size=4096,
-        token_size=48,
-        z_channels=48,
-        hidden_channels=48,
-        channel_mult=(1, 1, 2),
-        num_res_blocks=1,
-        norm_groups=8,
-        image_size=64,
-        attn_resolutions=(16,),
-    ),
-)
+
+
+def _twin(recipe: str, **model) -> TokenizerTrainConfig:
+    """`recipe` (its data, optimiser, losses and schedule) with another autoencoder of three stages, one block each."""
+    autoencoder = TokenizerConfig(channel_mult=(1, 1, 2), num_res_blocks=1, norm_groups=8, **model)
+    return dataclasses.replace(TOKENIZER_TRAIN_PRESETS[recipe], model=autoencoder)
+
+
+_OMV_TWIN = dict(model_class="magvit2")
+_IBQ_TWIN = dict(model_class="taming", quantizer="vq", code_assignment="dot_product")
+TOKENIZER_TRAIN_PRESETS["default_omv"] = _twin("default", **_OMV_TWIN, token_size=12, hidden_channels=56, image_size=64)
+TOKENIZER_TRAIN_PRESETS["default_ibq"] = _twin(
+    "default", **_IBQ_TWIN, codebook_size=4096, token_size=48, z_channels=48, hidden_channels=48, image_size=64,
+    attn_resolutions=(16,),
+)  # fmt: skip
 # Their tiny versions, for tests: 32×32 images → 8×8 tokens, the GAN from step 2 (as `tiny`).
-TOKENIZER_TRAIN_PRESETS["tiny_omv"] = dataclasses.replace(
-    TOKENIZER_TRAIN_PRESETS["tiny"],
-    model=TokenizerConfig(
-        model_class="magvit2",
-        token_size=8,
-        hidden_channels=16,
-        channel_mult=(1, 1, 2),
-        num_res_blocks=1,
-        norm_groups=8,
-        image_size=32,
-    ),
-)
-TOKENIZER_TRAIN_PRESETS["tiny_ibq"] = dataclasses.replace(
-    TOKENIZER_TRAIN_PRESETS["tiny"],
-    model=TokenizerConfig(
-        model_class="taming",
-        quantizer="vq",
-        code_assignment="dot_product",
-        codebook_size=256,
-        token_size=16,
-        z_channels=16,
-        hidden_channels=16,
-        channel_mult=(1, 1, 2),
-        num_res_blocks=1,
-        norm_groups=8,
-        image_size=32,
-        attn_resolutions=(8,),
-    ),
-)
+TOKENIZER_TRAIN_PRESETS["tiny_omv"] = _twin("tiny", **_OMV_TWIN, token_size=8, hidden_channels=16, image_size=32)
+TOKENIZER_TRAIN_PRESETS["tiny_ibq"] = _twin(
+    "tiny", **_IBQ_TWIN, codebook_size=256, token_size=16, z_channels=16, hidden_channels=16, image_size=32,
+    attn_resolutions=(8,),
+)  # fmt: skip
 
 GENERATOR_TRAIN_PRESETS: dict[str, GeneratorTrainConfig] = {
     **{f"maskbit_generator_{k}bit": _official_generator(k) for k in (10, 12, 14, 16, 18)},
