@@ -332,28 +332,6 @@ GENERATOR_TRAIN_PRESETS: dict[str, GeneratorTrainConfig] = {
             num_samples=16,
         ),
     ),
-    # The memorization audit's positive control (bench/README.md, "Memorization audit"): the `default` generator on
-    # the first 64 training images only, long enough that its samples reproduce them. Make its token file with
-    # `python -m train pretokenize --tokenizer default --count 64 --out runs/memorize-tokens.npz`. 64 images are 4
-    # batches: 2,000 steps are 500 epochs. EMA decay 0.99 so the exported weights follow the memorized ones.
-    "memorize": GeneratorTrainConfig(
-        model=GENERATOR_PRESETS["default"],
-        tokenizer="default",
-        data=DataConfig(resolution=64, random_crop=False, random_flip=False, pretokenized="runs/memorize-tokens.npz"),
-        optimizer=OptimizerConfig(learning_rate=2e-3, beta2=0.96, weight_decay=0.0, warmup_steps=100),
-        sampling=SAMPLING_PRESETS["default"],
-        training=TrainingConfig(
-            max_steps=2000,
-            batch_size=16,
-            mixed_precision="auto",
-            seed=0,
-            ema_decay=0.99,
-            log_every=10,
-            save_every=250,
-            sample_every=250,
-            num_samples=16,
-        ),
-    ),
     "tiny": GeneratorTrainConfig(
         # the official tiny architecture (tests/fixtures/official-tiny) with one class per procedural shape: a
         # generator trained on the shapes has their 10 classes, not ImageNet's 1000
@@ -365,6 +343,20 @@ GENERATOR_TRAIN_PRESETS: dict[str, GeneratorTrainConfig] = {
         training=_TINY_TRAINING,
     ),
 }
+
+# The memorization audit's positive control (bench/README.md, "Memorization audit"): the `default` generator on
+# the first 64 training images only, long enough that its samples reproduce them. Make its token file with
+# `python -m train pretokenize --tokenizer default --count 64 --out runs/memorize-tokens.npz`. 64 images are 4
+# batches: 2,000 steps are 500 epochs. EMA decay 0.99 so the exported weights follow the memorized ones.
+_DEFAULT_GENERATOR = GENERATOR_TRAIN_PRESETS["default"]
+GENERATOR_TRAIN_PRESETS["memorize"] = dataclasses.replace(
+    _DEFAULT_GENERATOR,
+    data=dataclasses.replace(_DEFAULT_GENERATOR.data, random_flip=False, pretokenized="runs/memorize-tokens.npz"),
+    optimizer=dataclasses.replace(_DEFAULT_GENERATOR.optimizer, weight_decay=0.0, warmup_steps=100),
+    training=dataclasses.replace(
+        _DEFAULT_GENERATOR.training, max_steps=2000, ema_decay=0.99, save_every=250, sample_every=250
+    ),
+)
 
 
 # ---------------------------------------------------------------------------------------------------------------
