@@ -304,6 +304,7 @@ def _neighbours_tab(v: dict) -> SimpleNamespace:
                 seed = gr.Number(0, label="seed")
                 plant = gr.Slider(
                     *v["limits"]["report_plant"],
+                    elem_id="report-plant",
                     value=0,
                     step=1,
                     label="planted copies (training images copied under 10 edits: does the check find them?)",

@@ -162,8 +162,10 @@ def screenshots(url: str, folder: Path, compare: str) -> None:
         page.get_by_role("button", name="Find neighbours").click()
         expect(page.locator("#verdict")).to_contain_text("threshold")
         page.get_by_text("Memorization report over generated images").click()
+        page.locator("#report-plant input[type=number]").fill("10")
+        page.locator("#report-plant input[type=number]").press("Enter")
         page.get_by_role("button", name="Run report").click()
-        expect(page.locator("#report-text")).to_contain_text("copying")
+        expect(page.locator("#report-text")).to_contain_text("Planted copies")
         loaded = "() => [...document.querySelectorAll('.thumbnail-item img')].every(i => i.complete && i.naturalWidth)"
         page.wait_for_function(loaded)
         page.screenshot(path=folder / "neighbours.png", full_page=True)
