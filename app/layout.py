@@ -360,7 +360,7 @@ def _training_tab(v: dict) -> SimpleNamespace:
         overrides = gr.Textbox("", lines=3, label="overrides, one key=value per line (e.g. training.max_steps=200)")
         with gr.Row():
             launch = gr.Button("Launch", variant="primary", interactive=enabled)
-            job = gr.Dropdown([], label="job", allow_custom_value=True)
+            job = gr.Dropdown([], label="job", allow_custom_value=True, scale=2, min_width=260)  # a whole run name
             stop = gr.Button("Stop", interactive=enabled)
             resume = gr.Button("Resume", interactive=enabled)
             load = gr.Button("Load into explorer", interactive=enabled)
