@@ -494,7 +494,9 @@ def test_a_launch_that_cannot_start_leaves_no_job_behind(jobs, tmp_path, monkeyp
 
 
 def _lingering_job(jobs, name: str, state: str):
-    """A run directory whose `accelerate launch` parent (a real process) lives until its stdin is closed."""
+    """A run directory whose `accelerate launch` parent (a real process) lives until its stdin is closed. Like a
+    trainer writing its checkpoint, it outlives a SIGTERM (it ignores it, and says so before it is handed back), so
+    that a test sees the job stopping for as long as it likes, whatever the machine's load."""
     import json
     import subprocess
     import sys
@@ -505,8 +507,12 @@ def _lingering_job(jobs, name: str, state: str):
     run.create()
     run.write_config(to_dict(TOKENIZER_TRAIN_PRESETS["tiny"]))
     run.write_status(state=state, stage="tokenizer", pid=None, step=4, total_steps=8)
-    command = [sys.executable, "-c", "import sys; sys.stdin.read()"]
-    launcher = subprocess.Popen(command, stdin=subprocess.PIPE, start_new_session=True)
+    script = "import signal, sys; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True)"
+    command = [sys.executable, "-c", script + "; sys.stdin.read()"]
+    launcher = subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    assert launcher.stdout.readline() == "ready\n"  # SIGTERM is ignored from here on
     (run.path / "launcher.json").write_text(json.dumps({"pid": launcher.pid}))
     jobs.processes[name] = launcher  # reaped by the app, as its own launches are
     return launcher
@@ -538,7 +544,8 @@ def test_a_resume_of_a_running_job_is_refused_without_waiting(jobs, monkeypatch)
             jobs.resume("busy")
         monkeypatch.undo()
         jobs.stop("busy")
-        assert jobs.job("busy").state == "stopping"
+        assert jobs.job("busy").state == "stopping"  # signalled, still alive (writing its checkpoint)
+        launcher.stdin.close()  # ...and then it exits
         assert jobs.wait_stopped("busy", 60) and jobs.job("busy").state == "died"  # it wrote no status of its own
     finally:
         launcher.kill()
