@@ -168,10 +168,13 @@ def test_the_apps_generation_fits_its_threads_to_the_load(models):
         models.generator.register_forward_hook(lambda *_: threads.append(("step", torch.get_num_threads()))),
         models.tokenizer.decoder.register_forward_hook(lambda *_: threads.append(("decode", torch.get_num_threads()))),
     ]
-    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(usable_cores())]
+    spin = "print('spinning', flush=True)\nwhile True: pass"
+    busy = [subprocess.Popen([sys.executable, "-c", spin], stdout=subprocess.PIPE) for _ in range(usable_cores())]
     previous = torch.get_num_threads()
     try:
-        time.sleep(0.5)
+        for process in busy:
+            process.stdout.readline()  # its loop has started, whatever the load
+        time.sleep(0.1)
         list(generate_steps(models, [0, 1], models.sampling, 0))
     finally:
         for process in busy:

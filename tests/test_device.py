@@ -120,7 +120,7 @@ def test_the_sampler_runs_at_the_generator_precision_unless_told_otherwise(tiny_
     assert (states[-1].prediction < tiny_generator.config.mask_token).all()
 
 
-BUSY = "while True: pass"
+BUSY = "print('spinning', flush=True)\nwhile True: pass"  # says when it computes, whatever the load
 
 
 @pytest.fixture
@@ -132,8 +132,10 @@ def busy_cores():
 
     from maskbit.device import usable_cores
 
-    processes = [subprocess.Popen([sys.executable, "-c", BUSY]) for _ in range(usable_cores())]
-    time.sleep(0.5)
+    processes = [subprocess.Popen([sys.executable, "-c", BUSY], stdout=subprocess.PIPE) for _ in range(usable_cores())]
+    for process in processes:
+        process.stdout.readline()  # its loop has started
+    time.sleep(0.1)  # and is on a core
     yield
     for process in processes:
         process.kill()
