@@ -142,12 +142,11 @@ class SearchCallbacks(Endpoints):
     def _flagged_pairs(self, index, images: torch.Tensor, data: dict, per_metric: int = 8) -> list:
         """The flagged generated images (closest first, `per_metric` per metric), each beside the training image
         it is closest to, at the index's thumbnail size."""
-        ids = {source["source"]: i for i, source in enumerate(index.sources)}
         pairs = []
         for metric, d in data["metrics"].items():
             for flag in d["flagged"][:per_metric]:
-                i = int(flag["generated"].rsplit(":", 1)[1])  # indexes.report names them generated:<i>
-                thumbnail = self._thumbnail(index, ids[flag["nearest"]])
+                i = flag["generated_position"]
+                thumbnail = self._thumbnail(index, flag["nearest_id"])
                 size = thumbnail.shape[:2]
                 generated = torch.nn.functional.interpolate(images[i : i + 1], size=size, mode="area")[0]
                 gap = np.full((size[0], 1, 3), 255, np.uint8)

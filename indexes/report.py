@@ -130,7 +130,9 @@ def memorization_report(
             "flagged": [
                 {
                     "generated": names[i],
+                    "generated_position": int(i),  # in `generated`
                     "distance": float(gen_distances[i]),
+                    "nearest_id": int(nearest_ids[i]),  # in the index
                     "nearest": index.sources[nearest_ids[i]]["source"],
                     "label": index.sources[nearest_ids[i]]["label"],
                 }
