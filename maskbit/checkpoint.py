@@ -130,11 +130,11 @@ class CheckpointError(ValueError):
 
 class HubDownloadError(CheckpointError):
     """A hub checkpoint that could not be downloaded (offline, unknown repo). `url`: the file to fetch elsewhere;
-    `file_name`: the name to keep (an official file's name names its preset); `preset`: the config to pass."""
+    `file_name`: the name to keep (an official file's name names its preset)."""
 
-    def __init__(self, message: str, url: str, file_name: str, preset: str | None):
+    def __init__(self, message: str, url: str, file_name: str):
         super().__init__(message)
-        self.url, self.file_name, self.preset = url, file_name, preset
+        self.url, self.file_name = url, file_name
 
 
 def load_official_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -444,7 +444,6 @@ class PretrainedMixin:
                 + (f", config='{preset}')" if preset else ")"),
                 url,
                 files[0],
-                preset,
             ) from None
         if file_name:
             return cls._build(
