@@ -16,7 +16,7 @@ from app.validation import UserError
 from maskbit import Generator, SamplingConfig, Tokenizer
 from maskbit.checkpoint import HubDownloadError, class_names, default_sampling
 from maskbit.config import IBQ_CODEBOOK_SIZES
-from maskbit.device import pick_device
+from maskbit.device import describe_precision, pick_device
 from maskbit.sampling import check_pair, iter_generate, prediction_to_indices
 
 __all__ = ["Models", "load_models", "load_model", "OFFICIAL_PAIRS", "BUNDLED_PAIRS", "Step", "generate_steps"]
@@ -129,6 +129,7 @@ class Models:
             "tokenizer_identity": t.identity()[:16],
             "generator": self.generator_source or None,
             "device": str(self.device),
+            "precision": describe_precision(t.precision, self.device),
         }
         if self.generator is not None:
             g = self.generator.config
@@ -149,7 +150,7 @@ def load_models(
     tokenizer_config: str | None = None,
     generator_config: str | None = None,
     device: torch.device | None = None,
-    precision: str = "auto",
+    precision: str = "fp32",
 ) -> Models:
     """Load a tokenizer and optionally a generator (any `from_pretrained` source); say why they do not fit.
     `precision` (maskbit.device) is what both models encode, decode and sample at."""

@@ -66,7 +66,7 @@ class Settings:
     index_dataset: str = "procedural"
     index_limit: int = 4000  # the first N images of index_dataset
     random_lpips_backbone: bool = False
-    precision: str = "auto"  # maskbit.device: auto = bf16 autocast on CUDA and on a CPU with native bf16, else fp32
+    precision: str = "auto"  # maskbit.device: auto = bf16 autocast where bf16 is native, else fp32
     host: str = "127.0.0.1"
     port: int = 7860
     auth: tuple[str, str] | None = None
@@ -162,8 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision",
         default=_env("MASKBIT_PRECISION", "auto"),
         choices=PRECISIONS,
-        help="auto: bf16 autocast on CUDA and on a CPU with native bf16 (AVX-512 BF16 or AMX), float32 on other CPUs "
-        "[MASKBIT_PRECISION]",
+        help="auto: bf16 autocast where bf16 is native (CUDA, a CPU with AVX-512 BF16 or AMX), float32 elsewhere; "
+        "fp32: the official code's numerics on every machine. An index keeps the precision its tokens were computed "
+        "at [MASKBIT_PRECISION]",
     )
     p.add_argument("--host", default=_env("MASKBIT_HOST", "127.0.0.1"), help="bind address [MASKBIT_HOST]")
     p.add_argument("--port", type=whole(0, 65_535), default=_env("MASKBIT_PORT", "7860"), help="[MASKBIT_PORT]")

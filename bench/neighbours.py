@@ -112,7 +112,7 @@ def neighbour_sets(
     tokens, found = [], {}
     for first in range(0, len(images), batch_size):
         batch = images[first : first + batch_size]
-        batch_tokens = index.tokenizer.encode(batch.to(index.device)).cpu()
+        batch_tokens = index.encode(batch).cpu()
         tokens.append(batch_tokens)
         for metric, neighbours in index.search(
             batch, batch_tokens, k=k_max + 1, metrics=["hamming", *references]

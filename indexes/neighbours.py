@@ -103,7 +103,7 @@ def find_neighbours(
     if images is not None:
         images = fit_to_index(index, images)
         if tokens is None:
-            tokens = index.tokenizer.encode(images)
+            tokens = index.encode(images)
     if tokens is None:
         raise ValueError("give images or token grids")
     found = index.search(images, tokens=tokens, k=k, metrics=metrics, **search_options)

@@ -320,7 +320,7 @@ def _nearest(
     tokens = []
     for first in range(0, len(images), batch_size):
         batch = images[first : first + batch_size].to(index.device)
-        batch_tokens = index.tokenizer.encode(batch)
+        batch_tokens = index.encode(batch)
         tokens.append(batch_tokens.cpu())
         for metric, found in index.search(batch, tokens=batch_tokens, k=k).items():
             ids.setdefault(metric, []).append(found.ids)

@@ -1,6 +1,7 @@
 """The index directory: exact k-NN indexes of a set of images, with what was indexed and by which tokenizer.
 
-    manifest.json      tokenizer identity, K, grid, image size, metrics, backend, count, versions (written last)
+    manifest.json      tokenizer identity and the precision its tokens were computed at, K, grid, image size, metrics,
+                       backend, count, versions (written last)
     hamming.faiss      IndexBinaryFlat over the packed bit tokens (exact Hamming distance)
     lpips.faiss        IndexFlatL2 over φ(x), ‖φ(x) − φ(y)‖² = LPIPS(x, y) (exact); or, for large sets, any FAISS
                        index (e.g. "IVF1024,PQ64") over count sketches of φ (manifest "lpips_sketch"), whose
@@ -31,6 +32,7 @@ from data import eval_view
 from indexes.backends import available_backend, faiss, file_name, new_flat, read_flat, write_flat
 from indexes.lpips_embedding import CountSketch, LPIPSEmbedding
 from maskbit import Tokenizer, bits
+from maskbit.device import resolve_precision
 from maskbit.files import atomic_write, write_json_atomic
 from maskbit.images import load_image
 
@@ -159,6 +161,8 @@ class ImageIndex:
                 "num_bits": tokenizer.num_bits,
                 "config": tokenizer.config.__dict__,
             },
+            # what the tokenizer computed the tokens at ("fp32" or "bf16"), so that queries are encoded the same way
+            "precision": resolve_precision(tokenizer.precision, next(tokenizer.parameters()).device),
             "image_size": image_size,
             "grid": [image_size // f, image_size // f],
             "metrics": list(metrics),
@@ -258,6 +262,17 @@ class ImageIndex:
         return int(self.manifest["image_size"])
 
     @property
+    def precision(self) -> str:
+        """What the index's tokens were computed at: "fp32" or "bf16" (indexes of before it was recorded: "fp32")."""
+        return self.manifest.get("precision", "fp32")
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Token grids (B, h, w) of images (B, 3, H, W) in [0, 1], computed as the indexed tokens were: at the
+        index's `precision`, whatever the tokenizer's own, so that an indexed image is at Hamming distance 0 from its
+        entry. On the index's device."""
+        return self.tokenizer.encode(images.to(self.device), self.precision)
+
+    @property
     def grid(self) -> tuple[int, int]:
         return tuple(self.manifest["grid"])
 
@@ -302,7 +317,8 @@ class ImageIndex:
         """One line: how many images of what, which metrics, where."""
         d = self.dataset
         source = f"{d.spec} ({d.split})" if d else "added images"
-        return f"index: {len(self)} images of {source}, metrics {', '.join(self.metrics)} — {self.directory}"
+        what = f"{len(self)} images of {source}, metrics {', '.join(self.metrics)}, tokens in {self.precision}"
+        return f"index: {what} — {self.directory}"
 
     @property
     def options(self) -> IndexOptions:
@@ -345,7 +361,7 @@ class ImageIndex:
         if self.needs_training:
             raise IndexError_("the LPIPS index must be trained on a sample of images first (train_lpips)")
         images = images.to(self.device)
-        tokens = self.tokenizer.encode(images)
+        tokens = self.encode(images)
         codes = bits.pack_bits(tokens, self.tokenizer.num_bits).cpu().numpy()
         self.flat["hamming"].add(codes)
         if self.hnsw is not None:
@@ -365,6 +381,11 @@ class ImageIndex:
         build)."""
         if part.manifest["metrics"] != self.manifest["metrics"] or part.manifest["grid"] != self.manifest["grid"]:
             raise IndexError_(f"{part.directory} was built with other metrics or another token grid")
+        if part.precision != self.precision:
+            raise IndexError_(
+                f"{part.directory}'s tokens were computed in {part.precision}, this index's in "
+                f"{self.precision}: build every part at one --precision"
+            )
         if self.needs_training:
             raise IndexError_("the LPIPS index must be trained before images are added (train_lpips_vectors)")
         for start in range(0, len(part), chunk):
@@ -432,7 +453,7 @@ class ImageIndex:
             raise IndexError_("the index is empty")
         k = max(1, min(k, len(self)))
         if tokens is None:
-            tokens = self.tokenizer.encode(images)
+            tokens = self.encode(images)
         results = {}
         for metric in metrics:
             if metric == "hamming":

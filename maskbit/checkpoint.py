@@ -35,7 +35,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from maskbit.config import SAMPLING_PRESETS, OfficialConfig, SamplingConfig, config_from_dict, read_official_yaml
-from maskbit.device import PRECISIONS, pick_device
+from maskbit.device import check_precision, pick_device
 from maskbit.files import atomic_write
 
 __all__ = [
@@ -314,6 +314,18 @@ class PretrainedMixin:
     official_hub_files: ClassVar[dict[str, tuple[str, str]]] = {}  # hub repo name → (preset, weights file name)
     kind: ClassVar[str]  # "tokenizer" or "generator"
     config: Any
+    _precision: str = "fp32"
+
+    @property
+    def precision(self) -> str:
+        """What the tokenizer's encode / decode and the sampler's forward passes compute at (maskbit.device):
+        "fp32" by default, the official code's numerics on every machine; "bf16" autocast; "auto", bf16 where it is
+        native. A run-time choice, not part of the config or the checkpoint."""
+        return self._precision
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        self._precision = check_precision(value)
 
     # ---------------------------------------------------------------------------------------------- saving
 
@@ -350,23 +362,32 @@ class PretrainedMixin:
             digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()
 
-    def inference(self, device: torch.device | str | None = None, precision: str = "auto"):
-        """Frozen, in eval mode, on `device` (default: maskbit.device.pick_device), computing at `precision`
-        (maskbit.device): how every CLI, the indexes and the app use a loaded model. Returns the model."""
-        if precision not in PRECISIONS:  # refused here, not at the first forward pass
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    def inference(self, device: torch.device | str | None = None, precision: str | None = None):
+        """Frozen, in eval mode, on `device` (default: maskbit.device.pick_device), computing at `precision` (default:
+        the model's own, see `precision`): how every CLI, the indexes and the app use a loaded model. Returns it."""
+        if precision is not None:
+            self.precision = precision  # refused here, not at the first forward pass
         device = pick_device(device if device is not None else "auto")
-        self.precision = precision
         return self.requires_grad_(False).eval().to(device)
 
     # ---------------------------------------------------------------------------------------------- loading
 
     @classmethod
-    def from_pretrained(cls, source: str | Path, config: Any = None, weights: str | None = None):
+    def from_pretrained(
+        cls, source: str | Path, config: Any = None, weights: str | None = None, precision: str = "fp32"
+    ):
         """Build the model and load its weights strictly; see the module docstring for `source` and `config`.
 
         `weights` picks the copy of a checkpoint with EMA weights: None (the EMA copy where there is one), "ema" or
-        "raw" (see `select_weights`). A file in our own format holds one set of weights."""
+        "raw" (see `select_weights`). A file in our own format holds one set of weights. `precision` is what the
+        model computes at (see `precision`): float32 unless bf16 is asked for."""
+        check_precision(precision)
+        model = cls._load(source, config, weights)
+        model.precision = precision
+        return model
+
+    @classmethod
+    def _load(cls, source: str | Path, config: Any, weights: str | None):
         if weights not in WEIGHT_CHOICES:
             raise ValueError(f"weights must be 'ema', 'raw' or None (EMA where the file has it), got {weights!r}")
         if (cls.kind, str(source)) in BUNDLED_MODELS:

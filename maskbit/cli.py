@@ -15,7 +15,7 @@ from tqdm import tqdm
 from maskbit import analysis
 from maskbit.checkpoint import CheckpointError, default_sampling, load_official_state_dict
 from maskbit.config import GUIDANCE_ANNEALINGS, MASK_SCHEDULES, SAMPLING_PRESETS, SamplingConfig
-from maskbit.device import add_device_arguments, pick_device
+from maskbit.device import add_device_arguments, describe_precision, pick_device
 from maskbit.generator import Generator
 from maskbit.images import find_images, image_grid, load_image, save_image
 from maskbit.sampling import MAX_SEED, check_pair, iter_generate, prediction_to_indices
@@ -167,9 +167,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
             f"{MAX_IMAGES:,} (they are all held for the grid): run several times with other --seed values"
         )
     device = pick_device(args.device)
-    precision = "bf16" if args.bf16 else args.precision
-    tokenizer = load_model(Tokenizer, args.tokenizer, args.tokenizer_config, args.random_init, device, precision)
-    generator = load_model(Generator, args.generator, args.generator_config, args.random_init, device, precision)
+    tokenizer = load_model(Tokenizer, args.tokenizer, args.tokenizer_config, args.random_init, device, args.precision)
+    generator = load_model(Generator, args.generator, args.generator_config, args.random_init, device, args.precision)
     check_pair(generator, tokenizer)
     sampling = sampling_from_args(args)
     labels = [label for label in args.labels for _ in range(args.per_class)]
@@ -293,6 +292,8 @@ def add_command(commands, name: str, help: str, examples: str) -> argparse.Argum
 def run_command(args: argparse.Namespace, expected: tuple[type[BaseException], ...]) -> int:
     """Run args.run; the errors a user can cause become `error: ...` and exit status 2, not a traceback."""
     try:
+        if hasattr(args, "precision"):  # the programs default to "auto": say what it picked
+            logger.info("computing in %s", describe_precision(args.precision, pick_device(args.device)))
         args.run(args)
     except expected as error:
         print(f"error: {error}", file=sys.stderr)
@@ -319,7 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_args(p)
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--batch-size", type=BATCH, default=8)
-    p.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)  # before --precision: = --precision bf16
+    # the old name of --precision bf16
+    p.add_argument("--bf16", dest="precision", action="store_const", const="bf16", help=argparse.SUPPRESS)
     p.add_argument("--out", default="outputs/generate")
     p.set_defaults(run=cmd_generate)
 

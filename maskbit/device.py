@@ -1,12 +1,17 @@
 """Where models run and at what precision: one rule for the library, the CLIs, training, indexes and the app.
 
     device     "auto" → the first CUDA device when there is one, else the CPU
-    precision  "auto" → bf16 autocast on CUDA and on a CPU with native bf16, else float32; "fp32" and "bf16" force one
-    training   accelerate's mixed_precision "auto" → "bf16" on CUDA and on a CPU with native bf16, else "no"
+    precision  "fp32" (the library's default everywhere: the official code's float32 numerics, the same tokens and
+               images on every machine); "bf16" autocast; "auto" → bf16 where it is native (`native_bf16`: CUDA, or a
+               CPU with AVX-512 BF16 or AMX), else fp32. The programs a person runs for speed (the app, the CLIs,
+               bench/) default to "auto" (`MASKBIT_PRECISION` changes that default) and say what it picked
+               (`describe_precision`).
+    training   accelerate's mixed_precision "auto" → "bf16" where bf16 is native, else "no"
     threads    on the CPU, each unit of work (a sampling step, an encode or decode, a training step, an index batch)
                runs with `cpu_threads()` threads: the cores this process may use (OMP_NUM_THREADS caps them) less the
                tasks other processes are running at that moment, at least one. Background work (the app's index
                build, the jobs it launches) also runs at a lower priority (`BACKGROUND_NICE`).
+What bf16 gains and costs on each kind of machine is measured in bench/README.md ("bf16 on a CPU with native bf16").
 
 Nothing here touches CUDA at import time (a ZeroGPU Space attaches the GPU only inside its decorated functions);
 `pick_device` asks torch.cuda only when it is called.
@@ -28,6 +33,10 @@ __all__ = [
     "DEVICES",
     "PRECISIONS",
     "pick_device",
+    "native_bf16",
+    "resolve_precision",
+    "describe_precision",
+    "check_precision",
     "autocast_dtype",
     "autocast",
     "precision_autocast",
@@ -38,6 +47,7 @@ __all__ = [
     "fit_threads",
     "run_in_background",
     "BACKGROUND_NICE",
+    "program_precision",
     "add_device_arguments",
 ]
 
@@ -59,27 +69,47 @@ def pick_device(name: str | torch.device = "auto") -> torch.device:
     return torch.device(name)
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for a precision name: "auto" is bf16 on CUDA and on a CPU with native bf16 (AVX-512 BF16
-    or AMX), where it is 2-4x faster and keeps the bundled pair's quality (judged share, PSNR, bits: bench/README.md,
-    "bf16 on a CPU with native bf16"); fp32 (no autocast) on other CPUs, where bf16 is emulated and 6x slower."""
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 is native on `device`: CUDA, or a CPU whose oneDNN has bf16 kernels. The one rule behind
+    precision "auto" and training's mixed_precision "auto"."""
+    return device.type == "cuda" or cpu_has_native_bf16()
+
+
+def check_precision(precision: str) -> str:
+    """`precision` if it is one of PRECISIONS, else a ValueError naming them."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "auto":  # MASKBIT_PRECISION: what "auto" means for a deployment or a test suite
-        precision = os.environ.get("MASKBIT_PRECISION", "auto")
-        if precision not in PRECISIONS:
-            raise ValueError(f"MASKBIT_PRECISION must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" or cpu_has_native_bf16() else "fp32"
-    if precision == "bf16":
-        _warn_if_emulated(device)
-    return torch.bfloat16 if precision == "bf16" else None
+    return precision
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """What a precision name computes in on `device`: "fp32" or "bf16" ("auto": bf16 where it is native)."""
+    if check_precision(precision) == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision
+
+
+def describe_precision(precision: str, device: torch.device) -> str:
+    """What a person is told a precision name picked, e.g. "bf16 (auto: native on this CPU)"."""
+    resolved = resolve_precision(precision, device)
+    if precision != "auto":
+        return resolved
+    where = "this GPU" if device.type == "cuda" else "this CPU"
+    return f"{resolved} (auto: {'native' if resolved == 'bf16' else 'no native bf16'} on {where})"
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for a precision name on `device`: torch.bfloat16, or None for float32 (no autocast)."""
+    if resolve_precision(precision, device) == "fp32":
+        return None
+    _warn_if_emulated(device)
+    return torch.bfloat16
 
 
 @functools.cache
 def cpu_has_native_bf16() -> bool:
-    """Whether oneDNN has bf16 kernels for this CPU (AVX-512 BF16 or AMX): bf16 is then 1.4-3.7x faster than fp32
-    in sampling, and without them about 6x slower (bench/README.md)."""
+    """Whether oneDNN has bf16 kernels for this CPU (AVX-512 BF16 or AMX); without them bf16 is emulated and several
+    times slower than fp32 (bench/README.md)."""
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
@@ -88,7 +118,7 @@ def _warn_if_emulated(device: torch.device) -> None:
     if device.type == "cpu" and not cpu_has_native_bf16():
         warnings.warn(
             "this CPU has no native bf16 (no AVX-512 or AMX bf16 in oneDNN): bf16 runs emulated, several times "
-            "slower than fp32 here (6x on an AVX2 AMD EPYC, bench/README.md); use fp32",
+            "slower than fp32 here (bench/README.md); use fp32",
             stacklevel=3,
         )
 
@@ -106,13 +136,12 @@ def precision_autocast(precision: str, device: torch.device):
 
 
 def mixed_precision(name: str, device: torch.device) -> str:
-    """accelerate's `mixed_precision` for a training config value: "auto" → "bf16" on CUDA and on a CPU with native
-    bf16 (a training step of the bundled tokenizer: 2x faster there), "no" on other CPUs (22x faster than emulated
-    bf16 on an AVX2 AMD EPYC)."""
+    """accelerate's `mixed_precision` for a training config value: "auto" → "bf16" where bf16 is native
+    (`native_bf16`), else "no"."""
     if name not in MIXED_PRECISIONS:
         raise ValueError(f"mixed precision must be one of {', '.join(MIXED_PRECISIONS)}, got {name!r}")
     if name == "auto":
-        return "bf16" if device.type == "cuda" or cpu_has_native_bf16() else "no"
+        return "bf16" if native_bf16(device) else "no"
     if name == "bf16":
         _warn_if_emulated(device)
     return name
@@ -181,7 +210,14 @@ def run_in_background() -> None:
     _background.active = True
     torch.set_num_threads(1)
     with contextlib.suppress(AttributeError, OSError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
+        lower = min(19, os.getpriority(os.PRIO_PROCESS, 0) + BACKGROUND_NICE)  # lower than the process it is part of
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), lower)
+
+
+def program_precision() -> str:
+    """The precision a program a person runs for speed (the app, the CLIs, bench/) computes at unless told
+    otherwise: "auto", or what `MASKBIT_PRECISION` says (a deployment's choice). The library never reads it."""
+    return check_precision(os.environ.get("MASKBIT_PRECISION", "auto"))
 
 
 def add_device_arguments(parser: argparse.ArgumentParser) -> None:
@@ -189,8 +225,9 @@ def add_device_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", choices=DEVICES, help="auto: CUDA when there is a GPU, else CPU")
     parser.add_argument(
         "--precision",
-        default="auto",
+        default=program_precision(),
         choices=PRECISIONS,
-        help="auto: bf16 autocast on CUDA and on a CPU with native bf16 (AVX-512 BF16 or AMX), float32 on other "
-        "CPUs, where bf16 is emulated and slow (bench/README.md); fp32 for the official code's exact numerics",
+        help="auto (the default; MASKBIT_PRECISION changes it): bf16 autocast where bf16 is native (CUDA, a CPU with "
+        "AVX-512 BF16 or AMX), float32 elsewhere; fp32: the official code's exact numerics, the same on every "
+        "machine (the library's default)",
     )

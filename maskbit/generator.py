@@ -91,9 +91,6 @@ class Generator(PretrainedMixin, nn.Module):
     config_class = GeneratorConfig
     presets = GENERATOR_PRESETS
     kind = "generator"
-    # The sampler runs the forward passes under maskbit.device's autocast rule for this name ("auto": bf16 on CUDA,
-    # float32 on the CPU; "fp32", "bf16"). A run-time choice, not part of the config or the checkpoint.
-    precision: str = "auto"
 
     def __init__(self, config: GeneratorConfig):
         super().__init__()

@@ -171,8 +171,8 @@ def iter_generate(
     """Yield the state after every sampling step for class ids `labels` (B,).
 
     Randomness comes from `rng`, or from a new generator on the model's device seeded with `seed` (random seed
-    if None). `precision` ("auto", "fp32", "bf16"; default: `generator.precision`, itself "auto": bf16 autocast on
-    CUDA, float32 on the CPU) sets the transformer's autocast; the sampling step itself always runs in float32.
+    if None). `precision` ("fp32", "bf16" or "auto", maskbit.device; default: `generator.precision`, itself "fp32"
+    unless asked otherwise) sets the transformer's autocast; the sampling step itself always runs in float32.
     """
     sampling = resolve_sampling(sampling)
     config = generator.config
@@ -239,9 +239,9 @@ def generate(
 ) -> torch.Tensor:
     """Class-conditional images (B, 3, H, W), clamped to [0, 1], for class ids `labels` (B,).
 
-    `precision` is the sampler's (see `iter_generate`); the tokenizer decodes at its own `tokenizer.precision`."""
+    `precision` is this call's, for the sampler (see `iter_generate`) and the decoding; default: each model's own."""
     check_pair(generator, tokenizer)
     state = None
     for state in iter_generate(generator, labels, sampling, seed, rng, precision):
         pass
-    return tokenizer.decode(prediction_to_indices(state.prediction, generator)).clamp(0, 1)
+    return tokenizer.decode(prediction_to_indices(state.prediction, generator), precision).clamp(0, 1)

@@ -184,9 +184,6 @@ class Tokenizer(PretrainedMixin, nn.Module):
     presets = TOKENIZER_PRESETS
     official_hub_files = OFFICIAL_VQ_HUB_FILES | FAMILY_HUB_FILES
     kind = "tokenizer"
-    # encode / decode / decode_bits run under maskbit.device's autocast rule for this name ("auto": bf16 on CUDA,
-    # float32 on the CPU; "fp32", "bf16"). A run-time choice, not part of the config or the checkpoint.
-    precision: str = "auto"
 
     def __init__(self, config: TokenizerConfig):
         super().__init__()
@@ -274,15 +271,17 @@ class Tokenizer(PretrainedMixin, nn.Module):
         return self.quantizer.lookup(self.quantizer.indices(z)).to(z.dtype)
 
     @torch.no_grad()
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) in [0, 1] → indices (B, h, w) int64 in [0, 2^num_bits); LFQ: bit k of an index = channel k."""
+    def encode(self, images: torch.Tensor, precision: str | None = None) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] → indices (B, h, w) int64 in [0, 2^num_bits); LFQ: bit k of an index = channel k.
+
+        `precision` (here and in `decode`, `decode_bits`): this call's, in place of the tokenizer's `precision`."""
         fit_threads(self._device)
-        with precision_autocast(self.precision, self._device):
+        with precision_autocast(precision or self.precision, self._device):
             z = self.encode_latent(images)
         return self.quantizer.indices(z.float())
 
     @torch.no_grad()
-    def decode_bits(self, bits: torch.Tensor) -> torch.Tensor:
+    def decode_bits(self, bits: torch.Tensor, precision: str | None = None) -> torch.Tensor:
         """LFQ only: (B, K, h, w) ±1 bits → images (B, 3, h·f, w·f), unclamped (clamp to [0, 1] for display)."""
         if self.quantizer_kind != "lfq":
             raise ValueError(
@@ -294,12 +293,12 @@ class Tokenizer(PretrainedMixin, nn.Module):
         if bits.dim() != 4 or bits.shape[1] != self.num_bits:
             raise ValueError(f"bits must have shape (B, {self.num_bits}, h, w), got {tuple(bits.shape)}")
         fit_threads(self._device)
-        with precision_autocast(self.precision, self._device):
+        with precision_autocast(precision or self.precision, self._device):
             images = self.decode_latent(bits)
         return images if images.dtype == self._dtype else images.to(torch.float32)  # float32 out of autocast
 
     @torch.no_grad()
-    def decode(self, indices: torch.Tensor) -> torch.Tensor:
+    def decode(self, indices: torch.Tensor, precision: str | None = None) -> torch.Tensor:
         """(B, h, w) indices, or (B, N) with N a square, → images (B, 3, H, W), unclamped."""
         if indices.dim() == 2:
             side = math.isqrt(indices.shape[1])
@@ -309,7 +308,7 @@ class Tokenizer(PretrainedMixin, nn.Module):
         if indices.dim() != 3:
             raise ValueError(f"indices must have shape (B, h, w) or (B, N), got {tuple(indices.shape)}")
         fit_threads(self._device)
-        with precision_autocast(self.precision, self._device):
+        with precision_autocast(precision or self.precision, self._device):
             images = self.decode_latent(self.quantizer.lookup(indices))
         return images if images.dtype == self._dtype else images.to(torch.float32)  # float32 out of autocast
 

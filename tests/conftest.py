@@ -8,10 +8,6 @@ import torch
 
 from maskbit import Generator, Tokenizer
 
-# "auto" precision is bf16 on a CPU with native bf16 (maskbit.device); the suite compares against the official code's
-# float32 numerics on whatever CPU it runs, so here (and in every process it starts) "auto" means fp32.
-os.environ["MASKBIT_PRECISION"] = "fp32"
-
 FIXTURES = Path(__file__).parent / "fixtures"
 OFFICIAL_TINY = FIXTURES / "official-tiny"
 OFFICIAL_VQ_TINY = FIXTURES / "official-vq-tiny"

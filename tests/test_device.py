@@ -4,7 +4,14 @@ import pytest
 import torch
 
 from maskbit import SAMPLING_PRESETS, iter_generate
-from maskbit.device import add_device_arguments, autocast, autocast_dtype, mixed_precision, pick_device
+from maskbit.device import (
+    add_device_arguments,
+    autocast,
+    autocast_dtype,
+    describe_precision,
+    mixed_precision,
+    pick_device,
+)
 
 
 def test_auto_picks_cuda_only_when_there_is_one():
@@ -43,23 +50,39 @@ def test_bf16_on_a_cpu_without_native_bf16_warns_that_it_is_slower(monkeypatch):
 def test_auto_precision_is_bf16_on_cuda_and_on_a_cpu_with_native_bf16(monkeypatch):
     from maskbit import device
 
-    monkeypatch.delenv("MASKBIT_PRECISION")  # the suite's fp32 (conftest.py)
     for native, expected in ((True, torch.bfloat16), (False, None)):
         monkeypatch.setattr(device, "cpu_has_native_bf16", lambda native=native: native)
         assert autocast_dtype("auto", torch.device("cpu")) is expected
         assert autocast_dtype("auto", torch.device("cuda")) is torch.bfloat16
-    monkeypatch.setenv("MASKBIT_PRECISION", "fp32")
-    assert autocast_dtype("auto", torch.device("cuda")) is None
-    monkeypatch.setenv("MASKBIT_PRECISION", "fp16")
-    with pytest.raises(ValueError, match="MASKBIT_PRECISION must be one of"):
-        autocast_dtype("auto", torch.device("cpu"))
+        assert describe_precision("auto", torch.device("cpu")) == (
+            "bf16 (auto: native on this CPU)" if native else "fp32 (auto: no native bf16 on this CPU)"
+        )
+    monkeypatch.setenv("MASKBIT_PRECISION", "bf16")  # the programs' default, never the library's
+    assert autocast_dtype("fp32", torch.device("cpu")) is None
     assert autocast_dtype("bf16", torch.device("cpu")) is torch.bfloat16
     assert autocast_dtype("fp32", torch.device("cuda")) is None
+    assert describe_precision("fp32", torch.device("cuda")) == "fp32"
     x = torch.ones(2, 2)
     with autocast(torch.device("cpu"), torch.bfloat16):
         assert (x @ x).dtype is torch.bfloat16
     with autocast(torch.device("cpu"), None):
         assert (x @ x).dtype is torch.float32
+
+
+def test_the_library_computes_in_float32_unless_bf16_is_asked_for(monkeypatch):
+    from maskbit import Generator, Tokenizer, device
+
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setenv("MASKBIT_PRECISION", "bf16")  # read by the programs only
+    tokenizer = Tokenizer.from_pretrained("default")
+    assert tokenizer.precision == "fp32" and tokenizer.inference("cpu").precision == "fp32"
+    assert Generator.from_pretrained("default").precision == "fp32"
+    assert Tokenizer.from_pretrained("default", precision="auto").precision == "auto"
+    assert tokenizer.inference("cpu", "bf16").precision == "bf16" and tokenizer.inference("cpu").precision == "bf16"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        tokenizer.precision = "fp16"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        Tokenizer.from_pretrained("default", precision="half")
 
 
 def test_training_precision_auto_is_bf16_on_cuda_and_on_a_cpu_with_native_bf16(monkeypatch):
@@ -76,13 +99,20 @@ def test_training_precision_auto_is_bf16_on_cuda_and_on_a_cpu_with_native_bf16(m
         mixed_precision("fp8", torch.device("cpu"))
 
 
-def test_command_lines_share_device_and_precision_options():
+def test_command_lines_share_device_and_precision_options(monkeypatch):
     parser = argparse.ArgumentParser()
     add_device_arguments(parser)
-    assert vars(parser.parse_args([])) == {"device": "auto", "precision": "auto"}
+    assert vars(parser.parse_args([])) == {"device": "auto", "precision": "auto"}  # the programs run for speed
     assert parser.parse_args(["--precision", "bf16"]).precision == "bf16"
     with pytest.raises(SystemExit):
         parser.parse_args(["--precision", "fp16"])
+    monkeypatch.setenv("MASKBIT_PRECISION", "fp32")  # a deployment's default for its programs
+    parser = argparse.ArgumentParser()
+    add_device_arguments(parser)
+    assert parser.parse_args([]).precision == "fp32"
+    monkeypatch.setenv("MASKBIT_PRECISION", "fp16")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        add_device_arguments(argparse.ArgumentParser())
 
 
 def test_the_tokenizer_encodes_and_decodes_at_its_precision(tiny_tokenizer):
@@ -96,7 +126,7 @@ def test_the_tokenizer_encodes_and_decodes_at_its_precision(tiny_tokenizer):
         approx = tiny_tokenizer.encode(images)
         decoded_bf16 = tiny_tokenizer.decode(exact)
     finally:
-        tiny_tokenizer.precision = "auto"
+        tiny_tokenizer.precision = "fp32"
         hook.remove()
     assert dtypes == [torch.float32, torch.bfloat16]
     assert decoded_bf16.dtype == torch.float32 and (decoded_bf16 - decoded).abs().max() < 0.1
@@ -113,7 +143,7 @@ def test_the_sampler_runs_at_the_generator_precision_unless_told_otherwise(tiny_
         states = list(iter_generate(tiny_generator, [1], "tiny", seed=0))
         list(iter_generate(tiny_generator, [1], "tiny", seed=0, precision="fp32"))
     finally:
-        tiny_generator.precision = "auto"
+        tiny_generator.precision = "fp32"
         hook.remove()
     steps = SAMPLING_PRESETS["tiny"].num_steps
     assert dtypes == [torch.float32] * steps + [torch.bfloat16] * steps + [torch.float32] * steps
@@ -179,3 +209,68 @@ def test_background_work_runs_one_thread_at_a_lower_priority():
     worker.join()
     torch.set_num_threads(previous)
     assert seen == {"threads": 1, "nice": min(19, os.getpriority(os.PRIO_PROCESS, 0) + BACKGROUND_NICE)}
+
+
+# The official fixture sets: (weights file, stem of its .yaml config and _io.pt outputs, the io key of the image in
+# [0, 1], of the images the official code decodes from its indices, and whether those are in [-1, 1]). BitDance's
+# weights are rebuilt and its indices regrouped first (tests/test_family.py, which runs under the defaults too).
+FIXTURE_SETS = {
+    "maskbit": ("official-tiny/tiny_tokenizer.bin", "official-tiny/tiny_tokenizer", "image", "recon", False),
+    **{
+        name: (f"official-vq-tiny/{file}", f"official-vq-tiny/tiny_{name}", "image", "recon_from_indices", False)
+        for name, file in (("vqgan_plus", "tiny_vqgan_plus.bin"), ("maskgit", "tiny_maskgit.bin"))
+    },
+    "taming": (
+        "official-vq-tiny/tiny_taming.ckpt",
+        "official-vq-tiny/tiny_taming",
+        "image",
+        "recon_from_indices",
+        False,
+    ),
+    **{
+        name: (
+            f"open-magvit2-tiny/tiny_{name}.ckpt",
+            f"open-magvit2-tiny/tiny_{name}",
+            "image01",
+            "decoded_from_indices",
+            True,
+        )
+        for name in ("lfq", "ibq")
+    },
+}
+
+
+@pytest.mark.parametrize("name", sorted(FIXTURE_SETS))
+def test_the_defaults_give_the_official_numbers_on_a_cpu_with_native_bf16(monkeypatch, name):
+    """Where bf16 is native, "auto" would move 2-12 % of the tiny fixtures' indices: the library's defaults never do."""
+    from maskbit import Tokenizer, device
+    from tests.conftest import FIXTURES
+
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
+    assert device.resolve_precision("auto", torch.device("cpu")) == "bf16"
+    weights, stem, image, decoded, signed = FIXTURE_SETS[name]
+    io = torch.load(FIXTURES / f"{stem}_io.pt", weights_only=True)
+    tokenizer = Tokenizer.from_pretrained(FIXTURES / weights, config=FIXTURES / f"{stem}.yaml")
+    # VQ: where the nearest code is clear (test_vq_tokenizers.py); every position of the others
+    clear = io["argmin_margin"] > 1e-4 if "argmin_margin" in io else torch.ones_like(io["indices"], dtype=torch.bool)
+    assert torch.equal(tokenizer.encode(io[image])[clear], io["indices"][clear])
+    images = tokenizer.decode(io["indices"])
+    assert ((images * 2 - 1 if signed else images) - io[decoded]).abs().max() <= 2e-3  # in the official range
+
+
+def test_the_sampler_defaults_to_the_official_forward_on_a_cpu_with_native_bf16(monkeypatch):
+    """Each forward pass the sampler makes equals the plain float32 forward (test_generator: the official logits)."""
+    from maskbit import Generator, device
+    from tests.conftest import OFFICIAL_TINY
+
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
+    generator = Generator.from_pretrained(OFFICIAL_TINY / "tiny_generator.bin", OFFICIAL_TINY / "tiny_generator.yaml")
+    calls = []
+    hook = generator.register_forward_hook(lambda module, args, out: calls.append((args, out)))
+    try:
+        list(iter_generate(generator, [3, 7], "tiny", seed=0))
+    finally:
+        hook.remove()
+    assert len(calls) == SAMPLING_PRESETS["tiny"].num_steps
+    for args, out in calls:
+        assert out.dtype == torch.float32 and torch.equal(out, generator(*args))
