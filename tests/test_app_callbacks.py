@@ -18,6 +18,7 @@ from app.callbacks import Callbacks
 from data import eval_view
 from indexes.store import thumbnails
 from maskbit import SamplingConfig, Tokenizer, analysis, bits, generate
+from maskbit.device import cpu_has_native_bf16
 from maskbit.images import load_image
 from train.config import GENERATOR_TRAIN_PRESETS
 
@@ -72,6 +73,9 @@ def test_page_values_and_model_info(callbacks):
     assert values["walk_bits"] == 8 * 8 * 12 // 24 and values["limits"]["k"] == 50
     info = callbacks.model_info()
     assert info["bits_per_token"] == 12 and info["token_grid"] == [8, 8] and info["quantizer"] == "lfq"
+    # the app computes at "auto" and says what that picked here
+    picked = "bf16 (auto: native on this CPU)" if cpu_has_native_bf16() else "fp32 (auto: no native bf16 on this CPU)"
+    assert info["precision"] == picked
     assert "96 images of procedural" in callbacks.index_status()
 
 
@@ -209,6 +213,21 @@ def test_neighbours_of_a_training_image_find_it_first(callbacks):
         "k random images of the 96 indexed would share 0.052 (k / N) on average" in claim
         and "bench/neighbours.py" in claim
     )
+
+
+def test_an_indexed_image_is_at_distance_0_whatever_precision_the_app_now_computes_at(callbacks, app_server):
+    """The index built on start recorded its precision ("auto": bf16 where native); a query is encoded at it."""
+    tokenizer, index = app_server.state.models.tokenizer, app_server.state.index
+    assert index.precision == ("bf16" if tokenizer.precision == "auto" and cpu_has_native_bf16() else "fp32")
+    path, _ = callbacks.dataset_image(11)
+    served = tokenizer.precision
+    try:
+        for precision in ("fp32", "bf16"):
+            tokenizer.precision = precision  # as a restart with --precision would
+            *_, data = callbacks.neighbours(path, 1)
+            assert data["hamming"][0]["source"] == "procedural:train:11" and data["hamming"][0]["distance"] == 0
+    finally:
+        tokenizer.precision = served
 
 
 def test_the_report_uses_the_neighbours_threshold(callbacks, app_server):

@@ -696,3 +696,25 @@ def test_verdict_calls_copying_only_when_hamming_or_carlinis_criterion_agrees():
 
 def smooth_pixel() -> dict:
     return audit_metric(-4.3, 0.138, 1e-40, 0.0, 0.0, 1.0)
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native bf16", "no native bf16"])
+def test_an_index_encodes_its_queries_as_its_tokens_were_computed(tmp_path, monkeypatch, native):
+    """ "auto" indexes in bf16 where it is native; a query finds its own entry at distance 0 whatever the tokenizer's
+    precision is by then (the app's setting changed, or the index came from another machine)."""
+    from maskbit import device
+
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: native)
+    tokenizer = Tokenizer.from_pretrained(OFFICIAL_TINY / "tiny_tokenizer.bin", OFFICIAL_TINY / "tiny_tokenizer.yaml")
+    built = ImageIndex.create(tmp_path, tokenizer.inference("cpu", "auto"), 32, IndexOptions(metrics=["hamming"]))
+    images, labels = procedural(24)
+    built.add(images, [f"train:{i}" for i in range(24)], labels)
+    built.save()
+    assert built.precision == ("bf16" if native else "fp32")
+    tokenizer.precision = "fp32" if native else "bf16"
+    assert not np.array_equal(tokenizer.encode(images).numpy(), built.tokens)  # the tokenizer's own would differ
+    index = ImageIndex.open(tmp_path, tokenizer)
+    assert index.precision == built.precision and index.describe().count(f"tokens in {built.precision}") == 1
+    for i in range(24):  # one at a time, as uploads come
+        found = index.search(images[i : i + 1], metrics=["hamming"], k=1)["hamming"]
+        assert found.distances[0, 0] == 0 and found.ids[0, 0] == i
