@@ -23,6 +23,7 @@ from maskbit.images import load_image
 from train.config import GENERATOR_TRAIN_PRESETS
 
 KNOBS = [4, 2.0, "cosine", 1.0, 2.0, 1.0, "arccos"]  # num_steps … mask_schedule, the library's names and order
+APP_PRECISION = "auto"  # what the app computes at (Settings.precision's default): the library at it gives the same
 SEED_RANGE = "seed must be a whole number from 0 to 9223372036854775807 (2**63 − 1)"
 
 
@@ -107,7 +108,7 @@ def test_flip_bits_matches_the_library(callbacks, image_file, app_models):
         image_file, "0, 5, 11", "all"
     )
     assert summary["bit_ids"] == [0, 5, 11] and summary["positions_flipped"] == 64 and len(gallery) == 3
-    tokenizer = Tokenizer.from_pretrained(app_models["tokenizer"])
+    tokenizer = Tokenizer.from_pretrained(app_models["tokenizer"], precision=APP_PRECISION)
     tokens = tokenizer.encode(load_image(image_file)[None])
     recon = tokenizer.decode(tokens).clamp(0, 1)
     flipped = tokenizer.decode(bits.flip_bits(tokens, 5, 12)).clamp(0, 1)
@@ -154,7 +155,7 @@ def test_an_uploaded_photo_is_fitted_and_the_user_told(callbacks, tmp_path):
 
 def test_token_map(callbacks, image_file, app_models):
     planes, heat, tokens = callbacks.token_map(image_file)
-    expected = Tokenizer.from_pretrained(app_models["tokenizer"]).encode(load_image(image_file)[None])[0]
+    expected = Tokenizer.from_pretrained(app_models["tokenizer"], precision=APP_PRECISION).encode(load_image(image_file)[None])[0]
     assert tokens == expected.tolist() and len(planes) == 12 and planes[4][1] == "bit 4"
     plane = planes[4][0][..., 0] > 127
     assert (plane == ((expected >> 4) & 1).bool().numpy()).all()
@@ -166,7 +167,7 @@ def test_bit_walk_flips_bits_per_step(callbacks, image_file, app_models):
     assert gallery[0][1] == "reconstruction" and gallery[1][1].startswith("5 bits (1%): ")
     assert [caption.split(" ")[0] for _, caption in gallery[1:]] == ["5", "10", "15"]
     assert plot.data[0].y[0] is None  # the reconstruction against itself: no finite PSNR, no point
-    tokenizer = Tokenizer.from_pretrained(app_models["tokenizer"])
+    tokenizer = Tokenizer.from_pretrained(app_models["tokenizer"], precision=APP_PRECISION)
     tokens = tokenizer.encode(load_image(image_file)[None])[0]
     walk = analysis.hamming_walk(tokenizer, tokens, 5, 3, seed=0)
     assert bits.hamming(walk.indices, tokens.expand_as(walk.indices), dim=(1, 2)).tolist() == [0, 5, 10, 15]
@@ -400,6 +401,7 @@ def test_bit_flips_side_by_side_with_a_vq_tokenizer(callbacks, image_file, app_s
     vq = Tokenizer(TOKENIZER_PRESETS["tiny_vqgan_plus"]).requires_grad_(False)  # 32 px, 8×8 tokens, 4096 codes
     source = app_server.settings.workspace / "tiny-vq" / "model"  # the workspace: an allowed model folder
     vq.save_pretrained(source)
+    vq.precision = APP_PRECISION
     loaded, other, psnr, distance, verdict, summary = callbacks.compare_flips(image_file, str(source), "0, 7", "all")
     assert summary["tokenizers"] == ["loaded (LFQ)", "compared (VQ)"] and len(loaded) == len(other) == 2
     assert summary["compared (VQ)"]["quantizer"] == "vq" and summary["compared (VQ)"]["bit_ids"] == [0, 7]
