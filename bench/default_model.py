@@ -38,6 +38,7 @@ from data import judge, split_images
 from data.datasets import PROCEDURAL_CLASSES
 from maskbit import Generator, Tokenizer, analysis, bits, generate
 from maskbit.cli import add_sampling_args, sampling_from_args
+from maskbit.device import PRECISIONS, describe_precision, program_precision, resolve_precision
 from maskbit.images import image_grid, psnr, save_image
 
 
@@ -156,6 +157,12 @@ def main() -> None:
     )
     parser.add_argument("--out", default="bench/results")
     parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=program_precision(),
+        help="what both models compute at (default auto, as the app: bf16 where it is native; MASKBIT_PRECISION)",
+    )
+    parser.add_argument(
         "--tokenizer-only",
         action="store_true",
         help="only the tokenizer's figures (1. and 6.), written to tokenizer_quality.json; any tokenizer, LFQ or VQ",
@@ -164,7 +171,8 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    tokenizer = Tokenizer.from_pretrained(args.tokenizer)
+    print(f"computing in {describe_precision(args.precision, torch.device('cpu'))}", flush=True)
+    tokenizer = Tokenizer.from_pretrained(args.tokenizer, precision=args.precision)
     images, labels = split_images("procedural", "test", args.test_images, 64)
     tokenizer_figures, indices, reconstructions = tokenizer_quality(tokenizer, images)
     save_image(
@@ -174,6 +182,7 @@ def main() -> None:
         results = {
             "date": time.strftime("%Y-%m-%d"),
             "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+            "precision": resolve_precision(args.precision, torch.device("cpu")),
             "tokenizer": args.tokenizer,
             "quantizer": tokenizer.quantizer_kind,
             **tokenizer_figures,
@@ -182,7 +191,7 @@ def main() -> None:
         (out / "tokenizer_quality.json").write_text(json.dumps(results, indent=2) + "\n")
         print(json.dumps(results, indent=2))
         return
-    generator = Generator.from_pretrained(args.generator)
+    generator = Generator.from_pretrained(args.generator, precision=args.precision)
     k = tokenizer.num_bits
 
     classifier = judge.load_or_train(args.judge, args.classifier_steps)
@@ -217,6 +226,7 @@ def main() -> None:
     results = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "precision": resolve_precision(args.precision, torch.device("cpu")),
         "tokenizer": args.tokenizer,
         "generator": args.generator,
         "sampling": sampling.__dict__,
