@@ -115,6 +115,7 @@ def cmd_search(args: argparse.Namespace) -> None:
     neighbour's per-token distance map."""
     tokenizer = load_tokenizer(args)
     index = ImageIndex.open(args.index, tokenizer)
+    logger.info("%s (queries are encoded in %s too)", index.describe(), index.precision)
     options = {
         "k": args.k,
         "approximate": args.approximate,
@@ -270,7 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("search", "nearest indexed images of image files or token grids")
     p.add_argument("images", nargs="*", help="image files or folders")
-    p.add_argument("--tokens", help="or a .npy of token grids (B, h, w), searched by Hamming distance")
+    p.add_argument(
+        "--tokens",
+        help="or a .npy of token grids (B, h, w), searched by Hamming distance; computed at the index's precision "
+        "(`indexes search` says which; `maskbit encode --precision`)",
+    )
     p.add_argument("--approximate", action="store_true", help="Hamming by the HNSW graph (--approximate-hamming)")
     p.add_argument("--ef-search", type=whole(1, 100_000), default=64, help="HNSW candidates visited per query")
     p.add_argument(

@@ -155,7 +155,9 @@ def test_an_uploaded_photo_is_fitted_and_the_user_told(callbacks, tmp_path):
 
 def test_token_map(callbacks, image_file, app_models):
     planes, heat, tokens = callbacks.token_map(image_file)
-    expected = Tokenizer.from_pretrained(app_models["tokenizer"], precision=APP_PRECISION).encode(load_image(image_file)[None])[0]
+    expected = Tokenizer.from_pretrained(app_models["tokenizer"], precision=APP_PRECISION).encode(
+        load_image(image_file)[None]
+    )[0]
     assert tokens == expected.tolist() and len(planes) == 12 and planes[4][1] == "bit 4"
     plane = planes[4][0][..., 0] > 127
     assert (plane == ((expected >> 4) & 1).bool().numpy()).all()

@@ -118,11 +118,12 @@ def test_encode_decode_round_trip(tmp_path, image_files, tiny_tokenizer):
     maskbit_cli("encode", str(image_files), *TINY_TOKENIZER, "--out", str(tmp_path / "tokens.npy"))
     indices = np.load(tmp_path / "tokens.npy")
     images = torch.stack([load_image(image_files / f"img{n}.png") for n in range(2)])
-    assert np.array_equal(indices, tiny_tokenizer.encode(images).numpy())
+    # the command line computes at "auto" (bf16 where it is native), the library at what it is asked
+    assert np.array_equal(indices, tiny_tokenizer.encode(images, precision="auto").numpy())
     assert (tmp_path / "tokens.txt").read_text().count("img") == 2
     maskbit_cli("decode", str(tmp_path / "tokens.npy"), *TINY_TOKENIZER, "--out", str(tmp_path / "decoded"))
     decoded = load_image(tmp_path / "decoded" / "0001.png")
-    expected = tiny_tokenizer.decode(torch.from_numpy(indices[1:2])).clamp(0, 1)[0]
+    expected = tiny_tokenizer.decode(torch.from_numpy(indices[1:2]), precision="auto").clamp(0, 1)[0]
     assert (decoded - expected).abs().max() <= 1 / 255 + 1e-6
 
 
@@ -254,3 +255,18 @@ def test_generate_and_decode_refuse_what_would_not_fit(tmp_path, capsys):
     np.save(tmp_path / "huge.npy", np.zeros((1, 300, 300), dtype=np.int64))
     assert main(["decode", "-q", str(tmp_path / "huge.npy"), *TINY_TOKENIZER, "--out", str(tmp_path)]) == 2
     assert "holds 300×300 token grids; grids of at most 256×256" in capsys.readouterr().err
+
+
+def test_a_command_says_what_precision_it_computes_at(tmp_path, caplog):
+    from maskbit.cli import main
+    from maskbit.device import cpu_has_native_bf16
+
+    np.save(tmp_path / "tokens.npy", np.zeros((1, 8, 8), dtype=np.int64))
+    with caplog.at_level("INFO", logger="maskbit"):
+        assert main(["decode", str(tmp_path / "tokens.npy"), *TINY_TOKENIZER, "--out", str(tmp_path / "out")]) == 0
+    picked = "bf16 (auto: native on this CPU)" if cpu_has_native_bf16() else "fp32 (auto: no native bf16 on this CPU)"
+    assert f"computing in {picked}" in caplog.messages
+    caplog.clear()
+    with caplog.at_level("INFO", logger="maskbit"):
+        main(["decode", str(tmp_path / "tokens.npy"), *TINY_TOKENIZER, "--precision", "fp32", "--out", str(tmp_path)])
+    assert "computing in fp32" in caplog.messages

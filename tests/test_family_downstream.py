@@ -5,6 +5,7 @@ indexes, the memorization report, the CLIs and the app. The fixtures take 16×16
 give 16×16 tokens, the published models' grid, so a BitDance index holds 16·16·32 = 8,192 bits per image. BitDance's
 indices reach past 2^31 (a sixth of its tokens here): anything held in int32 wraps to negative numbers."""
 
+import copy
 import dataclasses
 import importlib.util
 import json
@@ -221,7 +222,8 @@ def test_the_command_lines(sources, tokenizers, images, tmp_path, name):
     assert maskbit_main(["encode", str(tmp_path / "images"), *model, "--size", str(SIZE), "--out", str(tokens)]) == 0
     indices = np.load(tokens)
     read = torch.stack([load_image(tmp_path / "images" / f"{i}.png", SIZE) for i in range(2)])
-    assert indices.dtype == np.int64 and np.array_equal(indices, tokenizer.encode(read).numpy())
+    # the command line computes at "auto" (bf16 where it is native), the library at what it is asked
+    assert indices.dtype == np.int64 and np.array_equal(indices, tokenizer.encode(read, precision="auto").numpy())
     assert maskbit_main(["decode", str(tokens), *model, "--out", str(tmp_path / "decoded")]) == 0
     assert sorted(p.name for p in (tmp_path / "decoded").iterdir()) == ["0000.png", "0001.png"]
     flip = ["flip", str(tokens), *model, "--bit-ids", "0", str(k - 1), "--positions", "3", "--out", str(tmp_path / "f")]
@@ -230,7 +232,11 @@ def test_the_command_lines(sources, tokenizers, images, tmp_path, name):
     assert rows[0] == "bit,psnr_db,l2" and [r.split(",")[0] for r in rows[1:]] == ["0", str(k - 1)]
     assert maskbit_main(["flip", str(tokens), *model, "--bit-ids", str(k), "--out", str(tmp_path / "g")]) == 2
     index, on = tmp_path / "index", model[:-1]  # the same options, but for -q
-    ImageIndex.create(index, tokenizer, SIZE, IndexOptions(metrics=("hamming",)))  # empty; filled by `indexes add`
+    # empty, filled by `indexes add`; at the command lines' precision ("auto"), as `indexes build` would make it, so
+    # that the tokens `maskbit encode` wrote are computed as the index's are
+    ImageIndex.create(
+        index, copy.deepcopy(tokenizer).inference("cpu", "auto"), SIZE, IndexOptions(metrics=("hamming",))
+    )
     assert indexes_main(["add", str(tmp_path / "images"), "--index", str(index), *on]) == 0
     out = tmp_path / "found.json"
     assert indexes_main(["search", "--tokens", str(tokens), "--index", str(index), *on, "--json", str(out)]) == 0
