@@ -188,6 +188,29 @@ class Jobs:
             raise UserError(f"{what} {value[:200]!r} is not a file")
         return str(path.resolve())
 
+    def workspace_model(self, source: str, kind: str) -> str:
+        """A job's name, or a folder relative to the workspace (`tok-a/model`), as the model panel names finished
+        runs: the absolute path of that job's exported model or of that folder. A job that has exported no model
+        (yet), or whose model is of another kind, is refused now rather than by the job later. Other sources are
+        returned unchanged (checked_model_source checks them)."""
+        text = bounded_text(source, kind, LIMITS.source).strip()
+        if not text or Path(text).expanduser().is_absolute():
+            return source
+        job = Path(text).parts[0]
+        if job not in self.names():
+            return str(self.workspace / text) if (self.workspace / text).exists() else source
+        stage = self.job(job).stage
+        if stage != kind:
+            raise UserError(f"{kind}={text}: job {job!r} trains a {stage}, not a {kind}; name a {kind} job")
+        model = self.run_dir(job).path / "model"
+        if not (model / "config.json").is_file():
+            state = self.job(job).state
+            raise UserError(
+                f"{kind}={text}: job {job!r} has not exported its model yet ({state}; it is written when the job "
+                f"finishes): launch this job once it has, with {kind}={job}, or use {kind}=default"
+            )
+        return str(model) if text == job else str(self.workspace / text)
+
     def checked_paths(self, stage: str, config) -> dict[str, str]:
         """Every path setting of a resolved config (PATH_FIELDS), checked and made absolute: {key: value}."""
         values = flat_keys(config)
@@ -204,6 +227,7 @@ class Jobs:
                 )
             if tokenizer:
                 roots = [self.workspace, *self.data_roots, *self.model_roots]
+                tokenizer = self.workspace_model(tokenizer, "tokenizer")
                 tokenizer = checked_model_source(tokenizer, "tokenizer", roots, self.allow_hub, base=PROJECT_ROOT)
             if tokenizer_config and tokenizer_config not in TOKENIZER_PRESETS:
                 tokenizer_config = self.checked_file(tokenizer_config, "tokenizer_config")

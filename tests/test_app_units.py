@@ -707,3 +707,30 @@ def test_a_zero_bar_is_drawn_and_the_status_line_never_blank():
     assert list(vq_zero.base) == [-figures.ZERO_MARK / 2] * 2 and list(vq_zero.y) == [figures.ZERO_MARK] * 2
     assert len(figures.compare([0], {"LFQ": {0: 0.0}}, "t", "PSNR").data) == 1  # marks only where asked for
     assert IndexStatus().text().startswith("⏳ the index is being prepared")
+
+
+def test_a_tokenizer_override_may_name_a_job_or_a_folder_of_the_workspace(jobs, tmp_path):
+    """Issue 35.1: tokenizer=tok-a/model went to the hub and tokenizer=tok-a was refused as outside the folders."""
+    import json
+
+    from train.config import GENERATOR_TRAIN_PRESETS, apply_overrides
+
+    runs = tmp_path / "runs"
+    for name, config, finished in (("tok-a", {}, True), ("tok-b", {}, False), ("gen-a", {"tokenizer": "x"}, True)):
+        (runs / name).mkdir()
+        (runs / name / "config.json").write_text(json.dumps(config))
+        (runs / name / "status.json").write_text(json.dumps({"state": "finished" if finished else "stopped"}))
+        if finished:
+            (runs / name / "model").mkdir()
+            (runs / name / "model" / "config.json").write_text("{}")
+
+    def tokenizer(value: str) -> str:
+        config = apply_overrides(GENERATOR_TRAIN_PRESETS["tiny"], [f"tokenizer={value}"])
+        return jobs.checked_paths("generator", config)["tokenizer"]
+
+    assert tokenizer("tok-a") == tokenizer("tok-a/model") == str(runs / "tok-a" / "model")
+    assert tokenizer("tok/model") == str(runs / "tok" / "model")  # a folder of the workspace that is no job
+    with pytest.raises(UserError, match="job 'tok-b' has not exported its model yet .stopped.*tokenizer=default"):
+        tokenizer("tok-b/model")
+    with pytest.raises(UserError, match="job 'gen-a' trains a generator, not a tokenizer"):
+        tokenizer("gen-a")
