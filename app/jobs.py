@@ -498,6 +498,13 @@ class Jobs:
         run = self.run_dir(name)
         model = run.path / "model"
         if not (model / "config.json").is_file():
+            job = self.job(name)
+            if job.state in ("failed", "died", "stopped"):
+                cause = f": {job.error}" if job.error else ""
+                raise UserError(
+                    f"job {name!r} {job.state} before it exported a model{cause}; resume it to continue from its last "
+                    "checkpoint, then load it once it finishes"
+                )
             raise UserError(f"job {name!r} has no exported model yet (it is written when the job finishes)")
         if self.job(name).stage == "generator":
             return str(json.loads(run.config_path.read_text()).get("tokenizer", "")), str(model)
