@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Set up .venv (once, and again whenever the requirements change), then run the main job or the test suite.
+# requirements.txt is what the app needs at run time (a Space installs it); the tests add requirements-dev.txt.
 #   ./run.sh app     the explorer on http://127.0.0.1:7860 with the bundled model (extra arguments go to the app)
 #   ./run.sh test    the whole test suite, browser tests included (extra arguments go to pytest)
 #   --gpu            (right after app/test, or MASKBIT_GPU=1) set .venv up from requirements-gpu.txt: FAISS with GPU
@@ -17,6 +18,7 @@ setup() {
   want=$(sha256sum "$requirements" | cut -d' ' -f1)
   have=$(cat .venv/.requirements.sha256 2>/dev/null || true)
   if [ "$want" != "$have" ]; then
+    rm -f .venv/.requirements-dev.sha256  # installed beside the run-time set: check it again after
     echo "Installing $requirements into .venv (a few minutes the first time)..." >&2
     # faiss-cpu and faiss-gpu install the same files (the module `faiss`): remove the one not asked for first, so
     # that installing one over the other, or uninstalling it later, never leaves a broken mix.
@@ -29,6 +31,18 @@ setup() {
     fi
     .venv/bin/python -m pip install --quiet --disable-pip-version-check -r "$requirements"
     echo "$want" > .venv/.requirements.sha256
+  fi
+}
+
+# The test suite's tools, beside the run-time requirements (a Space or `./run.sh app` needs none of them).
+setup_dev() {
+  local want have
+  want=$(sha256sum requirements-dev.txt | cut -d' ' -f1)
+  have=$(cat .venv/.requirements-dev.sha256 2>/dev/null || true)
+  if [ "$want" != "$have" ]; then
+    echo "Installing requirements-dev.txt into .venv..." >&2
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+    echo "$want" > .venv/.requirements-dev.sha256
   fi
 }
 
@@ -58,6 +72,7 @@ case "$command" in
     ;;
   test)
     setup
+    setup_dev
     browser
     exec .venv/bin/python -m pytest "$@"
     ;;

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -12,7 +13,7 @@ from app.settings import Settings, parse_settings  # noqa: E402
 
 logger = logging.getLogger("app")
 
-__all__ = ["main", "create_app"]
+__all__ = ["main", "prepare", "create_app", "launch"]
 
 
 def create_app(settings: Settings):
@@ -23,9 +24,17 @@ def create_app(settings: Settings):
 
     state = AppState(settings)
     state.start_background()
-    demo = build(Callbacks(state))
-    demo.queue(default_concurrency_limit=settings.concurrency, max_size=64)
-    return state, demo
+
+    async def blocks():
+        # Gradio makes an event loop (and drops the one before) each time it builds its server app outside a running
+        # loop: three per start. Dropped loops that the garbage collector reaches in a cycle close a socket twice,
+        # which Spaces' hot-reload scan makes happen ("Exception ignored in BaseEventLoop.__del__ ... Invalid file
+        # descriptor: -1"). Built inside one running loop, none is made; the server runs its own.
+        demo = build(Callbacks(state))
+        demo.queue(default_concurrency_limit=settings.concurrency, max_size=64)
+        return demo
+
+    return state, asyncio.run(blocks())
 
 
 def launch(demo, settings: Settings, **kwargs):
@@ -45,17 +54,12 @@ def launch(demo, settings: Settings, **kwargs):
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def prepare(argv: list[str] | None = None):
+    """(settings, state, demo) of a command line, logged, ready to launch; a UserError when the models cannot load."""
     started = time.time()
     settings = parse_settings(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    from app.validation import UserError
-
-    try:
-        state, demo = create_app(settings)
-    except UserError as error:
-        print(f"error: {error}")
-        return 2
+    state, demo = create_app(settings)
     logger.info("models loaded in %.1f s: %s", time.time() - started, state.models.describe())
     if settings.exposed:
         logger.info(
@@ -63,5 +67,16 @@ def main(argv: list[str] | None = None) -> int:
             "on" if settings.training_enabled else "off",
             "shown" if settings.dataset_images_visible else "hidden",
         )
+    return settings, state, demo
+
+
+def main(argv: list[str] | None = None) -> int:
+    from app.validation import UserError
+
+    try:
+        settings, _, demo = prepare(argv)
+    except UserError as error:
+        print(f"error: {error}")
+        return 2
     launch(demo, settings)
     return 0

@@ -14,6 +14,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("MASKBIT_HOST", os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"))
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from app.main import main  # noqa: E402
+from app.main import launch, prepare  # noqa: E402
+from app.validation import UserError  # noqa: E402
 
-main([])
+try:
+    # `demo` in this module's namespace: Spaces' hot reload (Gradio's SpacesReloader) looks for the app by that name
+    settings, state, demo = prepare([])
+except UserError as error:
+    sys.exit(f"error: {error}")
+launch(demo, settings)

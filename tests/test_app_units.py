@@ -737,3 +737,49 @@ def test_a_tokenizer_override_may_name_a_job_or_a_folder_of_the_workspace(jobs, 
     (runs / "tok-b" / "status.json").write_text(json.dumps({"state": "failed", "last_error": "ValueError: no images"}))
     with pytest.raises(UserError, match="job 'tok-b' failed before it exported a model: ValueError: no images; resume"):
         jobs.model_pair("tok-b")  # "Load into explorer" (issue 35.2)
+
+
+def test_the_app_starts_clean_as_a_space_starts_it(tmp_path):
+    """Issue 35.9: `python app/space.py` with Spaces' variables and the `spaces` package (requirements-dev.txt) serves
+    without Gradio's hot-reload complaint or the tracebacks of dropped event loops."""
+    import importlib.util
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from gradio_client import Client
+
+    from tests.conftest import free_port
+
+    assert importlib.util.find_spec("spaces") is not None, "requirements-dev.txt installs the spaces package"
+    port = free_port()
+    env = os.environ | {
+        "SYSTEM": "spaces",
+        "SPACE_ID": "user/maskbit-explorer",
+        "GRADIO_SERVER_NAME": "127.0.0.1",  # a Space binds 0.0.0.0; a test stays on this machine
+        "MASKBIT_PORT": str(port),
+        "MASKBIT_CACHE": str(tmp_path),
+        "MASKBIT_INDEX_LIMIT": "32",
+        "PYTHONUNBUFFERED": "1",
+    }
+    root = Path(__file__).parents[1]
+    command = [sys.executable, "app/space.py"]
+    space = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300  # the bundled models load in seconds on an idle machine
+        while True:
+            assert space.poll() is None, space.stdout.read()
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the Space did not answer within 300 s"
+                time.sleep(0.5)
+        info = Client(f"http://127.0.0.1:{port}/", verbose=False).predict(api_name="/model_info")
+        assert info["tokenizer"] == "default" and info["bits_per_token"] == 12
+    finally:
+        space.terminate()
+        output, _ = space.communicate(timeout=120)
+    assert "exposed server: training off" in output
+    assert "GRADIO_HOT_RELOAD" not in output and "Exception ignored" not in output and "Traceback" not in output

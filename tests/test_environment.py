@@ -18,3 +18,11 @@ def test_the_gpu_requirements_are_the_cpu_ones_with_a_gpu_faiss():
         line for line in gpu if line not in faiss_gpu and not line.startswith("nvidia-")
     ]
     assert all(re.fullmatch(r"[A-Za-z0-9_.-]+={2,3}[0-9][0-9A-Za-z.+]*", line) for line in gpu), "every line pinned"
+
+
+def test_run_time_requirements_hold_no_test_tools():
+    """A Space installs requirements.txt; the suite's tools come from requirements-dev.txt (issue 35.9)."""
+    dev = {line.split("==")[0] for line in requirement_lines("requirements-dev.txt")}
+    assert {"pytest", "ruff", "playwright", "spaces"} <= dev
+    for name in ("requirements.txt", "requirements-gpu.txt"):
+        assert not dev & {line.split("=")[0] for line in requirement_lines(name)}, name
