@@ -25,16 +25,22 @@ def create_app(settings: Settings):
     state = AppState(settings)
     state.start_background()
 
-    async def blocks():
-        # Gradio makes an event loop (and drops the one before) each time it builds its server app outside a running
-        # loop: three per start. Dropped loops that the garbage collector reaches in a cycle close a socket twice,
-        # which Spaces' hot-reload scan makes happen ("Exception ignored in BaseEventLoop.__del__ ... Invalid file
-        # descriptor: -1"). Built inside one running loop, none is made; the server runs its own.
+    def blocks():
         demo = build(Callbacks(state))
         demo.queue(default_concurrency_limit=settings.concurrency, max_size=64)
         return demo
 
-    return state, asyncio.run(blocks())
+    async def in_a_running_loop():
+        return blocks()
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # the usual case: a script. Gradio makes an event loop (and drops the one before) each time
+        # it builds its server app outside a running loop, three per start; dropped loops that the garbage collector
+        # reaches in a cycle close a socket twice, which Spaces' hot-reload scan makes happen ("Exception ignored in
+        # BaseEventLoop.__del__ ... Invalid file descriptor: -1"). Built inside one running loop, none is made.
+        return state, asyncio.run(in_a_running_loop())
+    return state, blocks()  # called from a running loop (a notebook): Gradio uses that one
 
 
 def launch(demo, settings: Settings, **kwargs):
