@@ -78,7 +78,9 @@ def whole_number(value, name: str, low: int, high: int, note: str = "") -> int:
     """An int, an integral float or a numeric string in [low, high] → int; else a UserError naming `name` (and
     the range, followed by `note`)."""
     wanted = f"{name} must be a whole number from {low} to {high}{note}"
-    if isinstance(value, bool) or value is None:
+    if value is None or (isinstance(value, str) and not value.strip()):  # a cleared number box sends None
+        raise UserError(f"{wanted}; the box is empty")
+    if isinstance(value, bool):
         raise UserError(f"{wanted}; got {_shown(value)}")
     number = value
     if isinstance(value, str):

@@ -276,7 +276,8 @@ def test_id_lists_explain_what_is_wrong():
         (float("inf"), "got inf"),
         (2.5, "got 2.5"),
         ("9" * 5000, "(5000 characters)"),
-        (None, "got None"),
+        (None, "count must be a whole number from 1 to 16; the box is empty"),  # issue 35.8
+        ("  ", "the box is empty"),
         (True, "got True"),
         (17, "got 17"),
     ],
