@@ -498,6 +498,8 @@ class Jobs:
         run = self.run_dir(name)
         model = run.path / "model"
         if not (model / "config.json").is_file():
+            if name not in self.names():
+                raise UserError(f"no job named {name!r} in {self.workspace}")
             job = self.job(name)
             if job.state in ("failed", "died", "stopped"):
                 cause = f": {job.error}" if job.error else ""

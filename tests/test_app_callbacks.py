@@ -325,7 +325,7 @@ def test_token_space_matches_a_direct_count(callbacks, app_server):
         ("train_launch", ("tokenizer", "ok", "tiny", "procedural", "training.max_stpes=3"), "did you mean"),
         ("train_stop", ("never-launched",), "not running"),
         ("train_resume", ("never-launched",), "no job named 'never-launched'"),
-        ("train_load", ("never-launched",), "has no exported model yet"),
+        ("train_load", ("never-launched",), "no job named 'never-launched'"),
     ],
 )
 def test_bad_input_gets_a_message(callbacks, image_file, endpoint, args, message):
