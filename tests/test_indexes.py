@@ -175,17 +175,6 @@ def test_bad_queries_are_explained(index):
         index.search()
 
 
-def test_missing_lpips_backbone_is_explained_and_hamming_still_works(tmp_path, tiny_tokenizer):
-    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch"), "HF_HUB_OFFLINE": "1"}  # offline: no download try
-    code = "from indexes.lpips_embedding import LPIPSEmbedding\nLPIPSEmbedding('alex')"
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
-    assert result.returncode != 0
-    assert "alex ImageNet weights (233 MB" in result.stderr and "python -m indexes fetch-weights" in result.stderr
-    assert str(tmp_path / "torch" / "hub" / "checkpoints") in result.stderr and "urlopen" not in result.stderr
-    no_lpips = IndexOptions(metrics=["hamming", "pixel"])
-    ImageIndex.create(tmp_path / "index", tiny_tokenizer, 32, no_lpips)  # works without the LPIPS weights
-
-
 def test_fetched_lpips_weights_are_verified_then_loaded(tmp_path, monkeypatch, capsys):
     """`indexes fetch-weights` from a local copy (a random AlexNet): a wrong hash is refused, a right one installed,
     and LPIPS then runs with that trunk (the pretrained loading path, offline). In this process: torch reads
