@@ -48,7 +48,7 @@ SOURCES = ("auto", "torchvision", "pypi")
 MissingBackboneError = LPIPSWeightsError  # the LPIPS trunk's ImageNet weights are not on this machine
 
 
-def backbone_path(net: str) -> Path:
+def backbone_path(net: str) -> Path:  # torchvision's file
     return torchvision_path(net)
 
 
