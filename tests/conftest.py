@@ -67,7 +67,6 @@ def app_server(tmp_path_factory, app_models):
         generator=app_models["generator"],
         index_root=root / "indexes",
         index_limit=96,
-        random_lpips_backbone=True,
         workspace=root / "runs",
         port=free_port(),
         concurrency=4,

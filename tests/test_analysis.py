@@ -13,7 +13,7 @@ def test_flips_decode_each_flipped_grid_and_measure_it(tiny_tokenizer):
 
     image = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0))
     indices = tiny_tokenizer.encode(image[None])[0]
-    embedding = LPIPSEmbedding("alex", random_backbone=True)
+    embedding = LPIPSEmbedding("alex")
     flips = analysis.flip_each_bit(tiny_tokenizer, indices, [1, 7], [0, 9, 63, 9], embedding)
     assert flips.bit_ids == [1, 7] and flips.num_positions == 3 and flips.flipped.shape == (2, 3, 32, 32)
     recon = tiny_tokenizer.decode(indices[None]).clamp(0, 1)
@@ -23,7 +23,7 @@ def test_flips_decode_each_flipped_grid_and_measure_it(tiny_tokenizer):
     mse = (flipped - recon).pow(2).mean()
     assert flips.distances.psnr[1] == pytest.approx(float(10 * torch.log10(1 / mse)), rel=1e-4)
     assert flips.distances.l2[1] == pytest.approx(float((flipped - recon).norm()), rel=1e-4)
-    reference = embedding.lpips  # the lpips package's own forward, on the same (seeded random) network
+    reference = embedding.lpips  # the lpips package's own forward, on the same network
     assert isinstance(reference, lpips.LPIPS)
     expected = reference(flipped * 2 - 1, recon * 2 - 1).item()
     assert flips.distances.lpips[1] == pytest.approx(expected, rel=1e-3, abs=1e-5)

@@ -192,7 +192,11 @@ def test_dataset_image(callbacks):
     assert caption == f"procedural train #3: {view.classes[label]}"
 
 
-def test_neighbours_of_a_training_image_find_it_first(callbacks):
+def test_neighbours_of_a_training_image_find_it_first(callbacks, app_server):
+    # the app's LPIPS is the real metric with no download: the shipped ImageNet trunk (or torchvision's own file)
+    state = app_server.state
+    assert not state.lpips.random_backbone and "random" not in state.lpips_note
+    assert not state.index.lpips.random_backbone  # the index built on start with it
     path, _ = callbacks.dataset_image(11)
     hamming, lpips, pixel, verdict, scatter, heat, data = callbacks.neighbours(path, 5)
     assert len(hamming) == len(lpips["value"]) == len(pixel) == 5 and lpips["visible"]

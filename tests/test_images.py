@@ -150,7 +150,7 @@ def test_an_indexed_file_is_found_at_distance_zero_by_the_cli_and_by_the_app(tmp
     found = json.loads((tmp_path / "r.json").read_text())[0]
     assert found["hamming"][0]["distance"] == 0 and found["pixel"][0]["distance"] == 0
 
-    settings = Settings(tokenizer=app_models["tokenizer"], generator="", index=str(index), random_lpips_backbone=True)
+    settings = Settings(tokenizer=app_models["tokenizer"], generator="", index=str(index))
     state = AppState(settings)
     state.start_background()  # opens the index
     state.wait_ready(300)

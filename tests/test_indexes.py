@@ -30,7 +30,7 @@ def procedural(count: int, start: int = 0, split: str = "train") -> tuple[torch.
 @pytest.fixture(scope="module")
 def index(tmp_path_factory, tiny_tokenizer) -> ImageIndex:
     directory = tmp_path_factory.mktemp("index")
-    built = ImageIndex.create(directory, tiny_tokenizer, 32, IndexOptions(random_lpips_backbone=True))
+    built = ImageIndex.create(directory, tiny_tokenizer, 32, IndexOptions())
     images, labels = procedural(120)
     built.add(images, [f"train:{i}" for i in range(120)], labels)
     built.save()
@@ -175,17 +175,6 @@ def test_bad_queries_are_explained(index):
         index.search()
 
 
-def test_missing_lpips_backbone_is_explained_and_hamming_still_works(tmp_path, tiny_tokenizer):
-    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch"), "HF_HUB_OFFLINE": "1"}  # offline: no download try
-    code = "from indexes.lpips_embedding import LPIPSEmbedding\nLPIPSEmbedding('alex')"
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
-    assert result.returncode != 0
-    assert "alex ImageNet weights (233 MB" in result.stderr and "python -m indexes fetch-weights" in result.stderr
-    assert str(tmp_path / "torch" / "hub" / "checkpoints") in result.stderr and "urlopen" not in result.stderr
-    no_lpips = IndexOptions(metrics=["hamming", "pixel"])
-    ImageIndex.create(tmp_path / "index", tiny_tokenizer, 32, no_lpips)  # works without the LPIPS weights
-
-
 def test_fetched_lpips_weights_are_verified_then_loaded(tmp_path, monkeypatch, capsys):
     """`indexes fetch-weights` from a local copy (a random AlexNet): a wrong hash is refused, a right one installed,
     and LPIPS then runs with that trunk (the pretrained loading path, offline). In this process: torch reads
@@ -223,7 +212,7 @@ def test_build_resume_add_and_search_from_the_command_line(tmp_path):
 
     out = str(tmp_path / "index")
     indexes("build", *tokenizer, "--limit", "40", "--random-lpips-backbone", "--batch-size", "16", "--index", out)
-    indexes("build", *tokenizer, "--limit", "64", "--batch-size", "16", "--index", out)  # continues at 40
+    indexes("build", *tokenizer, "--limit", "64", "--batch-size", "16", "--index", out)  # continues at 40, random trunk
     assert json.loads((tmp_path / "index" / "manifest.json").read_text())["count"] == 64
     images, _ = procedural(1, start=3)
     from maskbit.images import save_image
@@ -357,7 +346,7 @@ def test_a_faiss_index_searched_by_torch_finds_what_faiss_finds_and_is_written_b
 
 
 def test_torch_backend_index_equals_the_faiss_index(tmp_path, index, tiny_tokenizer):
-    built = ImageIndex.create(tmp_path, tiny_tokenizer, 32, IndexOptions(random_lpips_backbone=True, backend="torch"))
+    built = ImageIndex.create(tmp_path, tiny_tokenizer, 32, IndexOptions(backend="torch"))
     images, labels = procedural(120)
     built.add(images[:70], [f"train:{i}" for i in range(70)], labels[:70])
     built.save()
@@ -461,9 +450,7 @@ def sketched(tmp_path_factory, tiny_tokenizer):
         tiny_tokenizer,
         limit=150,
         resolution=32,
-        options=IndexOptions(
-            metrics=["hamming", "lpips"], random_lpips_backbone=True, lpips_sketch=64, lpips_factory="PQ8x4"
-        ),
+        options=IndexOptions(metrics=["hamming", "lpips"], lpips_sketch=64, lpips_factory="PQ8x4"),
         batch_size=50,
     )
     return ImageIndex.open(out, tiny_tokenizer)
@@ -503,14 +490,12 @@ def test_sketched_lpips_rereads_files_and_explains_what_it_cannot_read(tmp_path,
     with pytest.raises(IndexError_, match="'nowhere:9', which is neither an item of the indexed dataset"):
         added.load_images([151])
     with pytest.raises(IndexError_, match="needs --lpips-sketch and the faiss backend"):
-        ImageIndex.create(
-            tmp_path / "x", tiny_tokenizer, 32, IndexOptions(random_lpips_backbone=True, lpips_factory="PQ8")
-        )
+        ImageIndex.create(tmp_path / "x", tiny_tokenizer, 32, IndexOptions(lpips_factory="PQ8"))
     untrained = ImageIndex.create(
         tmp_path / "y",
         tiny_tokenizer,
         32,
-        IndexOptions(random_lpips_backbone=True, lpips_sketch=64, lpips_factory="PQ8"),
+        IndexOptions(lpips_sketch=64, lpips_factory="PQ8"),
     )
     with pytest.raises(IndexError_, match="must be trained"):
         untrained.add(images, ["a", "b"], [0, 0])
@@ -524,7 +509,7 @@ def test_a_two_process_accelerate_build_equals_a_one_process_build(tmp_path):
     from tests.conftest import free_port
 
     tokenizer = ["--tokenizer", str(OFFICIAL_TINY / "tiny_tokenizer.bin"), "--tokenizer-config", "tiny"]
-    common = [*tokenizer, "--limit", "70", "--batch-size", "16", "--random-lpips-backbone"]
+    common = [*tokenizer, "--limit", "70", "--batch-size", "16"]
     common += ["--lpips-sketch", "64", "--lpips-index", "PQ8x4"]
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
     single = subprocess.run(

@@ -119,7 +119,7 @@ def procedural_index(tmp_path_factory, tiny_tokenizer) -> ImageIndex:
     from indexes.build import build_dataset_index
 
     directory = tmp_path_factory.mktemp("plant-index")
-    options = IndexOptions(random_lpips_backbone=True)
+    options = IndexOptions()
     return build_dataset_index(directory, tiny_tokenizer, resolution=32, limit=300, options=options, batch_size=100)
 
 

