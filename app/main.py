@@ -18,9 +18,11 @@ __all__ = ["main", "create_app"]
 def create_app(settings: Settings):
     """(state, demo) ready to launch; the index is opened or built in a background thread."""
     from app.callbacks import Callbacks
+    from app.files import write_images_once
     from app.layout import build
     from app.state import AppState
 
+    write_images_once()  # identical results of concurrent requests share a cached file: never rewrite it
     state = AppState(settings)
     state.start_background()
     demo = build(Callbacks(state))
