@@ -26,7 +26,7 @@ def create_app(settings: Settings):
     state = AppState(settings)
     state.start_background()
     demo = build(Callbacks(state))
-    demo.queue(default_concurrency_limit=settings.concurrency, max_size=64)
+    demo.queue(default_concurrency_limit=settings.concurrency, max_size=settings.max_queue)
     return state, demo
 
 
