@@ -18,6 +18,7 @@ import os
 import platform
 import random
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -175,12 +176,17 @@ def main() -> None:
             process.wait(60)
         except subprocess.TimeoutExpired:
             process.kill()
+    for folder in ("downloads", "indexes", "runs"):  # the server's log stays, for reading
+        shutil.rmtree(scratch / folder, ignore_errors=True)
     log_text = log_path.read_text(errors="replace")
     kinds = Counter(line for line in log_text.splitlines() if EXCEPTION_LINE.match(line))
     served = sum(len(v) for v in load.values())
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "date": time.strftime("%Y-%m-%d"),
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip(),
         "clients": args.clients,
         "seconds": args.seconds,
         "wall_s": round(wall, 1),
