@@ -25,6 +25,10 @@ __all__ = ["build"]
 
 UNREAD = {"preprocess": False}
 PRIVATE = {"api_visibility": "private"}
+# The actions that compute with the models or the index share one concurrency limit (`--concurrency`, the queue's
+# default): without it each event had its own, and 32 clients mixing four actions computed 8 requests at once on 2
+# cores. Light events (status, presets, job controls) keep their own limits, so they never wait behind a report.
+COMPUTE = {"concurrency_id": "compute"}
 PIXELATED = {"format": "png", "elem_classes": "pixelated"}
 
 
@@ -436,14 +440,14 @@ def _wire(demo, c: Callbacks, m, g, f, n, t, j, tabs, timer, index_line) -> None
     gr.Button("Index status", visible=False).click(c.index_status, None, index_line, api_name="index_status")
     timer.tick(c.status, None, [index_line, n.galleries[1], n.lpips_note], show_progress="hidden", **PRIVATE)
     _ui(m.pair.input, c.pair_sources, m.pair, [m.tokenizer, m.generator], m.message)
-    _api(c.load_models, [m.tokenizer, m.generator], [m.info, g.labels, m.message], "load_models")
-    _ui(m.load.click, c.load_served, [m.tokenizer, m.generator], [*served, m.message, *cleared], m.message)
+    _api(c.load_models, [m.tokenizer, m.generator], [m.info, g.labels, m.message], "load_models", **COMPUTE)
+    _ui(m.load.click, c.load_served, [m.tokenizer, m.generator], [*served, m.message, *cleared], m.message, **COMPUTE)
 
     g.preset.change(c.apply_preset, g.preset, [*g.knobs, g.preset_note], **PRIVATE)
     generate = [g.labels, g.count, g.seed, *g.knobs]
     generated = [g.gallery, g.masked, g.unmasking, g.step, g.frame, g.files, g.progress]
-    _api(c.generate, generate, generated, "generate")
-    _ui(g.button.click, c.generate, generate, generated, g.message)
+    _api(c.generate, generate, generated, "generate", **COMPUTE)
+    _ui(g.button.click, c.generate, generate, generated, g.message, **COMPUTE)
     g.step.input(c.show_step, [g.unmasking, g.step], [g.frame, g.masked], show_progress="hidden", **PRIVATE)
     g.gallery.select(c.pick_generated, g.files, g.chosen, **PRIVATE)
     for button, image, where in ((g.to_flip, f.image, "flip"), (g.to_neighbours, n.image, "neighbours")):
@@ -453,36 +457,38 @@ def _wire(demo, c: Callbacks, m, g, f, n, t, j, tabs, timer, index_line) -> None
     _ui(f.use_item.click, c.dataset_image, f.item, [f.image, f.caption], f.caption)
     flip = [f.image, f.bit_ids, f.positions]
     flipped = [f.original, f.reconstruction, f.flipped, f.psnr_chart, f.distance_chart, f.summary, f.grid, f.fit]
-    _api(c.flip_bits, flip, flipped, "flip_bits", **UNREAD)
-    _ui(f.button.click, c.flip_bits, flip, flipped, f.message, **UNREAD)
+    _api(c.flip_bits, flip, flipped, "flip_bits", **UNREAD, **COMPUTE)
+    _ui(f.button.click, c.flip_bits, flip, flipped, f.message, **UNREAD, **COMPUTE)
     _ui(f.grid.select, c.toggle_token, [f.image, f.positions], [f.positions, f.grid], f.message, **UNREAD)
     compare = [f.image, f.compare_with, f.bit_ids, f.positions]
     compared = [f.compare_loaded, f.compare_other, f.compare_psnr, f.compare_distance, f.compare_judge]
     compared += [f.compare_summary]
-    _api(c.compare_flips, compare, compared, "compare_flips", **UNREAD)
-    _ui(f.compare_button.click, c.compare_flips, compare, compared, f.compare_message, **UNREAD)
-    _api(c.token_map, f.image, [f.planes, f.heat, f.tokens], "token_map", **UNREAD)
-    _ui(f.planes_button.click, c.token_map, f.image, [f.planes, f.heat, f.tokens], f.planes_message, **UNREAD)
+    _api(c.compare_flips, compare, compared, "compare_flips", **UNREAD, **COMPUTE)
+    _ui(f.compare_button.click, c.compare_flips, compare, compared, f.compare_message, **UNREAD, **COMPUTE)
+    _api(c.token_map, f.image, [f.planes, f.heat, f.tokens], "token_map", **UNREAD, **COMPUTE)
+    _ui(
+        f.planes_button.click, c.token_map, f.image, [f.planes, f.heat, f.tokens], f.planes_message, **UNREAD, **COMPUTE
+    )
     walk = [f.image, f.walk_bits, f.walk_steps, f.walk_seed]
-    _api(c.bit_walk, walk, [f.walk_gallery, f.walk_plot], "bit_walk", **UNREAD)
-    _ui(f.walk_button.click, c.bit_walk, walk, [f.walk_gallery, f.walk_plot], f.walk_message, **UNREAD)
+    _api(c.bit_walk, walk, [f.walk_gallery, f.walk_plot], "bit_walk", **UNREAD, **COMPUTE)
+    _ui(f.walk_button.click, c.bit_walk, walk, [f.walk_gallery, f.walk_plot], f.walk_message, **UNREAD, **COMPUTE)
 
     found = [*n.galleries, n.verdict, n.scatter, n.heat, n.found]
-    _api(c.neighbours, [n.image, n.k], found, "neighbours", **UNREAD)
-    _ui(n.button.click, c.neighbours, [n.image, n.k], found, n.message, **UNREAD).then(
+    _api(c.neighbours, [n.image, n.k], found, "neighbours", **UNREAD, **COMPUTE)
+    _ui(n.button.click, c.neighbours, [n.image, n.k], found, n.message, **UNREAD, **COMPUTE).then(
         c.second_claim, n.found, n.claim, **PRIVATE
     )
     report = [n.report_image, n.report_text, n.report_flagged, n.report_json]
-    _api(c.memorization_report, [n.count, n.seed, n.plant], report, "memorization_report")
-    _ui(n.report_button.click, c.memorization_report, [n.count, n.seed, n.plant], report, n.report_message)
+    _api(c.memorization_report, [n.count, n.seed, n.plant], report, "memorization_report", **COMPUTE)
+    _ui(n.report_button.click, c.memorization_report, [n.count, n.seed, n.plant], report, n.report_message, **COMPUTE)
 
     space = [t.usage, t.codes, t.umap, t.statistics]
-    _api(c.token_space, None, space, "token_space")
-    _ui(t.button.click, c.token_space, None, space, t.message)
+    _api(c.token_space, None, space, "token_space", **COMPUTE)
+    _ui(t.button.click, c.token_space, None, space, t.message, **COMPUTE)
     _api(c.indexed_image, t.view_id, [t.view_image, t.view_caption], "indexed_image")
     _ui(t.view_button.click, c.indexed_image, t.view_id, [t.view_image, t.view_caption], t.view_caption)
-    _api(c.code_atlas, None, [t.atlas, t.atlas_caption], "code_atlas")
-    _ui(t.atlas_button.click, c.code_atlas, None, [t.atlas, t.atlas_caption], t.atlas_caption)
+    _api(c.code_atlas, None, [t.atlas, t.atlas_caption], "code_atlas", **COMPUTE)
+    _ui(t.atlas_button.click, c.code_atlas, None, [t.atlas, t.atlas_caption], t.atlas_caption, **COMPUTE)
 
     j.stage.change(c.train_presets_update, j.stage, j.preset, **PRIVATE)
     launch = [j.stage, j.name, j.preset, j.dataset, j.overrides]
@@ -492,8 +498,8 @@ def _wire(demo, c: Callbacks, m, g, f, n, t, j, tabs, timer, index_line) -> None
     for button, fn, name in ((j.stop, c.train_stop, "train_stop"), (j.resume, c.train_resume, "train_resume")):
         _api(fn, j.job, [j.table, j.message], name)
         _ui(button.click, fn, j.job, [j.table, j.message], j.message)
-    _api(c.train_load, j.job, [m.info, g.labels, m.message, m.pair, j.message], "train_load")
-    _ui(j.load.click, c.train_load_served, j.job, [*served, m.message, j.message, *cleared], j.message)
+    _api(c.train_load, j.job, [m.info, g.labels, m.message, m.pair, j.message], "train_load", **COMPUTE)
+    _ui(j.load.click, c.train_load_served, j.job, [*served, m.message, j.message, *cleared], j.message, **COMPUTE)
     j.job.change(c.train_curves, j.job, [j.curves, j.sample, j.console], api_name="train_curves")
     timer.tick(c.refresh, j.job, [j.table, j.curves, j.sample, j.console], show_progress="hidden", **PRIVATE)
     demo.load(c.jobs_view, None, [j.table, j.job], **PRIVATE)

@@ -19,15 +19,17 @@ __all__ = ["main", "prepare", "create_app", "launch"]
 def create_app(settings: Settings):
     """(state, demo) ready to launch; the index is opened or built in a background thread."""
     from app.callbacks import Callbacks
+    from app.files import write_images_once
     from app.layout import build
     from app.state import AppState
 
+    write_images_once()  # identical results of concurrent requests share a cached file: never rewrite it
     state = AppState(settings)
     state.start_background()
 
     def blocks():
         demo = build(Callbacks(state))
-        demo.queue(default_concurrency_limit=settings.concurrency, max_size=64)
+        demo.queue(default_concurrency_limit=settings.concurrency, max_size=settings.max_queue)
         return demo
 
     async def in_a_running_loop():

@@ -76,7 +76,8 @@ class Settings:
     data_roots: list[Path] = field(default_factory=list)
     model_roots: list[Path] = field(default_factory=list)  # folders users may load models from (besides runs)
     allow_hub: bool = False  # hub ids on an exposed server
-    concurrency: int = 2
+    concurrency: int = 2  # computing requests at once, all actions together (app/layout.py: COMPUTE)
+    max_queue: int = 64  # requests waiting beyond that; more are refused ("Queue is full")
     max_images: int = 16
     max_upload_mb: float = 10.0
     max_upload_pixels: int = 25_000_000
@@ -213,6 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=whole(1, 64),
         default=_env("MASKBIT_CONCURRENCY", "2"),
         help="requests computed at once; the rest wait in the queue [MASKBIT_CONCURRENCY]",
+    )
+    p.add_argument(
+        "--max-queue",
+        type=whole(1, 10_000),
+        default=_env("MASKBIT_MAX_QUEUE", "64"),
+        help="requests that may wait in the queue; more are refused with 'Queue is full' [MASKBIT_MAX_QUEUE]",
     )
     return p
 

@@ -5,6 +5,7 @@ lossless PNG transport, streamed generation, uploads that reach the app's own lo
 checks first, NaN over HTTP, bounded temporary files, concurrent clients, a real training job, the README example.
 """
 
+import io
 import json
 import re
 import tempfile
@@ -182,6 +183,41 @@ def test_eight_concurrent_clients_generate(app_server):
     assert all(len(r) == 2 for r in results)
     firsts = {np.asarray(Image.open(r[0]["image"])).tobytes() for r in results}
     assert len(firsts) > 1  # different seeds, different images
+
+
+def _images(value) -> list[str]:
+    """Every image file in a gradio_client result (galleries, images), in order."""
+    if isinstance(value, dict):
+        return (
+            [value["image"]] if isinstance(value.get("image"), str) else [p for v in value.values() for p in _images(v)]
+        )
+    if isinstance(value, (list, tuple)):
+        return [p for v in value for p in _images(v)]
+    return [value] if isinstance(value, str) and value.endswith((".png", ".webp")) and Path(value).is_file() else []
+
+
+def test_identical_requests_of_many_clients_all_download_whole_files(app_server, image_file, tmp_path):
+    """Issue 32.4: 32 clients asking for the flips and neighbours of one image got identical results, which Gradio
+    rewrote in place under one cache path while other clients downloaded it: 4 % of the requests failed with
+    "peer closed connection without sending complete message body". Here 8 clients, each with its own session, ask
+    for the same flips and neighbours at once: every request completes, every client gets the same bytes (the race
+    itself: tests/test_app_units.py::test_a_cached_image_is_never_rewritten_while_it_is_downloaded)."""
+    from gradio import processing_utils
+
+    assert processing_utils.save_pil_to_cache.writes_once  # installed by create_app
+
+    def one(number: int) -> list[bytes]:
+        client = Client(app_server.url, verbose=False, download_files=str(tmp_path / f"client-{number}"))
+        image = handle_file(image_file)
+        files = _images(client.predict(image, "0-3", "all", api_name="/flip_bits")[:3])  # original … flipped
+        files += _images(client.predict(image, 4, api_name="/neighbours")[:3])  # the galleries
+        return [Path(f).read_bytes() for f in files]
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one, range(8)))
+    assert len(results[0]) >= 2 + 4 + 2 * 4 and all(r == results[0] for r in results)
+    for data in results[0]:
+        Image.open(io.BytesIO(data)).load()  # whole images
 
 
 def wait_for(predicate, timeout, what):

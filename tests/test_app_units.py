@@ -614,6 +614,49 @@ def test_the_app_keeps_only_its_newest_files():
     assert not folder.exists()
 
 
+_writes: list[str] | None = None  # while a list: the paths opened for writing, seen by the audit hook below
+
+
+def _record_writes(event: str, args: tuple) -> None:
+    if _writes is not None and event == "open" and not isinstance(args[0], int):
+        mode, flags = args[1] or "", args[2] or 0
+        if any(c in mode for c in "wax+") or flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC):
+            _writes.append(os.path.realpath(args[0]))
+
+
+def test_a_cached_image_is_never_rewritten_while_it_is_downloaded(tmp_path):
+    """Issue 32.4: identical results of concurrent requests (the same flips or neighbours of one image) share one
+    path in Gradio's cache, the hash of the encoded image. Gradio wrote it in place each time, truncating a file that
+    a client was downloading ("Too little data for declared Content-Length"). Now a complete file is never opened
+    for writing again: the second save finds it, the download reads the bytes it started on."""
+    import sys
+
+    from gradio import processing_utils
+
+    from app.files import write_images_once
+
+    global _writes
+    write_images_once()
+    sys.addaudithook(_record_writes)  # for the rest of the process; it records only while _writes is a list
+    array = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    first = processing_utils.save_img_array_to_cache(array, str(tmp_path))
+    complete = Path(first).read_bytes()
+    with open(first, "rb") as download:
+        head = download.read(100)
+        _writes = []
+        try:
+            second = processing_utils.save_img_array_to_cache(array, str(tmp_path))  # an identical result
+        finally:
+            written, _writes = _writes, None
+        assert second == first
+        assert os.path.realpath(first) not in written
+        assert os.fstat(download.fileno()).st_ino == os.stat(first).st_ino
+        assert head + download.read() == complete
+    other = processing_utils.save_img_array_to_cache(255 - array, str(tmp_path))
+    assert other != first and Image.open(other).size == (64, 64)  # a new image is written, under its own hash
+    assert sorted(p.name for p in Path(first).parent.iterdir()) == ["image.webp"]  # no staging file left behind
+
+
 def test_the_sampling_widgets_are_named_not_ordered():
     """Issue 28.4: the seven widgets relied on SamplingConfig's field order; now each is a named knob."""
     import dataclasses

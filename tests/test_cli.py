@@ -237,6 +237,7 @@ def test_unreadable_image_is_reported(tmp_path):
         ("indexes.cli", ["report", "--index", "i", "--out", "o", "--percentile", "nan"], "--percentile: must be"),
         ("app.settings", ["--port", "99999"], "--port: must be from 0 to 65535, got 99999"),
         ("app.settings", ["--concurrency", "100000"], "--concurrency: must be from 1 to 64"),
+        ("app.settings", ["--max-queue", "0"], "--max-queue: must be from 1 to 10000, got 0"),
     ],
 )
 def test_sizes_and_seeds_are_bounded_before_anything_runs(capsys, module, argv, message):
