@@ -44,6 +44,7 @@ from indexes.lpips_embedding import LPIPSEmbedding, has_weights
 from indexes.store import ImageIndex, IndexOptions, pixel_features, thumbnails
 from maskbit import Tokenizer
 from maskbit.cli import SEED, whole
+from maskbit.device import PRECISIONS, describe_precision, program_precision, resolve_precision
 from maskbit.images import image_grid
 
 KS = (1, 5, 10)
@@ -341,6 +342,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--index-root", type=Path, default=Path("runs/neighbours"), help="kept between runs")
     parser.add_argument("--examples", type=whole(0, 50), default=4, help="queries shown in neighbours_examples.png")
     parser.add_argument("--seed", type=SEED, default=0, help="which training images are the random ones")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=program_precision(),
+        help="what the tokenizers encode at (default auto, as the app: bf16 where it is native; MASKBIT_PRECISION)",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args(argv)
     ks = tuple(sorted(set(args.k)))
@@ -348,7 +355,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"k = {max(ks)} is more than the {args.train_size} training images")
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    tokenizers = [Tokenizer.from_pretrained(source).inference() for source in args.tokenizers]
+    tokenizers = [Tokenizer.from_pretrained(source).inference(precision=args.precision) for source in args.tokenizers]
+    device = next(tokenizers[0].parameters()).device
+    print(f"encoding in {describe_precision(args.precision, device)}", flush=True)
     sizes = {t.config.image_size for t in tokenizers}
     if len(sizes) > 1:
         parser.error(f"the tokenizers work at different image sizes ({sorted(sizes)}); compare tokenizers of one size")
@@ -397,6 +406,7 @@ def main(argv: list[str] | None = None) -> None:
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{cpu_model()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
         f"torch {torch.__version__}",
+        "precision": resolve_precision(args.precision, device),
         "dataset": f"{args.dataset} (train: first {args.train_size}; queries: {args.split}, first {len(images)})",
         "train_images": args.train_size,
         "queries": len(images),
