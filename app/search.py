@@ -247,9 +247,24 @@ def _verdict_text(result, k: int, index) -> str:
 def _report_text(data: dict, count: int) -> str:
     """The report's verdict, then per metric C_T (Meehan et al. 2020) and the flagged share against chance."""
     from indexes.audit import MEEHAN_MIN_GENERATED
+    from indexes.report import EXCESS_P_VALUE
 
     p = data["percentile"]
-    lines = [f"**{data['verdict']}**", ""]
+    lines = [
+        f"**{data['verdict']}**",
+        "",
+        "Why pixel distance or LPIPS alone never makes a copy: smooth or simple samples sit close to many smooth "
+        "training images in pixels and in LPIPS without copying any one of them; a copy keeps its tokens, so the "
+        "verdict asks the Hamming distance between bit tokens, or Carlini's relative criterion (much closer to one "
+        "training image than to its other neighbours), to agree.",
+        "",
+    ]
+    if "planted" in data:
+        lines[-1:-1] = [
+            "With planted copies, the held-out images are split: half set the thresholds, half are the real images "
+            "the copies hide among; so thresholds and flagged shares differ a little from a report without them.",
+            "",
+        ]
     for metric, d in data["metrics"].items():
         ratio = d["flagged_fraction"] / (p / 100) if p else float("nan")
         if d["c_t"] is not None:
@@ -261,11 +276,13 @@ def _report_text(data: dict, count: int) -> str:
             )
         else:
             c_t = d["c_t_note"] or "C_T not computed"
+        chance = "more than chance" if d["flagged_p_value"] < EXCESS_P_VALUE else "within chance"
         lines.append(
             f"- **{metric}**: {c_t}; {d['flagged_fraction']:.1%} of "
             f"{count} generated images are closer to a training image than the threshold {d['threshold']:.4g}; by "
-            f"construction {p:g} % of held-out real images are, so this is {ratio:.1f}× what chance gives (median "
-            f"nearest distance: generated {d['generated']['median']:.4g}, held-out {d['heldout']['median']:.4g})"
+            f"construction {p:g} % of held-out real images are, so this is {ratio:.1f}× what chance gives "
+            f"(binomial p = {d['flagged_p_value']:.2g}: {chance}, the verdict asks for p < {EXCESS_P_VALUE:g}; "
+            f"median nearest distance: generated {d['generated']['median']:.4g}, held-out {d['heldout']['median']:.4g})"
         )
     cells = next(iter(data["metrics"].values()), {}).get("c_t_cells")
     if cells:

@@ -252,6 +252,9 @@ def test_the_report_uses_the_neighbours_threshold(callbacks, app_server):
     assert len(flagged["value"]) == shown and flagged["visible"] == (shown > 0)
     assert "C_T not computed: it needs a cell (the class of the nearest training image) holding more than 20" in text
     assert Image.open(image).size[0] > 100
+    # issue 35.4: why pixel or LPIPS alone is no copy, and whether each flagged share is more than chance
+    assert "Why pixel distance or LPIPS alone never makes a copy" in text and "held-out images are split" not in text
+    assert text.count("binomial p = ") == len(summary["metrics"]) and "the verdict asks for p < 0.001" in text
 
 
 def test_the_report_plants_copies_when_asked_and_finds_the_exact_ones(callbacks):
@@ -259,6 +262,7 @@ def test_the_report_plants_copies_when_asked_and_finds_the_exact_ones(callbacks)
     image, text, flagged, summary = callbacks.memorization_report(8, 0, 3)
     planted = summary["planted"]
     assert planted["count"] == 3 and set(planted["metrics"]) == set(summary["metrics"])
+    assert "the held-out images are split: half set the thresholds" in text  # why the thresholds moved (issue 35.4)
     for metric, figures in planted["metrics"].items():
         assert figures["recall"]["exact"] == 1.0 and figures["auc"]["exact"] == 1.0, metric
         assert set(figures["recall"]) == set(planted["transforms"]) and 0 <= figures["false_positive_rate"] <= 1
