@@ -36,6 +36,7 @@ from scipy.stats import binom
 
 from indexes import audit
 from indexes import plant as plant_module
+from indexes.sources import load_indexed_images
 from indexes.store import ImageIndex, IndexError_, pixel_features
 from maskbit import bits
 from maskbit.files import atomic_write, write_json_atomic
@@ -277,7 +278,7 @@ def _thin_cells(heldout_cells, generated_cells, tau, planted: bool) -> str | Non
 
 def _planted(index: ImageIndex, ids: np.ndarray, controls: torch.Tensor, report: dict, seed: int):
     """report["planted"] and a picture of the first planted image under every edit."""
-    originals = index.load_images(ids).cpu()
+    originals = load_indexed_images(index, ids).cpu()
     hosts = controls[np.arange(len(ids)) % len(controls)]
     copies = plant_module.plant_copies(originals, index.tokenizer, hosts, seed)
     near_controls, _ = _nearest(index, controls, k=1)
@@ -362,7 +363,7 @@ def _auth_pct(
         return None, "AuthPct not computed: the index holds a single image"
     try:
         if metric == "lpips" and index.sketch is not None:  # only sketches are stored: search with the images again
-            found = index.search(index.load_images(unique), k=2, metrics=["lpips"])["lpips"]
+            found = index.search(load_indexed_images(index, unique), k=2, metrics=["lpips"])["lpips"]
             found_distances, found_ids = found.distances, found.ids
         else:  # the stored vectors (packed codes, thumbnails, φ) are the queries
             vectors = np.stack([index.flat[metric].reconstruct(int(i)) for i in unique])
