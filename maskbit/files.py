@@ -27,6 +27,7 @@ __all__ = [
     "DiskFullError",
     "disk_full_message",
     "explain_full_disk",
+    "is_full_disk",
     "human_bytes",
 ]
 
@@ -133,23 +134,43 @@ def human_bytes(count: float) -> str:
     raise AssertionError
 
 
-def is_full_disk(error: BaseException) -> bool:
-    """An OSError of a full disk or a file-size limit, including numpy's errno-less "N requested and M written" and
-    FAISS's RuntimeError from a short fwrite."""
-    if isinstance(error, DiskFullError):
-        return False  # already explained
+FULL_DISK_WORDS = ("No space left", "File too large", "os error 28", "os error 27", "StorageFull", "FileTooLarge")
+LOW_SPACE = 1 << 20  # less free than this after a failed write: the write failed for space
+
+
+def is_full_disk(error: BaseException, path: str | Path | None = None) -> bool:
+    """Whether `error`, raised while writing at `path`, means a full disk or a file-size limit. Writers say it in
+    different ways: errno ENOSPC/EDQUOT/EFBIG, numpy's errno-less "N requested and M written", FAISS's and
+    safetensors' messages; torch.save only says "unexpected pos", so at `path` a nearly full disk or a file-size limit
+    (RLIMIT_FSIZE) in force also counts."""
+    if isinstance(error, DiskFullError) or not isinstance(error, Exception):
+        return False
     if isinstance(error, OSError) and error.errno in FULL_DISK_ERRNOS:
         return True
     text = str(error)
     if isinstance(error, OSError) and error.errno is None and "requested and" in text and "written" in text:
         return True
-    return isinstance(error, RuntimeError) and ("No space left" in text or "File too large" in text)
+    if any(word in text for word in FULL_DISK_WORDS):
+        return True
+    if path is None or not isinstance(error, (OSError, RuntimeError)):
+        return False
+    if _free_bytes(Path(path)) < LOW_SPACE:
+        return True
+    try:
+        import resource
+
+        return resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY
+    except (ImportError, OSError, ValueError):
+        return False
+
+
+def _free_bytes(path: Path) -> int:
+    probe = next((p for p in (path, *path.parents) if p.exists()), Path("/"))
+    return shutil.disk_usage(probe).free
 
 
 def disk_full_message(path: str | Path, needed: int | None, kept: str) -> str:
-    path = Path(path)
-    probe = next((p for p in (path, *path.parents) if p.exists()), Path("/"))
-    free = shutil.disk_usage(probe).free
+    free = _free_bytes(Path(path))
     need = f"it needed about {human_bytes(needed)}" if needed else "it needed more space"
     return (
         f"the disk is full (or a file-size limit was hit) while writing {path}: {need}, "
@@ -163,8 +184,8 @@ def explain_full_disk(path: str | Path, needed: int | Callable[[], int] | None, 
     that estimates them when the error comes); other errors pass unchanged."""
     try:
         yield
-    except (OSError, RuntimeError) as error:
-        if not is_full_disk(error):
+    except Exception as error:
+        if not is_full_disk(error, path):
             raise
         amount = needed() if callable(needed) else needed
         raise DiskFullError(disk_full_message(path, amount, kept)) from error
