@@ -637,7 +637,7 @@ def export_dataset(
         f"{out_dir} is as it was; the images exported so far are kept in {partial}; free space and run the same "
         "command to continue"
     )
-    with explain_full_disk(partial, needed, kept), atomic_directory(out_dir, keep_partial=same) as folder:
+    with explain_full_disk(partial, needed, kept), atomic_directory(out_dir, resume=same, keep_on_error=True) as folder:
         write_json_atomic(marker, export)
         for name in classes:
             (folder / name).mkdir(exist_ok=True)

@@ -72,19 +72,25 @@ def partial_directory(path: str | Path) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_directory(path: str | Path, keep_partial: bool = False) -> Iterator[Path]:
+def atomic_directory(path: str | Path, resume: bool = False, keep_on_error: bool = False) -> Iterator[Path]:
     """Yield a directory beside `path` to write every file into; when the block ends without an error, it replaces
     `path` in one atomic step (`replace_directory`). A kill or an error leaves `path` as it was.
 
-    keep_partial: start from what an interrupted write left (files written whole, e.g. with atomic_write), so that
-    the same command continues it; otherwise start empty."""
+    resume: start from what an interrupted write left there (files written whole, e.g. with atomic_write), so that
+    the same command continues it; otherwise start empty. keep_on_error: leave what was written for that resume
+    (else it is removed, giving the space back)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = partial_directory(path)
-    if partial.exists() and not keep_partial:
+    if partial.exists() and not resume:
         shutil.rmtree(partial)
     partial.mkdir(exist_ok=True)
-    yield partial
+    try:
+        yield partial
+    except BaseException:
+        if not keep_on_error:
+            shutil.rmtree(partial, ignore_errors=True)
+        raise
     replace_directory(partial, path)
 
 
