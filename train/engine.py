@@ -458,7 +458,7 @@ def train(config: TokenizerTrainConfig | GeneratorTrainConfig, run_dir: str | Pa
     except BaseException as error:
         full = is_full_disk(error, run.path)
         if full:  # a checkpoint write explains itself (_save_checkpoint); any other write is explained here
-            error = DiskFullError(disk_full_message(run.path, None, _kept(run)))
+            error = DiskFullError(disk_full_message(run.path, None, _kept(run, config.stage)))
         if main:
             with contextlib.suppress(OSError):  # on a full disk the status and the log may not be written either
                 run.write_status(state="failed", pid=None, last_error=f"{type(error).__name__}: {error}")
@@ -469,11 +469,12 @@ def train(config: TokenizerTrainConfig | GeneratorTrainConfig, run_dir: str | Pa
         raise
 
 
-def _kept(run: RunDir) -> str:
+def _kept(run: RunDir, stage: str) -> str:
     """What a run that stops now keeps, and how to continue it."""
     latest = run.latest_checkpoint()
     kept = f"the run keeps its checkpoint step-{latest[0]}" if latest else "the run has no checkpoint yet"
-    return f"{kept} in {run.checkpoints_dir}; free space and run the same command with --resume to continue"
+    resume = f"python -m train {stage} --run-dir {run.path} --resume"
+    return f"{kept} in {run.checkpoints_dir}; free space and continue with `{resume}`"
 
 
 def _save_checkpoint(accelerator: Accelerator, stage, run: RunDir, step: int, config) -> None:
@@ -485,7 +486,7 @@ def _save_checkpoint(accelerator: Accelerator, stage, run: RunDir, step: int, co
     latest = run.latest_checkpoint()
     needed = _folder_bytes(latest[1]) if latest else None  # a checkpoint is about as large as the one before
     try:
-        with explain_full_disk(tmp, needed, _kept(run)):
+        with explain_full_disk(tmp, needed, _kept(run, config.stage)):
             accelerator.save_state(str(tmp))
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
