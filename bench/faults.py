@@ -12,6 +12,7 @@ that names the disk space, then, after `mount -o remount,size=...` (space freed)
 the uninterrupted result. Needs root (mount). Results: bench/results/faults.json.
 
     .venv/bin/python -m bench.faults --trials 10
+    .venv/bin/python -m bench.faults --trials 10 --cases index report train --faults kill --into-writes
 """
 
 from __future__ import annotations
@@ -95,12 +96,20 @@ def timed(command: list[str], written) -> tuple[float, float]:
     return (first if first is not None else 0.0), end
 
 
+INTO_WRITES: list[bool] = [False]  # --into-writes: every kill waits for the next write to begin, then lands in it
+
+
 def kill_at(command: list[str], moment: float, inside) -> bool:
-    """Start `command`, kill -9 it `moment` seconds later; returns whether it was inside a write (`inside()`)."""
+    """Start `command`, kill -9 it `moment` seconds later (with --into-writes: at a random point of the first write
+    that `inside()` sees after that moment); returns whether it was inside a write."""
     process = spawn(command)
     deadline = time.time() + moment
     while time.time() < deadline and process.poll() is None:
         time.sleep(0.002)
+    if INTO_WRITES[0]:
+        while not inside() and process.poll() is None:
+            time.sleep(0.0005)
+        time.sleep(random.uniform(0, 0.001))
     landed = inside()
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -156,7 +165,7 @@ def index_case(results: dict, trials: int, work: Path) -> None:
     reference = work / "index-reference"
     first, end = timed(index_command(reference), lambda: committed(reference) > 0)
     expected = index_contents(reference)
-    for trial in range(trials):
+    for trial in range(trials if KILLS[0] else 0):
         out = work / f"index-kill-{trial}"
         inside = kill_at(
             index_command(out),
@@ -174,7 +183,7 @@ def index_case(results: dict, trials: int, work: Path) -> None:
         )
         shutil.rmtree(out)
     needed = sum(f.stat().st_size for f in reference.rglob("*") if f.is_file())
-    for _ in range(trials):
+    for _ in range(trials if FULL_DISKS[0] else 0):
         with tmpfs(random.randint(needed // 20, needed)) as disk:
             out = disk / "index"
             failed = run(index_command(out))
@@ -210,7 +219,7 @@ def report_case(results: dict, trials: int, work: Path) -> None:
     reference = work / "report-reference"
     first, end = timed(report_command(index, reference), lambda: (work / ".report-reference.partial").exists())
     expected = report_json(reference)
-    for trial in range(trials):
+    for trial in range(trials if KILLS[0] else 0):
         out = work / f"report-kill-{trial}"
         partial = work / f".report-kill-{trial}.partial"
         inside = kill_at(report_command(index, out), random.uniform(first * 0.5, end), partial.exists)
@@ -229,7 +238,7 @@ def report_case(results: dict, trials: int, work: Path) -> None:
         )
         shutil.rmtree(out, ignore_errors=True)
     needed = sum(f.stat().st_size for f in reference.rglob("*") if f.is_file())
-    for _ in range(trials):
+    for _ in range(trials if FULL_DISKS[0] else 0):
         with tmpfs(random.randint(needed // 20, needed - 4096)) as disk:
             out = disk / "report"
             failed = run(report_command(index, out))
@@ -286,7 +295,7 @@ def train_case(results: dict, trials: int, work: Path) -> None:
     reference = work / "train-reference"
     first, end = timed(train_command(reference), lambda: (reference / "checkpoints").is_dir())
     expected = train_result(reference)
-    for trial in range(trials):
+    for trial in range(trials if KILLS[0] else 0):
         run_dir = work / f"train-kill-{trial}"
         checkpoints = run_dir / "checkpoints"
         inside = kill_at(
@@ -307,7 +316,7 @@ def train_case(results: dict, trials: int, work: Path) -> None:
         )
         shutil.rmtree(run_dir)
     needed = sum(f.stat().st_size for f in reference.rglob("*") if f.is_file())
-    for _ in range(trials):
+    for _ in range(trials if FULL_DISKS[0] else 0):
         with tmpfs(random.randint(needed // 10, needed)) as disk:
             run_dir = disk / "run"
             failed = run(train_command(run_dir))
@@ -398,7 +407,7 @@ def app_case(results: dict, trials: int, work: Path) -> None:
     stop(start_app_until(reference, ready))
     end = time.time() - start
     expected = index_contents(app_index(reference))
-    for trial in range(trials):
+    for trial in range(trials if KILLS[0] else 0):
         root = work / f"app-kill-{trial}"
         moment = random.uniform(first, end)
         process = start_app_until(root, lambda: False, timeout=moment)
@@ -415,7 +424,7 @@ def app_case(results: dict, trials: int, work: Path) -> None:
         )
         shutil.rmtree(root)
     needed = sum(f.stat().st_size for f in reference.rglob("*") if f.is_file())
-    for _ in range(trials):
+    for _ in range(trials if FULL_DISKS[0] else 0):
         from tests.conftest import free_port
 
         with tmpfs(random.randint(needed // 20, needed // 2)) as disk:
@@ -448,6 +457,8 @@ def app_case(results: dict, trials: int, work: Path) -> None:
             )
 
 
+KILLS, FULL_DISKS = [True], [True]  # --faults
+
 CASES = {"index": index_case, "report": report_case, "train": train_case, "app": app_case}
 
 
@@ -455,10 +466,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=10, help="kills and full disks per case")
     parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
+    parser.add_argument("--faults", nargs="+", choices=["kill", "full"], default=["kill", "full"])
+    parser.add_argument("--into-writes", action="store_true", help="every kill lands inside a save or checkpoint")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "faults.json"))
     args = parser.parse_args()
     random.seed(args.seed)
+    KILLS[0], FULL_DISKS[0], INTO_WRITES[0] = "kill" in args.faults, "full" in args.faults, args.into_writes
     results: dict = {}
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="faults-") as work:
