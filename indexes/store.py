@@ -361,8 +361,21 @@ class ImageIndex:
         return index
 
     @classmethod
-    def open(cls, directory: str | Path, tokenizer: Tokenizer) -> ImageIndex:
+    def open(cls, directory: str | Path, tokenizer: Tokenizer, attempts: int = 3) -> ImageIndex:
+        """The index at `directory`, as its last save committed it. Should a save by another process commit (and
+        remove the generation being read) during the read, the new generation is read."""
         directory = Path(directory)
+        for attempt in range(attempts):
+            before = _committed_generation(directory)
+            try:
+                return cls._open(directory, tokenizer)
+            except IndexError_:
+                if attempt + 1 == attempts or _committed_generation(directory) == before:
+                    raise
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def _open(cls, directory: Path, tokenizer: Tokenizer) -> ImageIndex:
         try:
             manifest = IndexManifest.from_json(json.loads((directory / MANIFEST).read_text()))
         except FileNotFoundError:
@@ -754,6 +767,13 @@ class ImageIndex:
     def token_distance_map(self, tokens: torch.Tensor, neighbour_id: int) -> np.ndarray:
         """Per-token Hamming distance (h, w) between one token grid and an indexed image."""
         return bits.hamming(tokens.cpu().long(), torch.from_numpy(self.tokens[neighbour_id]).long()).numpy()
+
+
+def _committed_generation(directory: Path) -> int | None:
+    try:
+        return int(json.loads((directory / MANIFEST).read_text()).get("generation", 0))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
 
 
 def token_dtype(num_bits: int) -> np.dtype:
