@@ -109,7 +109,7 @@ def kill_at(command: list[str], moment: float, inside) -> bool:
     if INTO_WRITES[0]:
         while not inside() and process.poll() is None:
             time.sleep(0.0005)
-        time.sleep(random.uniform(0, 0.001))
+        time.sleep(random.uniform(0, 0.0003))
     landed = inside()
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -222,7 +222,8 @@ def report_case(results: dict, trials: int, work: Path) -> None:
     for trial in range(trials if KILLS[0] else 0):
         out = work / f"report-kill-{trial}"
         partial = work / f".report-kill-{trial}.partial"
-        inside = kill_at(report_command(index, out), random.uniform(first * 0.5, end), partial.exists)
+        moment = random.uniform(0, first) if INTO_WRITES[0] else random.uniform(first * 0.5, end)  # before the write
+        inside = kill_at(report_command(index, out), moment, partial.exists)
         state_after_kill = (
             "complete" if (out / "report.json").is_file() else ("absent" if not out.exists() else "mixed")
         )
