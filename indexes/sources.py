@@ -15,17 +15,18 @@ from typing import Any
 import torch
 
 from data import eval_view
-from indexes.store import ImageIndex, IndexError_
+from indexes.errors import IndexError_
 from maskbit.images import load_image
 
 __all__ = ["load_indexed_images"]
 
 # index → {(spec, split): dataset view}: a dataset view is built once per index, not once per call
-_VIEWS: weakref.WeakKeyDictionary[ImageIndex, dict[tuple[str, str], Any]] = weakref.WeakKeyDictionary()
+_VIEWS: weakref.WeakKeyDictionary[Any, dict[tuple[str, str], Any]] = weakref.WeakKeyDictionary()
 
 
-def load_indexed_images(index: ImageIndex, ids: Sequence[int]) -> torch.Tensor:
-    """Indexed images (B, 3, S, S) in [0, 1] (S = the index's image size) of the given ids, read from their sources."""
+def load_indexed_images(index: Any, ids: Sequence[int]) -> torch.Tensor:
+    """Images (B, 3, S, S) in [0, 1] of the given ids of `index` (an `indexes.store.ImageIndex`, which imports this
+    module where it re-ranks by exact LPIPS; S = its image size), read from their sources."""
     size, described = index.image_size, index.dataset
     views = _VIEWS.setdefault(index, {})
     images = []

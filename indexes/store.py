@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from indexes.backends import TorchFlat, available_backend, faiss, file_name, new_flat, read_flat, write_flat
+from indexes.errors import IndexError_
 from indexes.lpips_embedding import CountSketch, LPIPSEmbedding
 from maskbit import Tokenizer, bits
 from maskbit.files import explain_full_disk, write_json_atomic
@@ -77,10 +78,6 @@ FORMAT_1_FILES = {
     "sources.jsonl",
 }
 FORMAT_1_TEMPORARY = tuple(f".{name}." for name in sorted(FORMAT_1_FILES))
-
-
-class IndexError_(ValueError):
-    """An index that cannot be used as asked; the message says why and what to do."""
 
 
 @dataclass(frozen=True)
