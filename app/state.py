@@ -24,6 +24,7 @@ from indexes.store import ImageIndex, IndexError_, IndexOptions
 from maskbit import Tokenizer
 from maskbit.analysis import MAX_DRAWN_BITS, Atlas, code_atlas
 from maskbit.device import run_in_background
+from maskbit.files import DiskFullError
 
 logger = logging.getLogger("app")
 
@@ -217,7 +218,7 @@ class AppState:
                 must_exist=bool(self.settings.index),
                 progress=progress,
             )
-        except IndexError_ as error:
+        except (IndexError_, DiskFullError) as error:  # a full disk: the message says what was kept; serving goes on
             self._set_status(generation, IndexStatus("unavailable", message=str(error)))
             return
         with self.lock:

@@ -334,7 +334,7 @@ def check_index(check: Check) -> list[dict]:
         options=IndexOptions(random_lpips_backbone=not has_weights("alex")),
     )
     built = time.perf_counter() - start
-    heldout = heldout_images("procedural", check.sizes.heldout, index.manifest["image_size"])
+    heldout = heldout_images("procedural", check.sizes.heldout, index.image_size)
     start = time.perf_counter()
     calibrate(index, heldout)
     calibrated = time.perf_counter() - start
@@ -342,7 +342,7 @@ def check_index(check: Check) -> list[dict]:
     return [
         {
             "images": len(index),
-            "metrics": index.manifest["metrics"],
+            "metrics": list(index.metrics),
             "build_s": built,
             "images_per_s": len(index) / built,
             "calibrate_s": calibrated,

@@ -41,7 +41,8 @@ import torch
 from data import split_images
 from indexes.build import build_dataset_index
 from indexes.lpips_embedding import LPIPSEmbedding, has_weights
-from indexes.store import ImageIndex, IndexOptions, pixel_features, thumbnails
+from indexes.sources import load_indexed_images
+from indexes.store import MANIFEST, ImageIndex, IndexOptions, pixel_features, thumbnails
 from maskbit import Tokenizer
 from maskbit.cli import SEED, whole
 from maskbit.device import PRECISIONS, describe_precision, program_precision, resolve_precision
@@ -91,7 +92,7 @@ def full_resolution_mse(index: ImageIndex, images: torch.Tensor, sets: dict[str,
     found = {name: np.zeros(ids.shape) for name, ids in sets.items()}
     for q in range(len(images)):
         wanted = np.unique(np.concatenate([ids[q] for ids in sets.values()]))
-        mse = ((index.load_images(wanted) - images[q].cpu()) ** 2).mean((1, 2, 3)).numpy()
+        mse = ((load_indexed_images(index, wanted) - images[q].cpu()) ** 2).mean((1, 2, 3)).numpy()
         lookup = dict(zip(wanted.tolist(), mse.tolist()))
         for name, ids in sets.items():
             found[name][q] = [lookup[i] for i in ids[q].tolist()]
@@ -181,7 +182,7 @@ def open_index(
     options = IndexOptions(metrics=tuple(metrics), random_lpips_backbone=lpips == "random")
     tag = "-".join(metrics) + ("-randomlpips" if lpips == "random" else "")
     directory = root / f"{short_name(source)}-{short_name(dataset)}-{resolution}px-{size}-{tag}"
-    before = len(ImageIndex.open(directory, tokenizer)) if (directory / "manifest.json").is_file() else 0
+    before = len(ImageIndex.open(directory, tokenizer)) if (directory / MANIFEST).is_file() else 0
     started = time.time()
     index = build_dataset_index(
         directory, tokenizer, dataset=dataset, resolution=resolution, limit=size, options=options

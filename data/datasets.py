@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import csv
 import glob
+import hashlib
 import io
+import json
 import logging
 import math
 import os
@@ -34,7 +36,7 @@ from scipy.ndimage import gaussian_filter
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from maskbit.files import atomic_write
+from maskbit.files import atomic_directory, atomic_write, explain_full_disk, partial_directory, write_json_atomic
 from maskbit.images import IMAGE_SUFFIXES, fit_square, read_image, resize_center_crop, to_tensor
 
 __all__ = [
@@ -269,6 +271,7 @@ class ProceduralShapes(Dataset):
 # Image folders
 # ---------------------------------------------------------------------------------------------------------------------
 
+EXPORT_MARKER = ".export.json"  # in an unfinished export: what it exports (a resume reuses only the same export)
 CLASS_LIST = "classes.txt"  # optional, one class name per line: fixes the label order (written by export_dataset)
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
@@ -602,29 +605,61 @@ def export_dataset(
 ) -> Path:
     """Write samples [start, start + limit) (to the end when `limit` is None) as `out_dir/<class>/<index:07d>.png`,
     with `labels.csv` (path,label,class_name; paths relative to `out_dir`) and `classes.txt` (the label order), so
-    that `ImageFolder(out_dir)` reads the same labels and class names back. Returns `out_dir`."""
+    that `ImageFolder(out_dir)` reads the same labels and class names back. Returns `out_dir`.
+
+    All or nothing: the files go into a hidden folder beside `out_dir`, which replaces `out_dir` in one step when
+    every image is there. A kill or a full disk leaves `out_dir` as it was; the same call continues where it stopped
+    (each image is written whole, and one of another export is never reused). A full disk raises DiskFullError."""
     out_dir = Path(out_dir)
     classes = list(getattr(dataset, "classes", []))
     stop = len(dataset) if limit is None else min(len(dataset), start + limit)
-    for name in classes:
-        (out_dir / name).mkdir(parents=True, exist_ok=True)
-    rows = []
-    for index in tqdm(range(start, stop), desc=f"export → {out_dir}", disable=not progress):
-        image, label = dataset[index]
-        name = classes[label] if label < len(classes) else str(label)
-        relative = f"{name}/{index:07d}.png"
-        (out_dir / name).mkdir(parents=True, exist_ok=True)
-        image.save(out_dir / relative)
-        rows.append((relative, label, name))
-    if classes:
-        atomic_write(out_dir / CLASS_LIST, lambda tmp: Path(tmp).write_text("".join(f"{name}\n" for name in classes)))
+    if out_dir.is_file() or (out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "labels.csv").is_file()):
+        raise ValueError(f"out: {out_dir} exists and is not a dataset export, which would be replaced; choose another")
+    first, _ = dataset[start] if stop > start else (None, None)
+    export = {
+        "dataset": type(dataset).__name__,
+        "length": len(dataset),
+        "classes": classes,
+        "start": start,
+        "stop": stop,
+        "first": hashlib.sha256(first.tobytes()).hexdigest() if first is not None else None,
+    }
+    partial = partial_directory(out_dir)
+    marker = partial / EXPORT_MARKER
+    same = marker.is_file() and json.loads(marker.read_text()) == export
+    rows, written = [], []
 
-    def write_labels(tmp: str) -> None:
-        with open(tmp, "w", newline="") as file:
-            writer = csv.writer(file)
-            writer.writerow(("path", "label", "class_name"))
-            writer.writerows(rows)
+    def needed() -> int:  # the images still to write, at the size of those written
+        sizes = [(partial / relative).stat().st_size for relative in written[-100:] if (partial / relative).exists()]
+        return int((stop - start - len(written)) * (sum(sizes) / len(sizes) if sizes else 0)) or None
 
-    atomic_write(out_dir / "labels.csv", write_labels)
+    kept = (
+        f"{out_dir} is as it was; the images exported so far are kept in {partial}; free space and run the same "
+        "command to continue"
+    )
+    with explain_full_disk(partial, needed, kept), atomic_directory(out_dir, resume=same, keep_on_error=True) as folder:
+        write_json_atomic(marker, export)
+        for name in classes:
+            (folder / name).mkdir(exist_ok=True)
+        for index in tqdm(range(start, stop), desc=f"export → {out_dir}", disable=not progress):
+            image, label = dataset[index]
+            name = classes[label] if label < len(classes) else str(label)
+            relative = f"{name}/{index:07d}.png"
+            if not (folder / relative).is_file():  # else written whole by an export that was stopped
+                (folder / name).mkdir(parents=True, exist_ok=True)
+                atomic_write(folder / relative, lambda tmp, image=image: image.save(tmp, format="PNG"))
+            rows.append((relative, label, name))
+            written.append(relative)
+        if classes:
+            atomic_write(folder / CLASS_LIST, lambda tmp: Path(tmp).write_text("".join(f"{c}\n" for c in classes)))
+
+        def write_labels(tmp: str) -> None:
+            with open(tmp, "w", newline="") as file:
+                writer = csv.writer(file)
+                writer.writerow(("path", "label", "class_name"))
+                writer.writerows(rows)
+
+        atomic_write(folder / "labels.csv", write_labels)
+        marker.unlink()
     logger.info("exported %d images to %s", len(rows), out_dir)
     return out_dir

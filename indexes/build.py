@@ -1,11 +1,12 @@
 """Building an index of a dataset split, calibrating its memorization thresholds, and its token-space projection.
 
 Used by `python -m indexes build` and by the app, which asks `ready_index` for the index of its tokenizer (built
-from the bundled dataset on first start). Each step is resumable or cached in the index directory:
+from the bundled dataset on first start). Each step is resumable or cached in the index directory, and every save is
+all-or-nothing (indexes/store.py): a kill or a full disk leaves the last saved state, which the same call continues.
 
     ready_index           open, extend or build, then calibrate: an index ready to search, or IndexError_ saying why not
     build_dataset_index   images already indexed are skipped (the index is saved every `save_every` batches)
-    calibrate             manifest["calibration"]: per metric, the p-th percentile of held-out nearest distances
+    calibrate             the manifest's calibration: per metric, the p-th percentile of held-out nearest distances
     token_projection      projection.npy: a 2-D UMAP of the indexed images' bit tokens
 """
 
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 
 from data import eval_view, heldout_images
-from indexes.store import ImageIndex, IndexError_, IndexOptions, save_npy
+from indexes.store import MANIFEST, Calibration, ImageIndex, IndexedDataset, IndexError_, IndexOptions, save_npy
 from maskbit import Tokenizer, bits
 from maskbit.device import fit_threads
 from maskbit.files import atomic_write
@@ -59,14 +60,15 @@ def ready_index(
     - An index there is opened; one built with another tokenizer is refused (IndexError_).
     - Nothing there: with `must_exist` (a directory the user named) refused; for a tokenizer of more than
       MAX_BUILD_RESOLUTION pixels refused with the command that builds one; otherwise the first `limit` images of
-      `dataset` are indexed at `resolution` (default: the tokenizer's image size).
+      `dataset` are indexed at `resolution` (default: the tokenizer's image size), their tokens computed at the
+      tokenizer's precision (ImageIndex.create).
     - An index of `dataset` with fewer than `limit` images is extended (a build continues where it stopped).
     - An index of a dataset that has no thresholds yet is calibrated on `heldout` held-out images of it.
     """
     directory = Path(directory)
     progress = progress or (lambda done, total, what: None)
     resolution = resolution or tokenizer.config.image_size
-    index = ImageIndex.open(directory, tokenizer) if (directory / "manifest.json").is_file() else None
+    index = ImageIndex.open(directory, tokenizer) if (directory / MANIFEST).is_file() else None
     if index is None and must_exist:
         raise IndexError_(f"{directory} is not an index (no manifest.json); build it with `python -m indexes build`")
     if index is None and resolution > MAX_BUILD_RESOLUTION:
@@ -112,14 +114,15 @@ def build_dataset_index(
 
     A compressed LPIPS index (`options.lpips_factory` other than "Flat") is first trained on the first `train_size`
     images. With `processes` (several, e.g. under `accelerate launch`), each process indexes a contiguous share of the
-    images still missing into its own resumable part (`<out>.parts/`), on its own device; the main process then
-    appends the parts in order, so the result equals a one-process build."""
+    images still missing into its own resumable part (`<out>.parts/from-<done>-to-<total>/`), on its own device; the
+    main process then appends the parts in order and saves the index in one commit, so the result equals a
+    one-process build. Parts of another starting point (left by a kill after that commit) are removed first."""
     out = Path(out)
     options = options or IndexOptions()
     resolution = resolution or tokenizer.config.image_size
     view = eval_view(dataset, split, seed, resolution)
     total = min(limit or len(view), len(view))
-    described = {"spec": dataset, "split": split, "seed": seed, "classes": view.classes}
+    described = IndexedDataset(dataset, split, seed, tuple(view.classes))
     if processes is None or processes.num_processes == 1:
         index = _open_or_create(out, tokenizer, resolution, options, described)
         if index.needs_training:
@@ -129,17 +132,26 @@ def build_dataset_index(
         _index_items(index, view, range(len(index), total), 0, batch_size, save_every, progress)
         return index
 
+    parts_root = out.with_name(out.name + ".parts")
     if processes.is_main_process:
-        _open_or_create(out, tokenizer, resolution, options, described)
+        done = len(_open_or_create(out, tokenizer, resolution, options, described))
+        if parts_root.is_dir():  # parts of another starting point: merged by a run killed before their removal
+            for stale in parts_root.iterdir():
+                if stale.name != f"from-{done}-to-{total}":
+                    shutil.rmtree(stale)
     processes.wait_for_everyone()
     index = ImageIndex.open(out, tokenizer)
     # Parts store raw LPIPS vectors and no HNSW graph: the merge compresses and links them in the final index.
     rank, count, done = processes.process_index, processes.num_processes, len(index)
     first, stop = done + (total - done) * rank // count, done + (total - done) * (rank + 1) // count
-    parts_dir = out.with_name(out.name + ".parts")
+    parts_dir = parts_root / f"from-{done}-to-{total}"
     raw = dataclasses.replace(options, approximate_hamming=False, lpips_factory="Flat")
     part = _open_or_create(
-        parts_dir / f"part-{rank}-of-{count}", tokenizer, resolution, raw, {**described, "part": [first, stop]}
+        parts_dir / f"part-{rank}-of-{count}",
+        tokenizer,
+        resolution,
+        raw,
+        dataclasses.replace(described, part=(first, stop)),
     )
     _index_items(part, view, range(first + len(part), stop), first, batch_size, save_every, progress)
     processes.wait_for_everyone()
@@ -155,36 +167,33 @@ def build_dataset_index(
             index.train_lpips_vectors(np.concatenate(sample))
         for p in parts:
             index.extend(p)
-        index.save()
-        shutil.rmtree(parts_dir)
+        index.save()  # the commit: the parts are merged
+        shutil.rmtree(parts_root)
     processes.wait_for_everyone()
     return ImageIndex.open(out, tokenizer)
 
 
 def _open_or_create(
-    out: Path, tokenizer: Tokenizer, resolution: int, options: IndexOptions, described: dict
+    out: Path, tokenizer: Tokenizer, resolution: int, options: IndexOptions, described: IndexedDataset
 ) -> ImageIndex:
     """The index at `out` if it indexes the same images (continue it), else a new one."""
-    if (out / "manifest.json").is_file():
+    if (out / MANIFEST).is_file():
         index = ImageIndex.open(out, tokenizer)
-        if index.manifest.get("dataset", {}) != described:
+        if index.dataset != described:
             raise IndexError_(
-                f"{out} indexes {index.manifest.get('dataset')}, not {described}; use `python -m indexes add` to "
-                "add other images, or delete it (a leftover part of a multi-process build with other settings)"
+                f"{out} indexes {index.dataset}, not {described}; use `python -m indexes add` to add other images, or "
+                "delete it (a leftover part of a multi-process build with other settings)"
             )
         return index
-    index = ImageIndex.create(out, tokenizer, resolution, options)
-    index.manifest["dataset"] = described
-    index.save()
-    return index
+    return ImageIndex.create(out, tokenizer, resolution, options, described)
 
 
 def _index_items(
     index: ImageIndex, view, items: range, base: int, batch_size: int, save_every: int, progress: Progress | None
 ) -> None:
     """Add dataset items (in order, after those `index` holds), saving a resumable point every `save_every`
-    batches; progress counts from item `base`. Sources are "spec:split:i", which `ImageIndex.load_images` reads."""
-    spec, split = index.manifest["dataset"]["spec"], index.manifest["dataset"]["split"]
+    batches; progress counts from item `base`. Sources are "spec:split:i", which `indexes.sources` reads."""
+    spec, split = index.dataset.spec, index.dataset.split
     for n, first in enumerate(range(items.start, items.stop, batch_size)):
         ids = range(first, min(first + batch_size, items.stop))
         fit_threads(index.device)  # LPIPS and the pixels; the tokenizer fits its own
@@ -225,7 +234,7 @@ def calibrate(
         }
         for metric, values in nearest.items()
     }
-    index.manifest["calibration"] = calibration
+    index.manifest.calibration = {metric: Calibration(**values) for metric, values in calibration.items()}
     index.save()
     return calibration
 

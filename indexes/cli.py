@@ -19,6 +19,7 @@ from indexes.store import METRICS, ImageIndex, IndexOptions
 from maskbit import Tokenizer
 from maskbit.cli import BATCH, IMAGE_SIZE, MAX_IMAGES, SEED, add_command, load_indices, real, run_command, whole
 from maskbit.device import add_device_arguments, pick_device
+from maskbit.files import DiskFullError
 from maskbit.images import find_images, load_image
 
 logger = logging.getLogger("indexes")
@@ -346,4 +347,5 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    return run_command(args, (MissingBackboneError, ValueError, FileNotFoundError))  # IndexError_ is a ValueError
+    expected = (MissingBackboneError, ValueError, FileNotFoundError, DiskFullError)  # IndexError_ is a ValueError
+    return run_command(args, expected)

@@ -28,6 +28,8 @@ Each sentence gives every metric's C_T and flagged share.
 from __future__ import annotations
 
 import html
+import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -36,9 +38,10 @@ from scipy.stats import binom
 
 from indexes import audit
 from indexes import plant as plant_module
+from indexes.sources import load_indexed_images
 from indexes.store import ImageIndex, IndexError_, pixel_features
 from maskbit import bits
-from maskbit.files import atomic_write, write_json_atomic
+from maskbit.files import atomic_directory, atomic_write, explain_full_disk, write_json_atomic
 from maskbit.images import image_grid, to_pil
 
 __all__ = ["memorization_report", "verdict"]
@@ -47,6 +50,8 @@ AXIS_NAMES = {"hamming": "Hamming distance (bits)", "lpips": "LPIPS", "pixel": "
 COPYING_C_T = -3.0  # C_T below this reads as closer than held-out images (about N(0, 1) under H0)
 EXCESS_P_VALUE = 1e-3  # a flagged count this unlikely at the held-out rate reads as an excess
 MIN_CELL_HELDOUT = 2  # held-out images a C_T cell needs (one gives no spread to rank against)
+REPORT_FILE = re.compile(r"^(report\.(json|html|png)|closest_\w+\.png|planted\.png)$")
+PLOT_BYTES = 8 << 20  # about what the HTML page (plotly inline) and the PNG of the plots take
 
 
 def memorization_report(
@@ -71,11 +76,14 @@ def memorization_report(
     the hosts of the half-pasted copies), so that the false-positive rate is measured on images the threshold never
     saw. plant_seed draws the planted images and the noise.
 
-    Bad input raises ValueError naming the parameter before any file is written; the files are written at the end,
-    each whole, report.json last. A statistic that the data cannot support is left out with a note that says why
-    (e.g. `c_t_note` when a cell that enters C_T holds fewer than 2 held-out images: which cells enter depends on
-    where the generations fall, so the rest of the report is kept)."""
+    Bad input raises ValueError naming the parameter before any file is written; the files are written at the end
+    into a folder beside `out` that replaces `out` in one step (a kill or a full disk leaves the previous report;
+    a full disk raises DiskFullError saying so). A statistic that the data cannot support is left out with a note that
+    says why (e.g. `c_t_note` when a cell that enters C_T holds fewer than 2 held-out images: which cells enter
+    depends on where the generations fall, so the rest of the report is kept)."""
     generated, heldout = generated.cpu(), heldout.cpu()  # the index searches on its own device
+    out = Path(out)
+    _check_out(out)
     _check_images(generated, "generated")
     _check_images(heldout, "heldout")
     if tau is not None and not 0 < tau < 1:  # also refuses NaN
@@ -91,7 +99,6 @@ def memorization_report(
                 f"give at least 4, got {len(heldout)}"
             )
         heldout, controls = heldout[0::2], heldout[1::2]
-    out = Path(out)
     names = generated_names or [f"generated:{i}" for i in range(len(generated))]
     neighbours = min(audit.CARLINI_NEIGHBOURS, len(index))  # Carlini's n, or all there is in a small index
     near_generated, generated_tokens = _nearest(index, generated, k=neighbours)
@@ -159,15 +166,30 @@ def memorization_report(
         report["planted"], examples = _planted(index, ids, controls, report, plant_seed)
     report["verdict"] = verdict(report)
 
-    # Everything is computed: write the files, each whole, the report itself last.
-    out.mkdir(parents=True, exist_ok=True)
-    for metric, grid in galleries.items():
-        _save_png(grid, out / f"closest_{metric}.png")
-    if examples is not None:
-        _save_png(examples, out / "planted.png")
-    _plots(report, out)
-    write_json_atomic(out / "report.json", report)
+    # Everything is computed: write the files into a folder beside `out`, which then replaces it in one step.
+    pictures = [*galleries.values(), *([examples] if examples is not None else [])]
+    needed = sum(p.numel() for p in pictures) + 3 * len(json.dumps(report)) + PLOT_BYTES
+    kept = f"{out} is as it was (no new report was written); free space and run the same command"
+    with explain_full_disk(out, needed, kept), atomic_directory(out) as folder:
+        for metric, grid in galleries.items():
+            _save_png(grid, folder / f"closest_{metric}.png")
+        if examples is not None:
+            _save_png(examples, folder / "planted.png")
+        _plots(report, folder)
+        write_json_atomic(folder / "report.json", report)
     return report
+
+
+def _check_out(out: Path) -> None:
+    """`out` is replaced as a whole: refuse a folder that holds anything but a report's files."""
+    if out.is_file():
+        raise ValueError(f"out: {out} is a file; give a folder for the report")
+    others = sorted(p.name for p in out.iterdir() if not REPORT_FILE.match(p.name)) if out.is_dir() else []
+    if others:
+        raise ValueError(
+            f"out: {out} holds other files than a report ({', '.join(others[:3])}...), which writing a report there "
+            "would replace; choose a new folder"
+        )
 
 
 def verdict(report: dict) -> str:
@@ -277,7 +299,7 @@ def _thin_cells(heldout_cells, generated_cells, tau, planted: bool) -> str | Non
 
 def _planted(index: ImageIndex, ids: np.ndarray, controls: torch.Tensor, report: dict, seed: int):
     """report["planted"] and a picture of the first planted image under every edit."""
-    originals = index.load_images(ids).cpu()
+    originals = load_indexed_images(index, ids).cpu()
     hosts = controls[np.arange(len(ids)) % len(controls)]
     copies = plant_module.plant_copies(originals, index.tokenizer, hosts, seed)
     near_controls, _ = _nearest(index, controls, k=1)
@@ -362,7 +384,7 @@ def _auth_pct(
         return None, "AuthPct not computed: the index holds a single image"
     try:
         if metric == "lpips" and index.sketch is not None:  # only sketches are stored: search with the images again
-            found = index.search(index.load_images(unique), k=2, metrics=["lpips"])["lpips"]
+            found = index.search(load_indexed_images(index, unique), k=2, metrics=["lpips"])["lpips"]
             found_distances, found_ids = found.distances, found.ids
         else:  # the stored vectors (packed codes, thumbnails, φ) are the queries
             vectors = np.stack([index.flat[metric].reconstruct(int(i)) for i in unique])

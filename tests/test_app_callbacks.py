@@ -243,9 +243,9 @@ def test_the_report_uses_the_neighbours_threshold(callbacks, app_server):
     assert text.startswith(f"**{summary['verdict']}**") and summary["verdict"].startswith(
         ("No sign", "No copy confirmed", "Possible")
     )
-    calibration = app_server.state.index.manifest["calibration"]
+    calibration = app_server.state.index.calibration
     for metric, figures in summary["metrics"].items():  # the same held-out images and percentile: the same thresholds
-        assert figures["threshold"] == pytest.approx(calibration[metric]["threshold"])
+        assert figures["threshold"] == pytest.approx(calibration[metric].threshold)
         c_t = "C_T not computed" if figures["c_t"] is None else f"C_T = {figures['c_t']:.2f}"
         assert f"**{metric}**: {c_t}" in text or "C_T not computed" in text
     shown = sum(min(8, round(d["flagged_fraction"] * 8)) for d in summary["metrics"].values())

@@ -12,7 +12,7 @@ import torch
 
 from data.datasets import ProceduralShapes
 from indexes.lpips_embedding import LPIPSEmbedding
-from indexes.store import ImageIndex, IndexError_, IndexOptions, pixel_features
+from indexes.store import ImageIndex, IndexedDataset, IndexError_, IndexOptions, pixel_features
 from maskbit import Tokenizer, TokenizerConfig, bits
 from maskbit.images import to_tensor
 from tests.conftest import OFFICIAL_TINY
@@ -44,12 +44,7 @@ def test_neighbour_rows_verdicts_and_overlap(tmp_path, tiny_tokenizer):
     index = ImageIndex.create(tmp_path, tiny_tokenizer, 32, IndexOptions(metrics=["hamming", "pixel"]))
     images, labels = procedural(40)
     index.add(images, [f"train:{i}" for i in range(40)], labels)
-    index.manifest["dataset"] = {
-        "spec": "procedural",
-        "split": "train",
-        "seed": 0,
-        "classes": [f"shape {c}" for c in range(10)],
-    }
+    index.manifest.dataset = IndexedDataset("procedural", "train", 0, tuple(f"shape {c}" for c in range(10)))
     heldout, _ = procedural(20, split="test")
     calibration = calibrate(index, heldout, percentile=5.0)
     queries = torch.cat([images[7:8], heldout[:1]])
@@ -155,8 +150,9 @@ def test_corrupt_and_truncated_files_are_reported(tmp_path, index, tiny_tokenize
 
     copy = tmp_path / "copy"
     shutil.copytree(index.directory, copy)
-    data = (copy / "hamming.faiss").read_bytes()
-    (copy / "hamming.faiss").write_bytes(data[: len(data) // 2])
+    files = ImageIndex.open(copy, tiny_tokenizer).files_directory
+    data = (files / "hamming.faiss").read_bytes()
+    (files / "hamming.faiss").write_bytes(data[: len(data) // 2])
     with pytest.raises(IndexError_, match="corrupt or truncated"):
         ImageIndex.open(copy, tiny_tokenizer)
     (copy / "manifest.json").write_text("{not json")
@@ -248,7 +244,8 @@ def test_build_resume_add_and_search_from_the_command_line(tmp_path):
     )
     report = json.loads((tmp_path / "t.json").read_text())
     assert [entry["query"] for entry in report] == [f"{tmp_path / 'tokens.npy'}[{i}]" for i in range(2)]
-    stored = np.load(tmp_path / "index" / "tokens.npy")
+    generation = json.loads((tmp_path / "index" / "manifest.json").read_text())["generation"]
+    stored = np.load(tmp_path / "index" / f"generation-{generation}" / "tokens.npy")
     for q, entry in enumerate(report):
         assert set(entry) == {"query", "hamming", "verdicts", "overlap"} and entry["overlap"] == {}
         nearest = entry["hamming"][0]["distance"]  # an index built by the CLI has no calibrated threshold
@@ -354,7 +351,8 @@ def test_torch_backend_index_equals_the_faiss_index(tmp_path, index, tiny_tokeni
     reopened.add(images[70:], [f"train:{i}" for i in range(70, 120)], labels[70:])
     reopened.save()
     torch_index = ImageIndex.open(tmp_path, tiny_tokenizer)
-    assert torch_index.manifest["backend"] == "torch" and sorted(p.name for p in tmp_path.glob("*.npy")) == [
+    files = torch_index.files_directory
+    assert torch_index.manifest.backend == "torch" and sorted(p.name for p in files.glob("*.npy")) == [
         "hamming.npy", "lpips.npy", "pixel.npy", "thumbnails.npy", "tokens.npy"
     ]  # fmt: skip
     queries, _ = procedural(6, split="test")
@@ -377,7 +375,7 @@ tokenizer = Tokenizer.from_pretrained(tiny + "/tiny_tokenizer.bin", tiny + "/tin
 built = ImageIndex.create({str(tmp_path / "new")!r}, tokenizer, 32, IndexOptions(metrics=["hamming", "pixel"]))
 built.add(torch.rand(5, 3, 32, 32), list("abcde"), [0] * 5)
 built.save()
-assert ImageIndex.open({str(tmp_path / "new")!r}, tokenizer).manifest["backend"] == "torch"
+assert ImageIndex.open({str(tmp_path / "new")!r}, tokenizer).manifest.backend == "torch"
 try:
     ImageIndex.open({str(index.directory)!r}, tokenizer)
 except IndexError_ as error:
@@ -397,7 +395,7 @@ def test_approximate_hamming_finds_true_distances_with_high_recall(tmp_path, ind
     reopened.add(images[60:], [f"train:{i}" for i in range(60, 120)], labels[60:])
     reopened.save()
     approximate_index = ImageIndex.open(tmp_path, tiny_tokenizer)
-    assert (tmp_path / "hamming-hnsw.faiss").is_file() and approximate_index.hnsw.ntotal == 120
+    assert (approximate_index.files_directory / "hamming-hnsw.faiss").is_file() and approximate_index.hnsw.ntotal == 120
 
     queries, _ = procedural(20, split="test")
     tokens = tiny_tokenizer.encode(queries)
@@ -459,7 +457,7 @@ def sketched(tmp_path_factory, tiny_tokenizer):
 def test_sketched_lpips_returns_exact_lpips_and_with_a_full_shortlist_the_exact_top_k(sketched):
     queries, _ = procedural(4, split="test")
     training, _ = procedural(150)
-    assert sketched.manifest["lpips_sketch"]["factory"] == "PQ8x4" and sketched.flat["lpips"].is_trained
+    assert sketched.manifest.lpips_sketch.factory == "PQ8x4" and sketched.flat["lpips"].is_trained
     full = sketched.search(queries, k=6, metrics=["lpips"], lpips_shortlist=150)["lpips"]
     short = sketched.search(queries, k=6, metrics=["lpips"], lpips_shortlist=30)["lpips"]
     hits = 0
@@ -477,6 +475,7 @@ def test_sketched_lpips_returns_exact_lpips_and_with_a_full_shortlist_the_exact_
 def test_sketched_lpips_rereads_files_and_explains_what_it_cannot_read(tmp_path, sketched, tiny_tokenizer):
     import shutil
 
+    from indexes.sources import load_indexed_images
     from maskbit.images import save_image
 
     copy = tmp_path / "index"
@@ -485,10 +484,10 @@ def test_sketched_lpips_rereads_files_and_explains_what_it_cannot_read(tmp_path,
     images, _ = procedural(2, start=900)
     save_image(images[0], tmp_path / "a.png")
     added.add(images, [str(tmp_path / "a.png"), "nowhere:9"], [0, 0])
-    assert torch.allclose(added.load_images([150]), images[:1], atol=1 / 255)
-    assert torch.allclose(added.load_images([3]), procedural(1, start=3)[0])
+    assert torch.allclose(load_indexed_images(added, [150]), images[:1], atol=1 / 255)
+    assert torch.allclose(load_indexed_images(added, [3]), procedural(1, start=3)[0])
     with pytest.raises(IndexError_, match="'nowhere:9', which is neither an item of the indexed dataset"):
-        added.load_images([151])
+        load_indexed_images(added, [151])
     with pytest.raises(IndexError_, match="needs --lpips-sketch and the faiss backend"):
         ImageIndex.create(tmp_path / "x", tiny_tokenizer, 32, IndexOptions(lpips_factory="PQ8"))
     untrained = ImageIndex.create(

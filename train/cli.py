@@ -173,10 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from maskbit.files import DiskFullError
     from train.engine import Stop
     from train.losses import MissingWeightsError
 
     try:
-        return run_command(args, (ValueError, TypeError, FileNotFoundError, MissingWeightsError))
+        return run_command(args, (ValueError, TypeError, FileNotFoundError, MissingWeightsError, DiskFullError))
     except Stop:  # SIGTERM/SIGINT: the run saved a checkpoint and stopped as asked
         return 0

@@ -8,6 +8,7 @@ process's RNG go through `accelerator.save_state`, and the data position follows
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -26,7 +27,7 @@ from tqdm import tqdm
 
 from maskbit import Generator, Tokenizer, bits, iter_generate, prediction_to_indices
 from maskbit.device import fit_threads, mixed_precision, pick_device
-from maskbit.files import write_json_atomic
+from maskbit.files import DiskFullError, disk_full_message, explain_full_disk, is_full_disk, write_json_atomic
 from maskbit.images import image_grid, psnr, save_image
 from maskbit.sampling import check_pair
 from train.config import GeneratorTrainConfig, OptimizerConfig, TokenizerTrainConfig, to_dict
@@ -455,11 +456,25 @@ def train(config: TokenizerTrainConfig | GeneratorTrainConfig, run_dir: str | Pa
         logger.info("stopped by %s at step %d; resume with --resume", stopped, step)
         raise
     except BaseException as error:
+        full = is_full_disk(error, run.path)
+        if full:  # a checkpoint write explains itself (_save_checkpoint); any other write is explained here
+            error = DiskFullError(disk_full_message(run.path, None, _kept(run, config.stage)))
         if main:
-            run.write_status(state="failed", pid=None, last_error=f"{type(error).__name__}: {error}")
-            with open(run.log_path, "a") as log:
-                traceback.print_exc(file=log)
+            with contextlib.suppress(OSError):  # on a full disk the status and the log may not be written either
+                run.write_status(state="failed", pid=None, last_error=f"{type(error).__name__}: {error}")
+                with open(run.log_path, "a") as log:
+                    traceback.print_exc(file=log)
+        if full:
+            raise error from None
         raise
+
+
+def _kept(run: RunDir, stage: str) -> str:
+    """What a run that stops now keeps, and how to continue it."""
+    latest = run.latest_checkpoint()
+    kept = f"the run keeps its checkpoint step-{latest[0]}" if latest else "the run has no checkpoint yet"
+    resume = f"python -m train {stage} --run-dir {run.path} --resume"
+    return f"{kept} in {run.checkpoints_dir}; free space and continue with `{resume}`"
 
 
 def _save_checkpoint(accelerator: Accelerator, stage, run: RunDir, step: int, config) -> None:
@@ -468,12 +483,24 @@ def _save_checkpoint(accelerator: Accelerator, stage, run: RunDir, step: int, co
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    latest = run.latest_checkpoint()
+    needed = _folder_bytes(latest[1]) if latest else None  # a checkpoint is about as large as the one before
+    try:
+        with explain_full_disk(tmp, needed, _kept(run, config.stage)):
+            accelerator.save_state(str(tmp))
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                _export(stage, tmp / "model")
+                meta = {"stage": config.stage, "time": time.time()}
+                run.commit_checkpoint(tmp, step, meta, config.training.keep_last)
+    except DiskFullError:
+        shutil.rmtree(tmp, ignore_errors=True)  # give the space back; the run resumes from the last checkpoint
+        raise
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        _export(stage, tmp / "model")
-        run.commit_checkpoint(tmp, step, {"stage": config.stage, "time": time.time()}, config.training.keep_last)
-    accelerator.wait_for_everyone()
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
 def _export(stage, directory: Path) -> None:
