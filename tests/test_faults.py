@@ -3,6 +3,7 @@ full disk gives ENOSPC) under index saves, checkpoints, reports and dataset expo
 format-1 store. Every case must end in the same result as an uninterrupted run. More trials, on a real full tmpfs:
 bench/faults.py."""
 
+import copy
 import json
 import os
 import random
@@ -67,7 +68,7 @@ def test_an_index_build_killed_and_out_of_space_resumes_to_the_uninterrupted_ind
 
     reference = build_dataset_index(
         tmp_path / "reference",
-        tiny_tokenizer,
+        copy.deepcopy(tiny_tokenizer).inference("cpu", "auto"),  # as `indexes build` computes by default
         resolution=32,
         limit=LIMIT,
         options=IndexOptions(metrics=("hamming", "pixel")),
