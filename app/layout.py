@@ -299,7 +299,8 @@ def _neighbours_tab(v: dict) -> SimpleNamespace:
         with gr.Row():
             scatter = gr.Plot(label="distances compared")
             heat = gr.Plot(label="per-token Hamming map")
-        found = gr.JSON(label="neighbours", open=False)
+        with gr.Accordion("The neighbours as JSON (ids, sources, distances, per-token maps)", open=False):
+            found = gr.JSON(label="neighbours", open=False)
         with gr.Accordion("The paper's second claim: do Hamming neighbours find the images that look alike?"):
             claim = gr.Markdown(v["second_claim"], elem_id="second-claim")
         with gr.Accordion("Memorization report over generated images", open=False):

@@ -217,6 +217,10 @@ def test_neighbours_tab(page, shots):
     expect(page.locator("#hamming-gallery img")).to_have_count(8, timeout=COMPUTED)
     expect(page.locator("#verdict")).to_contain_text("threshold", timeout=SHOWN)
     expect(page.locator("#second-claim")).to_contain_text(re.compile(r"Hamming ∩ pixel: \d of 8"), timeout=REPLY)
+    expect(page.locator("#second-claim")).to_contain_text(re.compile(r"Hamming ∩ lpips: \d of 8"), timeout=SHOWN)
+    # issue 35.6: the JSON of every neighbour (hundreds of lines) is folded away between the plots and the claim
+    expect(page.get_by_text("The neighbours as JSON")).to_be_visible(timeout=SHOWN)
+    expect(page.get_by_text('"procedural:train:', exact=False).first).to_be_hidden(timeout=SHOWN)
     # issue 24.6: the memorization report states its verdict and C_T per metric
     page.get_by_text("Memorization report over generated images").click()
     count = page.get_by_label("generated images").locator("xpath=..").locator("input[type=number]")
