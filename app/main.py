@@ -29,7 +29,9 @@ def create_app(settings: Settings):
 
     def blocks():
         demo = build(Callbacks(state))
-        demo.queue(default_concurrency_limit=settings.concurrency, max_size=settings.max_queue)
+        # api_open=False: Gradio otherwise answers a direct POST to /run/<endpoint> of any event outside the queue,
+        # past its concurrency limit and the queue's bound; only the light events (layout.LIGHT) are sent that way
+        demo.queue(default_concurrency_limit=settings.concurrency, max_size=settings.max_queue, api_open=False)
         return demo
 
     async def in_a_running_loop():
