@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import gradio as gr
 
 from app import texts
+from app.memory import trimmed
 
 if TYPE_CHECKING:
     from app.callbacks import Callbacks
@@ -27,7 +28,8 @@ UNREAD = {"preprocess": False}
 PRIVATE = {"api_visibility": "private"}
 # The actions that compute with the models or the index share one concurrency limit (`--concurrency`, the queue's
 # default): without it each event had its own, and 32 clients mixing four actions computed 8 requests at once on 2
-# cores. Other queued events (job controls, dataset images) keep their own limits.
+# cores. Other queued events (job controls, dataset images) keep their own limits. Each computing request ends with
+# a trim of the native heap (app/memory.py).
 COMPUTE = {"concurrency_id": "compute"}
 # Light events (the page's own load events and 2-s timer, status, presets, the step slider) skip the queue: the queue's
 # bound (`--max-queue`) counts every waiting event, so a page opened while computing requests fill it had its load
@@ -393,6 +395,7 @@ def _training_tab(v: dict) -> SimpleNamespace:
 
 def _api(fn, inputs, outputs, api_name: str, **options) -> None:
     """The public API endpoint of an action, on a hidden trigger: an API client gets refusals as errors."""
+    fn = trimmed(fn) if options.get("concurrency_id") == COMPUTE["concurrency_id"] else fn
     gr.Button(api_name, visible=False).click(fn, inputs, outputs, api_name=api_name, **options)
 
 
@@ -400,6 +403,7 @@ def _ui(trigger, fn, inputs, outputs: list, message, **options):
     """The page's event of an action: a refusal leaves every output as it was (no "Error" badge over the last results)
     and its message stays in `message`, next to the action's button, until the next action; success clears it.
     `message` may be one of `outputs` (then the action's own text goes there on success)."""
+    fn = trimmed(fn) if options.get("concurrency_id") == COMPUTE["concurrency_id"] else fn
     own = message in outputs
     targets = outputs if own else [*outputs, message]
 

@@ -21,8 +21,10 @@ def create_app(settings: Settings):
     from app.callbacks import Callbacks
     from app.files import write_images_once
     from app.layout import build
+    from app.memory import limit_arenas
     from app.state import AppState
 
+    limit_arenas()  # before Gradio's worker threads start (app/memory.py)
     write_images_once()  # identical results of concurrent requests share a cached file: never rewrite it
     state = AppState(settings)
     state.start_background()
