@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import gradio as gr
 
 from app import texts
+from app.memory import trimmed
 
 if TYPE_CHECKING:
     from app.callbacks import Callbacks
@@ -27,8 +28,14 @@ UNREAD = {"preprocess": False}
 PRIVATE = {"api_visibility": "private"}
 # The actions that compute with the models or the index share one concurrency limit (`--concurrency`, the queue's
 # default): without it each event had its own, and 32 clients mixing four actions computed 8 requests at once on 2
-# cores. Light events (status, presets, job controls) keep their own limits, so they never wait behind a report.
+# cores. Other queued events (job controls, dataset images) keep their own limits. Each computing request ends with
+# a trim of the native heap (app/memory.py).
 COMPUTE = {"concurrency_id": "compute"}
+# Light events (the page's own load events and 2-s timer, status, presets, the step slider) skip the queue: the queue's
+# bound (`--max-queue`) counts every waiting event, so a page opened while computing requests fill it had its load
+# events and ticks refused (an "Error" badge on every sampling knob, a toast each). The page sends these straight to
+# the server; an API client (gradio_client) still joins the queue for them.
+LIGHT = {"queue": False}
 PIXELATED = {"format": "png", "elem_classes": "pixelated"}
 
 
@@ -389,6 +396,7 @@ def _training_tab(v: dict) -> SimpleNamespace:
 
 def _api(fn, inputs, outputs, api_name: str, **options) -> None:
     """The public API endpoint of an action, on a hidden trigger: an API client gets refusals as errors."""
+    fn = trimmed(fn) if options.get("concurrency_id") == COMPUTE["concurrency_id"] else fn
     gr.Button(api_name, visible=False).click(fn, inputs, outputs, api_name=api_name, **options)
 
 
@@ -396,6 +404,7 @@ def _ui(trigger, fn, inputs, outputs: list, message, **options):
     """The page's event of an action: a refusal leaves every output as it was (no "Error" badge over the last results)
     and its message stays in `message`, next to the action's button, until the next action; success clears it.
     `message` may be one of `outputs` (then the action's own text goes there on success)."""
+    fn = trimmed(fn) if options.get("concurrency_id") == COMPUTE["concurrency_id"] else fn
     own = message in outputs
     targets = outputs if own else [*outputs, message]
 
@@ -435,22 +444,22 @@ def _wire(demo, c: Callbacks, m, g, f, n, t, j, tabs, timer, index_line) -> None
         f.walk_bits, index_line, n.galleries[1], n.lpips_note,
     ]  # fmt: skip
     cleared = [g.gallery, g.frame, g.masked, g.progress]  # a new pair: results (and errors) of the old one go
-    demo.load(c.model_info, None, m.info, api_name="model_info")
-    demo.load(c.served, None, served, **PRIVATE)
+    demo.load(c.model_info, None, m.info, api_name="model_info", **LIGHT)
+    demo.load(c.served, None, served, **PRIVATE, **LIGHT)
     # the public endpoint first: a private event of the same function takes its name otherwise
-    gr.Button("Index status", visible=False).click(c.index_status, None, index_line, api_name="index_status")
-    timer.tick(c.status, None, [index_line, n.galleries[1], n.lpips_note], show_progress="hidden", **PRIVATE)
+    gr.Button("Index status", visible=False).click(c.index_status, None, index_line, api_name="index_status", **LIGHT)
+    timer.tick(c.status, None, [index_line, n.galleries[1], n.lpips_note], show_progress="hidden", **PRIVATE, **LIGHT)
     _ui(m.pair.input, c.pair_sources, m.pair, [m.tokenizer, m.generator], m.message)
     _api(c.load_models, [m.tokenizer, m.generator], [m.info, g.labels, m.message], "load_models", **COMPUTE)
     _ui(m.load.click, c.load_served, [m.tokenizer, m.generator], [*served, m.message, *cleared], m.message, **COMPUTE)
 
-    g.preset.change(c.apply_preset, g.preset, [*g.knobs, g.preset_note], **PRIVATE)
+    g.preset.change(c.apply_preset, g.preset, [*g.knobs, g.preset_note], **PRIVATE, **LIGHT)
     generate = [g.labels, g.count, g.seed, *g.knobs]
     generated = [g.gallery, g.masked, g.unmasking, g.step, g.frame, g.files, g.progress]
     _api(c.generate, generate, generated, "generate", **COMPUTE)
     _ui(g.button.click, c.generate, generate, generated, g.message, **COMPUTE)
-    g.step.input(c.show_step, [g.unmasking, g.step], [g.frame, g.masked], show_progress="hidden", **PRIVATE)
-    g.gallery.select(c.pick_generated, g.files, g.chosen, **PRIVATE)
+    g.step.input(c.show_step, [g.unmasking, g.step], [g.frame, g.masked], show_progress="hidden", **PRIVATE, **LIGHT)
+    g.gallery.select(c.pick_generated, g.files, g.chosen, **PRIVATE, **LIGHT)
     for button, image, where in ((g.to_flip, f.image, "flip"), (g.to_neighbours, n.image, "neighbours")):
         _ui(button.click, c.send_generated_to(where), [g.files, g.chosen], [image, tabs], g.progress)
 
@@ -491,16 +500,16 @@ def _wire(demo, c: Callbacks, m, g, f, n, t, j, tabs, timer, index_line) -> None
     _api(c.code_atlas, None, [t.atlas, t.atlas_caption], "code_atlas", **COMPUTE)
     _ui(t.atlas_button.click, c.code_atlas, None, [t.atlas, t.atlas_caption], t.atlas_caption, **COMPUTE)
 
-    j.stage.change(c.train_presets_update, j.stage, j.preset, **PRIVATE)
+    j.stage.change(c.train_presets_update, j.stage, j.preset, **PRIVATE, **LIGHT)
     launch = [j.stage, j.name, j.preset, j.dataset, j.overrides]
     _api(c.train_launch, launch, [j.table, j.job, j.message], "train_launch")
     _ui(j.launch.click, c.train_launch, launch, [j.table, j.job, j.message], j.message)
-    gr.Button("status", visible=False).click(c.train_status, None, [j.table, j.job], api_name="train_status")
+    gr.Button("status", visible=False).click(c.train_status, None, [j.table, j.job], api_name="train_status", **LIGHT)
     for button, fn, name in ((j.stop, c.train_stop, "train_stop"), (j.resume, c.train_resume, "train_resume")):
         _api(fn, j.job, [j.table, j.message], name)
         _ui(button.click, fn, j.job, [j.table, j.message], j.message)
     _api(c.train_load, j.job, [m.info, g.labels, m.message, m.pair, j.message], "train_load", **COMPUTE)
     _ui(j.load.click, c.train_load_served, j.job, [*served, m.message, j.message, *cleared], j.message, **COMPUTE)
-    j.job.change(c.train_curves, j.job, [j.curves, j.sample, j.console], api_name="train_curves")
-    timer.tick(c.refresh, j.job, [j.table, j.curves, j.sample, j.console], show_progress="hidden", **PRIVATE)
-    demo.load(c.jobs_view, None, [j.table, j.job], **PRIVATE)
+    j.job.change(c.train_curves, j.job, [j.curves, j.sample, j.console], api_name="train_curves", **LIGHT)
+    timer.tick(c.refresh, j.job, [j.table, j.curves, j.sample, j.console], show_progress="hidden", **PRIVATE, **LIGHT)
+    demo.load(c.jobs_view, None, [j.table, j.job], **PRIVATE, **LIGHT)

@@ -21,15 +21,19 @@ def create_app(settings: Settings):
     from app.callbacks import Callbacks
     from app.files import write_images_once
     from app.layout import build
+    from app.memory import limit_arenas
     from app.state import AppState
 
+    limit_arenas()  # before Gradio's worker threads start (app/memory.py)
     write_images_once()  # identical results of concurrent requests share a cached file: never rewrite it
     state = AppState(settings)
     state.start_background()
 
     def blocks():
         demo = build(Callbacks(state))
-        demo.queue(default_concurrency_limit=settings.concurrency, max_size=settings.max_queue)
+        # api_open=False: Gradio otherwise answers a direct POST to /run/<endpoint> of any event outside the queue,
+        # past its concurrency limit and the queue's bound; only the light events (layout.LIGHT) are sent that way
+        demo.queue(default_concurrency_limit=settings.concurrency, max_size=settings.max_queue, api_open=False)
         return demo
 
     async def in_a_running_loop():

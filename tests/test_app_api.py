@@ -12,15 +12,18 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
+from gradio_client.utils import QueueError
 from PIL import Image
 
 from maskbit import SamplingConfig, generate
+from tests.conftest import free_port
 
 KNOBS = [4, 2.0, "cosine", 1.0, 2.0, 1.0, "arccos"]  # num_steps … mask_schedule, the library's names and order
 NAN = float("nan")
@@ -224,6 +227,73 @@ def test_identical_requests_of_many_clients_all_download_whole_files(app_server,
             assert picture.shape == first.shape and difference.max() <= 16 and difference.mean() <= 1
     for data in results[0]:
         Image.open(io.BytesIO(data)).load()  # whole images
+
+
+@pytest.fixture
+def full_queue_server(tmp_path, app_models, app_server):
+    """A second explorer with room for one computing request and one waiting: `hold` (the code atlas's lock, taken by
+    the test) keeps two code_atlas requests there, so the queue stays full for as long as the test wants. It starts
+    with the first server's atlas of the same tokenizer (seconds of decoding), so they are answered at once after."""
+    from app.main import create_app, launch
+    from app.settings import Settings
+
+    settings = Settings(
+        tokenizer=app_models["tokenizer"],
+        generator=app_models["generator"],
+        index=tmp_path / "no-index",  # no index to build: nothing computes in the background
+        workspace=tmp_path / "runs",
+        port=free_port(),
+        concurrency=1,
+        max_queue=1,
+    )
+    state, demo = create_app(settings)
+    state._atlases.update(app_server.state._atlases)
+    launch(demo, settings, prevent_thread_lock=True, quiet=True)
+    yield SimpleNamespace(url=f"http://127.0.0.1:{settings.port}/", state=state, demo=demo, hold=state._atlas_lock)
+    demo.close()
+
+
+def test_a_page_opened_while_the_queue_is_full_gets_its_own_events_answered(full_queue_server):
+    """Issue 32.4: the queue's bound counts every waiting event, and the page's own load events and 2-s timer waited
+    in it with the computing requests: a page opened while the queue was full had them all refused (an "Error" badge
+    on every sampling knob, a toast each). The page's client (@gradio/client `submit`) sends an event that the config
+    marks `queue: false` straight to /run and any other to /queue/join; here both, as it does, with the queue full."""
+    import httpx
+
+    server = full_queue_server
+    api = f"{server.url}gradio_api"
+    client = Client(server.url, verbose=False)
+    assert server.hold.acquire(timeout=600)
+    try:
+        jobs = [Client(server.url, verbose=False).submit(api_name="/code_atlas") for _ in range(2)]
+
+        def refused() -> bool:  # one running (waiting for the lock), one waiting: the queue is full
+            try:
+                client.predict(api_name="/index_status")
+            except QueueError:
+                return True
+            return False
+
+        wait_for(refused, 120, "a full queue")
+        config = httpx.get(f"{server.url}config", timeout=60).json()
+        own = [d for d in config["dependencies"] if any(t[1] in ("load", "tick") for t in d["targets"])]
+        assert len(own) >= 5  # model_info, served, jobs_view on load; index status and jobs on the timer
+        for dependency in own:
+            body = {"data": [None] * len(dependency["inputs"]), "fn_index": dependency["id"], "session_hash": "page"}
+            route = "run/predict" if dependency["queue"] is False else "queue/join"
+            answer = httpx.post(f"{api}/{route}", json=body, timeout=120)
+            assert answer.status_code == 200 and "data" in answer.json(), (dependency["api_name"], answer.text)
+        assert refused()  # still full: nothing left the queue while the page's events were answered
+        # an API client joins the queue for every endpoint, and a full queue refuses it at once ...
+        with pytest.raises(QueueError, match="Queue is full"):
+            client.predict(api_name="/model_info")
+        # ... and a computing action cannot skip the queue by a direct POST (Gradio answers those by default)
+        direct = httpx.post(f"{api}/run/code_atlas", json={"data": [], "session_hash": "page"}, timeout=120)
+        assert direct.status_code == 404, direct.text
+    finally:
+        server.hold.release()
+    for job in jobs:
+        assert job.result(timeout=600)[1].startswith("LFQ tokenizer")
 
 
 def wait_for(predicate, timeout, what):
