@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from maskbit.cli import whole
-from maskbit.device import PRECISIONS
+from maskbit.device import add_precision_argument
 
 __all__ = ["Settings", "parse_settings", "PROJECT_ROOT"]
 
@@ -159,14 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env_flag("MASKBIT_RANDOM_LPIPS"),
         help="offline demos and tests: LPIPS with a random trunk (not the real metric)",
     )
-    p.add_argument(
-        "--precision",
-        default=_env("MASKBIT_PRECISION", "auto"),
-        choices=PRECISIONS,
-        help="auto: bf16 autocast where bf16 is native (CUDA, a CPU with AVX-512 BF16 or AMX), float32 elsewhere; "
-        "fp32: the official code's numerics on every machine. An index keeps the precision its tokens were computed "
-        "at [MASKBIT_PRECISION]",
-    )
+    add_precision_argument(p, "what the models compute at; an index keeps the precision its tokens were computed at")
     p.add_argument("--host", default=_env("MASKBIT_HOST", "127.0.0.1"), help="bind address [MASKBIT_HOST]")
     p.add_argument("--port", type=whole(0, 65_535), default=_env("MASKBIT_PORT", "7860"), help="[MASKBIT_PORT]")
     p.add_argument("--auth", default=_env("MASKBIT_AUTH"), help="user:password required to use the app [MASKBIT_AUTH]")

@@ -38,7 +38,7 @@ from data import judge, split_images
 from data.datasets import PROCEDURAL_CLASSES
 from maskbit import Generator, Tokenizer, analysis, bits, generate
 from maskbit.cli import add_sampling_args, sampling_from_args
-from maskbit.device import PRECISIONS, describe_precision, program_precision, resolve_precision
+from maskbit.device import add_precision_argument, describe_precision, resolve_precision
 from maskbit.images import image_grid, psnr, save_image
 
 
@@ -156,12 +156,7 @@ def main() -> None:
         "--judge", type=Path, help="a judge file to reuse or train into (default: the bundled data/judge.safetensors)"
     )
     parser.add_argument("--out", default="bench/results")
-    parser.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default=program_precision(),
-        help="what both models compute at (default auto, as the app: bf16 where it is native; MASKBIT_PRECISION)",
-    )
+    add_precision_argument(parser, "what both models compute at")
     parser.add_argument(
         "--tokenizer-only",
         action="store_true",

@@ -45,7 +45,7 @@ from indexes.sources import load_indexed_images
 from indexes.store import MANIFEST, ImageIndex, IndexOptions, pixel_features, thumbnails
 from maskbit import Tokenizer
 from maskbit.cli import SEED, whole
-from maskbit.device import PRECISIONS, describe_precision, program_precision, resolve_precision
+from maskbit.device import add_precision_argument, describe_precision, resolve_precision
 from maskbit.images import image_grid
 
 KS = (1, 5, 10)
@@ -343,12 +343,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--index-root", type=Path, default=Path("runs/neighbours"), help="kept between runs")
     parser.add_argument("--examples", type=whole(0, 50), default=4, help="queries shown in neighbours_examples.png")
     parser.add_argument("--seed", type=SEED, default=0, help="which training images are the random ones")
-    parser.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default=program_precision(),
-        help="what the tokenizers encode at (default auto, as the app: bf16 where it is native; MASKBIT_PRECISION)",
-    )
+    add_precision_argument(parser, "what the tokenizers encode at")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args(argv)
     ks = tuple(sorted(set(args.k)))

@@ -56,7 +56,7 @@ __all__ = [
     "Neighbours",
     "IndexError_",
     "METRICS",
-    "PRECISIONS",
+    "TOKEN_PRECISIONS",
 ]
 
 logger = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ METRICS = ("hamming", "lpips", "pixel")
 PIXEL_SIZE = 16
 THUMBNAIL_SIZE = 64
 FORMAT_VERSION = 2  # 2: files in generation-<N>/, committed by the manifest; 1: files beside the manifest
-PRECISIONS = ("fp32", "bf16")
+TOKEN_PRECISIONS = ("fp32", "bf16")  # what an index's tokens can have been computed at
 HNSW_M = 32  # graph links per node of the approximate Hamming index
 HNSW_FILE = "hamming-hnsw.faiss"
 MANIFEST = "manifest.json"
@@ -217,8 +217,8 @@ class IndexManifest:
     def from_json(cls, value: dict[str, Any]) -> IndexManifest:
         tokenizer, sketch, hnsw = value["tokenizer"], value.get("lpips_sketch"), value.get("approximate_hamming")
         precision = value.get("precision", "fp32")
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if precision not in TOKEN_PRECISIONS:
+            raise ValueError(f"precision must be one of {TOKEN_PRECISIONS}, got {precision!r}")
         return cls(
             tokenizer=IndexedTokenizer(tokenizer["identity"], int(tokenizer["num_bits"]), tokenizer.get("config", {})),
             image_size=int(value["image_size"]),

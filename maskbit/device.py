@@ -47,6 +47,7 @@ __all__ = [
     "fit_threads",
     "run_in_background",
     "BACKGROUND_NICE",
+    "add_precision_argument",
     "program_precision",
     "add_device_arguments",
 ]
@@ -220,14 +221,28 @@ def program_precision() -> str:
     return check_precision(os.environ.get("MASKBIT_PRECISION", "auto"))
 
 
+def _precision_option(text: str) -> str:
+    try:
+        return check_precision(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{error} (from --precision or MASKBIT_PRECISION)") from None
+
+
+def add_precision_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """--precision of a program, defaulting to `program_precision()`; a bad value, typed or from MASKBIT_PRECISION,
+    is a usage error that names both. `what`: what computes at it, for the help ("what the models compute at")."""
+    parser.add_argument(
+        "--precision",
+        type=_precision_option,
+        default=os.environ.get("MASKBIT_PRECISION", "auto"),  # a string default goes through `type`: checked too
+        metavar="{" + ",".join(PRECISIONS) + "}",
+        help=f"{what}. auto (the default; MASKBIT_PRECISION changes it): bf16 autocast where bf16 is native "
+        "(CUDA, a CPU with AVX-512 BF16 or AMX), float32 elsewhere; fp32: the official code's exact numerics, the same "
+        "on every machine (the library's default)",
+    )
+
+
 def add_device_arguments(parser: argparse.ArgumentParser) -> None:
     """--device and --precision, the same on every command line of the project."""
     parser.add_argument("--device", default="auto", choices=DEVICES, help="auto: CUDA when there is a GPU, else CPU")
-    parser.add_argument(
-        "--precision",
-        default=program_precision(),
-        choices=PRECISIONS,
-        help="auto (the default; MASKBIT_PRECISION changes it): bf16 autocast where bf16 is native (CUDA, a CPU with "
-        "AVX-512 BF16 or AMX), float32 elsewhere; fp32: the official code's exact numerics, the same on every "
-        "machine (the library's default)",
-    )
+    add_precision_argument(parser, "what the models compute at")

@@ -99,7 +99,7 @@ def test_training_precision_auto_is_bf16_on_cuda_and_on_a_cpu_with_native_bf16(m
         mixed_precision("fp8", torch.device("cpu"))
 
 
-def test_command_lines_share_device_and_precision_options(monkeypatch):
+def test_command_lines_share_device_and_precision_options(monkeypatch, capsys):
     parser = argparse.ArgumentParser()
     add_device_arguments(parser)
     assert vars(parser.parse_args([])) == {"device": "auto", "precision": "auto"}  # the programs run for speed
@@ -110,9 +110,22 @@ def test_command_lines_share_device_and_precision_options(monkeypatch):
     parser = argparse.ArgumentParser()
     add_device_arguments(parser)
     assert parser.parse_args([]).precision == "fp32"
+    monkeypatch.setenv("MASKBIT_PRECISION", "fp16")  # a typo in the deployment: a usage error naming both places
+    parser = argparse.ArgumentParser()
+    add_device_arguments(parser)
+    with pytest.raises(SystemExit):
+        parser.parse_args([])
+    assert "got 'fp16' (from --precision or MASKBIT_PRECISION)" in capsys.readouterr().err
+    assert parser.parse_args(["--precision", "bf16"]).precision == "bf16"  # the command line overrides it
+
+
+def test_the_app_refuses_a_bad_precision_from_its_environment(monkeypatch, capsys):
+    from app.settings import parse_settings
+
     monkeypatch.setenv("MASKBIT_PRECISION", "fp16")
-    with pytest.raises(ValueError, match="precision must be one of"):
-        add_device_arguments(argparse.ArgumentParser())
+    with pytest.raises(SystemExit):
+        parse_settings([])
+    assert "got 'fp16' (from --precision or MASKBIT_PRECISION)" in capsys.readouterr().err
 
 
 def test_the_tokenizer_encodes_and_decodes_at_its_precision(tiny_tokenizer):
