@@ -24,7 +24,7 @@ from pathlib import Path
 
 from app.validation import LIMITS, UserError, bounded_text, checked_model_source, inside
 from data.datasets import expand_braces, shard_paths
-from maskbit.config import TOKENIZER_PRESETS
+from maskbit.presets import TOKENIZER_PRESETS
 from train.config import (
     GENERATOR_TRAIN_PRESETS,
     TOKENIZER_TRAIN_PRESETS,

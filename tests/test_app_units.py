@@ -664,7 +664,7 @@ def test_the_sampling_widgets_are_named_not_ordered():
     from app.explore import ExploreCallbacks
     from app.validation import SAMPLING_KNOBS, sampling_from
     from maskbit import SamplingConfig
-    from maskbit.config import SAMPLING_PRESETS
+    from maskbit.presets import SAMPLING_PRESETS
 
     assert sorted(SAMPLING_KNOBS) == sorted(f.name for f in dataclasses.fields(SamplingConfig))
     preset = SAMPLING_PRESETS["maskbit_generator_14bit"]
