@@ -46,8 +46,6 @@ DATASET_NAMES = ["procedural"]  # the named datasets (data.datasets.build_datase
 STAGES = ("tokenizer", "generator")
 PRESETS = {"tokenizer": sorted(TOKENIZER_TRAIN_PRESETS), "generator": sorted(GENERATOR_TRAIN_PRESETS)}
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-CONSOLE = "console.txt"  # the process's own stdout and stderr
-STOP_REQUEST = "stop-requested.json"  # written by stop(), removed by the next start
 STOP_GRACE_S = 30.0  # how long a resume waits for a stopping job (its SIGTERM checkpoint) before it gives up
 PROJECT_ROOT = Path(__file__).resolve().parent.parent  # the trainer's working directory
 MAX_OVERRIDE_BYTES = 16_384  # every config key once is about 3 kB
@@ -202,7 +200,7 @@ class Jobs:
         stage = self.job(job).stage
         if stage != kind:
             raise UserError(f"{kind}={text}: job {job!r} trains a {stage}, not a {kind}; name a {kind} job")
-        model = self.run_dir(job).path / "model"
+        model = self.run_dir(job).model_dir
         if not (model / "config.json").is_file():
             state = self.job(job).state
             raise UserError(
@@ -324,7 +322,7 @@ class Jobs:
                 raise UserError(f"job {name!r} has finished; launch a new job to train further")
             if run.latest_checkpoint() is None:
                 raise UserError(f"job {name!r} has no complete checkpoint yet; launch it again under a new name")
-            stage = status.get("stage") or _stage_from_config(run)
+            stage = run.read_stage() or "?"
             try:  # the run's own config is what a resume reads: its paths pass the same checks as a launch's
                 config = load_train_config(stage, None, str(run.config_path))
             except (ValueError, KeyError, TypeError) as error:
@@ -338,10 +336,10 @@ class Jobs:
 
         run = self.run_dir(name)
         run.path.mkdir(parents=True, exist_ok=True)
-        (run.path / STOP_REQUEST).unlink(missing_ok=True)
+        run.stop_request_path.unlink(missing_ok=True)  # written by stop()
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         try:
-            with open(run.path / CONSOLE, "ab") as console:
+            with open(run.console_path, "ab") as console:  # the process's own stdout and stderr
                 process = subprocess.Popen(
                     args,
                     stdout=console,
@@ -359,9 +357,7 @@ class Jobs:
             os.setpriority(os.PRIO_PROCESS, process.pid, BACKGROUND_NICE)
         self.processes[name] = process
         try:
-            (run.path / "launcher.json").write_text(
-                json.dumps({"pid": process.pid, "args": args, "started": time.time()})
-            )
+            run.launcher_path.write_text(json.dumps({"pid": process.pid, "args": args, "started": time.time()}))
         except OSError:
             os.killpg(process.pid, signal.SIGKILL)  # unwatchable: stop it rather than leave it running unseen
             process.wait()
@@ -379,7 +375,7 @@ class Jobs:
             if state in ("stopped", "failed"):
                 raise UserError(f"job {name!r} is not running: it has already {state}")
             raise UserError(f"job {name!r} is not running ({state}); resume it to continue")
-        (run.path / STOP_REQUEST).write_text(json.dumps({"requested": time.time()}))
+        run.stop_request_path.write_text(json.dumps({"requested": time.time()}))
         for pid in alive:
             try:
                 os.killpg(os.getpgid(pid), signal.SIGTERM)  # the trainer checkpoints, then exits
@@ -404,7 +400,7 @@ class Jobs:
     def stopping(self, run: RunDir) -> bool:
         """A stop was asked for, or the trainer has written its last status, while a process still lives."""
         ended = run.read_status().get("state") in ("stopped", "finished", "failed")
-        return (run.path / STOP_REQUEST).is_file() or ended
+        return run.stop_request_path.is_file() or ended
 
     def wait_stopped(self, name: str, timeout: float) -> bool:
         """Wait up to `timeout` seconds for every process of the job to exit; True when they have."""
@@ -418,7 +414,7 @@ class Jobs:
 
     def _launcher_pid(self, run: RunDir) -> int | None:
         try:
-            return int(json.loads((run.path / "launcher.json").read_text())["pid"])
+            return int(json.loads(run.launcher_path.read_text())["pid"])
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
@@ -430,7 +426,7 @@ class Jobs:
         found = [
             p
             for p in self.workspace.iterdir()
-            if p.is_dir() and ((p / "status.json").is_file() or (p / CONSOLE).is_file())
+            if p.is_dir() and (RunDir(p).status_path.is_file() or RunDir(p).console_path.is_file())
         ]
         return [p.name for p in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True) if NAME.match(p.name)]
 
@@ -442,7 +438,7 @@ class Jobs:
         pid = alive[0] if alive else None
         if state in ("starting", "running") and not alive:
             state = "died"  # killed without a chance to write its status (resume continues it)
-        elif state in ("starting", "running") and (run.path / STOP_REQUEST).is_file():
+        elif state in ("starting", "running") and run.stop_request_path.is_file():
             state = "stopping"
         error = status.get("last_error")
         if state in ("starting", "died") and not status:
@@ -450,7 +446,7 @@ class Jobs:
             error = "\n".join(error) or None
         metrics = run.read_metrics()
         loss = next((m["loss"] for m in reversed(metrics) if "loss" in m), None)
-        stage = status.get("stage") or _stage_from_config(run)
+        stage = run.read_stage() or "?"
         return Job(
             name,
             stage,
@@ -480,7 +476,7 @@ class Jobs:
 
     def console_tail(self, name: str, lines: int = 20) -> str:
         """The last lines of the job's console, read from its last 64 kB (the file grows for the whole run)."""
-        path = self.run_dir(name).path / CONSOLE
+        path = self.run_dir(name).console_path
         if not path.is_file():
             return ""
         with open(path, "rb") as file:
@@ -490,13 +486,13 @@ class Jobs:
 
     def finished_models(self) -> list[str]:
         """The jobs that have exported a model (newest first): what the model panel offers to load."""
-        return [name for name in self.names() if (self.run_dir(name).path / "model" / "config.json").is_file()]
+        return [name for name in self.names() if (self.run_dir(name).model_dir / "config.json").is_file()]
 
     def model_pair(self, name: str) -> tuple[str, str]:
         """(tokenizer, generator) sources of a job's exported model: a generator job's with the tokenizer it was
         trained on; a tokenizer job's alone (no generator was trained on its tokens)."""
         run = self.run_dir(name)
-        model = run.path / "model"
+        model = run.model_dir
         if not (model / "config.json").is_file():
             if name not in self.names():
                 raise UserError(f"no job named {name!r} in {self.workspace}")
@@ -509,15 +505,8 @@ class Jobs:
                 )
             raise UserError(f"job {name!r} has no exported model yet (it is written when the job finishes)")
         if self.job(name).stage == "generator":
-            return str(json.loads(run.config_path.read_text()).get("tokenizer", "")), str(model)
+            return str(run.read_config().get("tokenizer", "")), str(model)
         return str(model), ""
-
-
-def _stage_from_config(run: RunDir) -> str:
-    try:
-        return "generator" if "tokenizer" in json.loads(run.config_path.read_text()) else "tokenizer"
-    except (OSError, json.JSONDecodeError):
-        return "?"
 
 
 def _without_launcher_notes(console: str) -> str:

@@ -562,7 +562,7 @@ def test_a_job_that_does_not_stop_in_time_is_said_to_be_stopping(jobs, monkeypat
     monkeypatch.setattr(app.jobs, "STOP_GRACE_S", 0.3)
     launcher = _lingering_job(jobs, "slow", "running")
     try:
-        (jobs.run_dir("slow").path / app.jobs.STOP_REQUEST).write_text("{}")  # stop() without the signal
+        jobs.run_dir("slow").stop_request_path.write_text("{}")  # stop() without the signal
         with pytest.raises(UserError, match="job 'slow' is still stopping .*; resume it again in a moment"):
             jobs.resume("slow")
     finally:
