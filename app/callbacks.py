@@ -20,7 +20,8 @@ from app.search import SearchCallbacks
 from app.state import AppState
 from app.training import JOB_COLUMNS, TrainingCallbacks
 from app.validation import LIMITS, SAMPLING_KNOBS
-from maskbit.config import GUIDANCE_ANNEALINGS, MASK_SCHEDULES, SAMPLING_PRESETS
+from maskbit.config import GUIDANCE_ANNEALINGS, MASK_SCHEDULES
+from maskbit.presets import SAMPLING_PRESETS
 
 __all__ = ["Callbacks"]
 

@@ -26,7 +26,7 @@ from app.validation import (
     whole_number,
 )
 from maskbit import SAMPLING_PRESETS, analysis
-from maskbit.config import SAMPLING_PRESET_NOTES
+from maskbit.presets import SAMPLING_PRESET_NOTES
 
 __all__ = ["ExploreCallbacks"]
 

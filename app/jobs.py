@@ -9,7 +9,6 @@ group; SIGTERM makes the trainer write a checkpoint and stop, so a stopped job c
 from __future__ import annotations
 
 import contextlib
-import difflib
 import json
 import os
 import re
@@ -22,14 +21,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.validation import LIMITS, UserError, bounded_text, checked_model_source, inside
-from data.datasets import expand_braces, shard_paths
-from maskbit.config import TOKENIZER_PRESETS
+from app.validation import JobPaths, UserError
 from train.config import (
     GENERATOR_TRAIN_PRESETS,
     TOKENIZER_TRAIN_PRESETS,
     apply_overrides,
-    flat_keys,
     load_train_config,
 )
 from train.rundir import RunDir
@@ -41,13 +37,10 @@ LAUNCHER_NOTE = re.compile(
     r"^(The following values were not passed to `accelerate launch`.*|\t+.*|"
     r"To avoid this warning pass in values for each of the problematic parameters.*|\s*)$"
 )
-DATASET_NAMES = ["procedural"]  # the named datasets (data.datasets.build_dataset); any other is a path
 
 STAGES = ("tokenizer", "generator")
 PRESETS = {"tokenizer": sorted(TOKENIZER_TRAIN_PRESETS), "generator": sorted(GENERATOR_TRAIN_PRESETS)}
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-CONSOLE = "console.txt"  # the process's own stdout and stderr
-STOP_REQUEST = "stop-requested.json"  # written by stop(), removed by the next start
 STOP_GRACE_S = 30.0  # how long a resume waits for a stopping job (its SIGTERM checkpoint) before it gives up
 PROJECT_ROOT = Path(__file__).resolve().parent.parent  # the trainer's working directory
 MAX_OVERRIDE_BYTES = 16_384  # every config key once is about 3 kB
@@ -97,10 +90,9 @@ def pid_alive(pid: int | None) -> bool:
 class Jobs:
     """Launch, resume, stop and read the training jobs under `workspace`.
 
-    Every path a job will read (its dataset, token file, tokenizer and tokenizer config, however they were given)
-    must lie inside the workspace or a data root (tokenizers also: 'default', a model root, or a hub id when
-    `allow_hub`); the trainer is handed the checked absolute paths. A job name is reserved by creating its run
-    directory, which succeeds for one launch only."""
+    Every path a job will read is checked by `paths` (app.validation.JobPaths) and handed to the trainer as the
+    checked absolute path. A job name is reserved by creating its run directory, which succeeds for one launch
+    only."""
 
     def __init__(
         self,
@@ -110,9 +102,7 @@ class Jobs:
         allow_hub: bool = False,
     ):
         self.workspace = Path(workspace).resolve()
-        self.data_roots = [Path(p).resolve() for p in data_roots]
-        self.model_roots = [Path(p).resolve() for p in model_roots]
-        self.allow_hub = allow_hub
+        self.paths = JobPaths(self.workspace, data_roots, model_roots, allow_hub, PROJECT_ROOT, self.find)
         self.processes: dict[str, subprocess.Popen] = {}  # started by this app instance (reaped here)
         self._resuming = threading.Lock()
 
@@ -125,114 +115,6 @@ class Jobs:
                 f"job name {shown} is invalid: use 1–64 letters, digits, _ - or ., starting with a letter or digit"
             )
         return RunDir(self.workspace / name)
-
-    def _absolute(self, text: str) -> Path:
-        """A path as the trainer will read it: relative paths are relative to its working directory."""
-        path = Path(text).expanduser()
-        return path if path.is_absolute() else PROJECT_ROOT / path
-
-    def _outside(self, what: str, value: str, roots: list[Path]) -> UserError:
-        return UserError(
-            f"{what} {value[:200]!r} is outside the allowed folders ({', '.join(map(str, roots))}); "
-            "put it there or start the app with --data-root"
-        )
-
-    def checked_dataset(self, dataset: str, what: str = "dataset") -> str:
-        """'procedural', or a folder / tar file / shard pattern inside the data roots or the workspace (absolute)."""
-        dataset = bounded_text(dataset, what, LIMITS.source).strip()
-        if dataset in ("", "procedural"):
-            return "procedural"
-        roots = [self.workspace, *self.data_roots]
-        path = self._absolute(dataset)
-        if not any(c in str(path) for c in "*?[{"):
-            # a bare word is a mistyped name more often than a folder; a path outside the roots is only told that
-            # (whether it exists there is nobody's business)
-            if not path.exists() and (os.sep not in dataset or inside(path, roots)):
-                close = difflib.get_close_matches(dataset, DATASET_NAMES, n=1)
-                hint = f"did you mean {close[0]!r}? " if close else ""
-                raise UserError(
-                    f"{what} {dataset[:200]!r}: no such dataset or folder; {hint}datasets: "
-                    f"{', '.join(DATASET_NAMES)}, or a folder of class folders, a .tar file or a shard pattern inside "
-                    f"{', '.join(map(str, roots))}"
-                )
-            if not inside(path, roots):
-                raise self._outside(what, dataset, roots)
-            return str(path.resolve())
-        # A shard pattern: every folder it names, and every file it matches, must be inside the roots.
-        if ".." in path.parts:
-            raise UserError(f"{what} {dataset[:200]!r}: '..' is not allowed in a shard pattern; give the full path")
-        try:
-            patterns = expand_braces(str(path))
-        except ValueError as error:
-            raise UserError(f"{what}: {error}") from None
-        folders = {Path(re.split(r"[*?\[]", p, maxsplit=1)[0]).parent for p in patterns}
-        if not all(inside(folder, roots) for folder in folders):
-            raise self._outside(what, dataset, roots)
-        try:
-            shards = shard_paths(str(path))
-        except (FileNotFoundError, ValueError) as error:
-            raise UserError(f"{what} {dataset[:200]!r}: {error}") from None
-        if not all(inside(shard, roots) for shard in shards):
-            raise self._outside(what, dataset, roots)
-        return str(path)
-
-    def checked_file(self, value: str, what: str) -> str:
-        """'' or an existing file inside the workspace or a data root (absolute)."""
-        if not value:
-            return ""
-        roots = [self.workspace, *self.data_roots]
-        path = self._absolute(bounded_text(value, what, LIMITS.source))
-        if not inside(path, roots):
-            raise self._outside(what, value, roots)
-        if not path.is_file():
-            raise UserError(f"{what} {value[:200]!r} is not a file")
-        return str(path.resolve())
-
-    def workspace_model(self, source: str, kind: str) -> str:
-        """A job's name, or a folder relative to the workspace (`tok-a/model`), as the model panel names finished
-        runs: the absolute path of that job's exported model or of that folder. A job that has exported no model
-        (yet), or whose model is of another kind, is refused now rather than by the job later. Other sources are
-        returned unchanged (checked_model_source checks them)."""
-        text = bounded_text(source, kind, LIMITS.source).strip()
-        if not text or Path(text).expanduser().is_absolute():
-            return source
-        job = Path(text).parts[0]
-        if job not in self.names():
-            return str(self.workspace / text) if (self.workspace / text).exists() else source
-        stage = self.job(job).stage
-        if stage != kind:
-            raise UserError(f"{kind}={text}: job {job!r} trains a {stage}, not a {kind}; name a {kind} job")
-        model = self.run_dir(job).path / "model"
-        if not (model / "config.json").is_file():
-            state = self.job(job).state
-            raise UserError(
-                f"{kind}={text}: job {job!r} has not exported its model yet ({state}; it is written when the job "
-                f"finishes): launch this job once it has, with {kind}={job}, or use {kind}=default"
-            )
-        return str(model) if text == job else str(self.workspace / text)
-
-    def checked_paths(self, stage: str, config) -> dict[str, str]:
-        """Every path setting of a resolved config (PATH_FIELDS), checked and made absolute: {key: value}."""
-        values = flat_keys(config)
-        checked = {
-            "data.dataset": self.checked_dataset(values["data.dataset"], "data.dataset"),
-            "data.pretokenized": self.checked_file(values["data.pretokenized"], "data.pretokenized"),
-        }
-        if stage == "generator":
-            tokenizer, tokenizer_config = values["tokenizer"], values["tokenizer_config"]
-            if not tokenizer and not checked["data.pretokenized"]:
-                raise UserError(
-                    "the generator needs a tokenizer: add the override tokenizer=<a tokenizer job's model folder> "
-                    "(or tokenizer=default)"
-                )
-            if tokenizer:
-                roots = [self.workspace, *self.data_roots, *self.model_roots]
-                tokenizer = self.workspace_model(tokenizer, "tokenizer")
-                tokenizer = checked_model_source(tokenizer, "tokenizer", roots, self.allow_hub, base=PROJECT_ROOT)
-            if tokenizer_config and tokenizer_config not in TOKENIZER_PRESETS:
-                tokenizer_config = self.checked_file(tokenizer_config, "tokenizer_config")
-            checked |= {"tokenizer": tokenizer, "tokenizer_config": tokenizer_config}
-        return checked
 
     # ------------------------------------------------------------------------------------------------ commands
 
@@ -281,7 +163,7 @@ class Jobs:
         if run.path.exists():
             raise UserError(f"a job named {name!r} already exists; resume it or choose another name")
         items = self.override_items(overrides)
-        data = self.checked_dataset(dataset)
+        data = self.paths.checked_dataset(dataset)
         if data != "procedural" or not any(i.startswith("data.dataset=") for i in items):
             items = [i for i in items if not i.startswith("data.dataset=")] + [f"data.dataset={data}"]
         try:
@@ -289,7 +171,7 @@ class Jobs:
         except (ValueError, KeyError, TypeError) as error:
             raise UserError(str(error)) from None
         # However a path was given (preset, form field, override), the trainer gets the checked absolute value.
-        checked = {key: value for key, value in self.checked_paths(stage, config).items() if value}
+        checked = {key: value for key, value in self.paths.checked_paths(stage, config).items() if value}
         items = [i for i in items if i.partition("=")[0].strip() not in checked]
         items += [f"{key}={value}" for key, value in checked.items()]
         self.workspace.mkdir(parents=True, exist_ok=True)
@@ -324,12 +206,12 @@ class Jobs:
                 raise UserError(f"job {name!r} has finished; launch a new job to train further")
             if run.latest_checkpoint() is None:
                 raise UserError(f"job {name!r} has no complete checkpoint yet; launch it again under a new name")
-            stage = status.get("stage") or _stage_from_config(run)
+            stage = run.read_stage() or "?"
             try:  # the run's own config is what a resume reads: its paths pass the same checks as a launch's
                 config = load_train_config(stage, None, str(run.config_path))
             except (ValueError, KeyError, TypeError) as error:
                 raise UserError(f"cannot resume job {name!r}: its config.json is not usable ({error})") from None
-            self.checked_paths(stage, config)
+            self.paths.checked_paths(stage, config)
             self._start(name, self.command(stage, run, resume=True))
         return name
 
@@ -338,10 +220,10 @@ class Jobs:
 
         run = self.run_dir(name)
         run.path.mkdir(parents=True, exist_ok=True)
-        (run.path / STOP_REQUEST).unlink(missing_ok=True)
+        run.stop_request_path.unlink(missing_ok=True)  # written by stop()
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         try:
-            with open(run.path / CONSOLE, "ab") as console:
+            with open(run.console_path, "ab") as console:  # the process's own stdout and stderr
                 process = subprocess.Popen(
                     args,
                     stdout=console,
@@ -359,9 +241,7 @@ class Jobs:
             os.setpriority(os.PRIO_PROCESS, process.pid, BACKGROUND_NICE)
         self.processes[name] = process
         try:
-            (run.path / "launcher.json").write_text(
-                json.dumps({"pid": process.pid, "args": args, "started": time.time()})
-            )
+            run.launcher_path.write_text(json.dumps({"pid": process.pid, "args": args, "started": time.time()}))
         except OSError:
             os.killpg(process.pid, signal.SIGKILL)  # unwatchable: stop it rather than leave it running unseen
             process.wait()
@@ -379,7 +259,7 @@ class Jobs:
             if state in ("stopped", "failed"):
                 raise UserError(f"job {name!r} is not running: it has already {state}")
             raise UserError(f"job {name!r} is not running ({state}); resume it to continue")
-        (run.path / STOP_REQUEST).write_text(json.dumps({"requested": time.time()}))
+        run.stop_request_path.write_text(json.dumps({"requested": time.time()}))
         for pid in alive:
             try:
                 os.killpg(os.getpgid(pid), signal.SIGTERM)  # the trainer checkpoints, then exits
@@ -404,7 +284,7 @@ class Jobs:
     def stopping(self, run: RunDir) -> bool:
         """A stop was asked for, or the trainer has written its last status, while a process still lives."""
         ended = run.read_status().get("state") in ("stopped", "finished", "failed")
-        return (run.path / STOP_REQUEST).is_file() or ended
+        return run.stop_request_path.is_file() or ended
 
     def wait_stopped(self, name: str, timeout: float) -> bool:
         """Wait up to `timeout` seconds for every process of the job to exit; True when they have."""
@@ -418,7 +298,7 @@ class Jobs:
 
     def _launcher_pid(self, run: RunDir) -> int | None:
         try:
-            return int(json.loads((run.path / "launcher.json").read_text())["pid"])
+            return int(json.loads(run.launcher_path.read_text())["pid"])
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
@@ -430,9 +310,13 @@ class Jobs:
         found = [
             p
             for p in self.workspace.iterdir()
-            if p.is_dir() and ((p / "status.json").is_file() or (p / CONSOLE).is_file())
+            if p.is_dir() and (RunDir(p).status_path.is_file() or RunDir(p).console_path.is_file())
         ]
         return [p.name for p in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True) if NAME.match(p.name)]
+
+    def find(self, name: str) -> Job | None:
+        """The workspace's job of that name; None when there is none."""
+        return self.job(name) if name in self.names() else None
 
     def job(self, name: str) -> Job:
         run = self.run_dir(name)
@@ -442,7 +326,7 @@ class Jobs:
         pid = alive[0] if alive else None
         if state in ("starting", "running") and not alive:
             state = "died"  # killed without a chance to write its status (resume continues it)
-        elif state in ("starting", "running") and (run.path / STOP_REQUEST).is_file():
+        elif state in ("starting", "running") and run.stop_request_path.is_file():
             state = "stopping"
         error = status.get("last_error")
         if state in ("starting", "died") and not status:
@@ -450,7 +334,7 @@ class Jobs:
             error = "\n".join(error) or None
         metrics = run.read_metrics()
         loss = next((m["loss"] for m in reversed(metrics) if "loss" in m), None)
-        stage = status.get("stage") or _stage_from_config(run)
+        stage = run.read_stage() or "?"
         return Job(
             name,
             stage,
@@ -480,7 +364,7 @@ class Jobs:
 
     def console_tail(self, name: str, lines: int = 20) -> str:
         """The last lines of the job's console, read from its last 64 kB (the file grows for the whole run)."""
-        path = self.run_dir(name).path / CONSOLE
+        path = self.run_dir(name).console_path
         if not path.is_file():
             return ""
         with open(path, "rb") as file:
@@ -490,13 +374,13 @@ class Jobs:
 
     def finished_models(self) -> list[str]:
         """The jobs that have exported a model (newest first): what the model panel offers to load."""
-        return [name for name in self.names() if (self.run_dir(name).path / "model" / "config.json").is_file()]
+        return [name for name in self.names() if (self.run_dir(name).model_dir / "config.json").is_file()]
 
     def model_pair(self, name: str) -> tuple[str, str]:
         """(tokenizer, generator) sources of a job's exported model: a generator job's with the tokenizer it was
         trained on; a tokenizer job's alone (no generator was trained on its tokens)."""
         run = self.run_dir(name)
-        model = run.path / "model"
+        model = run.model_dir
         if not (model / "config.json").is_file():
             if name not in self.names():
                 raise UserError(f"no job named {name!r} in {self.workspace}")
@@ -509,15 +393,8 @@ class Jobs:
                 )
             raise UserError(f"job {name!r} has no exported model yet (it is written when the job finishes)")
         if self.job(name).stage == "generator":
-            return str(json.loads(run.config_path.read_text()).get("tokenizer", "")), str(model)
+            return str(run.read_config().get("tokenizer", "")), str(model)
         return str(model), ""
-
-
-def _stage_from_config(run: RunDir) -> str:
-    try:
-        return "generator" if "tokenizer" in json.loads(run.config_path.read_text()) else "tokenizer"
-    except (OSError, json.JSONDecodeError):
-        return "?"
 
 
 def _without_launcher_notes(console: str) -> str:

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from app.validation import UserError
 from maskbit import Generator, SamplingConfig, Tokenizer
 from maskbit.checkpoint import HubDownloadError, class_names, default_sampling
-from maskbit.config import IBQ_CODEBOOK_SIZES
 from maskbit.device import describe_precision, pick_device
+from maskbit.presets import IBQ_CODEBOOK_SIZES
 from maskbit.sampling import check_pair, iter_generate, prediction_to_indices
 
 __all__ = ["Models", "load_models", "load_model", "OFFICIAL_PAIRS", "BUNDLED_PAIRS", "Step", "generate_steps"]
@@ -39,7 +39,7 @@ OFFICIAL_PAIRS = {
     "VQGAN+ 12-bit (ImageNet 256; tokenizer only)": ("markweber/vqgan_plus_12bit", ""),
     "MaskGIT tokenizer (VQ, 10-bit; tokenizer only)": ("markweber/maskgit_tokenizer", ""),
     "Taming VQGAN (VQ, 10-bit; tokenizer only)": ("markweber/taming_vqgan", ""),
-    # The bit-token family (README): each hub id names its file and preset (maskbit.config.FAMILY_HUB_FILES); none has
+    # The bit-token family (README): each hub id names its file and preset (maskbit.presets.FAMILY_HUB_FILES); none has
     # a generator of this project's kind, so they load as tokenizers only, like the VQ ones above.
     "Open-MAGVIT2 (LFQ, 18 bits, ImageNet 256; tokenizer only)": (
         "TencentARC/Open-MAGVIT2-Tokenizer-256-resolution",

@@ -8,21 +8,27 @@ converted to RGB, and fitted to the tokenizer's size.
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import re
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
+from data.datasets import expand_braces, shard_paths
 from maskbit.checkpoint import BUNDLED_MODELS, HUB_ID
 from maskbit.config import GUIDANCE_ANNEALINGS, MASK_SCHEDULES, SamplingConfig
 from maskbit.images import ImageTooLarge, fit_square, read_image
+from maskbit.presets import TOKENIZER_PRESETS
 from maskbit.sampling import MAX_SEED
+from train.config import flat_keys
+from train.rundir import RunDir
 
 __all__ = [
     "UserError",
@@ -37,6 +43,7 @@ __all__ = [
     "SAMPLING_KNOBS",
     "inside",
     "checked_model_source",
+    "JobPaths",
     "public_message",
     "LIMITS",
 ]
@@ -258,6 +265,146 @@ def checked_model_source(
             f"({', '.join(map(str, roots))}); put the model there, or start the app with --model-root FOLDER"
         )
     return str(path.resolve())
+
+
+# ---------------------------------------------------------------------------------------------------- training paths
+
+DATASET_NAMES = ["procedural"]  # the named datasets (data.datasets.build_dataset); any other is a path
+
+
+class JobPaths:
+    """The paths a training job may read (app/jobs.py).
+
+    Every path a job will read (its dataset, token file, tokenizer and tokenizer config, however they were given)
+    must lie inside the workspace or a data root (tokenizers also: 'default', a model root, a hub id when
+    `allow_hub`, or a job of the workspace by name); the trainer is handed the checked absolute paths. Relative
+    paths are relative to `base`, the trainer's working directory. `find_job(name)` is the workspace's job of that
+    name (its `stage` and `state`), None when there is none."""
+
+    def __init__(
+        self,
+        workspace: Path,
+        data_roots: Iterable[str | Path],
+        model_roots: Iterable[str | Path],
+        allow_hub: bool,
+        base: Path,
+        find_job: Callable[[str], Any],
+    ):
+        self.workspace = Path(workspace).resolve()
+        self.data_roots = [Path(p).resolve() for p in data_roots]
+        self.model_roots = [Path(p).resolve() for p in model_roots]
+        self.allow_hub = allow_hub
+        self.base = base
+        self.find_job = find_job
+
+    def _absolute(self, text: str) -> Path:
+        """A path as the trainer will read it: relative paths are relative to its working directory."""
+        path = Path(text).expanduser()
+        return path if path.is_absolute() else self.base / path
+
+    def _outside(self, what: str, value: str, roots: list[Path]) -> UserError:
+        return UserError(
+            f"{what} {value[:200]!r} is outside the allowed folders ({', '.join(map(str, roots))}); "
+            "put it there or start the app with --data-root"
+        )
+
+    def checked_dataset(self, dataset: str, what: str = "dataset") -> str:
+        """'procedural', or a folder / tar file / shard pattern inside the data roots or the workspace (absolute)."""
+        dataset = bounded_text(dataset, what, LIMITS.source).strip()
+        if dataset in ("", "procedural"):
+            return "procedural"
+        roots = [self.workspace, *self.data_roots]
+        path = self._absolute(dataset)
+        if not any(c in str(path) for c in "*?[{"):
+            # a bare word is a mistyped name more often than a folder; a path outside the roots is only told that
+            # (whether it exists there is nobody's business)
+            if not path.exists() and (os.sep not in dataset or inside(path, roots)):
+                close = difflib.get_close_matches(dataset, DATASET_NAMES, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise UserError(
+                    f"{what} {dataset[:200]!r}: no such dataset or folder; {hint}datasets: "
+                    f"{', '.join(DATASET_NAMES)}, or a folder of class folders, a .tar file or a shard pattern inside "
+                    f"{', '.join(map(str, roots))}"
+                )
+            if not inside(path, roots):
+                raise self._outside(what, dataset, roots)
+            return str(path.resolve())
+        # A shard pattern: every folder it names, and every file it matches, must be inside the roots.
+        if ".." in path.parts:
+            raise UserError(f"{what} {dataset[:200]!r}: '..' is not allowed in a shard pattern; give the full path")
+        try:
+            patterns = expand_braces(str(path))
+        except ValueError as error:
+            raise UserError(f"{what}: {error}") from None
+        folders = {Path(re.split(r"[*?\[]", p, maxsplit=1)[0]).parent for p in patterns}
+        if not all(inside(folder, roots) for folder in folders):
+            raise self._outside(what, dataset, roots)
+        try:
+            shards = shard_paths(str(path))
+        except (FileNotFoundError, ValueError) as error:
+            raise UserError(f"{what} {dataset[:200]!r}: {error}") from None
+        if not all(inside(shard, roots) for shard in shards):
+            raise self._outside(what, dataset, roots)
+        return str(path)
+
+    def checked_file(self, value: str, what: str) -> str:
+        """'' or an existing file inside the workspace or a data root (absolute)."""
+        if not value:
+            return ""
+        roots = [self.workspace, *self.data_roots]
+        path = self._absolute(bounded_text(value, what, LIMITS.source))
+        if not inside(path, roots):
+            raise self._outside(what, value, roots)
+        if not path.is_file():
+            raise UserError(f"{what} {value[:200]!r} is not a file")
+        return str(path.resolve())
+
+    def workspace_model(self, source: str, kind: str) -> str:
+        """A job's name, or a folder relative to the workspace (`tok-a/model`), as the model panel names finished
+        runs: the absolute path of that job's exported model or of that folder. A job that has exported no model
+        (yet), or whose model is of another kind, is refused now rather than by the job later. Other sources are
+        returned unchanged (checked_model_source checks them)."""
+        text = bounded_text(source, kind, LIMITS.source).strip()
+        if not text or Path(text).expanduser().is_absolute():
+            return source
+        job = Path(text).parts[0]
+        found = self.find_job(job)
+        if found is None:
+            return str(self.workspace / text) if (self.workspace / text).exists() else source
+        stage = found.stage
+        if stage != kind:
+            raise UserError(f"{kind}={text}: job {job!r} trains a {stage}, not a {kind}; name a {kind} job")
+        model = RunDir(self.workspace / job).model_dir
+        if not (model / "config.json").is_file():
+            state = found.state
+            raise UserError(
+                f"{kind}={text}: job {job!r} has not exported its model yet ({state}; it is written when the job "
+                f"finishes): launch this job once it has, with {kind}={job}, or use {kind}=default"
+            )
+        return str(model) if text == job else str(self.workspace / text)
+
+    def checked_paths(self, stage: str, config) -> dict[str, str]:
+        """Every path setting of a resolved config (PATH_FIELDS), checked and made absolute: {key: value}."""
+        values = flat_keys(config)
+        checked = {
+            "data.dataset": self.checked_dataset(values["data.dataset"], "data.dataset"),
+            "data.pretokenized": self.checked_file(values["data.pretokenized"], "data.pretokenized"),
+        }
+        if stage == "generator":
+            tokenizer, tokenizer_config = values["tokenizer"], values["tokenizer_config"]
+            if not tokenizer and not checked["data.pretokenized"]:
+                raise UserError(
+                    "the generator needs a tokenizer: add the override tokenizer=<a tokenizer job's model folder> "
+                    "(or tokenizer=default)"
+                )
+            if tokenizer:
+                roots = [self.workspace, *self.data_roots, *self.model_roots]
+                tokenizer = self.workspace_model(tokenizer, "tokenizer")
+                tokenizer = checked_model_source(tokenizer, "tokenizer", roots, self.allow_hub, base=self.base)
+            if tokenizer_config and tokenizer_config not in TOKENIZER_PRESETS:
+                tokenizer_config = self.checked_file(tokenizer_config, "tokenizer_config")
+            checked |= {"tokenizer": tokenizer, "tokenizer_config": tokenizer_config}
+        return checked
 
 
 def public_message(message: str) -> str:

@@ -8,16 +8,10 @@ encode and decode, but only lookup-free (bit) tokenizers pair with a generator (
 
 from maskbit import analysis, bits
 from maskbit.checkpoint import CheckpointError
-from maskbit.config import (
-    GENERATOR_PRESETS,
-    SAMPLING_PRESETS,
-    TOKENIZER_PRESETS,
-    GeneratorConfig,
-    SamplingConfig,
-    TokenizerConfig,
-    read_official_yaml,
-)
+from maskbit.config import GeneratorConfig, SamplingConfig, TokenizerConfig
 from maskbit.generator import Generator
+from maskbit.official import read_official_yaml
+from maskbit.presets import GENERATOR_PRESETS, SAMPLING_PRESETS, TOKENIZER_PRESETS
 from maskbit.sampling import SamplingState, check_pair, generate, iter_generate, prediction_to_indices
 from maskbit.tokenizer import Tokenizer
 

@@ -34,9 +34,11 @@ from typing import Any, ClassVar
 import torch
 from safetensors.torch import load_file, save_file
 
-from maskbit.config import SAMPLING_PRESETS, OfficialConfig, SamplingConfig, config_from_dict, read_official_yaml
+from maskbit.config import SamplingConfig, config_from_dict
 from maskbit.device import check_precision, pick_device
 from maskbit.files import atomic_write
+from maskbit.official import OfficialConfig, read_official_yaml
+from maskbit.presets import SAMPLING_PRESETS
 
 __all__ = [
     "PretrainedMixin",

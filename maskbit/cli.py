@@ -14,10 +14,11 @@ from tqdm import tqdm
 
 from maskbit import analysis
 from maskbit.checkpoint import CheckpointError, default_sampling, load_official_state_dict
-from maskbit.config import GUIDANCE_ANNEALINGS, MASK_SCHEDULES, SAMPLING_PRESETS, SamplingConfig
+from maskbit.config import GUIDANCE_ANNEALINGS, MASK_SCHEDULES, SamplingConfig
 from maskbit.device import add_device_arguments, describe_precision, pick_device
 from maskbit.generator import Generator
 from maskbit.images import find_images, image_grid, load_image, save_image
+from maskbit.presets import SAMPLING_PRESETS
 from maskbit.sampling import MAX_SEED, check_pair, iter_generate, prediction_to_indices
 from maskbit.tokenizer import Tokenizer
 

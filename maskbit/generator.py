@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from maskbit.checkpoint import PretrainedMixin
-from maskbit.config import GENERATOR_PRESETS, GeneratorConfig
+from maskbit.config import GeneratorConfig
+from maskbit.presets import GENERATOR_PRESETS
 
 __all__ = ["Generator"]
 

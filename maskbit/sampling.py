@@ -23,9 +23,10 @@ from typing import NamedTuple
 import torch
 
 from maskbit import bits as bitops
-from maskbit.config import SAMPLING_PRESETS, GeneratorConfig, SamplingConfig
+from maskbit.config import GeneratorConfig, SamplingConfig
 from maskbit.device import fit_threads, precision_autocast
 from maskbit.generator import Generator
+from maskbit.presets import SAMPLING_PRESETS
 from maskbit.tokenizer import Tokenizer
 
 __all__ = [

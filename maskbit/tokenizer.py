@@ -26,8 +26,9 @@ from torch import nn
 
 from maskbit import magvit2, taming
 from maskbit.checkpoint import PretrainedMixin
-from maskbit.config import FAMILY_HUB_FILES, OFFICIAL_VQ_HUB_FILES, TOKENIZER_PRESETS, TokenizerConfig
+from maskbit.config import TokenizerConfig
 from maskbit.device import fit_threads, precision_autocast
+from maskbit.presets import FAMILY_HUB_FILES, OFFICIAL_VQ_HUB_FILES, TOKENIZER_PRESETS
 from maskbit.quantizers import LookupFreeQuantizer, QuantizerOutput, VectorQuantizer, build_quantizer
 
 __all__ = ["Tokenizer", "LookupFreeQuantizer", "VectorQuantizer", "QuantizerOutput", "TokenizerOutput"]

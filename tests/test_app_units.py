@@ -109,7 +109,7 @@ def test_bad_uploads_are_refused_with_a_reason(tmp_path):
 def test_launch_commands_are_argument_lists(tmp_path):
     jobs = Jobs(tmp_path / "runs", data_roots=[tmp_path / "data"])
     (tmp_path / "data" / "imgs").mkdir(parents=True)
-    assert jobs.checked_dataset(str(tmp_path / "data" / "imgs")) == str(tmp_path / "data" / "imgs")
+    assert jobs.paths.checked_dataset(str(tmp_path / "data" / "imgs")) == str(tmp_path / "data" / "imgs")
     args = jobs.command("tokenizer", jobs.run_dir("a"), "tiny", ["training.max_steps=3"])
     assert all(isinstance(a, str) for a in args)
     assert args[args.index("-m") + 1 : args.index("-m") + 3] == ["train", "tokenizer"]
@@ -408,11 +408,11 @@ def test_checked_paths_are_absolute_and_cover_every_path_setting(jobs, tmp_path,
         [f"data.dataset={data / 'shards' / 's-{0..0}.tar'}", f"data.pretokenized={data / 'tokens.npz'}"]
         + [f"tokenizer={tmp_path / 'runs' / 'tok' / 'model'}", f"tokenizer_config={data / 'tok.yaml'}"],
     )
-    checked = jobs.checked_paths("generator", config)
+    checked = jobs.paths.checked_paths("generator", config)
     assert set(checked) == set(PATH_FIELDS["generator"])
     assert checked["data.pretokenized"] == str(data / "tokens.npz")
     assert checked["tokenizer"] == str(tmp_path / "runs" / "tok" / "model")
-    assert set(jobs.checked_paths("tokenizer", config)) == set(PATH_FIELDS["tokenizer"])
+    assert set(jobs.paths.checked_paths("tokenizer", config)) == set(PATH_FIELDS["tokenizer"])
     # Every other text setting is a choice from a fixed list, not a path: a new path field must join PATH_FIELDS.
     choices = {"stage", "data.split", "data.interpolation", "training.mixed_precision"}
     choices |= {"sampling.guidance_annealing", "sampling.mask_schedule"}  # the generator's
@@ -562,7 +562,7 @@ def test_a_job_that_does_not_stop_in_time_is_said_to_be_stopping(jobs, monkeypat
     monkeypatch.setattr(app.jobs, "STOP_GRACE_S", 0.3)
     launcher = _lingering_job(jobs, "slow", "running")
     try:
-        (jobs.run_dir("slow").path / app.jobs.STOP_REQUEST).write_text("{}")  # stop() without the signal
+        jobs.run_dir("slow").stop_request_path.write_text("{}")  # stop() without the signal
         with pytest.raises(UserError, match="job 'slow' is still stopping .*; resume it again in a moment"):
             jobs.resume("slow")
     finally:
@@ -664,7 +664,7 @@ def test_the_sampling_widgets_are_named_not_ordered():
     from app.explore import ExploreCallbacks
     from app.validation import SAMPLING_KNOBS, sampling_from
     from maskbit import SamplingConfig
-    from maskbit.config import SAMPLING_PRESETS
+    from maskbit.presets import SAMPLING_PRESETS
 
     assert sorted(SAMPLING_KNOBS) == sorted(f.name for f in dataclasses.fields(SamplingConfig))
     preset = SAMPLING_PRESETS["maskbit_generator_14bit"]
@@ -770,7 +770,7 @@ def test_a_tokenizer_override_may_name_a_job_or_a_folder_of_the_workspace(jobs, 
 
     def tokenizer(value: str) -> str:
         config = apply_overrides(GENERATOR_TRAIN_PRESETS["tiny"], [f"tokenizer={value}"])
-        return jobs.checked_paths("generator", config)["tokenizer"]
+        return jobs.paths.checked_paths("generator", config)["tokenizer"]
 
     assert tokenizer("tok-a") == tokenizer("tok-a/model") == str(runs / "tok-a" / "model")
     assert tokenizer("tok/model") == str(runs / "tok" / "model")  # a folder of the workspace that is no job

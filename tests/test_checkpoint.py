@@ -11,7 +11,7 @@ import torch
 
 import maskbit
 from maskbit import CheckpointError, Generator, Tokenizer, TokenizerConfig
-from maskbit.config import GENERATOR_PRESETS, TOKENIZER_PRESETS
+from maskbit.presets import GENERATOR_PRESETS, TOKENIZER_PRESETS
 from tests.conftest import FIXTURES, OFFICIAL_TINY, OFFICIAL_VQ_TINY
 
 ROOT = Path(__file__).parents[1]

@@ -4,7 +4,8 @@ import pytest
 import yaml
 
 from maskbit import GeneratorConfig, SamplingConfig, TokenizerConfig, read_official_yaml
-from maskbit.config import SAMPLING_PRESETS, TOKENIZER_PRESETS, config_from_dict
+from maskbit.config import config_from_dict
+from maskbit.presets import SAMPLING_PRESETS, TOKENIZER_PRESETS
 from tests.conftest import OFFICIAL_TINY
 
 

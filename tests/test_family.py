@@ -1,5 +1,5 @@
 """The bit-token family: Open-MAGVIT2, IBQ and BitDance tokenizers (maskbit/magvit2.py, the dot-product assignment of
-maskbit/quantizers.py, EMA selection in maskbit/checkpoint.py, the family's configs in maskbit/config.py) against the
+maskbit/quantizers.py, EMA selection in maskbit/checkpoint.py, the family's configs in maskbit/official.py) against the
 open-magvit2-tiny fixtures of the official code, loaded unchanged through Tokenizer.from_pretrained, at the fixture
 README's tolerances: latents 1e-4 relative, indices exact, images 2e-3 (in the official [−1, 1] scale)."""
 
@@ -14,8 +14,9 @@ import yaml
 from maskbit import Tokenizer, bits
 from maskbit.checkpoint import CheckpointError
 from maskbit.cli import main as maskbit_main
-from maskbit.config import FAMILY_HUB_FILES, TOKENIZER_PRESETS, read_official_yaml
 from maskbit.magvit2 import AdaptiveGroupNorm, depth_to_space
+from maskbit.official import read_official_yaml
+from maskbit.presets import FAMILY_HUB_FILES, TOKENIZER_PRESETS
 from tests.conftest import FIXTURES
 
 FAMILY = FIXTURES / "open-magvit2-tiny"

@@ -19,8 +19,8 @@ from indexes.report import memorization_report
 from indexes.store import ImageIndex, IndexOptions
 from maskbit import Tokenizer, analysis, bits
 from maskbit.cli import main as maskbit_main
-from maskbit.config import FAMILY_HUB_FILES, TOKENIZER_PRESETS
 from maskbit.images import load_image, save_image
+from maskbit.presets import FAMILY_HUB_FILES, TOKENIZER_PRESETS
 from tests.conftest import FIXTURES
 
 FAMILY = FIXTURES / "open-magvit2-tiny"

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from maskbit import Generator, GeneratorConfig, SamplingConfig, Tokenizer, generate, iter_generate
-from maskbit.config import SAMPLING_PRESETS, TOKENIZER_PRESETS
+from maskbit.presets import SAMPLING_PRESETS, TOKENIZER_PRESETS
 from maskbit.sampling import guidance_weight, mask_ratio, masked_counts, sampling_step
 
 OFFICIAL_PRESETS = [name for name in SAMPLING_PRESETS if name.startswith("maskbit_generator_")]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from maskbit import Tokenizer, TokenizerConfig, bits
-from maskbit.config import TOKENIZER_PRESETS
+from maskbit.presets import TOKENIZER_PRESETS
 from maskbit.quantizers import VectorQuantizer
 from tests.conftest import OFFICIAL_VQ_FILES, OFFICIAL_VQ_TINY
 

@@ -14,16 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from maskbit.config import (
-    GENERATOR_PRESETS,
-    SAMPLING_PRESETS,
-    TOKENIZER_PRESETS,
-    GeneratorConfig,
-    SamplingConfig,
-    TokenizerConfig,
-    config_from_dict,
-    read_official_yaml,
-)
+from maskbit.config import GeneratorConfig, SamplingConfig, TokenizerConfig, config_from_dict
+from maskbit.official import read_official_yaml
+from maskbit.presets import GENERATOR_PRESETS, SAMPLING_PRESETS, TOKENIZER_PRESETS
 
 __all__ = [
     "DataConfig",

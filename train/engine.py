@@ -443,7 +443,7 @@ def train(config: TokenizerTrainConfig | GeneratorTrainConfig, run_dir: str | Pa
             if stop["signal"]:
                 raise Stop(stop["signal"])
         bar.close()
-        exported = run.path / "model"
+        exported = run.model_dir
         if main:
             _export(stage, exported)
             run.write_status(state="finished", step=step, pid=None)

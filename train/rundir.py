@@ -7,6 +7,10 @@ status.json        state, pid, step, total steps, last error; rewritten atomical
 checkpoints/step-N/  everything an exact resume needs, plus model/ (EMA weights, loadable by from_pretrained);
                    written under a temporary name and renamed when complete
 samples/step-N.png, log.txt
+model/             the exported model (EMA weights, loadable by from_pretrained), written when the run finishes
+
+A job the app started (app/jobs.py) also has console.txt (the process's output), launcher.json (the
+`accelerate launch` pid) and, while a stop is asked for, stop-requested.json.
 """
 
 from __future__ import annotations
@@ -56,6 +60,24 @@ class RunDir:
     def log_path(self) -> Path:
         return self.path / "log.txt"
 
+    @property
+    def model_dir(self) -> Path:
+        return self.path / "model"
+
+    # The app's own files (app/jobs.py)
+
+    @property
+    def console_path(self) -> Path:
+        return self.path / "console.txt"
+
+    @property
+    def launcher_path(self) -> Path:
+        return self.path / "launcher.json"
+
+    @property
+    def stop_request_path(self) -> Path:
+        return self.path / "stop-requested.json"
+
     def create(self) -> None:
         for folder in (self.path, self.checkpoints_dir, self.samples_dir):
             folder.mkdir(parents=True, exist_ok=True)
@@ -80,6 +102,16 @@ class RunDir:
             return json.loads(self.status_path.read_text())
         except (FileNotFoundError, json.JSONDecodeError):
             return {}
+
+    def read_stage(self) -> str | None:
+        """'tokenizer' or 'generator': as status.json says, else as config.json shows (a generator's config names
+        its tokenizer); None when neither can be read."""
+        if stage := self.read_status().get("stage"):
+            return stage
+        try:
+            return "generator" if "tokenizer" in json.loads(self.config_path.read_text()) else "tokenizer"
+        except (OSError, json.JSONDecodeError):
+            return None
 
     # -------------------------------------------------------------------------------------------- metrics
 
