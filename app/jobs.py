@@ -216,7 +216,7 @@ class Jobs:
         return name
 
     def _start(self, name: str, args: list[str]) -> None:
-        from maskbit.device import BACKGROUND_NICE
+        from maskbit.device import background_priority
 
         run = self.run_dir(name)
         run.path.mkdir(parents=True, exist_ok=True)
@@ -238,7 +238,7 @@ class Jobs:
         # Background work: the launcher (a Python start-up away from starting the trainer, which inherits it) at a
         # lower priority than the app's requests.
         with contextlib.suppress(AttributeError, OSError):
-            os.setpriority(os.PRIO_PROCESS, process.pid, BACKGROUND_NICE)
+            os.setpriority(os.PRIO_PROCESS, process.pid, background_priority())
         self.processes[name] = process
         try:
             run.launcher_path.write_text(json.dumps({"pid": process.pid, "args": args, "started": time.time()}))

@@ -47,6 +47,7 @@ __all__ = [
     "fit_threads",
     "run_in_background",
     "BACKGROUND_NICE",
+    "background_priority",
     "add_precision_argument",
     "program_precision",
     "add_device_arguments",
@@ -153,6 +154,12 @@ def mixed_precision(name: str, device: torch.device) -> str:
 BACKGROUND_NICE = 10  # background work yields the CPU to interactive work (CFS weight 110 against 1024 at nice 0)
 
 
+def background_priority() -> int:
+    """The nice value of this process's background work: BACKGROUND_NICE below the process itself, whatever it
+    was started at (an app run under `nice` keeps its jobs below it)."""
+    return min(19, os.getpriority(os.PRIO_PROCESS, 0) + BACKGROUND_NICE)
+
+
 def usable_cores() -> int:
     """The cores this process may run on, capped by OMP_NUM_THREADS when it is set (a launched job's share)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -211,8 +218,7 @@ def run_in_background() -> None:
     _background.active = True
     torch.set_num_threads(1)
     with contextlib.suppress(AttributeError, OSError):
-        lower = min(19, os.getpriority(os.PRIO_PROCESS, 0) + BACKGROUND_NICE)  # lower than the process it is part of
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), lower)
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), background_priority())
 
 
 def program_precision() -> str:
