@@ -94,7 +94,7 @@ def _generate_tab(v: dict) -> SimpleNamespace:
                 count = gr.Slider(1, limits["max_images"], value=4, step=1, label="images")
                 seed = gr.Number(0, label="seed")
                 preset = gr.Dropdown(v["sampling_presets"], value=None, label="sampling preset (fills the knobs)")
-                preset_note = gr.Markdown()
+                preset_note = gr.Markdown(elem_id="preset-note")
                 widgets = {  # by the knob's name; the page lists them in the generate endpoint's order
                     "num_steps": lambda: gr.Slider(
                         1, limits["num_steps"], value=s["num_steps"], step=1, label="steps", elem_id="num-steps"
@@ -103,7 +103,10 @@ def _generate_tab(v: dict) -> SimpleNamespace:
                         0, 15, value=s["guidance_scale"], step=0.1, label="guidance scale"
                     ),
                     "guidance_annealing": lambda: gr.Radio(
-                        v["guidance_annealings"], value=s["guidance_annealing"], label="guidance annealing"
+                        v["guidance_annealings"],
+                        value=s["guidance_annealing"],
+                        label="guidance annealing",
+                        elem_id="guidance-annealing",
                     ),
                     "scale_pow": lambda: gr.Slider(0.01, 5, value=s["scale_pow"], step=0.01, label="scale power"),
                     "randomize_temperature": lambda: gr.Slider(
@@ -182,7 +185,7 @@ def _flips_tab(v: dict) -> SimpleNamespace:
                 with gr.Row(visible=v["dataset_images_visible"]):
                     item = gr.Number(0, label="dataset image #")
                     use_item = gr.Button("Use dataset image")
-                caption = gr.Markdown()
+                caption = gr.Markdown(elem_id="flip-caption")
                 bit_ids = gr.Textbox("all", label="bits to flip (all, or e.g. 0, 3, 5-7)")
                 positions = gr.Textbox("all", label="at tokens (all, or ids; click the grid)")
                 button = gr.Button("Flip each bit", variant="primary")
