@@ -9,21 +9,26 @@ directly; app/layout.py wires them to widgets.
 from __future__ import annotations
 
 import dataclasses
+import threading
+import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 
 import gradio as gr
 
 from app.endpoint import guarded
-from app.explore import ExploreCallbacks
+from app.explore import ExploreCallbacks, loaded_message
 from app.jobs import PRESETS, STAGES
 from app.search import SearchCallbacks
 from app.state import AppState
-from app.training import JOB_COLUMNS, TrainingCallbacks
+from app.training import JOB_COLUMN_WIDTHS, JOB_COLUMNS, TrainingCallbacks
 from app.validation import LIMITS, SAMPLING_KNOBS
 from maskbit.config import GUIDANCE_ANNEALINGS, MASK_SCHEDULES
 from maskbit.presets import SAMPLING_PRESETS
 
 __all__ = ["Callbacks"]
+
+PROGRESS_EVERY_S = 1.0  # how often a model load in progress tells the page what it is loading and for how long
 
 
 class Callbacks:
@@ -95,16 +100,17 @@ class Callbacks:
             "stages": list(STAGES),
             "train_presets": PRESETS,
             "job_columns": JOB_COLUMNS,
+            "job_column_widths": JOB_COLUMN_WIDTHS,
         }
 
     # ------------------------------------------------------------------------------------------------ the page
 
     def served(self) -> tuple:
         """Everything the page shows of the pair the server holds now, for app/layout.py's `served` widgets in their
-        order: model pair, tokenizer, generator, model info, classes, the sampling knobs (SAMPLING_KNOBS), the step
-        slider, the Generate button and its note, the tokenizers to compare with, bits per walk step, the index line,
-        the LPIPS gallery and the note in its place (the last three are `status()`'s). Every page load asks for it, so
-        a page reloaded after a switch (here or in another tab) shows the new pair."""
+        order: model pair, tokenizer, generator, model info, classes, the sampling knobs (SAMPLING_KNOBS), the preset
+        box and its note, the step slider, the Generate button and its note, the tokenizers to compare with, bits per
+        walk step, the index line, the LPIPS gallery and the note in its place (the last three are `status()`'s).
+        Every page load asks for it, so a page reloaded after a switch (here or in another tab) shows the new pair."""
         v = self.page_values()
         names, sampling = v["class_names"], v["sampling"]
         return (
@@ -114,6 +120,7 @@ class Callbacks:
             self.explore.model_info(),
             gr.update(choices=names, value=names[:1]),
             *(sampling[knob] for knob in SAMPLING_KNOBS),
+            *self.explore.own_sampling(),
             gr.update(maximum=sampling["num_steps"], value=sampling["num_steps"]),
             gr.update(interactive=v["can_generate"]),
             v["generation_note"],
@@ -129,17 +136,47 @@ class Callbacks:
         note = f"**by LPIPS**: {self.state.lpips_note}" if not ready else ""
         return self.explore.index_status(), gr.update(visible=ready), gr.update(value=note, visible=not ready)
 
-    def load_served(self, tokenizer: str, generator: str) -> tuple:
-        """The model panel's Load on the page: the pair loaded, then what `served` shows, the message and the old
-        pair's generation outputs emptied."""
-        *_, message = self.explore.load_models(tokenizer, generator)
-        return (*self.served(), message, *self.explore.cleared())
+    def load_served(self, tokenizer: str, generator: str) -> Iterator[tuple]:
+        """The model panel's Load on the page (`_loading`): what `served` shows, the message, and the old pair's
+        generation outputs emptied."""
+        yield from self._loading(lambda: (tokenizer, generator), messages=1)
 
-    def train_load_served(self, name: str) -> tuple:
+    def train_load_served(self, name: str) -> Iterator[tuple]:
         """The Training tab's "Load into explorer" on the page: as `load_served`, the message in both places."""
-        *_, message = self.train_load(name)
-        served = self.served()
-        return (*served, message, message, *self.explore.cleared())
+        yield from self._loading(lambda: self.training.model_pair(name), messages=2)
+
+    def _loading(self, sources: Callable[[], tuple[str, str]], messages: int) -> Iterator[tuple]:
+        """Load the pair `sources()` names, streamed to the page: while it loads, what is being loaded and for how
+        long (a hub download takes a while, and offline it fails only after its retries); then, loaded or not, what
+        `served` shows, i.e. exactly the pair the server holds (after a failed load the last pair: the boxes, the pair
+        menu and the knobs say so), the message in `messages` places and, after a switch, the old pair's generation
+        outputs emptied."""
+        served, cleared = len(self.served()), len(self.explore.cleared())
+        stage, done = ["the models"], {}
+
+        @guarded  # failures become the message an endpoint would give (app/endpoint.py), never a traceback
+        def switch():
+            return self.state.switch_models(*sources(), progress=stage.append)
+
+        def load() -> None:
+            try:
+                done["message"] = loaded_message(switch())
+            except gr.Error as error:
+                models = self.state.models
+                held = f"{models.tokenizer_source} + {models.generator_source or 'no generator'}"
+                done["error"] = f"⚠️ {error.message}. The explorer still holds {held}."
+
+        started = time.monotonic()
+        worker = threading.Thread(target=load, daemon=True, name="model-load")
+        worker.start()
+        while worker.is_alive():
+            text = f"⏳ loading {stage[-1]} … {time.monotonic() - started:.0f} s"
+            yield (*(gr.skip(),) * served, *(text,) * messages, *(gr.skip(),) * cleared)
+            worker.join(PROGRESS_EVERY_S)
+        if "error" in done:
+            yield (*self.served(), *(done["error"],) * messages, *(gr.skip(),) * cleared)
+        else:
+            yield (*self.served(), *(done["message"],) * messages, *self.explore.cleared())
 
     def _pair(self, choice: str) -> tuple[str, str] | None:
         try:

@@ -13,7 +13,7 @@ import numpy as np
 
 from app import figures, pictures
 from app.endpoint import Endpoints, gpu, guarded
-from app.models import BUNDLED_PAIRS, OFFICIAL_PAIRS, generate_steps
+from app.models import BUNDLED_PAIRS, OFFICIAL_PAIRS, Models, generate_steps
 from app.validation import (
     LIMITS,
     SAMPLING_KNOBS,
@@ -22,13 +22,14 @@ from app.validation import (
     checked_seed,
     fit_note,
     parse_ids,
+    public_message,
     sampling_from,
     whole_number,
 )
 from maskbit import SAMPLING_PRESETS, analysis
 from maskbit.presets import SAMPLING_PRESET_NOTES
 
-__all__ = ["ExploreCallbacks"]
+__all__ = ["ExploreCallbacks", "loaded_message"]
 
 
 class ExploreCallbacks(Endpoints):
@@ -68,9 +69,7 @@ class ExploreCallbacks(Endpoints):
         models = self.state.switch_models(tokenizer, generator)
         names = models.class_names
         classes = gr.update(choices=names, value=names[:1]) if names else gr.update(choices=[], value=[])
-        what = f"{models.tokenizer_source} + {models.generator_source or 'no generator'}"
-        note = "" if models.can_generate else f" — {models.why_not}"
-        return self.model_info(), classes, f"✅ loaded {what}{note}"
+        return self.model_info(), classes, loaded_message(models)
 
     def generation_note(self) -> str:
         """What the Generate tab says about the loaded pair (and why the button is off)."""
@@ -162,6 +161,18 @@ class ExploreCallbacks(Endpoints):
         preset = SAMPLING_PRESETS[name]
         return [getattr(preset, knob) for knob in SAMPLING_KNOBS] + [SAMPLING_PRESET_NOTES.get(name, "")]
 
+    def own_sampling(self) -> tuple[str | None, str]:
+        """The preset box and its note for the sampling the knobs hold after a load (the generator's own,
+        maskbit.checkpoint.default_sampling): the preset equal to it, if one is, else none and a note that says whose
+        sampling it is."""
+        models = self.state.models
+        if models.generator is None:
+            return None, ""
+        same = next((name for name, preset in SAMPLING_PRESETS.items() if preset == models.sampling), None)
+        if same is not None:
+            return same, SAMPLING_PRESET_NOTES.get(same, "")
+        return None, f"the knobs hold the generator's own sampling ({models.generator_source}); a preset replaces it"
+
     def pick_generated(self, files: list[str], evt: gr.SelectData):
         return files[evt.index] if files and evt.index is not None and evt.index < len(files) else None
 
@@ -172,11 +183,13 @@ class ExploreCallbacks(Endpoints):
             raise gr.Error("generate an image first", print_exception=False)
         return path
 
-    def send_generated_to(self, tab: str):
-        """`send_generated` for a button that also opens `tab` (only when there is an image to send)."""
+    def send_generated_to(self, tab: str, caption: bool = False):
+        """`send_generated` for a button that also opens `tab` (only when there is an image to send); with `caption`,
+        also the caption that says where the image came from (it replaces a dataset image's)."""
 
         def send(files: list[str], chosen: str | None):
-            return self.send_generated(files, chosen), gr.update(selected=tab)
+            sent = self.send_generated(files, chosen), gr.update(selected=tab)
+            return (*sent, "a generated image (Generate tab)") if caption else sent
 
         return send
 
@@ -351,6 +364,21 @@ class ExploreCallbacks(Endpoints):
         gallery = [(pictures.to_array(image), caption) for image, caption in zip(walk.images, captions)]
         return gallery, figures.walk(walk.hamming, walk.distances.psnr, walk.distances.lpips)
 
+    def uploaded(self, image):
+        """An upload to Bit flips: its caption replaces the last image's; a file that is no image is taken off the page
+        at once, and the caption says why (the page showed a broken image under the old caption)."""
+        try:
+            self._image(image)
+        except ValueError as error:  # UserError: app/validation.py:load_upload says what is wrong with the file
+            return None, f"⚠️ {public_message(str(error))}"
+        return gr.skip(), ""
+
+    @staticmethod
+    def emptied(count: int):
+        """A callback that empties `count` outputs (images, galleries, plots, JSON, messages): the results of an image
+        that another replaced, and the warnings they came with."""
+        return lambda: (None,) * count
+
     @guarded
     def dataset_image(self, item):
         """Item `item` of the indexed dataset's training split, to flip bits of."""
@@ -365,6 +393,13 @@ class ExploreCallbacks(Endpoints):
         image, label = view[item]
         name = view.classes[label] if label < len(view.classes) else label
         return self._png(image, f"dataset-{item}"), f"{spec} train #{item}: {name}"
+
+
+def loaded_message(models: Models) -> str:
+    """What the page says after a pair was loaded."""
+    what = f"{models.tokenizer_source} + {models.generator_source or 'no generator'}"
+    note = "" if models.can_generate else f" — {models.why_not}"
+    return f"✅ loaded {what}{note}"
 
 
 def _db(psnr: float) -> str:

@@ -37,6 +37,8 @@ LAUNCHER_NOTE = re.compile(
     r"^(The following values were not passed to `accelerate launch`.*|\t+.*|"
     r"To avoid this warning pass in values for each of the problematic parameters.*|\s*)$"
 )
+LAUNCHER_FAILURE = "subprocess.CalledProcessError:"  # the last line of accelerate's traceback when the trainer failed
+CONSOLE_READ_LINES = 400  # the console's last lines read for its view: enough to pass accelerate's traceback
 
 STAGES = ("tokenizer", "generator")
 PRESETS = {"tokenizer": sorted(TOKENIZER_TRAIN_PRESETS), "generator": sorted(GENERATOR_TRAIN_PRESETS)}
@@ -330,7 +332,7 @@ class Jobs:
             state = "stopping"
         error = status.get("last_error")
         if state in ("starting", "died") and not status:
-            error = _without_launcher_notes(self.console_tail(name, 12)).splitlines()[-3:]
+            error = _own_lines(self.console_tail(name, CONSOLE_READ_LINES)).splitlines()[-3:]
             error = "\n".join(error) or None
         metrics = run.read_metrics()
         loss = next((m["loss"] for m in reversed(metrics) if "loss" in m), None)
@@ -372,6 +374,16 @@ class Jobs:
             text = file.read().decode("utf-8", "replace")
         return "\n".join(text.splitlines()[-lines:])
 
+    def console_view(self, name: str, lines: int = 8) -> str:
+        """What the Training tab's console shows: a failed (or died) job's own error first and whole, then the
+        console's last `lines` lines without accelerate's launch notes and without the traceback accelerate adds when
+        the trainer fails (a CalledProcessError that only repeats the command line)."""
+        job = self.job(name)
+        tail = "\n".join(_own_lines(self.console_tail(name, CONSOLE_READ_LINES)).splitlines()[-lines:])
+        if job.state not in ("failed", "died") or not job.error:
+            return tail
+        return f"job {name} {job.state}: {job.error}\n\n── the console's last lines ──\n{tail}"
+
     def finished_models(self) -> list[str]:
         """The jobs that have exported a model (newest first): what the model panel offers to load."""
         return [name for name in self.names() if (self.run_dir(name).model_dir / "config.json").is_file()]
@@ -387,16 +399,24 @@ class Jobs:
             job = self.job(name)
             if job.state in ("failed", "died", "stopped"):
                 cause = f": {job.error}" if job.error else ""
-                raise UserError(
-                    f"job {name!r} {job.state} before it exported a model{cause}; resume it to continue from its last "
-                    "checkpoint, then load it once it finishes"
+                then = (
+                    "resume it to continue from its last checkpoint, then load it once it finishes"
+                    if run.latest_checkpoint() is not None
+                    else "it has no checkpoint to resume from: launch it again under a new name once the cause is fixed"
                 )
+                raise UserError(f"job {name!r} {job.state} before it exported a model{cause}; {then}")
             raise UserError(f"job {name!r} has no exported model yet (it is written when the job finishes)")
         if self.job(name).stage == "generator":
             return str(run.read_config().get("tokenizer", "")), str(model)
         return str(model), ""
 
 
-def _without_launcher_notes(console: str) -> str:
-    """The console's lines less accelerate's note on the launch values it chose, which is no error of the job."""
-    return "\n".join(line for line in console.splitlines() if not LAUNCHER_NOTE.match(line))
+def _own_lines(console: str) -> str:
+    """The console's lines less what accelerate adds, which is no error of the job: its note on the launch values it
+    chose, and, after a trainer that failed, its own traceback ending in `subprocess.CalledProcessError` (the
+    trainer's traceback, with the cause, comes before it)."""
+    lines = [line for line in console.splitlines() if not LAUNCHER_NOTE.match(line)]
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last):")]
+    if starts and any(line.startswith(LAUNCHER_FAILURE) for line in lines[starts[-1] :]):
+        lines = lines[: starts[-1]]
+    return "\n".join(lines)

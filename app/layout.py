@@ -76,7 +76,7 @@ def _model_panel(v: dict) -> SimpleNamespace:
             tokenizer = gr.Textbox(v["tokenizer"], label="tokenizer (from_pretrained source)")
             generator = gr.Textbox(v["generator"], label="generator (empty: none)")
             load = gr.Button("Load", variant="primary")
-        message = gr.Markdown()
+        message = gr.Markdown(elem_id="model-message")
         info = gr.JSON(label="loaded")
     return SimpleNamespace(pair=pair, tokenizer=tokenizer, generator=generator, load=load, message=message, info=info)
 
@@ -94,7 +94,7 @@ def _generate_tab(v: dict) -> SimpleNamespace:
                 count = gr.Slider(1, limits["max_images"], value=4, step=1, label="images")
                 seed = gr.Number(0, label="seed")
                 preset = gr.Dropdown(v["sampling_presets"], value=None, label="sampling preset (fills the knobs)")
-                preset_note = gr.Markdown()
+                preset_note = gr.Markdown(elem_id="preset-note")
                 widgets = {  # by the knob's name; the page lists them in the generate endpoint's order
                     "num_steps": lambda: gr.Slider(
                         1, limits["num_steps"], value=s["num_steps"], step=1, label="steps", elem_id="num-steps"
@@ -103,7 +103,10 @@ def _generate_tab(v: dict) -> SimpleNamespace:
                         0, 15, value=s["guidance_scale"], step=0.1, label="guidance scale"
                     ),
                     "guidance_annealing": lambda: gr.Radio(
-                        v["guidance_annealings"], value=s["guidance_annealing"], label="guidance annealing"
+                        v["guidance_annealings"],
+                        value=s["guidance_annealing"],
+                        label="guidance annealing",
+                        elem_id="guidance-annealing",
                     ),
                     "scale_pow": lambda: gr.Slider(0.01, 5, value=s["scale_pow"], step=0.01, label="scale power"),
                     "randomize_temperature": lambda: gr.Slider(
@@ -176,12 +179,13 @@ def _flips_tab(v: dict) -> SimpleNamespace:
                     label="image (upload, dataset or generated)",
                     sources=["upload", "clipboard"],
                     elem_classes="pixelated",
+                    elem_id="flip-image",
                     height=260,
                 )
                 with gr.Row(visible=v["dataset_images_visible"]):
                     item = gr.Number(0, label="dataset image #")
                     use_item = gr.Button("Use dataset image")
-                caption = gr.Markdown()
+                caption = gr.Markdown(elem_id="flip-caption")
                 bit_ids = gr.Textbox("all", label="bits to flip (all, or e.g. 0, 3, 5-7)")
                 positions = gr.Textbox("all", label="at tokens (all, or ids; click the grid)")
                 button = gr.Button("Flip each bit", variant="primary")
@@ -377,17 +381,23 @@ def _training_tab(v: dict) -> SimpleNamespace:
             resume = gr.Button("Resume", interactive=enabled)
             load = gr.Button("Load into explorer", interactive=enabled)
         message = gr.Markdown(elem_id="train-message")
+        # The error column wraps, so that the table fits the page (a one-line error made it scroll sideways); the
+        # whole error is also the first thing the console shows.
         table = gr.Dataframe(
             elem_id="job-table",
             headers=v["job_columns"],
             datatype=["str"] * len(v["job_columns"]),
             label="jobs",
             interactive=False,
+            wrap=True,
+            column_widths=v["job_column_widths"],
         )
         with gr.Row():
             curves = gr.Plot(label="training curves")
             sample = gr.Image(label="latest samples", interactive=False)
-        console = gr.Textbox(label="console (last lines)", lines=8, interactive=False)
+        console = gr.Textbox(  # a failed job's error comes first: shown from the top
+            label="console (last lines)", lines=8, max_lines=24, interactive=False, autoscroll=False, elem_id="console"
+        )
     return SimpleNamespace(**{k: w for k, w in locals().items() if k not in ("v", "enabled")})
 
 
@@ -440,8 +450,8 @@ def _ui(trigger, fn, inputs, outputs: list, message, **options):
 def _wire(demo, c: Callbacks, m, g, f, n, t, j, tabs, timer, index_line) -> None:
     # the pair the server holds now, on every page load and after every switch (a reloaded page shows it too)
     served = [
-        m.pair, m.tokenizer, m.generator, m.info, g.labels, *g.knobs, g.step, g.button, g.note, f.compare_with,
-        f.walk_bits, index_line, n.galleries[1], n.lpips_note,
+        m.pair, m.tokenizer, m.generator, m.info, g.labels, *g.knobs, g.preset, g.preset_note, g.step, g.button, g.note,
+        f.compare_with, f.walk_bits, index_line, n.galleries[1], n.lpips_note,
     ]  # fmt: skip
     cleared = [g.gallery, g.frame, g.masked, g.progress]  # a new pair: results (and errors) of the old one go
     demo.load(c.model_info, None, m.info, api_name="model_info", **LIGHT)
@@ -451,20 +461,31 @@ def _wire(demo, c: Callbacks, m, g, f, n, t, j, tabs, timer, index_line) -> None
     timer.tick(c.status, None, [index_line, n.galleries[1], n.lpips_note], show_progress="hidden", **PRIVATE, **LIGHT)
     _ui(m.pair.input, c.pair_sources, m.pair, [m.tokenizer, m.generator], m.message)
     _api(c.load_models, [m.tokenizer, m.generator], [m.info, g.labels, m.message], "load_models", **COMPUTE)
-    _ui(m.load.click, c.load_served, [m.tokenizer, m.generator], [*served, m.message, *cleared], m.message, **COMPUTE)
+    # A load streams what it is loading into its message, the only place that shows progress (not every served widget)
+    loading = {"show_progress_on": [m.message], **COMPUTE}
+    _ui(m.load.click, c.load_served, [m.tokenizer, m.generator], [*served, m.message, *cleared], m.message, **loading)
 
-    g.preset.change(c.apply_preset, g.preset, [*g.knobs, g.preset_note], **PRIVATE, **LIGHT)
+    # a preset chosen by the user (`served` sets the box to the loaded generator's own sampling: no preset applied)
+    g.preset.input(c.apply_preset, g.preset, [*g.knobs, g.preset_note], **PRIVATE, **LIGHT)
     generate = [g.labels, g.count, g.seed, *g.knobs]
     generated = [g.gallery, g.masked, g.unmasking, g.step, g.frame, g.files, g.progress]
     _api(c.generate, generate, generated, "generate", **COMPUTE)
     _ui(g.button.click, c.generate, generate, generated, g.message, **COMPUTE)
     g.step.input(c.show_step, [g.unmasking, g.step], [g.frame, g.masked], show_progress="hidden", **PRIVATE, **LIGHT)
     g.gallery.select(c.pick_generated, g.files, g.chosen, **PRIVATE, **LIGHT)
-    for button, image, where in ((g.to_flip, f.image, "flip"), (g.to_neighbours, n.image, "neighbours")):
-        _ui(button.click, c.send_generated_to(where), [g.files, g.chosen], [image, tabs], g.progress)
+    _ui(g.to_flip.click, c.send_generated_to("flip", True), [g.files, g.chosen], [f.image, tabs, f.caption], g.progress)
+    _ui(g.to_neighbours.click, c.send_generated_to("neighbours"), [g.files, g.chosen], [n.image, tabs], g.progress)
 
     _api(c.dataset_image, f.item, [f.image, f.caption], "dataset_image")
     _ui(f.use_item.click, c.dataset_image, f.item, [f.image, f.caption], f.caption)
+    # A new image (uploaded, a dataset image, sent from Generate, or none) makes every result of the last one, and
+    # its warnings, stale: they go. An upload that is no image is taken off at once, its caption saying why.
+    f.image.upload(c.uploaded, f.image, [f.image, f.caption], **UNREAD, **PRIVATE, **LIGHT)
+    stale = [f.message, f.original, f.reconstruction, f.flipped, f.psnr_chart, f.distance_chart, f.summary, f.grid]
+    stale += [f.fit, f.compare_message, f.compare_loaded, f.compare_other, f.compare_psnr, f.compare_distance]
+    stale += [f.compare_judge, f.compare_summary, f.planes_message, f.planes, f.heat, f.tokens, f.walk_message]
+    stale += [f.walk_gallery, f.walk_plot]
+    f.image.change(c.emptied(len(stale)), None, stale, show_progress="hidden", **PRIVATE, **LIGHT)
     flip = [f.image, f.bit_ids, f.positions]
     flipped = [f.original, f.reconstruction, f.flipped, f.psnr_chart, f.distance_chart, f.summary, f.grid, f.fit]
     _api(c.flip_bits, flip, flipped, "flip_bits", **UNREAD, **COMPUTE)
@@ -509,7 +530,8 @@ def _wire(demo, c: Callbacks, m, g, f, n, t, j, tabs, timer, index_line) -> None
         _api(fn, j.job, [j.table, j.message], name)
         _ui(button.click, fn, j.job, [j.table, j.message], j.message)
     _api(c.train_load, j.job, [m.info, g.labels, m.message, m.pair, j.message], "train_load", **COMPUTE)
-    _ui(j.load.click, c.train_load_served, j.job, [*served, m.message, j.message, *cleared], j.message, **COMPUTE)
+    loading = {"show_progress_on": [j.message], **COMPUTE}
+    _ui(j.load.click, c.train_load_served, j.job, [*served, m.message, j.message, *cleared], j.message, **loading)
     j.job.change(c.train_curves, j.job, [j.curves, j.sample, j.console], api_name="train_curves", **LIGHT)
     timer.tick(c.refresh, j.job, [j.table, j.curves, j.sample, j.console], show_progress="hidden", **PRIVATE, **LIGHT)
     demo.load(c.jobs_view, None, [j.table, j.job], **PRIVATE, **LIGHT)

@@ -6,7 +6,7 @@ Images cross into the callbacks as float tensors (3, H, W) in [0, 1]; everything
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -151,14 +151,19 @@ def load_models(
     generator_config: str | None = None,
     device: torch.device | None = None,
     precision: str = "fp32",
+    progress: Callable[[str], None] | None = None,
 ) -> Models:
     """Load a tokenizer and optionally a generator (any `from_pretrained` source); say why they do not fit.
-    `precision` (maskbit.device) is what both models encode, decode and sample at."""
+    `precision` (maskbit.device) is what both models encode, decode and sample at; `progress` is told what is being
+    loaded ("the tokenizer markweber/…") before each model (a hub download can take a while)."""
     device = device or pick_device()
+    progress = progress or (lambda what: None)
+    progress(f"the tokenizer {tokenizer_source}")
     tokenizer = load_model(Tokenizer, tokenizer_source, tokenizer_config, device, precision)
     generator, names, problem, sampling = None, [], "", SamplingConfig()
     image_size = tokenizer.config.image_size
     if generator_source:
+        progress(f"the generator {generator_source}")
         generator = load_model(Generator, generator_source, generator_config, device, precision)
         names = class_names(generator_source, generator.config.num_classes)
         sampling = default_sampling(generator_source, generator_config)

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,11 +85,14 @@ class AppState:
 
     # ------------------------------------------------------------------------------------------------ models
 
-    def switch_models(self, tokenizer: str, generator: str) -> Models:
+    def switch_models(self, tokenizer: str, generator: str, progress: Callable[[str], None] | None = None) -> Models:
         """Load a pair a user asked for: only 'default', the workspace's runs, the model roots, the start-up models,
-        and hub ids where they are allowed (app/validation.py:checked_model_source)."""
+        and hub ids where they are allowed (app/validation.py:checked_model_source). `progress` is told each stage
+        (app/models.py:load_models; then the switch, which waits for other work on the models to let go of them)."""
         tokenizer, generator = self.checked_sources(tokenizer, generator)
-        models = load_models(tokenizer, generator, precision=self.settings.precision)
+        models = load_models(tokenizer, generator, precision=self.settings.precision, progress=progress)
+        if progress is not None:
+            progress("the new pair into the explorer")
         with self.lock:
             self.models = models
             self._generation += 1

@@ -10,9 +10,10 @@ from app.endpoint import Endpoints, guarded
 from app.jobs import PRESETS, Jobs
 from app.validation import UserError, bounded_text
 
-__all__ = ["TrainingCallbacks", "JOB_COLUMNS"]
+__all__ = ["TrainingCallbacks", "JOB_COLUMNS", "JOB_COLUMN_WIDTHS"]
 
 JOB_COLUMNS = ["job", "stage", "state", "step", "loss", "pid", "error"]
+JOB_COLUMN_WIDTHS = ["14%", "9%", "8%", "11%", "7%", "7%", "44%"]  # the error column takes what is left
 
 
 class TrainingCallbacks(Endpoints):
@@ -57,7 +58,7 @@ class TrainingCallbacks(Endpoints):
         jobs = self._jobs()
         sample = jobs.latest_sample(name)
         curves = figures.training_curves(jobs.metrics(name), name)
-        return curves, str(sample) if sample else None, jobs.console_tail(name, 8)
+        return curves, str(sample) if sample else None, jobs.console_view(name)
 
     @guarded
     def train_curves(self, name):

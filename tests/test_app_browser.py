@@ -75,7 +75,7 @@ def tab(page, name):
     page.get_by_role("tab", name=name, exact=True).click()
 
 
-def test_model_panel(page, shots, app_server):
+def test_model_panel(page, shots, app_server, broken_job):  # the job starts now: it has failed when it is looked at
     page.get_by_text("Model", exact=True).first.click()
     expect(page.get_by_role("button", name="Load")).to_be_visible(timeout=SHOWN)
     expect(page.get_by_text("bits_per_token")).to_be_visible(timeout=REPLY)
@@ -126,13 +126,16 @@ def test_a_pair_without_a_generator_says_so(page, app_server):
 
 def test_a_reloaded_page_shows_the_pair_the_server_holds(page, app_server):
     """Issue 25.2: the models are switched elsewhere (another tab, the API); a reload shows the new pair, its classes
-    and its sampling, and Generate works with them."""
+    and its sampling, and Generate works with them. Issue 35.5: the guidance-annealing radio draws the choice it holds,
+    and the preset box never names a preset the knobs do not hold (also after a Load). Issue 35.3: a Load that waits
+    (here for the lock of another switch) says on the page what it is doing."""
     from maskbit import Generator, SamplingConfig
 
     state = app_server.state
     tokenizer, generator = state.models.tokenizer_source, state.models.generator_source
     shapes = app_server.settings.workspace / "shapes-generator"  # a folder models may be loaded from
-    Generator.from_pretrained(generator).save_pretrained(shapes, sampling=SamplingConfig(num_steps=5))
+    own = SamplingConfig(num_steps=5, guidance_annealing="cosine")
+    Generator.from_pretrained(generator).save_pretrained(shapes, sampling=own)
     (shapes / "classes.json").write_text('["circle", "square"]')
     lpips, note = state.lpips, state.lpips_note
     try:
@@ -148,9 +151,26 @@ def test_a_reloaded_page_shows_the_pair_the_server_holds(page, app_server):
         tab(page, "Generate")
         expect(page.get_by_label("generator (empty: none)")).to_have_value(str(shapes), timeout=REPLY)
         expect(page.locator("#num-steps input[type=number]")).to_have_value("5", timeout=REPLY)
+        own_sampling_shown(page)
         page.get_by_role("button", name="Generate", exact=True).click()
         expect(page.locator("#generate-progress")).to_have_text("4 images, 5 steps", timeout=COMPUTED)
         expect(page.locator("#generated-gallery")).to_contain_text("circle (#0)", timeout=SHOWN)
+        # a preset fills the knobs; loading the pair again gives the generator's own sampling, and the box says so
+        page.get_by_label("sampling preset (fills the knobs)").click()
+        page.get_by_role("option", name="default", exact=True).click()
+        expect(page.locator("#num-steps input[type=number]")).to_have_value("16", timeout=REPLY)
+        expect(page.locator("#preset-note")).to_contain_text("tuned for the bundled default model", timeout=REPLY)
+        state.lock.acquire()  # another switch in progress: this Load waits for it, and says so while it waits
+        try:
+            page.get_by_role("button", name="Load", exact=True).click()
+            expect(page.locator("#model-message")).to_contain_text(
+                re.compile(r"⏳ loading the new pair into the explorer … \d+ s"), timeout=COMPUTED
+            )
+        finally:
+            state.lock.release()
+        expect(page.locator("#model-message")).to_contain_text(f"✅ loaded {tokenizer} + {shapes}", timeout=COMPUTED)
+        expect(page.locator("#num-steps input[type=number]")).to_have_value("5", timeout=REPLY)
+        own_sampling_shown(page)
     finally:
         state.lpips, state.lpips_note = lpips, note
         state.switch_models(tokenizer, generator)
@@ -158,6 +178,40 @@ def test_a_reloaded_page_shows_the_pair_the_server_holds(page, app_server):
         page.reload(timeout=REPLY)
     page.get_by_text("Model", exact=True).first.click()
     expect(page.get_by_label("generator (empty: none)")).to_have_value(generator, timeout=REPLY)
+
+
+def own_sampling_shown(page):
+    """The Generate tab shows the loaded generator's own sampling (cosine guidance annealing, no preset)."""
+    checked = page.locator("#guidance-annealing label:has(input:checked)")
+    expect(checked).to_have_text("cosine", timeout=REPLY)
+    expect(checked).to_have_class(re.compile(r"\bselected\b"), timeout=SHOWN)  # drawn as chosen, not only checked
+    expect(page.locator("#guidance-annealing label.selected")).to_have_count(1, timeout=SHOWN)
+    expect(page.get_by_label("sampling preset (fills the knobs)")).to_have_value("", timeout=REPLY)
+    expect(page.locator("#preset-note")).to_contain_text("the knobs hold the generator's own sampling", timeout=SHOWN)
+
+
+def test_a_failed_load_leaves_the_boxes_saying_what_the_server_holds(page, app_server):
+    """Issue 35.3: a load that fails (offline hub id, broken folder) left the pair menu and the boxes naming what was
+    asked for, not what the server holds; the message says why, and what is still loaded."""
+    state = app_server.state
+    tokenizer, generator = state.models.tokenizer_source, state.models.generator_source
+    broken = app_server.settings.workspace / "broken-tokenizer"
+    broken.mkdir(exist_ok=True)
+    (broken / "config.json").write_text("{}")  # a model folder without weights
+    if not page.get_by_label("model pair").is_visible():  # the model panel starts closed
+        page.get_by_text("Model", exact=True).first.click()
+    page.get_by_label("model pair").click()
+    page.get_by_role("option", name="bundled VQ twin (VQGAN+, 12 bits; tokenizer only)", exact=True).click()
+    expect(page.get_by_label("tokenizer (from_pretrained source)")).to_have_value("default-vq", timeout=REPLY)
+    page.get_by_label("tokenizer (from_pretrained source)").fill(str(broken))
+    page.get_by_role("button", name="Load", exact=True).click()
+    message = page.locator("#model-message")
+    expect(message).to_contain_text(f"cannot load the tokenizer '{broken}'", timeout=COMPUTED)
+    expect(message).to_contain_text(f"The explorer still holds {tokenizer} + {generator}.", timeout=SHOWN)
+    expect(page.get_by_label("tokenizer (from_pretrained source)")).to_have_value(tokenizer, timeout=SHOWN)
+    expect(page.get_by_label("generator (empty: none)")).to_have_value(generator, timeout=SHOWN)
+    expect(page.get_by_label("model pair")).to_have_value("", timeout=SHOWN)  # the served pair is no listed choice
+    assert (state.models.tokenizer_source, state.models.generator_source) == (tokenizer, generator)
 
 
 def test_bit_flip_tab(page, shots, app_server):
@@ -189,6 +243,34 @@ def test_bit_flip_tab(page, shots, app_server):
     expect(tokens).to_have_value(re.compile(r"^\d+$"), timeout=COMPUTED)
     expect(page.locator("#flip-message")).to_have_text("", timeout=COMPUTED)
     page.screenshot(path=shots / "bit-flips.png", full_page=True)
+
+
+def test_a_new_image_in_bit_flips_drops_the_old_ones_results(page, shots, tmp_path):
+    """Issue 35.5: a dataset image replaced the image but kept the old results, token grid and ⚠️; a text file named
+    .png showed a broken image under the old caption. (The results are test_bit_flip_tab's.)"""
+    tab(page, "Bit flips")
+    expect(page.locator("#flipped-gallery img")).to_have_count(12, timeout=SHOWN)
+    item, caption = page.get_by_label("dataset image #"), page.locator("#flip-caption")
+    bits = page.get_by_label("bits to flip (all, or e.g. 0, 3, 5-7)")
+    bits.fill("99")
+    page.get_by_role("button", name="Flip each bit").click()
+    expect(page.locator("#flip-message")).to_contain_text("bit_ids", timeout=COMPUTED)
+    bits.fill("all")
+    item.fill("1")
+    page.get_by_role("button", name="Use dataset image").click()
+    expect(caption).to_contain_text("train #1", timeout=REPLY)
+    expect(page.locator("#flip-message")).to_have_text("", timeout=REPLY)
+    expect(page.locator("#flipped-gallery img")).to_have_count(0, timeout=REPLY)
+    expect(page.locator("#token-grid img")).to_have_count(0, timeout=SHOWN)
+    expect(page.locator("#flip-chart .js-plotly-plot")).to_have_count(0, timeout=SHOWN)
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    page.locator("#flip-image input[type=file]").set_input_files(text)
+    expect(caption).to_contain_text("cannot read the file as an image", timeout=REPLY)
+    expect(page.locator("#flip-image img")).to_have_count(0, timeout=REPLY)  # no broken image left on the page
+    page.screenshot(path=shots / "bit-flips-not-an-image.png")
+    page.get_by_role("button", name="Use dataset image").click()  # the tests after this one flip an image
+    expect(caption).to_contain_text("train #1", timeout=REPLY)
 
 
 def test_bit_flips_of_lfq_and_vq_side_by_side(page, shots, app_server):
@@ -314,6 +396,17 @@ def test_token_space_tab(page, shots):
     page.screenshot(path=shots / "token-space.png", full_page=True)
 
 
+@pytest.fixture(scope="module")
+def broken_job(app_server) -> str:
+    """A training job that fails on its own: its dataset folder holds a text file named .png. It is launched when
+    first asked for (test_model_panel) and runs in the background (at the trainer's lower priority) while the tests
+    in between compute."""
+    folder = app_server.settings.workspace / "text-files" / "circle"
+    folder.mkdir(parents=True)
+    (folder / "0.png").write_text("not an image")
+    return app_server.state.jobs.launch("tokenizer", "broken-job", "tiny", str(folder.parent))
+
+
 def test_training_tab(page, shots, app_server):
     tab(page, "Training")
     # issue 20.8: a typo names the closest keys, not all ~80; a generator recipe without a tokenizer is refused
@@ -350,3 +443,37 @@ def test_training_tab(page, shots, app_server):
     finally:
         state.switch_models(tokenizer, generator)
         state.wait_ready(300)
+
+
+TABLE_FITS = """(table) => {
+    const viewport = table.querySelector('.virtual-table-viewport');
+    return [viewport.scrollWidth, viewport.clientWidth, table.getBoundingClientRect().right, window.innerWidth];
+}"""
+
+
+def test_a_failed_job_says_why(page, shots, app_server, broken_job):
+    """Issue 35.2: the console showed accelerate's CalledProcessError traceback and the job's own error was a cut-off
+    line of a table that scrolled sideways at 1280 px; Load into explorer said the model would come."""
+    tab(page, "Training")
+    page.get_by_label("job", exact=True).click()
+    page.get_by_role("option", name=broken_job, exact=True).click()
+    row = page.locator("#job-table div[role=row]", has_text=broken_job)
+    expect(row).to_contain_text("failed", timeout=TRAINED)
+    console = page.locator("#console textarea")
+    own = re.compile(rf"^job {broken_job} failed: RuntimeError: none of the 1 image files in \S+ can be read\n")
+    expect(console).to_have_value(own, timeout=REPLY)
+    assert "CalledProcessError" not in console.input_value()
+    try:
+        for size in SIZES:
+            page.set_viewport_size(size)
+            page.wait_for_timeout(300)  # one layout pass; not a wait for work
+            scrolled, width, right, window = page.locator("#job-table").evaluate(TABLE_FITS)
+            assert scrolled <= width + 1 and right <= window, f"the job table does not fit at {size}"
+        page.screenshot(path=shots / "training-failed.png", full_page=True)
+    finally:
+        page.set_viewport_size({"width": 1400, "height": 1100})
+    page.get_by_role("button", name="Load into explorer").click()
+    message = page.locator("#train-message")
+    failed = f"job '{broken_job}' failed before it exported a model: RuntimeError"
+    expect(message).to_contain_text(failed, timeout=REPLY)
+    expect(message).to_contain_text("launch it again under a new name", timeout=SHOWN)

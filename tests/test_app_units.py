@@ -779,7 +779,9 @@ def test_a_tokenizer_override_may_name_a_job_or_a_folder_of_the_workspace(jobs, 
     with pytest.raises(UserError, match="job 'gen-a' trains a generator, not a tokenizer"):
         tokenizer("gen-a")
     (runs / "tok-b" / "status.json").write_text(json.dumps({"state": "failed", "last_error": "ValueError: no images"}))
-    with pytest.raises(UserError, match="job 'tok-b' failed before it exported a model: ValueError: no images; resume"):
+    with pytest.raises(
+        UserError, match="job .tok-b. failed before it exported a model: ValueError: no images; it has no checkpoint"
+    ):
         jobs.model_pair("tok-b")  # "Load into explorer" (issue 35.2)
 
 
