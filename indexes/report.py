@@ -59,6 +59,7 @@ __all__ = [
     "compute_report",
     "memorization_report",
     "report_inputs",
+    "summary",
     "verdict",
     "write_report",
 ]
@@ -260,11 +261,11 @@ class Report:
         return value
 
 
-SUMMARY_DROPS = ("generated_distances", "heldout_distances", "flagged", "copy_distances", "real_distances", "ids")
+SUMMARY_DROPS = ("generated_distances", "heldout_distances", "flagged", "copy_distances", "real_distances")
 
 
 def summary(report: dict) -> dict:
-    """report.json without its per-image lists (distances, flagged images, planted ids): what a page shows."""
+    """report.json without its per-image lists (distances, flagged images): what a page shows."""
     if isinstance(report, dict):
         return {key: summary(value) for key, value in report.items() if key not in SUMMARY_DROPS}
     return report
