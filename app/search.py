@@ -199,9 +199,9 @@ CLAIM_REFERENCE = (
 def _metric_name(metric: str, index) -> str:
     if metric == "hamming":
         return "Hamming distance between index bits" if index.tokenizer_kind == "vq" else "Hamming distance (bits)"
-    from indexes.rendering import metric_label
+    from indexes.report import REPORT_METRICS
 
-    return metric_label(metric)
+    return REPORT_METRICS[metric].label
 
 
 def _caption(row, vq: bool) -> str:

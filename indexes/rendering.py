@@ -1,9 +1,9 @@
 """The memorization report as people read it: HTML page, plots, PNG pictures, markdown and plain-text tables.
 
 Everything here reads report.json's content (the dict `indexes.report.Report.to_json` returns), so a report written
-earlier renders the same, and nothing here computes a statistic. One table names the metrics (`METRIC_LABELS`), one
-function gives the planted rows (`planted_rows`) to every renderer, one function says what C_T rests on
-(`c_t_text`, from the structured `c_t_reason`).
+earlier renders the same, and nothing here computes a statistic. Each metric's label comes with it in report.json (from
+`indexes.report.REPORT_METRICS`), one function gives the planted rows (`planted_rows`) to every renderer, one
+function says what C_T rests on (`c_t_text`, from the structured `c_t_reason`).
 """
 
 from __future__ import annotations
@@ -19,11 +19,9 @@ from maskbit.files import atomic_write
 from maskbit.images import to_pil
 
 __all__ = [
-    "METRIC_LABELS",
     "PlantedRow",
     "c_t_text",
     "html_page",
-    "metric_label",
     "ordinal",
     "planted_markdown",
     "planted_rows",
@@ -33,12 +31,6 @@ __all__ = [
     "write_plots",
 ]
 
-# A metric of the report: its axis label. A new metric is one row here (and its search in indexes.report).
-METRIC_LABELS = {
-    "hamming": "Hamming distance (bits)",
-    "lpips": "LPIPS",
-    "pixel": "squared pixel L2 (16×16)",
-}
 PARTITIONS = {
     "classes": "the classes of the nearest training images ({cells} cells)",
     "k-means": "{cells} k-means cells of the training images' bit tokens",
@@ -49,10 +41,6 @@ PROBLEMS = {
     "low_coverage": "its cells holding more than {fewest} generated images hold only {kept} of the {m}",
     "thin_heldout": "a cell holding more than {fewest} generated images holds fewer than {min_heldout} held-out ones",
 }
-
-
-def metric_label(metric: str) -> str:
-    return METRIC_LABELS.get(metric, metric)
 
 
 def ordinal(number: float) -> str:
@@ -221,10 +209,10 @@ def write_plots(report: dict, out: Path) -> None:
             data["threshold"], color="black", linestyle="--", label=f"p{report['percentile']:g} of held-out"
         )
         axes[0, col].set_title(f"{metric}: {data['flagged_fraction']:.1%} flagged")
-        axes[0, col].set_xlabel(f"{metric_label(metric)} to the nearest training image")
+        axes[0, col].set_xlabel(f"{data['label']} to the nearest training image")
         axes[0, col].set_ylabel("images")
         axes[0, col].legend(fontsize=7)
-        figure.update_xaxes(title_text=metric_label(metric), row=1, col=col + 1)
+        figure.update_xaxes(title_text=data["label"], row=1, col=col + 1)
         figure.update_yaxes(title_text="images", row=1, col=col + 1)
         if planted:
             _roc_plots(planted, metric, figure, axes[1, col], col, go)

@@ -37,6 +37,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -54,7 +55,9 @@ __all__ = [
     "GENERATION_BATCH",
     "MetricReport",
     "PlantedReport",
+    "REPORT_METRICS",
     "Report",
+    "ReportMetric",
     "ReportInputs",
     "compute_report",
     "memorization_report",
@@ -69,6 +72,29 @@ EXCESS_P_VALUE = 1e-3  # a flagged count this unlikely at the held-out rate read
 GENERATION_BATCH = 16  # images generated per call, seeded seed + first: the same images whoever asks
 REPORT_FILE = re.compile(r"^(report\.(json|html|png)|closest_\w+\.png|planted\.png)$")
 PLOT_BYTES = 8 << 20  # about what the HTML page (plotly inline) and the PNG of the plots take
+
+
+# ---------------------------------------------------------------------------------------------------- metrics
+
+
+class ReportMetric(NamedTuple):
+    """A metric of the report. label: its axis label. search: None for a metric of the index itself (`index.search`);
+    else search(index, images (B, 3, S, S), tokens (B, h, w), k) → (ids (B, k) int64, distances (B, k) float64,
+    nearest first), run on every image the report searches (generated, held-out, planted copies). pairwise(index,
+    images, tokens) → (B, B) distances among the generated images, for the cliques (None: no cliques)."""
+
+    label: str
+    search: Callable | None = None
+    pairwise: Callable | None = None
+
+
+# Every metric a report can hold, in its order. A new test of copying (e.g. a Hamming search over shifted token
+# grids) is one row here; the statistics, planted table, verdict inputs and renderers follow.
+REPORT_METRICS: dict[str, ReportMetric] = {
+    "hamming": ReportMetric("Hamming distance (bits)"),
+    "lpips": ReportMetric("LPIPS"),
+    "pixel": ReportMetric("squared pixel L2 (16×16)"),
+}
 
 
 # ---------------------------------------------------------------------------------------------------- inputs
@@ -155,6 +181,7 @@ def report_inputs(
 class MetricReport:
     """One metric's results. distances (M,), (N,): each image's distance to its nearest training image."""
 
+    label: str
     threshold: float
     generated_distances: np.ndarray
     heldout_distances: np.ndarray
@@ -176,6 +203,7 @@ class MetricReport:
 
     def to_json(self) -> dict:
         return {
+            "label": self.label,
             "threshold": self.threshold,
             "generated": _summary(self.generated_distances),
             "heldout": _summary(self.heldout_distances),
@@ -333,6 +361,7 @@ def compute_report(
         held_relative, _ = _relative_flagged(metric, held_neighbours)
         pairwise = _pairwise_distances(index, metric, generated, generated_tokens)
         report.metrics[metric] = MetricReport(
+            label=REPORT_METRICS[metric].label if metric in REPORT_METRICS else metric,
             threshold=threshold,
             generated_distances=gen_distances,
             heldout_distances=held_distances,
@@ -356,7 +385,9 @@ def compute_report(
             relative_p_value=_relative_p_value(relative, held_relative, len(gen_distances), len(held_distances)),
             relative_neighbours=neighbours,
             relative_note=relative_note,
-            cliques=[[names[i] for i in group] for group in audit.cliques(pairwise, threshold)],
+            cliques=[]
+            if pairwise is None
+            else [[names[i] for i in group] for group in audit.cliques(pairwise, threshold)],
         )
         report.pictures[f"closest_{metric}.png"] = _gallery(index, generated, nearest_ids, gen_distances, gallery_size)
     if plant:
@@ -554,9 +585,13 @@ def _nearest(
         batch = images[first : first + batch_size].to(index.device)
         batch_tokens = index.encode(batch)
         tokens.append(batch_tokens.cpu())
-        for metric, found in index.search(batch, tokens=batch_tokens, k=k).items():
-            ids.setdefault(metric, []).append(found.ids)
-            distances.setdefault(metric, []).append(found.distances.astype(np.float64))
+        found = {m: (f.ids, f.distances) for m, f in index.search(batch, tokens=batch_tokens, k=k).items()}
+        for metric, extra in REPORT_METRICS.items():
+            if extra.search is not None:
+                found[metric] = extra.search(index, batch, batch_tokens, k)
+        for metric, (found_ids, found_distances) in found.items():
+            ids.setdefault(metric, []).append(np.asarray(found_ids))
+            distances.setdefault(metric, []).append(np.asarray(found_distances, dtype=np.float64))
     found = {m: (np.concatenate(ids[m]), np.concatenate(distances[m])) for m in ids}
     return found, torch.cat(tokens)
 
@@ -569,7 +604,11 @@ def _auth_pct(
     if len(index) < 2:
         return None, "AuthPct not computed: the index holds a single image"
     try:
-        if metric == "lpips" and index.sketch is not None:  # only sketches are stored: search with the images again
+        extra = REPORT_METRICS.get(metric, ReportMetric(metric)).search
+        if extra is not None:  # a metric of the report, not of the index: search with the images again
+            images = load_indexed_images(index, unique)
+            found_ids, found_distances = extra(index, images, index.encode(images.to(index.device)), 2)
+        elif metric == "lpips" and index.sketch is not None:  # only sketches are stored: search with the images
             found = index.search(load_indexed_images(index, unique), k=2, metrics=["lpips"])["lpips"]
             found_distances, found_ids = found.distances, found.ids
         else:  # the stored vectors (packed codes, thumbnails, φ) are the queries
@@ -612,7 +651,11 @@ def _relative_p_value(generated: float | None, heldout: float | None, m: int, n:
 def _pairwise_distances(
     index: ImageIndex, metric: str, images: torch.Tensor, tokens: torch.Tensor, batch_size: int = 64
 ) -> np.ndarray:
-    """(M, M) distances among the generated images, in the metric's units (for the cliques)."""
+    """(M, M) distances among the generated images, in the metric's units (for the cliques); None for a metric that
+    gives no pairwise distances."""
+    extra = REPORT_METRICS.get(metric, ReportMetric(metric))
+    if extra.search is not None:
+        return None if extra.pairwise is None else np.asarray(extra.pairwise(index, images, tokens), dtype=np.float64)
     if metric == "hamming":
         codes = bits.pack_bits(tokens, index.tokenizer.num_bits).numpy()
         rows = [

@@ -167,6 +167,39 @@ def test_planted_exact_copies_are_all_found_at_the_held_out_rate_of_false_alarms
     assert "planted copies of 40 training images" in exported_report["stdout"]
 
 
+def test_a_new_report_metric_is_one_row_and_reaches_every_statistic(procedural_index, monkeypatch):
+    """Issue 34.0: a metric registered in REPORT_METRICS (here Hamming distance by numpy brute force over the stored
+    tokens) gets the threshold, C_T, AuthPct, Carlini's flags, cliques and the planted table, equal to the index's own
+    Hamming metric (FAISS)."""
+    from indexes import report as report_module
+    from indexes.rendering import html_page, planted_markdown
+    from maskbit import bits as bit_ops
+
+    def brute_force(index, images, tokens, k):
+        codes = bit_ops.pack_bits(torch.as_tensor(index.tokens).long(), index.tokenizer.num_bits).numpy()
+        query = bit_ops.pack_bits(tokens.cpu().long(), index.tokenizer.num_bits).numpy()
+        distances = np.bitwise_count(query[:, None] ^ codes[None]).sum(-1).astype(np.float64)  # (B, N)
+        ids = np.argsort(distances, axis=1, kind="stable")[:, :k]
+        return ids, np.take_along_axis(distances, ids, axis=1)
+
+    def pairwise(index, images, tokens):
+        return report_module._pairwise_distances(index, "hamming", images, tokens)
+
+    row = report_module.ReportMetric("Hamming distance (bits), numpy", brute_force, pairwise)
+    monkeypatch.setitem(report_module.REPORT_METRICS, "hamming, numpy", row)
+    copies, heldout = shapes(30, start=20), shapes(40, split="test")
+    data = report_module.compute_report(procedural_index, copies, heldout, plant=2, plant_seed=1).to_json()
+    ours, faiss = data["metrics"]["hamming, numpy"], data["metrics"]["hamming"]
+    assert ours["label"] == "Hamming distance (bits), numpy" and faiss["label"] == "Hamming distance (bits)"
+    for key in ("threshold", "generated", "heldout", "flagged_fraction", "c_t", "c_t_reason", "auth_pct", "cliques"):
+        assert ours[key] == faiss[key], key
+    assert ours["relative_flagged_fraction"] == faiss["relative_flagged_fraction"]
+    planted = data["planted"]["metrics"]
+    assert planted["hamming, numpy"]["recall"] == planted["hamming"]["recall"]
+    assert "hamming, numpy" in html_page(data, "")
+    assert planted_markdown(data["planted"]).startswith("| edit | hamming | lpips | pixel | hamming, numpy |")
+
+
 def test_bad_input_names_the_parameter_and_writes_nothing(tmp_path, procedural_index):
     from indexes.report import memorization_report
 
