@@ -13,7 +13,6 @@ import torch
 
 from app import figures, pictures
 from app.endpoint import Endpoints, gpu, guarded
-from app.models import generate_steps
 from app.validation import LIMITS, UserError, checked_seed, whole_number
 from maskbit import analysis
 
@@ -96,8 +95,8 @@ class SearchCallbacks(Endpoints):
         """Generate `count` images and compare their nearest training distances with held-out real images'; with
         `plant` > 0 also plant that many training images as copies under every edit of `indexes.plant` among
         held-out images that did not set the threshold, and measure each metric's recall on them."""
-        from data import heldout_images
         from indexes.report import memorization_report as report
+        from indexes.report import report_inputs, summary
 
         index = self.state.require_index()
         models = self.state.models
@@ -108,36 +107,25 @@ class SearchCallbacks(Endpoints):
         plant = whole_number(
             plant, "plant (planted copies)", LIMITS.report_plant[0], min(LIMITS.report_plant[1], len(index))
         )
-        labels = [i % len(models.class_names) for i in range(count)]
-        generated = []
-        for first in range(0, count, 16):
-            *_, last = generate_steps(models, labels[first : first + 16], models.sampling, seed + first)
-            generated.append(last.images.cpu())
-        described = index.dataset
-        spec, seed = (described.spec, described.seed) if described else (self.settings.index_dataset, 0)
-        calibration = next(iter(index.calibration.values()), None)
-        held = calibration.heldout_images if calibration else count  # as many as the Neighbours tab's threshold
-        # With planted copies the report splits the held-out images in two (threshold / real images among the
-        # copies): draw twice as many, so that the threshold rests on as many as without.
-        heldout = heldout_images(spec, 2 * held if plant else held, index.image_size, seed)
-        images = torch.cat(generated)
+        # the CLI's recipe: the user's seed generates and plants; the held-out images are the index dataset's, as
+        # many as set the Neighbours tab's thresholds
+        inputs = report_inputs(
+            index,
+            count,
+            seed,
+            plant,
+            generator=models.generator,
+            sampling=models.sampling,
+            heldout_dataset=None if index.dataset else self.settings.index_dataset,
+        )
+        images = inputs.generated
         with tempfile.TemporaryDirectory(prefix="maskbit-report-") as out:  # the figure is kept, the rest removed
-            data = report(index, images, heldout, Path(out), plant=plant, plant_seed=seed)
+            data = report(
+                index, images, inputs.heldout, Path(out), generated_names=inputs.names, plant=plant, plant_seed=seed
+            )
             figure = shutil.copyfile(Path(out) / "report.png", self.state.files.path("report.png"))
-        summary = {
-            "verdict": data["verdict"],
-            "percentile": data["percentile"],
-            "metrics": {m: {key: d[key] for key in REPORT_KEYS} for m, d in data["metrics"].items()},
-        }
-        if "planted" in data:
-            planted = data["planted"]
-            summary["planted"] = {
-                "count": planted["count"],
-                "transforms": planted["transforms"],
-                "metrics": {m: {key: d[key] for key in PLANTED_KEYS} for m, d in planted["metrics"].items()},
-            }
         flagged = self._flagged_pairs(index, images, data)
-        return str(figure), _report_text(data, count), gr.update(value=flagged, visible=bool(flagged)), summary
+        return str(figure), _report_text(data), gr.update(value=flagged, visible=bool(flagged)), summary(data)
 
     def _flagged_pairs(self, index, images: torch.Tensor, data: dict, per_metric: int = 8) -> list:
         """The flagged generated images (closest first, `per_metric` per metric), each beside the training image
@@ -200,9 +188,6 @@ class SearchCallbacks(Endpoints):
 # ---------------------------------------------------------------------------------------------------- text
 
 
-# what the report's JSON output keeps of indexes.report's per-metric entries, under the library's names
-PLANTED_KEYS = ("recall", "auc", "false_positive_rate")
-REPORT_KEYS = ("threshold", "flagged_fraction", "c_t", "auth_pct", "relative_flagged_fraction", "generated", "heldout")
 CLAIM_REFERENCE = (
     "Over 500 held-out queries of the procedural dataset (`bench/neighbours.py`, bench/README.md, section "
     '"Hamming neighbours against pixel neighbours"): the bundled LFQ tokenizer\'s Hamming top-10 share 25 % with '
@@ -214,7 +199,9 @@ CLAIM_REFERENCE = (
 def _metric_name(metric: str, index) -> str:
     if metric == "hamming":
         return "Hamming distance between index bits" if index.tokenizer_kind == "vq" else "Hamming distance (bits)"
-    return {"lpips": "LPIPS", "pixel": "squared pixel L2 (16×16)"}[metric]
+    from indexes.report import REPORT_METRICS
+
+    return REPORT_METRICS[metric].label
 
 
 def _caption(row, vq: bool) -> str:
@@ -244,12 +231,12 @@ def _verdict_text(result, k: int, index) -> str:
     return "\n".join(lines) + f"\n\ntop-{k} overlap between metrics: {overlap}"  # LPIPS's note: in its gallery's place
 
 
-def _report_text(data: dict, count: int) -> str:
+def _report_text(data: dict) -> str:
     """The report's verdict, then per metric C_T (Meehan et al. 2020) and the flagged share against chance."""
-    from indexes.audit import MEEHAN_MIN_GENERATED
+    from indexes.rendering import c_t_text, planted_markdown
     from indexes.report import EXCESS_P_VALUE
 
-    p = data["percentile"]
+    p, count, heldout = data["percentile"], data["generated_images"], data["heldout_images"]
     lines = [
         f"**{data['verdict']}**",
         "",
@@ -267,15 +254,9 @@ def _report_text(data: dict, count: int) -> str:
         ]
     for metric, d in data["metrics"].items():
         ratio = d["flagged_fraction"] / (p / 100) if p else float("nan")
+        c_t = c_t_text(d, count, heldout)
         if d["c_t"] is not None:
-            c_t = f"C_T = {d['c_t']:.2f} (below −3: copying; above +3: underfitting)"
-        elif "tau" in (d["c_t_note"] or ""):  # the library's note asks for a tau, which the page does not take
-            c_t = (
-                f"C_T not computed: it needs a cell (the class of the nearest training image) holding more than "
-                f"{MEEHAN_MIN_GENERATED} of the generated images (Meehan et al.'s default); ask for more images"
-            )
-        else:
-            c_t = d["c_t_note"] or "C_T not computed"
+            c_t += " (below −3: copying; above +3: underfitting)"
         chance = "more than chance" if d["flagged_p_value"] < EXCESS_P_VALUE else "within chance"
         lines.append(
             f"- **{metric}**: {c_t}; {d['flagged_fraction']:.1%} of "
@@ -284,29 +265,13 @@ def _report_text(data: dict, count: int) -> str:
             f"(binomial p = {d['flagged_p_value']:.2g}: {chance}, the verdict asks for p < {EXCESS_P_VALUE:g}; "
             f"median nearest distance: generated {d['generated']['median']:.4g}, held-out {d['heldout']['median']:.4g})"
         )
-    cells = next(iter(data["metrics"].values()), {}).get("c_t_cells")
-    if cells:
-        lines.append(f"\nC_T's cells: {cells}.")
     if "planted" in data:
-        lines.append(_planted_table(data["planted"]))
-    return "\n".join(lines)
-
-
-def _planted_table(planted: dict) -> str:
-    """The planted copies' recall at the report's threshold (ROC AUC in brackets) per edit and metric, and the share
-    of real held-out images flagged among them."""
-    metrics = list(planted["metrics"])
-    lines = [
-        f"\n**Planted copies**: {planted['count']} training images, each under every edit, among "
-        f"{planted['controls']} held-out real images that did not set the threshold. Recall at the threshold "
-        "(ROC AUC: 1 = every copy closer than every real image, 0.5 = no better than chance):",
-        "",
-        "| edit | " + " | ".join(metrics) + " |",
-        "|---|" + "---|" * len(metrics),
-    ]
-    for name in planted["transforms"]:
-        cells = (f"{d['recall'][name]:.0%} ({d['auc'][name]:.2f})" for d in planted["metrics"].values())
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    rates = (f"{d['false_positive_rate']:.1%}" for d in planted["metrics"].values())
-    lines.append("| real images flagged | " + " | ".join(rates) + " |")
+        planted = data["planted"]
+        lines += [
+            f"\n**Planted copies**: {planted['count']} training images, each under every edit, among "
+            f"{planted['controls']} held-out real images that did not set the threshold. Recall at the threshold "
+            "(ROC AUC: 1 = every copy closer than every real image, 0.5 = no better than chance):",
+            "",
+            planted_markdown(planted),
+        ]
     return "\n".join(lines)

@@ -148,71 +148,52 @@ def cmd_search(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from data import heldout_images
-    from indexes.report import memorization_report
+    from indexes.rendering import text_summary
+    from indexes.report import memorization_report, report_inputs
 
     tokenizer = load_tokenizer(args)
     index = ImageIndex.open(args.index, tokenizer)
-    size = index.image_size
-    if args.plant > len(index):  # before generating anything
-        raise ValueError(
-            f"--plant {args.plant} is larger than the index ({len(index)} images): plant at most that many"
-        )
+    generator = sampling = paths = None
     if args.generated:
         # `python -m maskbit generate` also writes grid.png, a mosaic of the others: not a generated image
-        paths = [p for p in find_images(args.generated) if p.name != "grid.png"][: args.count]
-        generated, names = torch.stack([load_image(p, size) for p in paths]), [str(p) for p in paths]
+        paths = [p for p in find_images(args.generated) if p.name != "grid.png"]
+    elif not args.generator:
+        raise ValueError("give generated image files (--generated) or a model to generate with (--generator)")
     else:
-        from maskbit import Generator, generate
+        from maskbit import Generator
+        from maskbit.checkpoint import default_sampling
 
         generator = Generator.from_pretrained(args.generator, args.generator_config).inference(
             index.device, args.precision
         )
-        classes = generator.config.num_classes
-        labels = torch.arange(args.count) % classes
-        generated = torch.cat(
-            [
-                generate(generator, tokenizer, labels[i : i + args.batch_size], args.sampling, seed=args.seed + i)
-                for i in tqdm(range(0, args.count, args.batch_size), desc="generating", unit="batch")
-            ]
-        )
-        names = [f"generated:{i}:class{int(c)}" for i, c in enumerate(labels)]
-    # with --plant, twice as many: half set the threshold, half are the real images among the planted copies
-    held = args.count * (2 if args.plant else 1)
-    heldout = heldout_images(args.heldout_dataset, held, size, args.seed, args.heldout_split)
+        sampling = args.sampling or default_sampling(args.generator, args.generator_config)
+    bar = tqdm(desc="generating", unit="image", total=args.count, disable=generator is None)
+    inputs = report_inputs(
+        index,
+        args.count,
+        args.seed,
+        args.plant,
+        generator=generator,
+        sampling=sampling,
+        generated=paths,
+        heldout=args.heldout,
+        heldout_dataset=args.heldout_dataset,
+        heldout_split=args.heldout_split,
+        progress=lambda done, total: bar.update(done - bar.n),
+    )
+    bar.close()
     report = memorization_report(
         index,
-        generated,
-        heldout,
+        inputs.generated,
+        inputs.heldout,
         args.out,
         args.percentile,
-        generated_names=names,
+        generated_names=inputs.names,
         tau=args.tau,
-        plant=args.plant,
-        plant_seed=args.seed,
+        plant=inputs.plant,
+        plant_seed=inputs.seed,
     )
-    for metric, data in report["metrics"].items():
-        print(
-            f"{metric:8s} threshold {data['threshold']:.4g} (p{args.percentile:g} of held-out): "
-            f"{data['flagged_fraction']:.1%} of {len(generated)} generated images flagged"
-        )
-        if data["c_t_note"]:
-            print(f"{'':8s} {data['c_t_note']}")
-    planted = report.get("planted")
-    if planted:
-        metrics = list(planted["metrics"])
-        print(f"planted copies of {planted['count']} training images: recall (AUC) at the report's threshold")
-        print(f"  {'edit':16s}" + "".join(f"{m:>18s}" for m in metrics))
-        for name in planted["transforms"]:
-            print(
-                f"  {name:16s}"
-                + "".join(
-                    f"{100 * d['recall'][name]:>10.0f} % ({d['auc'][name]:.2f})" for d in planted["metrics"].values()
-                )
-            )
-        fpr = "".join(f"{100 * d['false_positive_rate']:>16.1f} %" for d in planted["metrics"].values())
-        print(f"  {'real images':16s}{fpr}   (false-positive rate, {planted['controls']} held-out images)")
-    print(report["verdict"])
+    print(text_summary(report))
     print(f"wrote report.json, report.html, report.png and closest_*.png to {args.out}")
 
 
@@ -301,15 +282,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--generator", help="or generate with this model (from_pretrained source)")
     p.add_argument("--generator-config")
     p.add_argument("--sampling", default=None, help="sampling preset for --generator")
-    p.add_argument("--count", type=whole(1, MAX_IMAGES), default=200, help="generated and held-out images")
-    p.add_argument("--heldout-dataset", default="procedural")
+    p.add_argument("--count", type=whole(1, MAX_IMAGES), default=200, help="generated images")
+    p.add_argument(
+        "--heldout",
+        type=whole(2, MAX_IMAGES),
+        default=None,
+        help="held-out images that set the threshold (default: as many as the index was calibrated on, else --count)",
+    )
+    p.add_argument(
+        "--heldout-dataset", default=None, help="default: the dataset the index holds (its seed), else required"
+    )
     p.add_argument("--heldout-split", default="test")
     p.add_argument("--percentile", type=real(0, 100), default=1.0, help="held-out percentile that sets the threshold")
     p.add_argument(
         "--tau",
         type=real(0, 1),
         default=None,
-        help="C_T keeps label cells holding more than this share of the generated images (default 20 / count)",
+        help="C_T keeps cells holding more than this share of the generated images (default 20 / count); its "
+        "partition is the finest (classes, k-means cells, fewer cells, one cell) that fits the sample",
     )
     p.add_argument(
         "--plant",
@@ -317,10 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         metavar="N",
         help="also plant copies of N training images under 10 edits (exact, flip, crop, shift, JPEG, brightness, "
-        "noise, the tokenizer's reconstruction, half pasted) among 2 x --count held-out images, half of which set "
+        "noise, the tokenizer's reconstruction, half pasted) among twice the held-out images, half of which set "
         "the threshold, and report each metric's recall and ROC AUC per edit",
     )
-    p.add_argument("--seed", type=SEED, default=0, help="generation, held-out images and planted copies")
+    p.add_argument("--seed", type=SEED, default=0, help="generation and planted copies")
     p.add_argument("--out", required=True)
     p.set_defaults(run=cmd_report)
 

@@ -11,19 +11,22 @@ held-out images that did *not* set the threshold, and measures per metric and ed
 - the ROC AUC of "closer to the training set" separating the copies from the real images, P(d_copy < d_real) with
   ties ½: 1 finds every copy at some threshold, 0.5 is chance.
 
-The edits, each a pure function of images (B, 3, S, S) in [0, 1] (and, where named, of a tokenizer, host images or a
-torch.Generator); names are the keys of `planted.transforms` in report.json:
+The edits are one table, `EDITS`: each a name (the key in report.json's `planted`), a pure function of images
+(B, 3, S, S) in [0, 1], its constant and the constant's meaning. Each function takes (images, constant, context),
+where the context holds what some edits need: the index's tokenizer, the real host images, a torch.Generator.
 
     exact             the training image itself
     horizontal_flip   mirrored left-right
-    crop_90           the central 90 % square, resized back to S (maskbit.images.fit_square, bilinear)
-    shift_4px         moved 4 pixels right and down, the border repeated into the gap
-    jpeg_50           written as JPEG at quality 50 and read back (maskbit.images.read_image)
-    brightness_+10    × 1.1, clipped to [0, 1]
-    brightness_-10    × 0.9
-    noise_0.02        + Gaussian noise of σ = 0.02, clipped (seeded)
+    crop              the central 90 % square, resized back to S (maskbit.images.fit_square, bilinear)
+    shift             moved 4 pixels right and down, the border repeated into the gap
+    jpeg              written as JPEG at quality 50 and read back (maskbit.images.read_image)
+    brighter          × 1.1, clipped to [0, 1]
+    darker            × 0.9
+    noise             + Gaussian noise of σ = 0.02, clipped (seeded)
     reconstruction    the index's tokenizer's own decode(encode(x)), clipped: what a copy made by the model looks like
     half_pasted       the left half of the training image pasted over the left half of a real held-out image
+
+A new edit is one row of `EDITS`.
 
 Axes: N planted training images, C real held-out images ("controls") not used for the threshold.
 """
@@ -38,10 +41,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from indexes.audit import mann_whitney_u
 from maskbit.images import fit_square, read_image, to_pil, to_tensor
 
 __all__ = [
-    "TRANSFORMS",
+    "EDITS",
+    "EDIT_NAMES",
+    "Edit",
+    "EditContext",
     "PlantedScores",
     "brightness",
     "crop_resize",
@@ -123,33 +130,45 @@ def reconstruction(images: torch.Tensor, tokenizer, batch_size: int = 64) -> tor
     return torch.cat(parts)
 
 
-def _edits(tokenizer, hosts: torch.Tensor, generator: torch.Generator) -> dict[str, Callable]:
-    return {
-        "exact": lambda x: x.clone(),
-        "horizontal_flip": lambda x: x.flip(-1),
-        "crop_90": crop_resize,
-        "shift_4px": shift,
-        "jpeg_50": jpeg,
-        "brightness_+10": lambda x: brightness(x, BRIGHTNESS),
-        "brightness_-10": lambda x: brightness(x, -BRIGHTNESS),
-        "noise_0.02": lambda x: gaussian_noise(x, NOISE_SIGMA, generator),
-        "reconstruction": lambda x: reconstruction(x, tokenizer),
-        "half_pasted": lambda x: half_pasted(x, hosts),
-    }
+class EditContext(NamedTuple):
+    """What some edits need besides the images: the index's tokenizer, the real images (N, 3, S, S) that half of each
+    training image is pasted onto, and the generator of the noise."""
+
+    tokenizer: torch.nn.Module
+    hosts: torch.Tensor
+    generator: torch.Generator
 
 
-TRANSFORMS = (
-    "exact",
-    "horizontal_flip",
-    "crop_90",
-    "shift_4px",
-    "jpeg_50",
-    "brightness_+10",
-    "brightness_-10",
-    "noise_0.02",
-    "reconstruction",
-    "half_pasted",
+class Edit(NamedTuple):
+    """One edit a copier makes: `apply(images, constant, context)` → images of the same shape in [0, 1]."""
+
+    name: str
+    apply: Callable[[torch.Tensor, float | None, EditContext], torch.Tensor]
+    constant: float | None
+    description: str  # what the edit does, with "{}" where its constant goes
+
+    @property
+    def label(self) -> str:
+        """The name and what it does, for tables: "crop (central 90 % kept, resized back)"."""
+        return f"{self.name} ({self.description.format(self.constant)})"
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "constant": self.constant, "label": self.label}
+
+
+EDITS = (
+    Edit("exact", lambda x, k, c: x.clone(), None, "the training image itself"),
+    Edit("horizontal_flip", lambda x, k, c: x.flip(-1), None, "mirrored left-right"),
+    Edit("crop", lambda x, k, c: crop_resize(x, k), CROP_FRACTION, "central {:.0%} kept, resized back"),
+    Edit("shift", lambda x, k, c: shift(x, k), SHIFT_PIXELS, "{} px right and down"),
+    Edit("jpeg", lambda x, k, c: jpeg(x, k), JPEG_QUALITY, "JPEG at quality {}"),
+    Edit("brighter", lambda x, k, c: brightness(x, k), BRIGHTNESS, "every pixel × (1 + {:g})"),
+    Edit("darker", lambda x, k, c: brightness(x, -k), BRIGHTNESS, "every pixel × (1 − {:g})"),
+    Edit("noise", lambda x, k, c: gaussian_noise(x, k, c.generator), NOISE_SIGMA, "Gaussian noise, σ = {:g}"),
+    Edit("reconstruction", lambda x, k, c: reconstruction(x, c.tokenizer), None, "the tokenizer's decode(encode(x))"),
+    Edit("half_pasted", lambda x, k, c: half_pasted(x, c.hosts), None, "left half onto a held-out image"),
 )
+EDIT_NAMES = tuple(edit.name for edit in EDITS)
 
 
 def planted_ids(index_size: int, count: int, seed: int = 0) -> np.ndarray:
@@ -164,11 +183,10 @@ def planted_ids(index_size: int, count: int, seed: int = 0) -> np.ndarray:
 
 
 def plant_copies(originals: torch.Tensor, tokenizer, hosts: torch.Tensor, seed: int = 0) -> dict[str, torch.Tensor]:
-    """transform → (N, 3, S, S) copies of the training images `originals` (N, 3, S, S) in [0, 1], in TRANSFORMS order.
+    """edit name → (N, 3, S, S) copies of the training images `originals` (N, 3, S, S) in [0, 1], in EDITS order.
     hosts (N, 3, S, S): the real held-out images that half of each original is pasted onto; seed: the noise's."""
-    generator = torch.Generator().manual_seed(seed)
-    edits = _edits(tokenizer, hosts, generator)
-    return {name: edits[name](originals) for name in TRANSFORMS}
+    context = EditContext(tokenizer, hosts, torch.Generator().manual_seed(seed))
+    return {edit.name: edit.apply(originals, edit.constant, context) for edit in EDITS}
 
 
 # ---------------------------------------------------------------------------------------------------- scores
@@ -186,10 +204,8 @@ def _checked(values, name: str) -> np.ndarray:
 def roc_auc(copy_distances: np.ndarray, real_distances: np.ndarray) -> float:
     """P(d_copy < d_real) + ½ P(d_copy = d_real) over all (copy, real) pairs: the area under the ROC curve of the
     rule "flag when closer than a threshold". Exact (sorted counts, no interpolation)."""
-    copies, real = _checked(copy_distances, "copy_distances"), np.sort(_checked(real_distances, "real_distances"))
-    above = len(real) - np.searchsorted(real, copies, side="right")  # real images strictly farther than each copy
-    ties = np.searchsorted(real, copies, side="right") - np.searchsorted(real, copies, side="left")
-    return float((above.sum() + 0.5 * ties.sum()) / (len(copies) * len(real)))
+    copies, real = _checked(copy_distances, "copy_distances"), _checked(real_distances, "real_distances")
+    return mann_whitney_u(real, copies) / (len(copies) * len(real))  # #{real farther than copy} + ½ ties
 
 
 def roc_curve(copy_distances: np.ndarray, real_distances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -203,7 +219,7 @@ def roc_curve(copy_distances: np.ndarray, real_distances: np.ndarray) -> tuple[n
 
 
 class PlantedScores(NamedTuple):
-    """One metric's planted-copy figures; recall and auc map each transform to its value."""
+    """One metric's planted-copy figures; recall and auc map each edit's name to its value."""
 
     recall: dict[str, float]
     auc: dict[str, float]
@@ -213,7 +229,7 @@ class PlantedScores(NamedTuple):
 def planted_scores(
     copy_distances: dict[str, np.ndarray], real_distances: np.ndarray, threshold: float
 ) -> PlantedScores:
-    """copy_distances: transform → (N,) nearest-training distances of the copies; real_distances (C,): the held-out
+    """copy_distances: edit name → (N,) nearest-training distances of the copies; real_distances (C,): the held-out
     controls'. Flagged means strictly closer than `threshold`, as in the report."""
     if np.isnan(threshold):
         raise ValueError("threshold is NaN")

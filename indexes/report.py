@@ -4,12 +4,17 @@ For every metric, the distance from each image to its nearest indexed (training)
 generated images and for N held-out real images. A generated image is flagged when it is closer to a training image
 than the p-th percentile of the held-out distances (p = 1 by default): real images the model never saw are rarely
 that close, so such a generation is a memorization candidate. Per metric the report adds the statistics of
-`indexes.audit` (Meehan's C_T, AuthPct, Carlini's relative-distance flags, cliques of near-identical generations)
-and one verdict sentence over all metrics. With `plant=N` it also plants copies of N training images under the edits
-of `indexes.plant` among held-out images that did not set the threshold, and measures each metric's recall, ROC AUC
-and false-positive rate. Writes report.json, an HTML page (verdict, tables, plotly histograms and ROC curves), a PNG
-of the same plots, a gallery of the closest generated/training pairs per metric and, with planted copies,
-planted.png (the first planted image under every edit).
+`indexes.audit` (Meehan's C_T over the finest partition that fits the sample, AuthPct, Carlini's relative-distance
+flags, cliques of near-identical generations) and one verdict sentence over all metrics. With `plant=N` it also
+plants copies of N training images under the edits of `indexes.plant` among held-out images that did not set the
+threshold, and measures each metric's recall, ROC AUC and false-positive rate.
+
+The pipeline, one function per step, the same for the CLI and the app:
+    report_inputs     generated images (seeded per image chunk) and the index dataset's held-out images
+    compute_report    a typed `Report`: one `MetricReport` per metric, a `PlantedReport`, the verdict
+    write_report      report.json, report.html/png, galleries, planted.png (rendered by `indexes.rendering`),
+                      written beside `out` and swapped in at once
+`memorization_report` is compute + write.
 
 The verdict. A metric finds the generations *closer* to the training set than held-out images when C_T < −3 (C_T is
 about N(0, 1) when the model neither copies nor underfits) or when it flags far more generations than the held-out
@@ -27,31 +32,403 @@ Each sentence gives every metric's C_T and flagged share.
 
 from __future__ import annotations
 
-import html
 import json
 import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from scipy.stats import binom
 
-from indexes import audit
+from indexes import audit, rendering
 from indexes import plant as plant_module
 from indexes.sources import load_indexed_images
 from indexes.store import ImageIndex, IndexError_, pixel_features
 from maskbit import bits
-from maskbit.files import atomic_directory, atomic_write, explain_full_disk, write_json_atomic
-from maskbit.images import image_grid, to_pil
+from maskbit.files import atomic_directory, explain_full_disk, write_json_atomic
+from maskbit.images import image_grid, load_image
 
-__all__ = ["memorization_report", "verdict"]
+__all__ = [
+    "GENERATION_BATCH",
+    "MetricReport",
+    "PlantedReport",
+    "REPORT_METRICS",
+    "Report",
+    "ReportMetric",
+    "ReportInputs",
+    "compute_report",
+    "memorization_report",
+    "report_inputs",
+    "summary",
+    "verdict",
+    "write_report",
+]
 
-AXIS_NAMES = {"hamming": "Hamming distance (bits)", "lpips": "LPIPS", "pixel": "squared pixel L2 (16×16)"}
 COPYING_C_T = -3.0  # C_T below this reads as closer than held-out images (about N(0, 1) under H0)
 EXCESS_P_VALUE = 1e-3  # a flagged count this unlikely at the held-out rate reads as an excess
-MIN_CELL_HELDOUT = 2  # held-out images a C_T cell needs (one gives no spread to rank against)
+GENERATION_BATCH = 16  # images generated per call, seeded seed + first: the same images whoever asks
 REPORT_FILE = re.compile(r"^(report\.(json|html|png)|closest_\w+\.png|planted\.png)$")
 PLOT_BYTES = 8 << 20  # about what the HTML page (plotly inline) and the PNG of the plots take
+
+
+# ---------------------------------------------------------------------------------------------------- metrics
+
+
+class ReportMetric(NamedTuple):
+    """A metric of the report. label: its axis label. search: None for a metric of the index itself (`index.search`);
+    else search(index, images (B, 3, S, S), tokens (B, h, w), k) → (ids (B, k) int64, distances (B, k) float64,
+    nearest first), run on every image the report searches (generated, held-out, planted copies). pairwise(index,
+    images, tokens) → (B, B) distances among the generated images, for the cliques (None: no cliques)."""
+
+    label: str
+    search: Callable | None = None
+    pairwise: Callable | None = None
+
+
+# Every metric a report can hold, in its order. A new test of copying (e.g. a Hamming search over shifted token
+# grids) is one row here; the statistics, planted table, verdict inputs and renderers follow.
+REPORT_METRICS: dict[str, ReportMetric] = {
+    "hamming": ReportMetric("Hamming distance (bits)"),
+    "lpips": ReportMetric("LPIPS"),
+    "pixel": ReportMetric("squared pixel L2 (16×16)"),
+}
+
+
+# ---------------------------------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True)
+class ReportInputs:
+    """What a report is computed from. generated (M, 3, S, S), heldout (N, 3, S, S) in [0, 1]; with plant > 0 the
+    held-out images are twice as many as the threshold uses (`compute_report` splits them); seed: the planted
+    copies' (the generation's too, when `report_inputs` generated the images)."""
+
+    generated: torch.Tensor
+    names: list[str]
+    heldout: torch.Tensor
+    plant: int = 0
+    seed: int = 0
+
+
+def report_inputs(
+    index: ImageIndex,
+    count: int,
+    seed: int = 0,
+    plant: int = 0,
+    *,
+    generator=None,
+    sampling=None,
+    generated: Sequence[str | Path] | None = None,
+    heldout: int | None = None,
+    heldout_dataset: str | None = None,
+    heldout_split: str = "test",
+    progress: Callable[[int, int], None] | None = None,
+) -> ReportInputs:
+    """The one recipe for a report's inputs (the CLI and the app both call it, so one seed gives one report).
+
+    Generated images: the first `count` image files of `generated`, or `count` images of `generator` (with the index's
+    tokenizer and `sampling`), class i % num_classes for image i, generated GENERATION_BATCH at a time, each chunk
+    seeded `seed + first`. Held-out images: the first `heldout` images (default: as many as the index's calibration
+    used, so that the thresholds equal the Neighbours tab's; else `count`) of `heldout_split` of `heldout_dataset`
+    (default: the dataset the index holds, at its seed), twice as many with plant > 0. `seed` also draws the planted
+    copies. Bad input raises ValueError naming the parameter, before anything is generated."""
+    from data import heldout_images
+    from maskbit import generate
+    from maskbit.sampling import check_seed
+
+    seed = check_seed(seed)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"count must be a whole number ≥ 1, got {count!r}")
+    if plant:
+        plant_module.planted_ids(len(index), plant, seed)  # refuses plant > len(index) by name
+    if (generator is None) == (generated is None):
+        raise ValueError("give either generator (a model to generate with) or generated (image files), not both")
+    described = index.dataset
+    if heldout_dataset is None and described is None:
+        raise ValueError("heldout_dataset: the index holds no dataset to draw held-out images of; name one")
+    spec = heldout_dataset or described.spec
+    dataset_seed = described.seed if described is not None and described.spec == spec else 0
+    calibration = next(iter(index.calibration.values()), None)
+    held = heldout or (calibration.heldout_images if calibration else count)
+    size = index.image_size
+    if generated is not None:
+        paths = [Path(p) for p in generated][:count]
+        if not paths:
+            raise ValueError("generated: no image files given")
+        images, names = torch.stack([load_image(p, size) for p in paths]), [str(p) for p in paths]
+    else:
+        labels = torch.arange(count) % generator.config.num_classes
+        chunks = []
+        for first in range(0, count, GENERATION_BATCH):
+            chunk = labels[first : first + GENERATION_BATCH]
+            chunks.append(generate(generator, index.tokenizer, chunk, sampling, seed=seed + first).cpu())
+            if progress:
+                progress(first + len(chunk), count)
+        images = torch.cat(chunks)
+        names = [f"generated:{i}:class{int(c)}" for i, c in enumerate(labels)]
+    # with plant, twice as many: half set the threshold, half are the real images among the planted copies
+    heldout_set = heldout_images(spec, 2 * held if plant else held, size, dataset_seed, heldout_split)
+    return ReportInputs(images, names, heldout_set, plant, seed)
+
+
+# ---------------------------------------------------------------------------------------------------- results
+
+
+@dataclass
+class MetricReport:
+    """One metric's results. distances (M,), (N,): each image's distance to its nearest training image."""
+
+    label: str
+    threshold: float
+    generated_distances: np.ndarray
+    heldout_distances: np.ndarray
+    flagged_p_value: float
+    flagged: list[dict]
+    c_t: audit.CTFit
+    auth_pct: float | None
+    auth_pct_note: str | None
+    relative_flagged_fraction: float | None
+    heldout_relative_flagged_fraction: float | None
+    relative_p_value: float | None
+    relative_neighbours: int
+    relative_note: str | None
+    cliques: list[list[str]]
+
+    @property
+    def flagged_fraction(self) -> float:
+        return len(self.flagged) / len(self.generated_distances)
+
+    def to_json(self) -> dict:
+        return {
+            "label": self.label,
+            "threshold": self.threshold,
+            "generated": _summary(self.generated_distances),
+            "heldout": _summary(self.heldout_distances),
+            "flagged_fraction": self.flagged_fraction,
+            "flagged_p_value": self.flagged_p_value,
+            "flagged": self.flagged,
+            "c_t": self.c_t.c_t,
+            "c_t_reason": self.c_t.to_json(),
+            "auth_pct": self.auth_pct,
+            "auth_pct_note": self.auth_pct_note,
+            "relative_flagged_fraction": self.relative_flagged_fraction,
+            "heldout_relative_flagged_fraction": self.heldout_relative_flagged_fraction,
+            "relative_p_value": self.relative_p_value,
+            "relative_neighbours": self.relative_neighbours,
+            "relative_alpha": audit.CARLINI_ALPHA,
+            "relative_note": self.relative_note,
+            "cliques": self.cliques,
+            "generated_distances": self.generated_distances.tolist(),
+            "heldout_distances": self.heldout_distances.tolist(),
+        }
+
+
+@dataclass
+class PlantedReport:
+    """Planted copies: `count` training images (`ids`) under every edit, among `controls` real held-out images.
+    scores and distances per metric; copy_distances: metric → edit name → (count,)."""
+
+    ids: np.ndarray
+    controls: int
+    scores: dict[str, plant_module.PlantedScores]
+    copy_distances: dict[str, dict[str, np.ndarray]]
+    real_distances: dict[str, np.ndarray]
+    edits: tuple[plant_module.Edit, ...] = plant_module.EDITS
+
+    def to_json(self) -> dict:
+        return {
+            "count": len(self.ids),
+            "edits": [edit.to_json() for edit in self.edits],
+            "controls": self.controls,
+            "split": "held-out images at even positions set the threshold; those at odd positions are the real images",
+            "ids": self.ids.tolist(),
+            "metrics": {
+                metric: {
+                    "recall": scores.recall,
+                    "auc": scores.auc,
+                    "false_positive_rate": scores.false_positive_rate,
+                    "copy_distances": {name: d.tolist() for name, d in self.copy_distances[metric].items()},
+                    "real_distances": self.real_distances[metric].tolist(),
+                }
+                for metric, scores in self.scores.items()
+            },
+        }
+
+
+@dataclass
+class Report:
+    """A computed report: per metric a `MetricReport`, the planted copies, and the pictures to write (per metric the
+    closest generated/training pairs, and the first planted image under every edit)."""
+
+    percentile: float
+    generated_images: int
+    heldout_images: int
+    index: str
+    indexed_images: int
+    metrics: dict[str, MetricReport]
+    planted: PlantedReport | None = None
+    pictures: dict[str, torch.Tensor] = field(default_factory=dict)  # file name → (3, H, W)
+
+    def to_json(self) -> dict:
+        """report.json."""
+        value = {
+            "verdict": "",
+            "percentile": self.percentile,
+            "generated_images": self.generated_images,
+            "heldout_images": self.heldout_images,
+            "index": self.index,
+            "indexed_images": self.indexed_images,
+            "metrics": {metric: result.to_json() for metric, result in self.metrics.items()},
+        }
+        if self.planted is not None:
+            value["planted"] = self.planted.to_json()
+        value["verdict"] = verdict(value)
+        return value
+
+
+SUMMARY_DROPS = ("generated_distances", "heldout_distances", "flagged", "copy_distances", "real_distances")
+
+
+def summary(report: dict) -> dict:
+    """report.json without its per-image lists (distances, flagged images): what a page shows."""
+    if isinstance(report, dict):
+        return {key: summary(value) for key, value in report.items() if key not in SUMMARY_DROPS}
+    return report
+
+
+# ---------------------------------------------------------------------------------------------------- computing
+
+
+def compute_report(
+    index: ImageIndex,
+    generated: torch.Tensor,
+    heldout: torch.Tensor,
+    percentile: float = 1.0,
+    gallery_size: int = 8,
+    generated_names: list[str] | None = None,
+    tau: float | None = None,
+    *,
+    plant: int = 0,
+    plant_seed: int = 0,
+) -> Report:
+    """generated (M, 3, S, S), heldout (N, 3, S, S) in [0, 1]. tau: Meehan's minimum share of the generated images
+    for a cell to enter C_T (default 20 / M, as dgm-eval); C_T's partition is the finest that fits the sample
+    (`audit.fit_c_t`), and report.json's `c_t_reason` says which and why.
+
+    plant: also plant that many copies of training images under each edit of `indexes.plant` and measure how many
+    the threshold finds. The held-out images are then split by position: those at even positions (0, 2, 4, ...) set
+    the threshold and C_T, those at odd positions are the real images mixed with the copies (and the hosts of the
+    half-pasted copies), so that the false-positive rate is measured on images the threshold never saw. plant_seed
+    draws the planted images and the noise. Bad input raises ValueError naming the parameter."""
+    generated, heldout = generated.cpu(), heldout.cpu()  # the index searches on its own device
+    _check_images(generated, "generated")
+    _check_images(heldout, "heldout")
+    if tau is not None and not 0 < tau < 1:  # also refuses NaN
+        raise ValueError(f"tau must lie in (0, 1), got {tau}")
+    if not 0 <= percentile <= 100:
+        raise ValueError(f"percentile must lie in [0, 100], got {percentile}")
+    if generated_names is not None and len(generated_names) != len(generated):
+        raise ValueError(f"generated_names: {len(generated_names)} names for {len(generated)} generated images")
+    controls = None
+    if plant:
+        ids = plant_module.planted_ids(len(index), plant, plant_seed)  # refuses plant > len(index) by name
+        if len(heldout) < 4:
+            raise ValueError(
+                f"heldout: plant splits the held-out images in two (threshold / real images among the copies); "
+                f"give at least 4, got {len(heldout)}"
+            )
+        heldout, controls = heldout[0::2], heldout[1::2]
+    names = generated_names or [f"generated:{i}" for i in range(len(generated))]
+    neighbours = min(audit.CARLINI_NEIGHBOURS, len(index))  # Carlini's n, or all there is in a small index
+    near_generated, generated_tokens = _nearest(index, generated, k=neighbours)
+    near_heldout, _ = _nearest(index, heldout, k=neighbours)
+    partitions = training_partitions(index)
+    report = Report(percentile, len(generated), len(heldout), str(index.directory), len(index), {})
+    for metric, (gen_ids, gen_neighbours) in near_generated.items():
+        held_ids, held_neighbours = near_heldout[metric]
+        _check_distances(gen_neighbours, f"generated ({metric} distances)")
+        _check_distances(held_neighbours, f"heldout ({metric} distances)")
+        gen_distances, nearest_ids = gen_neighbours[:, 0], gen_ids[:, 0]
+        held_distances = held_neighbours[:, 0]
+        threshold = float(np.percentile(held_distances, percentile))
+        flagged = np.flatnonzero(gen_distances < threshold)
+        c_t = audit.fit_c_t(held_distances, held_ids[:, 0], gen_distances, nearest_ids, partitions, tau)
+        authenticity, authenticity_note = _auth_pct(index, metric, gen_distances, nearest_ids)
+        relative, relative_note = _relative_flagged(metric, gen_neighbours)
+        held_relative, _ = _relative_flagged(metric, held_neighbours)
+        pairwise = _pairwise_distances(index, metric, generated, generated_tokens)
+        report.metrics[metric] = MetricReport(
+            label=REPORT_METRICS[metric].label if metric in REPORT_METRICS else metric,
+            threshold=threshold,
+            generated_distances=gen_distances,
+            heldout_distances=held_distances,
+            flagged_p_value=_excess_p_value(len(flagged), len(gen_distances), percentile / 100),
+            flagged=[
+                {
+                    "generated": names[i],
+                    "generated_position": int(i),  # in `generated`
+                    "distance": float(gen_distances[i]),
+                    "nearest_id": int(nearest_ids[i]),  # in the index
+                    "nearest": index.sources[nearest_ids[i]]["source"],
+                    "label": index.sources[nearest_ids[i]]["label"],
+                }
+                for i in flagged[np.argsort(gen_distances[flagged])]
+            ],
+            c_t=c_t,
+            auth_pct=authenticity,
+            auth_pct_note=authenticity_note,
+            relative_flagged_fraction=relative,
+            heldout_relative_flagged_fraction=held_relative,
+            relative_p_value=_relative_p_value(relative, held_relative, len(gen_distances), len(held_distances)),
+            relative_neighbours=neighbours,
+            relative_note=relative_note,
+            cliques=[]
+            if pairwise is None
+            else [[names[i] for i in group] for group in audit.cliques(pairwise, threshold)],
+        )
+        report.pictures[f"closest_{metric}.png"] = _gallery(index, generated, nearest_ids, gen_distances, gallery_size)
+    if plant:
+        thresholds = {metric: result.threshold for metric, result in report.metrics.items()}
+        report.planted, report.pictures["planted.png"] = _planted(index, ids, controls, thresholds, plant_seed)
+    return report
+
+
+def training_partitions(index: ImageIndex) -> audit.TrainingPartitions:
+    """C_T's partitions of the indexed images: their classes (when every one has a label), k-means cells of their
+    ±1 bit tokens (Euclidean distance between ±1 bits is 2·√Hamming), one cell."""
+    labels = [source.get("label") for source in index.sources]
+    labelled = all(isinstance(label, int | np.integer) and label >= 0 for label in labels)
+    num_bits = index.tokenizer.num_bits
+
+    def features(ids: np.ndarray) -> np.ndarray:
+        tokens = index.tokens[ids].reshape(len(ids), -1).astype(np.int64)  # (T, h·w)
+        planes = (tokens[..., None] >> np.arange(num_bits)) & 1  # (T, h·w, K)
+        return (2.0 * planes - 1).reshape(len(ids), -1).astype(np.float32)
+
+    return audit.TrainingPartitions(len(index), np.asarray(labels, dtype=np.int64) if labelled else None, features)
+
+
+# ---------------------------------------------------------------------------------------------------- writing
+
+
+def write_report(report: Report, out: str | Path) -> dict:
+    """report.json, report.html, report.png and the pictures, written into a folder beside `out` that replaces `out`
+    in one step (a kill or a full disk leaves the previous report; a full disk raises DiskFullError saying so).
+    Returns report.json's content."""
+    out = Path(out)
+    _check_out(out)
+    value = report.to_json()
+    needed = sum(p.numel() for p in report.pictures.values()) + 3 * len(json.dumps(value)) + PLOT_BYTES
+    kept = f"{out} is as it was (no new report was written); free space and run the same command"
+    with explain_full_disk(out, needed, kept), atomic_directory(out) as folder:
+        for name, picture in report.pictures.items():
+            rendering.save_png(picture, folder / name)
+        rendering.write_plots(value, folder)
+        write_json_atomic(folder / "report.json", value)
+    return value
 
 
 def memorization_report(
@@ -67,117 +444,13 @@ def memorization_report(
     plant: int = 0,
     plant_seed: int = 0,
 ) -> dict:
-    """generated (M, 3, S, S), heldout (N, 3, S, S) in [0, 1]. Returns (and writes) the report. tau: Meehan's
-    minimum share of the generated images for a cell to enter C_T (default 20 / M, as dgm-eval).
-
-    plant: also plant that many copies of training images under each edit of `indexes.plant` and measure how many
-    the threshold finds (report["planted"]). The held-out images are then split by position: those at even positions
-    (0, 2, 4, ...) set the threshold and C_T, those at odd positions are the real images mixed with the copies (and
-    the hosts of the half-pasted copies), so that the false-positive rate is measured on images the threshold never
-    saw. plant_seed draws the planted images and the noise.
-
-    Bad input raises ValueError naming the parameter before any file is written; the files are written at the end
-    into a folder beside `out` that replaces `out` in one step (a kill or a full disk leaves the previous report;
-    a full disk raises DiskFullError saying so). A statistic that the data cannot support is left out with a note that
-    says why (e.g. `c_t_note` when a cell that enters C_T holds fewer than 2 held-out images: which cells enter
-    depends on where the generations fall, so the rest of the report is kept)."""
-    generated, heldout = generated.cpu(), heldout.cpu()  # the index searches on its own device
-    out = Path(out)
-    _check_out(out)
-    _check_images(generated, "generated")
-    _check_images(heldout, "heldout")
-    if tau is not None and not 0 < tau < 1:  # also refuses NaN
-        raise ValueError(f"tau must lie in (0, 1), got {tau}")
-    if not 0 <= percentile <= 100:
-        raise ValueError(f"percentile must lie in [0, 100], got {percentile}")
-    controls = None
-    if plant:
-        ids = plant_module.planted_ids(len(index), plant, plant_seed)  # refuses plant > len(index) by name
-        if len(heldout) < 4:
-            raise ValueError(
-                f"heldout: --plant splits the held-out images in two (threshold / real images among the copies); "
-                f"give at least 4, got {len(heldout)}"
-            )
-        heldout, controls = heldout[0::2], heldout[1::2]
-    names = generated_names or [f"generated:{i}" for i in range(len(generated))]
-    neighbours = min(audit.CARLINI_NEIGHBOURS, len(index))  # Carlini's n, or all there is in a small index
-    near_generated, generated_tokens = _nearest(index, generated, k=neighbours)
-    near_heldout, _ = _nearest(index, heldout, k=neighbours)
-    cells, cells_described = _cell_labels(index)
-    report = {
-        "verdict": "",
-        "percentile": percentile,
-        "generated_images": len(generated),
-        "heldout_images": len(heldout),
-        "index": str(index.directory),
-        "indexed_images": len(index),
-        "metrics": {},
-    }
-    galleries = {}
-    for metric, (gen_ids, gen_neighbours) in near_generated.items():
-        held_ids, held_neighbours = near_heldout[metric]
-        _check_distances(gen_neighbours, f"generated ({metric} distances)")
-        _check_distances(held_neighbours, f"heldout ({metric} distances)")
-        gen_distances, nearest_ids = gen_neighbours[:, 0], gen_ids[:, 0]
-        held_distances = held_neighbours[:, 0]
-        threshold = float(np.percentile(held_distances, percentile))
-        flagged = np.flatnonzero(gen_distances < threshold)
-        gen_cells, held_cells = cells[nearest_ids], cells[held_ids[:, 0]]
-        c_t, c_t_note = _c_t(held_distances, held_cells, gen_distances, gen_cells, tau, planted=bool(plant))
-        authenticity, authenticity_note = _auth_pct(index, metric, gen_distances, nearest_ids)
-        relative, relative_note = _relative_flagged(metric, gen_neighbours)
-        held_relative, _ = _relative_flagged(metric, held_neighbours)
-        pairwise = _pairwise_distances(index, metric, generated, generated_tokens)
-        report["metrics"][metric] = {
-            "threshold": threshold,
-            "generated": _summary(gen_distances),
-            "heldout": _summary(held_distances),
-            "flagged_fraction": float(len(flagged) / len(gen_distances)),
-            "flagged_p_value": _excess_p_value(len(flagged), len(gen_distances), percentile / 100),
-            "flagged": [
-                {
-                    "generated": names[i],
-                    "generated_position": int(i),  # in `generated`
-                    "distance": float(gen_distances[i]),
-                    "nearest_id": int(nearest_ids[i]),  # in the index
-                    "nearest": index.sources[nearest_ids[i]]["source"],
-                    "label": index.sources[nearest_ids[i]]["label"],
-                }
-                for i in flagged[np.argsort(gen_distances[flagged])]
-            ],
-            "c_t": c_t,
-            "c_t_cells": cells_described,
-            "c_t_note": c_t_note,
-            "auth_pct": authenticity,
-            "auth_pct_note": authenticity_note,
-            "relative_flagged_fraction": relative,
-            "heldout_relative_flagged_fraction": held_relative,
-            "relative_p_value": _relative_p_value(relative, held_relative, len(gen_distances), len(held_distances)),
-            "relative_neighbours": neighbours,
-            "relative_alpha": audit.CARLINI_ALPHA,
-            "relative_note": relative_note,
-            "cliques": [[names[i] for i in group] for group in audit.cliques(pairwise, threshold)],
-            "generated_distances": gen_distances.tolist(),
-            "heldout_distances": held_distances.tolist(),
-        }
-        galleries[metric] = _gallery(index, generated, nearest_ids, gen_distances, gallery_size)
-    examples = None
-    if plant:
-        report["planted"], examples = _planted(index, ids, controls, report, plant_seed)
-    report["verdict"] = verdict(report)
-
-    # Everything is computed: write the files into a folder beside `out`, which then replaces it in one step.
-    pictures = [*galleries.values(), *([examples] if examples is not None else [])]
-    needed = sum(p.numel() for p in pictures) + 3 * len(json.dumps(report)) + PLOT_BYTES
-    kept = f"{out} is as it was (no new report was written); free space and run the same command"
-    with explain_full_disk(out, needed, kept), atomic_directory(out) as folder:
-        for metric, grid in galleries.items():
-            _save_png(grid, folder / f"closest_{metric}.png")
-        if examples is not None:
-            _save_png(examples, folder / "planted.png")
-        _plots(report, folder)
-        write_json_atomic(folder / "report.json", report)
-    return report
+    """`compute_report` then `write_report` into `out`; returns report.json's content. `out` is checked first, so a
+    folder that holds other files is refused before anything is computed."""
+    _check_out(Path(out))
+    report = compute_report(
+        index, generated, heldout, percentile, gallery_size, generated_names, tau, plant=plant, plant_seed=plant_seed
+    )
+    return write_report(report, out)
 
 
 def _check_out(out: Path) -> None:
@@ -190,6 +463,9 @@ def _check_out(out: Path) -> None:
             f"out: {out} holds other files than a report ({', '.join(others[:3])}...), which writing a report there "
             "would replace; choose a new folder"
         )
+
+
+# ---------------------------------------------------------------------------------------------------- verdict
 
 
 def verdict(report: dict) -> str:
@@ -219,7 +495,7 @@ def verdict(report: dict) -> str:
     flagged = ", ".join(f"{100 * d['flagged_fraction']:.1f} % ({m})" for m, d in metrics.items())
     evidence = (
         f"C_T is {c_t} and {flagged} of generated images are closer than the "
-        f"{_ordinal(report['percentile'])} percentile of held-out images"
+        f"{rendering.ordinal(report['percentile'])} percentile of held-out images"
     )
     if confirmed:
         why = (
@@ -271,63 +547,28 @@ def _check_distances(distances: np.ndarray, name: str) -> None:
         raise ValueError(f"{name}: the search returned NaN distances; check the images and the index")
 
 
-def _thin_cells(heldout_cells, generated_cells, tau, planted: bool) -> str | None:
-    """Why C_T is not computed when a cell that enters it holds fewer than MIN_CELL_HELDOUT held-out images (one
-    held-out image gives a Z of no meaning), or None. Which cells enter C_T depends on where the generations fall,
-    known only after generating and searching, so this is a note in the report, not an error that throws away the
-    generated images and the other statistics."""
-    m = len(generated_cells)
-    if tau is None and m <= audit.MEEHAN_MIN_GENERATED:
-        return None  # C_T is not computed anyway; audit.c_t says why
-    share = tau if tau is not None else audit.MEEHAN_MIN_GENERATED / m
-    labels, counts = np.unique(generated_cells, return_counts=True)
-    kept = labels[counts / m > share]
-    held = np.array([(heldout_cells == label).sum() for label in kept], dtype=int)
-    thin = held < MIN_CELL_HELDOUT
-    if not thin.any():
-        return None
-    split = " (--plant keeps half of them for the threshold)" if planted else ""
-    return (
-        f"C_T not computed: heldout: cells {kept[thin].tolist()} hold more than tau = {share:.3g} of the generated "
-        f"images but only {held[thin].tolist()} held-out images{split}, fewer than {MIN_CELL_HELDOUT}; give more "
-        "held-out images (--count) or a larger --tau"
-    )
-
-
 # ---------------------------------------------------------------------------------------------------- planted copies
 
 
-def _planted(index: ImageIndex, ids: np.ndarray, controls: torch.Tensor, report: dict, seed: int):
-    """report["planted"] and a picture of the first planted image under every edit."""
+def _planted(index: ImageIndex, ids: np.ndarray, controls: torch.Tensor, thresholds: dict[str, float], seed: int):
+    """The planted copies' scores per metric, and a picture of the first planted image under every edit."""
     originals = load_indexed_images(index, ids).cpu()
     hosts = controls[np.arange(len(ids)) % len(controls)]
     copies = plant_module.plant_copies(originals, index.tokenizer, hosts, seed)
     near_controls, _ = _nearest(index, controls, k=1)
     near_copies = {name: _nearest(index, images, k=1)[0] for name, images in copies.items()}
-    planted = {
-        "count": len(ids),
-        "transforms": list(copies),
-        "controls": len(controls),
-        "split": "held-out images at even positions set the threshold; those at odd positions are the real images",
-        "ids": ids.tolist(),
-        "metrics": {},
-    }
-    for metric, data in report["metrics"].items():
+    scores, copy_distances, real_distances = {}, {}, {}
+    for metric, threshold in thresholds.items():
         real = near_controls[metric][1][:, 0]
         _check_distances(real, f"heldout ({metric} distances of the real images among the copies)")
         found = {name: near[metric][1][:, 0] for name, near in near_copies.items()}
         for name, distances in found.items():
             _check_distances(distances, f"plant ({metric} distances of the {name} copies)")
-        scores = plant_module.planted_scores(found, real, data["threshold"])
-        planted["metrics"][metric] = {
-            "recall": scores.recall,
-            "auc": scores.auc,
-            "false_positive_rate": scores.false_positive_rate,
-            "copy_distances": {name: d.tolist() for name, d in found.items()},
-            "real_distances": real.tolist(),
-        }
+        scores[metric] = plant_module.planted_scores(found, real, threshold)
+        copy_distances[metric], real_distances[metric] = found, real
     pictures = torch.stack([copies[name][0] for name in copies])
-    return planted, image_grid(pictures, columns=len(pictures))
+    result = PlantedReport(ids, len(controls), scores, copy_distances, real_distances)
+    return result, image_grid(pictures, columns=len(pictures))
 
 
 # ---------------------------------------------------------------------------------------------------- search
@@ -344,35 +585,15 @@ def _nearest(
         batch = images[first : first + batch_size].to(index.device)
         batch_tokens = index.encode(batch)
         tokens.append(batch_tokens.cpu())
-        for metric, found in index.search(batch, tokens=batch_tokens, k=k).items():
-            ids.setdefault(metric, []).append(found.ids)
-            distances.setdefault(metric, []).append(found.distances.astype(np.float64))
+        found = {m: (f.ids, f.distances) for m, f in index.search(batch, tokens=batch_tokens, k=k).items()}
+        for metric, extra in REPORT_METRICS.items():
+            if extra.search is not None:
+                found[metric] = extra.search(index, batch, batch_tokens, k)
+        for metric, (found_ids, found_distances) in found.items():
+            ids.setdefault(metric, []).append(np.asarray(found_ids))
+            distances.setdefault(metric, []).append(np.asarray(found_distances, dtype=np.float64))
     found = {m: (np.concatenate(ids[m]), np.concatenate(distances[m])) for m in ids}
     return found, torch.cat(tokens)
-
-
-def _cell_labels(index: ImageIndex) -> tuple[np.ndarray, str]:
-    """C_T's partition: each image's cell is the label of its nearest training image, so its distance to the
-    nearest training image in its own cell is its nearest distance. (N_index,) int64 cell of each indexed image."""
-    labels = [source.get("label") for source in index.sources]
-    if all(isinstance(label, int | np.integer) and label >= 0 for label in labels):
-        return np.asarray(labels, dtype=np.int64), "label of the nearest training image"
-    return np.zeros(len(labels), dtype=np.int64), "one cell (not every indexed image has a label)"
-
-
-# ---------------------------------------------------------------------------------------------------- statistics
-
-
-def _c_t(
-    heldout_distances, heldout_cells, generated_distances, generated_cells, tau, planted: bool = False
-) -> tuple[float | None, str | None]:
-    thin = _thin_cells(heldout_cells, generated_cells, tau, planted)
-    if thin:
-        return None, thin
-    try:
-        return audit.c_t(heldout_distances, heldout_cells, generated_distances, generated_cells, tau), None
-    except ValueError as error:  # too few generated images per cell for tau, or a kept cell without held-out images
-        return None, f"C_T not computed: {error}"
 
 
 def _auth_pct(
@@ -383,7 +604,11 @@ def _auth_pct(
     if len(index) < 2:
         return None, "AuthPct not computed: the index holds a single image"
     try:
-        if metric == "lpips" and index.sketch is not None:  # only sketches are stored: search with the images again
+        extra = REPORT_METRICS.get(metric, ReportMetric(metric)).search
+        if extra is not None:  # a metric of the report, not of the index: search with the images again
+            images = load_indexed_images(index, unique)
+            found_ids, found_distances = extra(index, images, index.encode(images.to(index.device)), 2)
+        elif metric == "lpips" and index.sketch is not None:  # only sketches are stored: search with the images
             found = index.search(load_indexed_images(index, unique), k=2, metrics=["lpips"])["lpips"]
             found_distances, found_ids = found.distances, found.ids
         else:  # the stored vectors (packed codes, thumbnails, φ) are the queries
@@ -426,7 +651,11 @@ def _relative_p_value(generated: float | None, heldout: float | None, m: int, n:
 def _pairwise_distances(
     index: ImageIndex, metric: str, images: torch.Tensor, tokens: torch.Tensor, batch_size: int = 64
 ) -> np.ndarray:
-    """(M, M) distances among the generated images, in the metric's units (for the cliques)."""
+    """(M, M) distances among the generated images, in the metric's units (for the cliques); None for a metric that
+    gives no pairwise distances."""
+    extra = REPORT_METRICS.get(metric, ReportMetric(metric))
+    if extra.search is not None:
+        return None if extra.pairwise is None else np.asarray(extra.pairwise(index, images, tokens), dtype=np.float64)
     if metric == "hamming":
         codes = bits.pack_bits(tokens, index.tokenizer.num_bits).numpy()
         rows = [
@@ -445,14 +674,7 @@ def _pairwise_distances(
     return (squared[:, None] + squared[None] - 2 * features @ features.T).clamp(min=0).numpy()
 
 
-# ---------------------------------------------------------------------------------------------------- output
-
-
-def _ordinal(number: float) -> str:
-    text = f"{number:g}"
-    if not float(number).is_integer() or 10 <= int(number) % 100 <= 20:
-        return f"{text}th"
-    return text + {1: "st", 2: "nd", 3: "rd"}.get(int(number) % 10, "th")
+# ---------------------------------------------------------------------------------------------------- pictures
 
 
 def _summary(values: np.ndarray) -> dict[str, float]:
@@ -474,143 +696,3 @@ def _gallery(index, generated, ids, distances, size) -> torch.Tensor:
         image = torch.nn.functional.interpolate(generated[i : i + 1], size=thumb.shape[-2:], mode="area")[0]
         pairs += [image, thumb]
     return image_grid(torch.stack(pairs), columns=2)
-
-
-def _save_png(image: torch.Tensor, path: Path) -> None:
-    atomic_write(path, lambda p: to_pil(image).save(p, format="PNG"))
-
-
-def _plots(report: dict, out: Path) -> None:
-    """report.html and report.png: per metric the distance histograms and, with planted copies, the ROC curves."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    metrics = list(report["metrics"])
-    planted = report.get("planted")
-    rows = 2 if planted else 1
-    titles = [f"{m} distance to nearest" for m in metrics]
-    if planted:
-        titles += [f"{m}: planted copies against real images (ROC)" for m in metrics]
-    figure = make_subplots(rows=rows, cols=len(metrics), subplot_titles=titles)
-    fig_png, axes = plt.subplots(rows, len(metrics), figsize=(5 * len(metrics), 3.5 * rows), squeeze=False)
-    for col, metric in enumerate(metrics):
-        data = report["metrics"][metric]
-        for name, values, color in (
-            ("generated", data["generated_distances"], "#d62728"),
-            ("held-out real", data["heldout_distances"], "#1f77b4"),
-        ):
-            figure.add_trace(
-                go.Histogram(
-                    x=values, name=name, opacity=0.6, marker_color=color, showlegend=col == 0, legendgroup=name
-                ),
-                row=1,
-                col=col + 1,
-            )
-            axes[0, col].hist(values, bins=30, alpha=0.6, color=color, label=name)
-        figure.add_vline(x=data["threshold"], line_dash="dash", row=1, col=col + 1)
-        axes[0, col].axvline(
-            data["threshold"], color="black", linestyle="--", label=f"p{report['percentile']:g} of held-out"
-        )
-        axes[0, col].set_title(f"{metric}: {data['flagged_fraction']:.1%} flagged")
-        axes[0, col].set_xlabel(f"{AXIS_NAMES.get(metric, metric)} to the nearest training image")
-        axes[0, col].set_ylabel("images")
-        axes[0, col].legend(fontsize=7)
-        figure.update_xaxes(title_text=AXIS_NAMES.get(metric, metric), row=1, col=col + 1)
-        figure.update_yaxes(title_text="images", row=1, col=col + 1)
-        if planted:
-            _roc_plots(planted, metric, figure, axes[1, col], col, go)
-    figure.update_layout(
-        barmode="overlay", title="Nearest-training-image distances: generated vs held-out", height=450 * rows
-    )
-    page = _html_page(report, figure.to_html(full_html=False, include_plotlyjs=True))
-    atomic_write(out / "report.html", lambda p: Path(p).write_text(page, encoding="utf-8"))
-    fig_png.tight_layout()
-    atomic_write(out / "report.png", lambda p: fig_png.savefig(p, format="png", dpi=100))
-    plt.close(fig_png)
-
-
-def _roc_plots(planted: dict, metric: str, figure, axis, col: int, go) -> None:
-    """One ROC curve per edit (copies against the real images), and the report's operating point."""
-    import matplotlib.pyplot as plt
-
-    data = planted["metrics"][metric]
-    colors = plt.get_cmap("tab10")
-    for i, name in enumerate(planted["transforms"]):
-        fpr, tpr = plant_module.roc_curve(data["copy_distances"][name], data["real_distances"])
-        label = f"{name} (AUC {data['auc'][name]:.2f})"
-        color = _hex(colors(i % 10))
-        axis.step(fpr, tpr, where="post", color=color, label=label, linewidth=1)
-        figure.add_trace(
-            go.Scatter(x=fpr, y=tpr, mode="lines", line={"shape": "hv", "color": color}, name=label, showlegend=True),
-            row=2,
-            col=col + 1,
-        )
-    axis.axvline(data["false_positive_rate"], color="black", linestyle="--", linewidth=0.8, label="report threshold")
-    axis.set_xlabel("false-positive rate (real held-out images flagged)")
-    axis.set_ylabel("recall (copies flagged)")
-    axis.set_title(f"{metric}: planted copies")
-    axis.legend(fontsize=6)
-    figure.add_vline(x=data["false_positive_rate"], line_dash="dash", row=2, col=col + 1)
-    figure.update_xaxes(title_text="false-positive rate", row=2, col=col + 1)
-    figure.update_yaxes(title_text="recall", row=2, col=col + 1)
-
-
-def _hex(rgba) -> str:
-    return "#" + "".join(f"{round(255 * c):02x}" for c in rgba[:3])
-
-
-def _planted_table(planted: dict) -> str:
-    """Recall at the report's threshold (and the ROC AUC) of every edit under every metric."""
-    metrics = list(planted["metrics"])
-    head = "".join(f"<th>{html.escape(m)} recall</th><th>{html.escape(m)} AUC</th>" for m in metrics)
-    rows = "".join(
-        f"<tr><td>{html.escape(name)}</td>"
-        + "".join(
-            f"<td>{100 * d['recall'][name]:.0f} %</td><td>{d['auc'][name]:.3f}</td>"
-            for d in planted["metrics"].values()
-        )
-        + "</tr>"
-        for name in planted["transforms"]
-    )
-    fpr = "".join(f"<td>{100 * planted['metrics'][m]['false_positive_rate']:.1f} %</td><td></td>" for m in metrics)
-    return f"""<h3>Planted copies</h3>
-<p>{planted["count"]} training images copied under each edit, among {planted["controls"]} real held-out images that
-did not set the threshold ({html.escape(planted["split"])}). Recall: the share of copies closer than the report's
-threshold; AUC: P(copy closer than a real image).</p>
-<table><tr><th>edit</th>{head}</tr>{rows}<tr><td>real images flagged (false-positive rate)</td>{fpr}</tr></table>
-"""
-
-
-def _html_page(report: dict, plots: str) -> str:
-    """The verdict, a table of the per-metric statistics, the planted copies' recall, then the plots."""
-
-    def cell(value, form: str) -> str:
-        return "—" if value is None else format(value, form)
-
-    rows = "".join(
-        f"<tr><td>{html.escape(m)}</td><td>{d['threshold']:.4g}</td><td>{100 * d['flagged_fraction']:.1f} %</td>"
-        f"<td title='{html.escape(d['c_t_note'] or d['c_t_cells'])}'>{cell(d['c_t'], '.2f')}</td>"
-        f"<td title='{html.escape(d['auth_pct_note'] or '')}'>{cell(d['auth_pct'], '.1f')}</td>"
-        f"<td>{cell(None if d['relative_flagged_fraction'] is None else 100 * d['relative_flagged_fraction'], '.1f')}"
-        f" %</td><td>{len(d['cliques'])}</td></tr>"
-        for m, d in report["metrics"].items()
-    )
-    planted = _planted_table(report["planted"]) if report.get("planted") else ""
-    p = f"{report['percentile']:g}"
-    return f"""<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>Memorization report</title>
-<style>body{{font-family:sans-serif;margin:1.5em}} td,th{{padding:0.2em 0.8em;text-align:right}}</style></head>
-<body><h2>Memorization report</h2>
-<p><b>{html.escape(report["verdict"])}</b></p>
-<p>{report["generated_images"]} generated and {report["heldout_images"]} held-out images against
-{report["indexed_images"]} indexed images ({html.escape(report["index"])}).</p>
-<table><tr><th>metric</th><th>threshold (p{p} of held-out)</th><th>flagged</th><th>C_T (Meehan)</th>
-<th>AuthPct</th><th>Carlini flagged</th><th>cliques</th></tr>{rows}</table>
-{planted}
-{plots}
-</body></html>
-"""

@@ -5,6 +5,7 @@ The state is the served app's (tests/conftest.py `app_server`: the official-tiny
 switch models switch back.
 """
 
+import json
 import threading
 
 import gradio as gr
@@ -250,22 +251,38 @@ def test_the_report_uses_the_neighbours_threshold(callbacks, app_server):
         assert f"**{metric}**: {c_t}" in text or "C_T not computed" in text
     shown = sum(min(8, round(d["flagged_fraction"] * 8)) for d in summary["metrics"].values())
     assert len(flagged["value"]) == shown and flagged["visible"] == (shown > 0)
-    assert "C_T not computed: it needs a cell (the class of the nearest training image) holding more than 20" in text
+    assert "C_T not computed: every cell of Meehan et al.'s test must hold more than 20 generated images" in text
+    assert all(d["c_t_reason"]["code"] == "too_few_generated" for d in summary["metrics"].values())
     assert Image.open(image).size[0] > 100
     # issue 35.4: why pixel or LPIPS alone is no copy, and whether each flagged share is more than chance
     assert "Why pixel distance or LPIPS alone never makes a copy" in text and "held-out images are split" not in text
     assert text.count("binomial p = ") == len(summary["metrics"]) and "the verdict asks for p < 0.001" in text
 
 
-def test_the_report_plants_copies_when_asked_and_finds_the_exact_ones(callbacks):
-    """Issue 24.6: the planted-copy recall table, with the library's figures; exact copies are found by every metric."""
-    image, text, flagged, summary = callbacks.memorization_report(8, 0, 3)
+def test_the_report_plants_copies_when_asked_and_finds_the_exact_ones(callbacks, app_server, app_models, tmp_path):
+    """Issue 24.6: the planted-copy recall table, with the library's figures; exact copies are found by every metric.
+    Issue 34.0: the user's seed (not the dataset's, 0) draws the planted images, and `python -m indexes report` with
+    the same seed writes the same report."""
+    from indexes.cli import main
+    from indexes.plant import planted_ids
+    from indexes.report import summary as report_summary
+
+    seed = 5
+    image, text, flagged, summary = callbacks.memorization_report(8, seed, 3)
     planted = summary["planted"]
     assert planted["count"] == 3 and set(planted["metrics"]) == set(summary["metrics"])
+    index = app_server.state.index
+    assert index.dataset.seed == 0 and planted["ids"] == planted_ids(len(index), 3, seed).tolist()
+    assert planted["ids"] != planted_ids(len(index), 3, 0).tolist()
+    models = ["--tokenizer", app_models["tokenizer"], "--generator", app_models["generator"]]
+    options = ["--count", "8", "--seed", str(seed), "--plant", "3", "--out", str(tmp_path / "cli")]
+    assert main(["report", "--index", str(index.directory), *models, *options]) == 0
+    assert report_summary(json.loads((tmp_path / "cli" / "report.json").read_text())) == summary
     assert "the held-out images are split: half set the thresholds" in text  # why the thresholds moved (issue 35.4)
     for metric, figures in planted["metrics"].items():
         assert figures["recall"]["exact"] == 1.0 and figures["auc"]["exact"] == 1.0, metric
-        assert set(figures["recall"]) == set(planted["transforms"]) and 0 <= figures["false_positive_rate"] <= 1
+        names = {edit["name"] for edit in planted["edits"]}
+        assert set(figures["recall"]) == names and 0 <= figures["false_positive_rate"] <= 1
     assert "**Planted copies**: 3 training images" in text and "| exact | " + " | ".join(["100% (1.00)"] * 3) in text
     with pytest.raises(gr.Error, match=r"plant \(planted copies\) must be a whole number from 0 to 64"):
         callbacks.memorization_report(8, 0, 65)

@@ -9,7 +9,19 @@ import numpy as np
 import pytest
 from scipy.stats import mannwhitneyu
 
-from indexes.audit import auth_pct, authentic, c_t, c_t_cells, cliques, relative_distance, relative_flagged
+from indexes.audit import (
+    TrainingPartitions,
+    auth_pct,
+    authentic,
+    c_t,
+    c_t_cells,
+    cliques,
+    fit_c_t,
+    kmeans,
+    nearest_centre,
+    relative_distance,
+    relative_flagged,
+)
 
 ROOT = Path(__file__).parents[1]
 
@@ -103,6 +115,88 @@ def test_c_t_detects_copies_and_underfitting():
     assert c_t(heldout, heldout_cells, copies, generated_cells) < -5
     assert abs(c_t(heldout, heldout_cells, same, generated_cells)) < 2.5
     assert c_t(heldout, heldout_cells, far, generated_cells) > 5
+
+
+# ---------------------------------------------------------------------------------------------------- C_T's partition
+
+
+def clustered_training_set(rng, size=1500, clusters=6, dims=48):
+    """±1 features in well separated clusters (each a random sign pattern, 5 % of its bits flipped), and 10 classes
+    that cut across the clusters."""
+    centres = rng.choice([-1.0, 1.0], (clusters, dims))
+    truth = rng.integers(0, clusters, size)
+    flips = np.where(rng.random((size, dims)) < 0.05, -1.0, 1.0)
+    return centres[truth] * flips, truth, np.arange(size) % 10
+
+
+def test_kmeans_finds_separated_clusters_and_is_seeded():
+    features, truth, _ = clustered_training_set(np.random.default_rng(0))
+    centres = kmeans(features, 6, seed=3)
+    cells = nearest_centre(features, centres)
+    assert len(set(zip(truth.tolist(), cells.tolist()))) == 6 and len(np.unique(cells)) == 6  # one cell per cluster
+    assert np.array_equal(centres, kmeans(features, 6, seed=3))
+
+
+def ladder_case(m, n=None, seed=0, copies=False, classes=True):
+    """M generated and N held-out images against a training set of 1,500 in 6 clusters and 10 classes: each image is
+    matched to a random training image; held-out distances uniform, generated ones the same law or 0 (copies)."""
+    rng = np.random.default_rng(seed)
+    n = m if n is None else n
+    features, _, labels = clustered_training_set(rng)
+    partitions = TrainingPartitions(1500, labels if classes else None, lambda ids: features[ids])
+    generated = np.zeros(m) if copies else rng.random(m)
+    return fit_c_t(rng.random(n), rng.integers(0, 1500, n), generated, rng.integers(0, 1500, m), partitions)
+
+
+@pytest.mark.parametrize(("m", "partition"), [(300, "classes"), (120, "k-means"), (40, "one cell"), (32, "one cell")])
+def test_c_t_uses_the_finest_partition_that_fits_the_sample(m, partition):
+    fit = ladder_case(m)
+    assert fit.reason == "fitted" and fit.partition.partition == partition and np.isfinite(fit.c_t)
+    assert fit.tau == 20 / m and fit.min_generated == 21
+    terms = fit.terms  # every kept cell: more than 20 generated and at least 2 held-out images
+    assert (terms.generated_counts[terms.kept] > 20).all() and (terms.heldout_counts[terms.kept] >= 2).all()
+    assert terms.generated_counts[terms.kept].sum() >= m / 2
+    assert all(t.problem is not None for t in fit.tried[:-1]) and fit.tried[-1].problem is None
+    if partition != "classes":
+        assert fit.tried[0].partition == "classes" and fit.tried[0].problem in ("no_kept_cell", "low_coverage")
+    assert abs(fit.c_t) < 3.5  # generated and held-out distances of one law
+    assert ladder_case(m, copies=True).c_t < -5  # exact copies: every generated distance 0
+
+
+def test_one_cell_c_t_is_the_mann_whitney_z_of_all_images():
+    rng = np.random.default_rng(2)
+    heldout, generated = rng.integers(0, 9, 55).astype(float), rng.integers(0, 9, 40).astype(float)  # many ties
+    fit = fit_c_t(heldout, rng.integers(0, 1500, 55), generated, rng.integers(0, 1500, 40), TrainingPartitions(1500))
+    assert [t.partition for t in fit.tried] == ["one cell"]
+    assert fit.c_t == pytest.approx(meehan_c_t(heldout, np.zeros(55, int), generated, np.zeros(40, int), 0.5), abs=1e-9)
+
+
+def test_c_t_falls_back_past_thin_held_out_cells_and_low_coverage():
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], 100)  # classes of a training set of 300
+    partitions = TrainingPartitions(300, labels)
+    heldout_nearest = np.r_[np.zeros(29, int), [150]]  # class 1 holds one held-out image, class 2 none
+    generated_nearest = np.repeat([0, 150, 250], [30, 30, 30])
+    fit = fit_c_t(rng.random(30), heldout_nearest, rng.random(90), generated_nearest, partitions)
+    assert [(t.partition, t.problem) for t in fit.tried] == [("classes", "thin_heldout"), ("one cell", None)]
+    # 25 of 65 generated images in the only kept class (20 in each other): fewer than half, so one cell
+    generated_nearest = np.repeat([0, 100, 200], [25, 20, 20])
+    heldout_nearest = np.arange(30) * 10
+    fit = fit_c_t(rng.random(30), heldout_nearest, rng.random(65), generated_nearest, partitions)
+    assert fit.tried[0].problem == "low_coverage" and fit.tried[0].kept_generated == 25
+    assert fit.partition.partition == "one cell"
+
+
+def test_c_t_says_why_it_is_not_computed():
+    few = ladder_case(20)
+    assert few.c_t is None and few.reason == "too_few_generated" and few.to_json()["partition"] is None
+    assert ladder_case(20, n=20, classes=False).reason == "too_few_generated"
+    alone = ladder_case(40, n=1)
+    assert alone.c_t is None and alone.reason == "too_few_heldout"
+    rng = np.random.default_rng(0)
+    partitions = TrainingPartitions(50)
+    fit = fit_c_t(rng.random(10), np.arange(10), rng.random(8), np.arange(8), partitions, tau=0.2)
+    assert fit.reason == "fitted" and fit.min_generated == 2 and fit.partition.partition == "one cell"
 
 
 def test_relative_distance_by_hand():

@@ -598,8 +598,8 @@ def test_report_audit_catches_exported_training_images(tmp_path, index, audit_he
     assert report["verdict"].startswith("Possible copying")
     for metric in ("hamming", "pixel"):
         audit = report["metrics"][metric]
-        assert audit["c_t"] < -5 and audit["c_t_note"] is None, metric
-        assert audit["c_t_cells"] == "label of the nearest training image"
+        assert audit["c_t"] < -5 and audit["c_t_reason"]["code"] == "fitted", metric
+        assert audit["c_t_reason"]["partition"] == "classes" and audit["c_t_reason"]["tau"] == 0.05
         assert audit["flagged_fraction"] == 1.0 and audit["relative_flagged_fraction"] == 1.0, metric
         assert audit["auth_pct"] == 0.0 and audit["relative_neighbours"] == 50, metric
     saved = json.loads((tmp_path / "report.json").read_text())
@@ -608,6 +608,28 @@ def test_report_audit_catches_exported_training_images(tmp_path, index, audit_he
     )
     page = (tmp_path / "report.html").read_text()
     assert "Possible copying" in page and "C_T (Meehan)" in page and "AuthPct" in page
+    assert "over the classes of the nearest training images (10 cells)" in page
+
+
+@pytest.mark.parametrize("count", [40, 120])
+def test_report_computes_c_t_at_the_default_tau_from_40_images(index, audit_heldout, count):
+    """Issue 34.1: 120 or 40 images spread over 10 classes leave no class with more than 20 of them (dgm-eval's τ =
+    20 / M): C_T takes k-means cells of the training tokens or one cell, strongly negative for exported training
+    images and near 0 for fresh images of the held-out distribution."""
+    from indexes.report import compute_report
+
+    copies, _ = procedural(count)
+    fresh, _ = procedural(count, start=600, split="test")  # not among the 600 held-out images
+    heldout = audit_heldout[:count]
+    for generated, low, high in ((copies, -np.inf, -5), (fresh, -3.5, 3.5)):
+        report = compute_report(index, generated, heldout).to_json()
+        for metric, data in report["metrics"].items():
+            reason = data["c_t_reason"]
+            assert reason["code"] == "fitted" and low < data["c_t"] < high, (metric, data["c_t"])
+            classes = reason["tried"][0]
+            assert classes["partition"] == "classes" and classes["cells"] == 10, metric
+            assert classes["problem"] in ("no_kept_cell", "low_coverage"), metric
+            assert reason["partition"] in ("k-means", "one cell") and reason["min_generated"] == 21, metric
 
 
 def test_report_audit_passes_fresh_images_and_finds_duplicated_generations(tmp_path, index, audit_heldout):
@@ -631,7 +653,8 @@ def test_report_audit_without_enough_generations_records_why_and_refuses_an_empt
     heldout, _ = procedural(40, split="test")
     report = memorization_report(index, procedural(6, start=900)[0], heldout, tmp_path)  # default tau needs > 20
     for audit in report["metrics"].values():
-        assert audit["c_t"] is None and "tau" in audit["c_t_note"] and audit["auth_pct"] is not None
+        assert audit["c_t"] is None and audit["c_t_reason"]["code"] == "too_few_generated"
+        assert audit["c_t_reason"]["tried"] == [] and audit["auth_pct"] is not None
     assert "C_T is not computed" in report["verdict"]
     with pytest.raises(ValueError, match="generated"):
         memorization_report(index, torch.zeros(0, 3, 32, 32), heldout, tmp_path)

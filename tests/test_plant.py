@@ -37,27 +37,25 @@ def shapes(count: int, split: str = "train", start: int = 0) -> torch.Tensor:
 def test_each_edit_does_what_its_name_says(tiny_tokenizer):
     images, hosts = shapes(4), shapes(4, split="test")
     copies = plant.plant_copies(images, tiny_tokenizer, hosts, seed=3)
-    assert tuple(copies) == plant.TRANSFORMS and len(plant.TRANSFORMS) == 10
+    assert tuple(copies) == plant.EDIT_NAMES and len(plant.EDITS) == 10
     for name, copy in copies.items():
         assert copy.shape == images.shape and copy.min() >= 0 and copy.max() <= 1, name
     assert torch.equal(copies["exact"], images) and torch.equal(copies["horizontal_flip"][..., 0], images[..., -1])
-    shifted = copies["shift_4px"]  # content 4 px right and down, the first rows and columns repeat the border
+    shifted = copies["shift"]  # content 4 px right and down, the first rows and columns repeat the border
     assert torch.equal(shifted[..., 4:, 4:], images[..., :-4, :-4])
     assert torch.equal(shifted[..., :4, 4:], images[..., :1, :-4].expand(-1, -1, 4, -1))
-    assert torch.equal(copies["brightness_+10"], (images * 1.1).clamp(0, 1))
-    assert torch.equal(copies["brightness_-10"], images * 0.9)
-    noise = copies["noise_0.02"] - images
+    assert torch.equal(copies["brighter"], (images * 1.1).clamp(0, 1))
+    assert torch.equal(copies["darker"], images * 0.9)
+    noise = copies["noise"] - images
     inside = (images > 0.1) & (images < 0.9)  # where clipping cannot bite
     assert noise[inside].std().item() == pytest.approx(0.02, rel=0.1) and abs(noise[inside].mean().item()) < 2e-3
-    assert torch.equal(plant.plant_copies(images, tiny_tokenizer, hosts, seed=3)["noise_0.02"], copies["noise_0.02"])
-    assert not torch.equal(
-        plant.plant_copies(images, tiny_tokenizer, hosts, seed=4)["noise_0.02"], copies["noise_0.02"]
-    )
+    assert torch.equal(plant.plant_copies(images, tiny_tokenizer, hosts, seed=3)["noise"], copies["noise"])
+    assert not torch.equal(plant.plant_copies(images, tiny_tokenizer, hosts, seed=4)["noise"], copies["noise"])
     assert torch.equal(copies["half_pasted"][..., :16], images[..., :16])
     assert torch.equal(copies["half_pasted"][..., 16:], hosts[..., 16:])
     with torch.no_grad():
         assert torch.equal(copies["reconstruction"], tiny_tokenizer.decode(tiny_tokenizer.encode(images)).clamp(0, 1))
-    jpeg = copies["jpeg_50"]  # 8-bit, close to the original, not equal to it
+    jpeg = copies["jpeg"]  # 8-bit, close to the original, not equal to it
     assert torch.equal((jpeg * 255).round() / 255, jpeg)
     assert 0 < (jpeg - images).abs().mean() < 0.05
 
@@ -145,16 +143,19 @@ def test_exported_training_images_are_all_flagged_with_strongly_negative_c_t(exp
     assert report["verdict"].startswith("Possible copying by hamming")
     for metric in ("hamming", "pixel"):
         data = report["metrics"][metric]
-        assert data["flagged_fraction"] == 1.0 and data["c_t"] < -5 and data["c_t_note"] is None, metric
+        assert data["flagged_fraction"] == 1.0 and data["c_t"] < -5, metric
+        assert data["c_t_reason"]["code"] == "fitted" and data["c_t_reason"]["partition"] == "classes", metric
 
 
 def test_planted_exact_copies_are_all_found_at_the_held_out_rate_of_false_alarms(exported_report):
     planted = exported_report["json"]["planted"]
-    assert planted["count"] == 40 and planted["controls"] == 300 and planted["transforms"] == list(plant.TRANSFORMS)
+    assert planted["count"] == 40 and planted["controls"] == 300
+    assert [edit["name"] for edit in planted["edits"]] == list(plant.EDIT_NAMES)
+    assert planted["edits"][2] == {"name": "crop", "constant": 0.9, "label": "crop (central 90% kept, resized back)"}
     assert set(planted["metrics"]) == {"hamming", "lpips", "pixel"}
     for metric, data in planted["metrics"].items():
         assert data["recall"]["exact"] == 1.0 and data["auc"]["exact"] == 1.0, metric
-        assert set(data["recall"]) == set(data["auc"]) == set(plant.TRANSFORMS)
+        assert set(data["recall"]) == set(data["auc"]) == set(plant.EDIT_NAMES)
         # the threshold is the 5th percentile of 300 other held-out images: 300 fresh ones are flagged near 5 %
         assert 0.01 <= data["false_positive_rate"] <= 0.10, (metric, data["false_positive_rate"])
         assert all(0 <= v <= 1 for v in [*data["recall"].values(), *data["auc"].values()])
@@ -164,6 +165,39 @@ def test_planted_exact_copies_are_all_found_at_the_held_out_rate_of_false_alarms
     for name in ("report.png", "planted.png", "closest_hamming.png"):
         assert (out / name).stat().st_size > 1000, name
     assert "planted copies of 40 training images" in exported_report["stdout"]
+
+
+def test_a_new_report_metric_is_one_row_and_reaches_every_statistic(procedural_index, monkeypatch):
+    """Issue 34.0: a metric registered in REPORT_METRICS (here Hamming distance by numpy brute force over the stored
+    tokens) gets the threshold, C_T, AuthPct, Carlini's flags, cliques and the planted table, equal to the index's own
+    Hamming metric (FAISS)."""
+    from indexes import report as report_module
+    from indexes.rendering import html_page, planted_markdown
+    from maskbit import bits as bit_ops
+
+    def brute_force(index, images, tokens, k):
+        codes = bit_ops.pack_bits(torch.as_tensor(index.tokens).long(), index.tokenizer.num_bits).numpy()
+        query = bit_ops.pack_bits(tokens.cpu().long(), index.tokenizer.num_bits).numpy()
+        distances = np.bitwise_count(query[:, None] ^ codes[None]).sum(-1).astype(np.float64)  # (B, N)
+        ids = np.argsort(distances, axis=1, kind="stable")[:, :k]
+        return ids, np.take_along_axis(distances, ids, axis=1)
+
+    def pairwise(index, images, tokens):
+        return report_module._pairwise_distances(index, "hamming", images, tokens)
+
+    row = report_module.ReportMetric("Hamming distance (bits), numpy", brute_force, pairwise)
+    monkeypatch.setitem(report_module.REPORT_METRICS, "hamming, numpy", row)
+    copies, heldout = shapes(30, start=20), shapes(40, split="test")
+    data = report_module.compute_report(procedural_index, copies, heldout, plant=2, plant_seed=1).to_json()
+    ours, faiss = data["metrics"]["hamming, numpy"], data["metrics"]["hamming"]
+    assert ours["label"] == "Hamming distance (bits), numpy" and faiss["label"] == "Hamming distance (bits)"
+    for key in ("threshold", "generated", "heldout", "flagged_fraction", "c_t", "c_t_reason", "auth_pct", "cliques"):
+        assert ours[key] == faiss[key], key
+    assert ours["relative_flagged_fraction"] == faiss["relative_flagged_fraction"]
+    planted = data["planted"]["metrics"]
+    assert planted["hamming, numpy"]["recall"] == planted["hamming"]["recall"]
+    assert "hamming, numpy" in html_page(data, "")
+    assert planted_markdown(data["planted"]).startswith("| edit | hamming | lpips | pixel | hamming, numpy |")
 
 
 def test_bad_input_names_the_parameter_and_writes_nothing(tmp_path, procedural_index):
@@ -177,7 +211,7 @@ def test_bad_input_names_the_parameter_and_writes_nothing(tmp_path, procedural_i
         ({"tau": 0.0}, r"tau must lie in \(0, 1\)"),
         ({"generated": torch.full((2, 3, 32, 32), float("nan"))}, "generated holds NaN"),
         ({"generated": torch.zeros(0, 3, 32, 32)}, "generated is empty"),
-        ({"heldout": heldout[:3], "plant": 2}, "heldout: --plant splits the held-out images"),
+        ({"heldout": heldout[:3], "plant": 2}, "heldout: plant splits the held-out images"),
     ]
     for change, message in bad:
         arguments = {"generated": generated, "heldout": heldout, **change}
@@ -186,11 +220,13 @@ def test_bad_input_names_the_parameter_and_writes_nothing(tmp_path, procedural_i
                 procedural_index, arguments.pop("generated"), arguments.pop("heldout"), out, **arguments
             )
         assert not out.exists(), change
-    # Too few held-out images for a cell of C_T: which cells enter C_T is known only after the search, so the report
-    # is written, with C_T left out and a note that names the parameter.
+    # Too few held-out images for the classes' cells of C_T: which cells enter C_T is known only after the search,
+    # so C_T takes a coarser partition and says why.
     thin = memorization_report(procedural_index, generated, heldout[:6], out, tau=0.05)
     for data in thin["metrics"].values():
-        assert data["c_t"] is None and "heldout: cells" in data["c_t_note"] and "fewer than 2" in data["c_t_note"]
+        reason = data["c_t_reason"]
+        assert np.isfinite(data["c_t"]) and reason["tried"][0]["partition"] == "classes"
+        assert reason["tried"][0]["problem"] == "thin_heldout" and reason["partition"] in ("k-means", "one cell")
     assert (out / "report.json").is_file()
     out = tmp_path / "cli"
     index = ["--index", str(procedural_index.directory), *TOKENIZER, "--generated", str(tmp_path)]
@@ -200,5 +236,5 @@ def test_bad_input_names_the_parameter_and_writes_nothing(tmp_path, procedural_i
         capture_output=True,
         text=True,
     )
-    assert rejected.returncode != 0 and "--plant 301 is larger than the index (300 images)" in rejected.stderr
+    assert rejected.returncode != 0 and "plant=301 is larger than the index (300 images)" in rejected.stderr
     assert not out.exists()
