@@ -9,7 +9,9 @@ from indexes import edited
 from indexes.edited import TESTS, EditedSearch, WindowTest, edited_neighbours, offsets, window_bounds
 from indexes.store import ImageIndex, IndexError_, IndexOptions
 
-QUADRANT = WindowTest("quadrant", "Hamming, best quadrant, shifted ±1", edited.QUADRANTS, 1)
+QUADRANT = WindowTest("quadrant", "Hamming, best quadrant, shifted ±1 (relative, 5)", edited.QUADRANTS, 1, relative=5)
+HALF = WindowTest("half", "Hamming, best half", edited.HALVES)
+EDITED = WindowTest("edited", "strips, shifted ±1, flipped (relative, 50)", edited.HALVES, 1, (False, True), 2, 0.4, 50)
 
 
 def shapes(count: int, split: str = "train", start: int = 0) -> torch.Tensor:
@@ -27,37 +29,46 @@ def small_index(request, tmp_path_factory, tiny_tokenizer):
     return index
 
 
+def window_distances(indexed, query, test: WindowTest, mirror: bool, window: str, dy: int, dx: int) -> np.ndarray:
+    """(Q, N) differing bits between each query's window moved by (dy, dx) and each indexed grid's window: each pair
+    of tokens compared as integers (popcount of XOR)."""
+    top, bottom, left, right = window_bounds(indexed.shape[1:], window, test.margin, test.part)
+    moved = query[mirror][:, top + dy : bottom + dy, left + dx : right + dx]  # (Q, a, b)
+    return np.bitwise_count(moved[:, None] ^ indexed[None, :, top:bottom, left:right]).sum((-2, -1))
+
+
+def score(distances: np.ndarray, relative: int) -> np.ndarray:
+    """(Q, N) → (Q,): the nearest distance, or d₁ / mean(d₁..d_n) of the n nearest (1 where they are all 0)."""
+    if not relative:
+        return distances.min(1).astype(np.float64)
+    nearest = np.sort(distances, 1)[:, : min(relative, distances.shape[1])].astype(np.float64)
+    mean = nearest.mean(1)
+    return np.where(mean > 0, nearest[:, 0] / np.where(mean > 0, mean, 1), 1.0)
+
+
 def brute_force(indexed: np.ndarray, query: dict[bool, np.ndarray], test: WindowTest) -> np.ndarray:
-    """(Q,) the smallest number of differing bits between a query window (moved by every offset, of the query and,
-    if asked, its mirror image's tokens) and the same-sized window of any indexed grid: each pair of tokens compared
-    as integers (popcount of XOR), every configuration enumerated."""
-    h, w = indexed.shape[1:]
+    """(Q,) the test's distance with every configuration (mirroring, window, move) and indexed image enumerated."""
     s = test.max_shift
     best = np.full(len(query[False]), np.inf)
     for mirror in test.mirrored:
-        grids = query[mirror]
         for window in test.windows:
-            top, bottom, left, right = window_bounds((h, w), window, s)
-            stored = indexed[:, top:bottom, left:right]  # (N, a, b)
             for dy in range(-s, s + 1):
                 for dx in range(-s, s + 1):
-                    moved = grids[:, top + dy : bottom + dy, left + dx : right + dx]  # (Q, a, b)
-                    d = np.bitwise_count(moved[:, None] ^ stored[None]).sum((-2, -1)).min(1)
-                    best = np.minimum(best, d)
+                    d = window_distances(indexed, query, test, mirror, window, dy, dx)
+                    best = np.minimum(best, score(d, test.relative))
     return best
 
 
-def distance_at(indexed, query, found, q: int) -> int:
-    """The Hamming distance of the configuration a test reports for query q: its id, window, offset, mirroring."""
+def distance_at(indexed, query, found, q: int) -> tuple[float, int, int]:
+    """The test's distance at the configuration it reports for query q (its window, move, mirroring), the bits
+    between the query's window and the reported image's there, and the fewest bits to any indexed image there."""
     test = ALL[found.test]
-    top, bottom, left, right = window_bounds(indexed.shape[1:], found.windows[q], test.max_shift)
     dy, dx = found.offsets[q]
-    grid = query[bool(found.mirrored[q])][q]
-    moved = grid[top + dy : bottom + dy, left + dx : right + dx]
-    return int(np.bitwise_count(moved ^ indexed[found.ids[q], top:bottom, left:right]).sum())
+    d = window_distances(indexed, query, test, bool(found.mirrored[q]), found.windows[q], dy, dx)[q : q + 1]
+    return float(score(d, test.relative)[0]), int(d[0, found.ids[q]]), int(d[0].min())
 
 
-ALL = {**TESTS, "quadrant": QUADRANT}
+ALL = {**TESTS, "quadrant": QUADRANT, "half": HALF, "edited": EDITED}
 
 
 def test_every_test_finds_the_brute_force_minimum_and_says_where(small_index, tiny_tokenizer):
@@ -67,20 +78,22 @@ def test_every_test_finds_the_brute_force_minimum_and_says_where(small_index, ti
     queries = torch.cat(
         [shapes(8, split="test", start=10), train, train.flip(-1), plant.shift(train), plant.half_pasted(train, hosts)]
     )
-    found = edited_neighbours(small_index, queries, tests=[*TESTS, QUADRANT])
-    assert list(found) == [*TESTS, "quadrant"]
+    found = edited_neighbours(small_index, queries, tests=[*TESTS, QUADRANT, HALF, EDITED])
+    assert list(found) == [*TESTS, "quadrant", "half", "edited"]
     with torch.no_grad():
         query = {m: tiny_tokenizer.encode(queries.flip(-1) if m else queries).numpy() for m in (False, True)}
     indexed = small_index.tokens.astype(np.int64)
     for name, result in found.items():
         expected = brute_force(indexed, query, ALL[name])
         assert result.distances.dtype == np.float64 and np.array_equal(result.distances, expected), name
+        test = ALL[name]
         for q in range(len(queries)):
-            assert distance_at(indexed, query, result, q) == expected[q], (name, q)
-        top, bottom, left, right = window_bounds(small_index.grid, result.windows[0], ALL[name].max_shift)
-        assert result.tokens == (bottom - top) * (right - left)
+            at, bits_at_id, nearest_bits = distance_at(indexed, query, result, q)
+            assert at == expected[q] and bits_at_id == nearest_bits, (name, q)
+            top, bottom, left, right = window_bounds(small_index.grid, result.windows[q], test.margin, test.part)
+            assert result.tokens[q] == (bottom - top) * (right - left)
     exact, flipped = slice(8, 14), slice(14, 20)  # copies of training images 0..5
-    for name in TESTS:
+    for name in ALL:
         assert (found[name].distances[exact] == 0).all() and (found[name].ids[exact] == np.arange(6)).all(), name
         assert (found[name].offsets[exact] == 0).all() and not found[name].mirrored[exact].any()
     for name in ("flipped", "edited"):
@@ -103,16 +116,17 @@ def test_the_bundled_tokenizer_finds_each_edit_by_its_test(tmp_path):
     originals, hosts = train[:4], split_images("procedural", "test", 4, 64)[0]
     queries = torch.cat([plant.shift(originals), originals.flip(-1), plant.half_pasted(originals, hosts)])
     tokens = index.encode(queries)
-    found = edited_neighbours(index, queries, tokens, tests=["shifted", "flipped", "half"])
+    found = edited_neighbours(index, queries, tokens, tests=["shifted", "flipped", "part", HALF])
     whole = index.search(tokens=tokens, k=1, metrics=["hamming"])["hamming"]
     moved, flipped, half = slice(0, 4), slice(4, 8), slice(8, 12)
     assert (found["shifted"].ids[moved] == np.arange(4)).all() and (found["shifted"].offsets[moved] == [1, 1]).all()
     assert (found["flipped"].ids[flipped] == np.arange(4)).all() and found["flipped"].mirrored[flipped].all()
     assert (found["flipped"].distances[flipped] == 0).all()
-    assert (found["half"].ids[half] == np.arange(4)).all() and found["half"].windows[8:] == ["left"] * 4
+    for name in ("part", "half"):
+        assert (found[name].ids[half] == np.arange(4)).all() and found[name].windows[8:] == ["left"] * 4, name
     # fewer differing bits per token than the whole grid of the same copies has from its nearest training image
     for name, part in (("shifted", moved), ("half", half)):
-        per_token = found[name].distances[part] / found[name].tokens
+        per_token = found[name].distances[part] / found[name].tokens[part]
         assert (per_token < whole.distances[part, 0] / 256).all(), name
 
 
@@ -121,7 +135,7 @@ def test_copies_made_in_token_space_are_at_distance_zero(small_index):
     shifted = torch.roll(grids, shifts=(2, -1), dims=(1, 2))  # moved 2 down and 1 left
     halves = torch.randint(0, 2**12, grids.shape, generator=torch.Generator().manual_seed(0))
     halves[:, 4:] = grids[:, 4:]  # the bottom half of images 0..3 on random tokens
-    found = EditedSearch(small_index).search(tokens=torch.cat([shifted, halves]), tests=["shifted", "half"])
+    found = EditedSearch(small_index).search(tokens=torch.cat([shifted, halves]), tests=["shifted", HALF])
     assert (found["shifted"].distances[:4] == 0).all() and (found["shifted"].offsets[:4] == [2, -1]).all()
     assert (found["shifted"].ids[:4] == np.arange(4)).all()
     assert (found["half"].distances[4:] == 0).all() and found["half"].windows[4:] == ["bottom"] * 4
@@ -133,9 +147,9 @@ def test_a_grown_index_is_searched_whole(tmp_path, tiny_tokenizer):
     index.add(shapes(4), [f"a:{i}" for i in range(4)], [0] * 4)
     search = EditedSearch(index)
     new = shapes(2, start=10)
-    assert (search.search(new, tests=["half"])["half"].distances > 0).all()
+    assert (search.search(new, tests=[HALF])["half"].distances > 0).all()
     index.add(new, ["b:0", "b:1"], [0, 0])
-    found = search.search(new, tests=["half"])["half"]
+    found = search.search(new, tests=[HALF])["half"]
     assert (found.distances == 0).all() and (found.ids == [4, 5]).all()
 
 
@@ -171,5 +185,9 @@ def test_bad_input_says_what_to_do(small_index):
         edited_neighbours(small_index, images, tests=["rotated"])
     with pytest.raises(ValueError, match="windows must be a non-empty subset"):
         WindowTest("x", "x", ("middle",))
-    with pytest.raises(ValueError, match="one size"):
-        WindowTest("x", "x", ("left", "top-left"))
+    with pytest.raises(IndexError_, match="different numbers of tokens.*relative=n"):
+        edited_neighbours(small_index, images, tests=[WindowTest("x", "x", ("left", "top-left"))])
+    with pytest.raises(ValueError, match="relative must be 0"):
+        WindowTest("x", "x", relative=1)
+    with pytest.raises(ValueError, match=r"part must lie in \(0, 1\]"):
+        WindowTest("x", "x", part=float("nan"))
