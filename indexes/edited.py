@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -40,6 +40,9 @@ from indexes import audit
 from indexes.backends import new_flat
 from indexes.errors import IndexError_
 from maskbit import bits
+
+if TYPE_CHECKING:
+    from indexes.store import ImageIndex
 
 __all__ = [
     "HALVES",
@@ -159,7 +162,7 @@ class EditedSearch:
     token grids (built on first use, rebuilt when the index has grown), so that a second search costs only the
     search. Memory: one packed copy of the indexed codes per window size in use (a half: half the Hamming index)."""
 
-    def __init__(self, index: Any) -> None:
+    def __init__(self, index: ImageIndex) -> None:
         self.index = index
         self._windows: dict[tuple[int, int, int, int], tuple[int, Any]] = {}  # bounds → (indexed count, flat index)
 
@@ -283,7 +286,7 @@ class EditedSearch:
 
 
 def edited_neighbours(
-    index: Any,
+    index: ImageIndex,
     images: torch.Tensor | None = None,
     tokens: torch.Tensor | None = None,
     tests: Sequence[str | WindowTest] = tuple(TESTS),
