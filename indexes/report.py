@@ -21,10 +21,11 @@ about N(0, 1) when the model neither copies nor underfits) or when it flags far 
 percentile would (binomial p < 0.001). Closer is not the same as copied: a generator whose samples are smooth or
 blurry is close in pixel distance (and LPIPS) to the smooth training images without copying any one of them; the
 bundled generator once measured 13.8 % flagged and C_T −4.3 by pixel distance while Hamming C_T was +2.5. So:
-- "Possible copying by ..." needs the Hamming distance between bit tokens among the metrics that find the
-  generations closer, or, in a metric that finds them closer, Carlini's relative criterion (a generation much closer
-  to one training image than to its other near neighbours: a copy of *that* image, not of a smooth region of the
-  training set) flagging far more generations than held-out images (binomial p < 0.001 at the held-out rate);
+- "Possible copying by ..." needs a test on bit tokens (the Hamming distance, or one of its window tests for
+  shifted, mirrored and partial copies, `indexes.edited`) among the metrics that find the generations closer, or,
+  in a metric that finds them closer, Carlini's relative criterion (a generation much closer to one training image
+  than to its other near neighbours: a copy of *that* image, not of a smooth region of the training set) flagging
+  far more generations than held-out images (binomial p < 0.001 at the held-out rate);
 - "No copy confirmed: ..." when only pixel distance or LPIPS finds them closer, naming which metric says what;
 - "No sign of copying: ..." otherwise.
 Each sentence gives every metric's C_T and flagged share.
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import json
 import re
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +45,7 @@ import numpy as np
 import torch
 from scipy.stats import binom
 
-from indexes import audit, rendering
+from indexes import audit, edited, rendering
 from indexes import plant as plant_module
 from indexes.sources import load_indexed_images
 from indexes.store import ImageIndex, IndexError_, pixel_features
@@ -80,20 +82,43 @@ PLOT_BYTES = 8 << 20  # about what the HTML page (plotly inline) and the PNG of 
 class ReportMetric(NamedTuple):
     """A metric of the report. label: its axis label. search: None for a metric of the index itself (`index.search`);
     else search(index, images (B, 3, S, S), tokens (B, h, w), k) → (ids (B, k) int64, distances (B, k) float64,
-    nearest first), run on every image the report searches (generated, held-out, planted copies). pairwise(index,
-    images, tokens) → (B, B) distances among the generated images, for the cliques (None: no cliques)."""
+    nearest first; (B, 1) when `nearest_only`, which leaves out AuthPct and Carlini's flags), run on every image the
+    report searches (generated, held-out, planted copies). pairwise(index, images, tokens) → (B, B) distances among
+    the generated images, for the cliques (None: no cliques). bit_tokens: a test on the bit tokens, which can confirm
+    copying in the verdict (pixel distance and LPIPS cannot: module docstring)."""
 
     label: str
     search: Callable | None = None
     pairwise: Callable | None = None
+    bit_tokens: bool = False
+    nearest_only: bool = False
 
 
-# Every metric a report can hold, in its order. A new test of copying (e.g. a Hamming search over shifted token
-# grids) is one row here; the statistics, planted table, verdict inputs and renderers follow.
+NEAREST_ONLY = "this test finds each image's nearest training image only"
+_window_searches: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # index → its EditedSearch
+
+
+def _window_test(test: str) -> ReportMetric:
+    """A window test of `indexes.edited` as a metric of the report (its window indexes built once per index)."""
+
+    def search(index: ImageIndex, images: torch.Tensor, tokens: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if index not in _window_searches:
+            _window_searches[index] = edited.EditedSearch(index)
+        found = _window_searches[index].search(images, tokens, [test])[test]
+        return found.ids[:, None], found.distances[:, None]
+
+    return ReportMetric(edited.TESTS[test].label, search, bit_tokens=True, nearest_only=True)
+
+
+# Every metric a report can hold, in its order. A new test of copying is one row here; the statistics, planted
+# table, verdict inputs and renderers follow.
 REPORT_METRICS: dict[str, ReportMetric] = {
-    "hamming": ReportMetric("Hamming distance (bits)"),
+    "hamming": ReportMetric("Hamming distance (bits)", bit_tokens=True),
     "lpips": ReportMetric("LPIPS"),
     "pixel": ReportMetric("squared pixel L2 (16×16)"),
+    "hamming_shifted": _window_test("shifted"),  # a copy moved by up to 2 tokens
+    "hamming_flipped": _window_test("flipped"),  # a mirrored copy
+    "hamming_part": _window_test("part"),  # part of a training image pasted onto another
 }
 
 
@@ -357,8 +382,8 @@ def compute_report(
         flagged = np.flatnonzero(gen_distances < threshold)
         c_t = audit.fit_c_t(held_distances, held_ids[:, 0], gen_distances, nearest_ids, partitions, tau)
         authenticity, authenticity_note = _auth_pct(index, metric, gen_distances, nearest_ids)
-        relative, relative_note = _relative_flagged(metric, gen_neighbours)
-        held_relative, _ = _relative_flagged(metric, held_neighbours)
+        relative, relative_note = _relative_flagged(index, metric, gen_neighbours)
+        held_relative, _ = _relative_flagged(index, metric, held_neighbours)
         pairwise = _pairwise_distances(index, metric, generated, generated_tokens)
         report.metrics[metric] = MetricReport(
             label=REPORT_METRICS[metric].label if metric in REPORT_METRICS else metric,
@@ -490,7 +515,8 @@ def verdict(report: dict) -> str:
         for m in closer
         if (d := metrics[m]).get("relative_p_value") is not None and d["relative_p_value"] < EXCESS_P_VALUE
     ]
-    confirmed = closer if "hamming" in closer else relative
+    tokens = [m for m in closer if REPORT_METRICS.get(m, ReportMetric(m)).bit_tokens]
+    confirmed = closer if tokens else relative
     c_t = ", ".join(f"{d['c_t']:.1f} ({m})" for m, d in metrics.items() if d["c_t"] is not None) or "not computed"
     flagged = ", ".join(f"{100 * d['flagged_fraction']:.1f} % ({m})" for m, d in metrics.items())
     evidence = (
@@ -499,8 +525,8 @@ def verdict(report: dict) -> str:
     )
     if confirmed:
         why = (
-            "Hamming distance between bit tokens agrees"
-            if "hamming" in confirmed
+            f"a test on bit tokens agrees ({', '.join(tokens)})"
+            if tokens
             else (
                 "Carlini's relative criterion agrees ("
                 + ", ".join(_relative_text(m, metrics[m]) for m in relative)
@@ -510,8 +536,8 @@ def verdict(report: dict) -> str:
         return f"Possible copying by {', '.join(confirmed)}: {evidence}; {why}."
     if closer:
         hamming = (
-            "Hamming distance between bit tokens does not"
-            if "hamming" in metrics
+            "no test on bit tokens does"
+            if any(REPORT_METRICS.get(m, ReportMetric(m)).bit_tokens for m in metrics)
             else "the index has no Hamming metric to check"
         )
         return (
@@ -603,6 +629,8 @@ def _auth_pct(
     unique = np.unique(matched)
     if len(index) < 2:
         return None, "AuthPct not computed: the index holds a single image"
+    if REPORT_METRICS.get(metric, ReportMetric(metric)).nearest_only:
+        return None, f"AuthPct not computed: {NEAREST_ONLY}"
     try:
         extra = REPORT_METRICS.get(metric, ReportMetric(metric)).search
         if extra is not None:  # a metric of the report, not of the index: search with the images again
@@ -622,10 +650,12 @@ def _auth_pct(
     return audit.auth_pct(distances, matched, nearest_other[np.searchsorted(unique, matched)]), None
 
 
-def _relative_flagged(metric: str, distances: np.ndarray) -> tuple[float | None, str | None]:
+def _relative_flagged(index: ImageIndex, metric: str, distances: np.ndarray) -> tuple[float | None, str | None]:
     """Carlini's flagged fraction over each generation's K nearest distances (M, K); ℓ2, not squared, for pixels."""
-    if distances.shape[1] < 2:
+    if len(index) < 2:
         return None, "relative distance not computed: the index holds fewer than 2 images"
+    if REPORT_METRICS.get(metric, ReportMetric(metric)).nearest_only:
+        return None, f"relative distance not computed: {NEAREST_ONLY}"
     if metric == "pixel":
         distances = np.sqrt(distances)
     try:
