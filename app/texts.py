@@ -32,8 +32,10 @@ ATLAS = (
 )
 JUDGE = (
     "**The judge** is a small CNN trained on real images of the procedural shapes (`data/judge.py`); it names the "
-    "right shape for 100 % of the real test images and of both tokenizers' reconstructions, so a 0 here means the "
-    "flip changed the shape it sees. It knows the 64-px shapes only."
+    "right shape for 100 % of the real test images and of both tokenizers' reconstructions, so *another class* here "
+    "means the flip changed the shape it sees. Coloured noise is no shape: it says *none of these* (below the bar "
+    "line) where an image is further from every shape it learnt than any real image it was fitted on. It knows the "
+    "64-px shapes only."
 )
 TRAINING = (
     "**What this does:** train a tokenizer (Stage I) or a generator (Stage II) as a separate process "
