@@ -6,12 +6,13 @@ are flipped (bench.bit_flips and the app's bit-flip comparison). `python -m data
 about 17 minutes on 2 CPU cores) and writes the bundled copy, data/judge.safetensors.
 
 A classifier of ten shapes names one of them for any input, most confidently for noise: a VQ flip's colour
-patchwork was called a star with 99 % softmax confidence. So the judge can also say *none of these* (`verdict`,
-`NONE`): its rule (`NoneRule`, bundled as data/judge-none.safetensors) is the Mahalanobis distance of the image's
+patchwork was called a shape at up to 99.9 % softmax. So the judge can also say *none of these* (`verdict`, `NONE`):
+its rule (`NoneRule`, bundled as data/judge-none.safetensors) is the squared Mahalanobis distance of the image's
 pooled features to the nearest class mean (one covariance shared by the classes, fitted on real training images and
 their augmentations) against a threshold fitted between real images and coloured noise: the geometric midpoint of
 the real images' 99.9th and the noise images' 0.1th percentile. `python -m data.judge --fit-none` fits it for an
-existing judge (about a minute) and prints the rates it reaches on held-out real images and fresh noise.
+existing judge (44 s of CPU time; 6 min on the busy 2-core machine) and prints the rates it reaches on held-out
+real images and fresh noise (bundled: 100 % of 1,000 real test images recognised, 100 % of noise rejected).
 """
 
 from __future__ import annotations
