@@ -210,15 +210,15 @@ def test_the_judge_names_real_shapes_and_says_none_of_these_for_noise(tmp_path):
 
     classifier = judge.load()
     assert classifier.none_rule is not None
-    images, labels = split_images("procedural", "test", 200, 64, seed=7)
+    images, labels = split_images("procedural", "test", 100, 64, seed=7)
     found = judge.verdict(classifier, images)
     assert (found == labels).double().mean() >= 0.99
     named = found != judge.NONE
     assert torch.equal(found[named], judge.predict(classifier, images)[named])  # a class: the judge's own
     generator = torch.Generator().manual_seed(0)
-    pixels = torch.rand(40, 3, 64, 64, generator=generator)
-    patchwork = torch.rand(40, 3, 16, 16, generator=generator).repeat_interleave(4, -1).repeat_interleave(4, -2)
-    blends = 0.5 * images[:40] + 0.5 * patchwork
+    pixels = torch.rand(30, 3, 64, 64, generator=generator)
+    patchwork = torch.rand(30, 3, 16, 16, generator=generator).repeat_interleave(4, -1).repeat_interleave(4, -2)
+    blends = 0.5 * images[:30] + 0.5 * patchwork
     assert (judge.verdict(classifier, torch.cat([pixels, patchwork, blends])) == judge.NONE).all()
     # a rule is used only with the weights it was fitted for
     other = judge.Classifier(len(judge.PROCEDURAL_CLASSES))
