@@ -29,6 +29,8 @@ from app.validation import (
 from maskbit import SAMPLING_PRESETS, analysis
 from maskbit.presets import SAMPLING_PRESET_NOTES
 
+JUDGED = {1.0: "kept", 0.0: "another class", -1.0: "none of these"}  # the judge's verdict on a flip
+
 __all__ = ["ExploreCallbacks", "loaded_message"]
 
 
@@ -258,7 +260,8 @@ class ExploreCallbacks(Endpoints):
     @guarded
     def compare_flips(self, image, tokenizer, bit_ids, positions):
         """Flip bit i of the image's tokens for the loaded tokenizer and for `tokenizer`, side by side: images, and per
-        bit the PSNR, LPIPS and (for the bundled 64-px models) whether the judge still sees the image's class."""
+        bit the PSNR, LPIPS and (for the bundled 64-px models) whether the judge still sees the image's class, another
+        class, or none of its classes."""
         models = self.state.models
         other = self.state.comparison_tokenizer(tokenizer)
         if other.config.image_size != models.image_size:
@@ -279,12 +282,12 @@ class ExploreCallbacks(Endpoints):
             indices, _ = analysis.reconstruct(tok, picture)
             own = None if wanted is None else [b for b in wanted if b < tok.num_bits]
             flips = analysis.flip_each_bit(tok, indices, own, chosen_positions, self.state.lpips)
-            kept = None
+            kept = None  # per bit 1: the class it sees in the reconstruction, 0: another class, -1: none of these
             if judge is not None:
-                from data.judge import predict
+                from data.judge import NONE, verdict
 
-                reference = predict(judge, flips.reconstruction[None])[0]
-                kept = (predict(judge, flips.flipped) == reference).float().numpy()
+                reference, found = verdict(judge, flips.reconstruction[None])[0], verdict(judge, flips.flipped).numpy()
+                kept = np.where(found == NONE, -1.0, (found == int(reference)).astype(float))
             rows[name] = (flips, kept)
             gallery = []
             for b, f, p in zip(flips.bit_ids, flips.flipped, flips.distances.psnr):
@@ -297,7 +300,7 @@ class ExploreCallbacks(Endpoints):
                 "bit_ids": flips.bit_ids,
                 "psnr_db": [_rounded(v, 3) for v in flips.distances.psnr],
                 "lpips": None if flips.distances.lpips is None else [round(float(v), 5) for v in flips.distances.lpips],
-                "judge_agrees": None if kept is None else kept.tolist(),  # with its verdict on the reconstruction
+                "judge": None if kept is None else [JUDGED[v] for v in kept.tolist()],  # against the reconstruction
             }
         names = list(rows)
         bit_axis = sorted({b for flips, _ in rows.values() for b in flips.bit_ids})
@@ -315,7 +318,8 @@ class ExploreCallbacks(Endpoints):
             distance = figures.compare(bit_axis, l2, "L2 per bit (no LPIPS weights on this server)", "L2")
         if judge is not None:
             kept = {n: dict(zip(r[0].bit_ids, r[1])) for n, r in rows.items()}
-            verdict = figures.compare(bit_axis, kept, "judge: the same shape? (1: yes)", "kept", zero_marks=True)
+            verdict = figures.compare(bit_axis, kept, "judge: the same shape, another, or none?", "", zero_marks=True)
+            verdict.update_yaxes(tickvals=list(JUDGED), ticktext=list(JUDGED.values()), range=[-1.1, 1.1])
         else:
             verdict = figures.empty("the judge knows the bundled dataset's 64-px shapes only")
         return galleries[0], galleries[1], psnr, distance, verdict, summary | {"tokenizers": names}

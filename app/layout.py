@@ -241,7 +241,7 @@ def _flips_tab(v: dict) -> SimpleNamespace:
             with gr.Row():
                 compare_psnr = gr.Plot(label="PSNR per bit", elem_id="compare-psnr")
                 compare_distance = gr.Plot(label="LPIPS per bit (L2 without LPIPS weights)")
-                compare_judge = gr.Plot(label="the judge's verdict per bit")
+                compare_judge = gr.Plot(label="the judge's verdict per bit", elem_id="compare-judge")
             _intro(texts.JUDGE)
             compare_summary = gr.JSON(label="comparison", open=False)
         with gr.Accordion("Bit planes and token map", open=False):

@@ -32,8 +32,10 @@ ATLAS = (
 )
 JUDGE = (
     "**The judge** is a small CNN trained on real images of the procedural shapes (`data/judge.py`); it names the "
-    "right shape for 100 % of the real test images and of both tokenizers' reconstructions, so a 0 here means the "
-    "flip changed the shape it sees. It knows the 64-px shapes only."
+    "right shape for 100 % of the real test images and of both tokenizers' reconstructions, so *another class* here "
+    "means the flip changed the shape it sees. Coloured noise is no shape: for an image far from every shape it "
+    "learnt (noise, half-noise blends; none of 1,000 real test images) it says *none of these*, a bar below the line. "
+    "It knows the 64-px shapes only."
 )
 TRAINING = (
     "**What this does:** train a tokenizer (Stage I) or a generator (Stage II) as a separate process "

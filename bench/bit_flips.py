@@ -5,7 +5,8 @@ of a lookup-free (LFQ) tokenizer and the image keeps its content, because bit k 
 vector-quantised (VQ) tokenizer's bit k is a bit of a codebook position, which should carry no such meaning. This
 runs both on the same held-out images and reports, per bit i and overall, how far the decoded image moves from the
 reconstruction (PSNR, L2, LPIPS when its weights are on this machine) and how often the judge (data/judge.py, a
-classifier trained on real images only) still sees the original class. The claim is the hypothesis, not the answer.
+classifier trained on real images only) still sees the original class, sees another class, or sees none of its
+classes (its "none of these" rule: coloured noise is no shape). The claim is the hypothesis, not the answer.
 
 At a few random tokens it also measures where the change goes: the *locality* of a flip is the share of the pixel
 change (squared L2, summed over channels) that falls inside the flipped tokens' own pixel blocks (for one token of a
@@ -81,7 +82,8 @@ def flip_locality(changed: torch.Tensor, reference: torch.Tensor, mask: torch.Te
 
 def measure(tokenizer, indices, reconstructions, labels, mask, bit, classifier, embed, batch_size):
     """Flip `bit` where `mask` says (None: every token) in every grid, decode; mean distances to the reconstructions,
-    and `judge_true_class`: the share of flipped images the judge labels with the image's true class."""
+    `judge_true_class`: the share of flipped images the judge labels with the image's true class, and `judge_none`:
+    the share it takes for none of its classes (the rest it takes for another class)."""
     flipped = bits.flip_bits(indices, bit, tokenizer.num_bits, mask)
     images = analysis.decode_images(tokenizer, flipped, batch_size).cpu()
     found = analysis.distances(images, reconstructions, embed)
@@ -92,7 +94,9 @@ def measure(tokenizer, indices, reconstructions, labels, mask, bit, classifier, 
         "unchanged": float(np.mean(np.isinf(found.psnr))),
     }
     if classifier is not None:
-        row["judge_true_class"] = float((judge.predict(classifier, images) == labels).float().mean())
+        found = judge.verdict(classifier, images)
+        row["judge_true_class"] = float((found == labels).float().mean())
+        row["judge_none"] = float((found == judge.NONE).float().mean())
     if mask is not None:
         for key, spread in (("locality", 0), ("locality_3x3", 1), ("locality_5x5", 2)):
             shares = flip_locality(images, reconstructions, mask, spread)
@@ -119,9 +123,9 @@ def run_tokenizer(source, config, label, images, labels, classifier, embed, batc
         "flips": {},
     }
     if classifier is not None:
-        result["judge_on_originals"] = float((judge.predict(classifier, images) == labels).float().mean())
+        result["judge_on_originals"] = float((judge.verdict(classifier, images) == labels).float().mean())
         result["judge_on_reconstructions"] = float(
-            (judge.predict(classifier, reconstructions) == labels).float().mean()
+            (judge.verdict(classifier, reconstructions) == labels).float().mean()
         )
     examples = [reconstructions[0]]
     generator = torch.Generator().manual_seed(seed)
@@ -166,6 +170,11 @@ def locality_example(tokenizer, grid: torch.Tensor, reconstruction: torch.Tensor
     return torch.stack([reconstruction, flipped, linear, logarithmic])
 
 
+def judge_cells(row: dict) -> str:
+    """ " / true class / none": the shares of flipped images the judge takes for their class and for none of its own."""
+    return f" / {row['judge_true_class']:.1%} / {row['judge_none']:.1%}"
+
+
 def write_tables(results: list[dict], images: int, out: Path) -> None:
     names = [r["label"] for r in results]
     judged = all("judge_on_originals" in r for r in results)
@@ -183,7 +192,7 @@ def write_tables(results: list[dict], images: int, out: Path) -> None:
         )
     if "1" in counts:
         lines += ["", "One bit flipped at every token and at one random token per image (mean over the bits):", ""]
-        judge_head = " / judge" if judged else ""
+        judge_head = " / judge: true class / none" if judged else ""
         lines += [
             f"| tokenizer | family | every token: PSNR{judge_head} | 1 token: PSNR{judge_head} | "
             "1 token: locality (own block) | in 3×3 tokens | in 5×5 tokens | own block's share of the image |",
@@ -192,8 +201,8 @@ def write_tables(results: list[dict], images: int, out: Path) -> None:
         for name, r in zip(names, results):
             every, one = r["flips"]["all"]["overall"], r["flips"]["1"]["overall"]
             cells = [
-                f"{every['psnr_db']:.1f} dB" + (f" / {every['judge_true_class']:.1%}" if judged else ""),
-                f"{one['psnr_db']:.1f} dB" + (f" / {one['judge_true_class']:.1%}" if judged else ""),
+                f"{every['psnr_db']:.1f} dB" + (judge_cells(every) if judged else ""),
+                f"{one['psnr_db']:.1f} dB" + (judge_cells(one) if judged else ""),
                 f"{one['locality']:.1%}",
                 f"{one['locality_3x3']:.1%}",
                 f"{one['locality_5x5']:.1%}",
@@ -205,17 +214,19 @@ def write_tables(results: list[dict], images: int, out: Path) -> None:
         "Mean over bits i of flipping bit i (locality: share of the change in the flipped tokens' blocks):",
         "",
     ]
-    head = "| flipped at | " + " | ".join(f"{n}: PSNR / L2" + (" / judge" if judged else "") for n in names) + " |"
+    head = " | ".join(f"{n}: PSNR / L2" + (" / judge: true class / none" if judged else "") for n in names)
+    head = f"| flipped at | {head} |"
     lines += [head, "|---|" + "---|" * len(names)]
     for where in ["all", *counts]:
         cells = []
         for r in results:
             o = r["flips"][where]["overall"]
-            text = f"{o['psnr_db']:.1f} dB / {o['l2']:.2f}" + (f" / {o['judge_true_class']:.1%}" if judged else "")
+            text = f"{o['psnr_db']:.1f} dB / {o['l2']:.2f}" + (judge_cells(o) if judged else "")
             cells.append(text + (f" / locality {o['locality']:.1%}" if "locality" in o else ""))
         label = "every token" if where == "all" else f"{where} random token{'s' if where != '1' else ''}"
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += ["", "Per bit, flipped at every token (PSNR dB" + (", judge: true class" if judged else "") + "):", ""]
+    lines += ["", "Per bit, flipped at every token (PSNR dB" + (", judge: true class / none" if judged else "") + "):"]
+    lines += [""]
     lines += ["| bit | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for bit in range(max(r["num_bits"] for r in results)):
         cells = []
@@ -223,7 +234,8 @@ def write_tables(results: list[dict], images: int, out: Path) -> None:
             rows = r["flips"]["all"]["per_bit"]
             if bit < len(rows):
                 cells.append(
-                    f"{rows[bit]['psnr_db']:.1f}" + (f", {rows[bit]['judge_true_class']:.0%}" if judged else "")
+                    f"{rows[bit]['psnr_db']:.1f}"
+                    + (f", {rows[bit]['judge_true_class']:.0%} / {rows[bit]['judge_none']:.0%}" if judged else "")
                 )
             else:
                 cells.append("")
@@ -232,7 +244,8 @@ def write_tables(results: list[dict], images: int, out: Path) -> None:
 
 
 def plot(results: list[dict], out: Path) -> None:
-    """Per bit: PSNR and the judge's verdict at every token and at 1 (and 16) tokens; locality at 1 token."""
+    """Per bit: PSNR and the judge's verdicts (true class; none of these) at every token and at 1 (and 16) tokens;
+    locality at 1 token."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -240,12 +253,13 @@ def plot(results: list[dict], out: Path) -> None:
 
     judged = all("judge_on_originals" in r for r in results)
     counts = [w for w in results[0]["flips"] if w != "all"]
-    panels = ["psnr_db", "judge_true_class"] if judged else ["psnr_db", "l2"]
+    panels = ["psnr_db", "judge_true_class", "judge_none"] if judged else ["psnr_db", "l2"]
     if counts:
         panels.append("locality")
     titles = {
         "psnr_db": "PSNR to the reconstruction (dB)",
         "judge_true_class": "judge sees the true class",
+        "judge_none": "judge sees none of its classes (noise)",
         "l2": "L2",
         "locality": f"locality: share of the change in the flipped token's block ({counts[0] if counts else ''} tok.)",
     }
@@ -268,7 +282,7 @@ def plot(results: list[dict], out: Path) -> None:
                     ms=3,
                     label=label,
                 )
-        if key in ("judge_true_class", "locality"):
+        if key in ("judge_true_class", "judge_none", "locality"):
             ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("bit i flipped")
         ax.set_title(titles[key], fontsize=9)
@@ -346,6 +360,11 @@ def main(argv: list[str] | None = None) -> None:
         classifier = judge.load(args.judge or judge.BUNDLED)
         if classifier is None:
             parser.error(f"no judge at {args.judge or judge.BUNDLED}: train one with `python -m data.judge`")
+        if classifier.none_rule is None:
+            parser.error(
+                f"the judge at {args.judge or judge.BUNDLED} has no 'none of these' rule fitted for its weights: "
+                f"run `python -m data.judge --fit-none --out {args.judge or judge.BUNDLED}`"
+            )
     embed, lpips_note = None, "off"
     if args.lpips == "auto":
         from indexes.lpips_embedding import LPIPSEmbedding, MissingBackboneError
@@ -393,6 +412,7 @@ def main(argv: list[str] | None = None) -> None:
         "dataset": f"{args.dataset} ({args.split})",
         "lpips": lpips_note,
         "judge": None if classifier is None else str(args.judge or judge.BUNDLED),
+        "judge_none_rule": None if classifier is None else classifier.none_rule.rates,
         "tokenizers": results,
         "seconds": time.time() - started,
     }

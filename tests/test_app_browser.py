@@ -292,6 +292,47 @@ def test_bit_flips_of_lfq_and_vq_side_by_side(page, shots, app_server):
     page.locator("#compare-psnr").screenshot(path=shots / "compare-psnr.png")
 
 
+def test_the_judge_says_none_of_these_for_a_vq_flip(page, shots, app_server, tmp_path):
+    """Issue 35.7: with the bundled 64-px pair (which the judge knows) the judge's bars show three outcomes: an LFQ
+    flip of a star keeps it, a VQ flip's colour patchwork goes below the line as "none of these". In a page of its
+    own: the other tests' page keeps its generated images."""
+    from PIL import Image
+
+    from data import split_images
+
+    state = app_server.state
+    tokenizer, generator = state.models.tokenizer_source, state.models.generator_source
+    images, _ = split_images("procedural", "test", 1, 64, start=3)  # a star
+    star = tmp_path / "star.png"
+    Image.fromarray((images[0] * 255).round().byte().permute(1, 2, 0).numpy()).save(star)
+    context = page.context.browser.new_context(viewport={"width": 1400, "height": 1100})
+    own = context.new_page()
+    own.set_default_timeout(SHOWN)
+    try:
+        state.switch_models("default", "")
+        own.goto(app_server.url, timeout=REPLY)
+        tab(own, "Bit flips")
+        own.get_by_label("at tokens (all, or ids; click the grid)").fill("all")
+        own.locator("input[type=file]").first.set_input_files(star)
+        chooser = own.get_by_label("tokenizer to compare with (its bits flipped at the same tokens)")
+        chooser.fill("default-vq")
+        chooser.press("Enter")
+        own.locator("#compare-button").click()
+        expect(own.locator("#compare-other img")).to_have_count(12, timeout=COMPUTED)
+        plot = own.locator("#compare-judge .js-plotly-plot")
+        expect(plot).to_contain_text("none of these", timeout=SHOWN)  # the axis names the three outcomes
+        drawn = plot.evaluate(
+            "p => Object.fromEntries(p.data.filter(t => t.showlegend !== false).map(t => [t.name, t.y]))"
+        )
+        assert sorted(drawn) == ["compared (VQ)", "loaded (LFQ)"]
+        assert drawn["loaded (LFQ)"].count(1) >= 10 and drawn["compared (VQ)"].count(-1) >= 6, drawn
+        own.locator("#compare-section").screenshot(path=shots / "compare-judge.png")
+    finally:
+        context.close()
+        state.switch_models(tokenizer, generator)
+        state.wait_ready(300)
+
+
 def test_neighbours_tab(page, shots):
     tab(page, "Generate")
     page.get_by_role("button", name="Send to neighbours").click()

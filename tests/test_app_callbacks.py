@@ -487,3 +487,37 @@ def test_a_compared_tokenizer_runs_at_the_apps_precision(app_server, monkeypatch
     compared = state.comparison_tokenizer("default")
     assert compared.precision == "fp32" and not compared.training
     assert not any(p.requires_grad for p in compared.parameters())
+
+
+def test_the_judge_says_kept_another_class_or_none_of_these(tmp_path):
+    """Issue 35.7: a VQ flip's colour patchwork was judged a star and drawn as "kept". With the bundled 64-px pair the
+    judge's verdict per bit is one of three, each the library's verdict on the library's flips of the same tokens."""
+    from app.settings import Settings
+    from app.state import AppState
+    from data import judge, split_images
+
+    state = AppState(Settings(tokenizer="default", generator="", workspace=tmp_path / "runs"))
+    images, labels = split_images("procedural", "test", 1, 64, start=3)  # a star
+    path = tmp_path / "shape.png"
+    Image.fromarray((images[0] * 255).round().byte().permute(1, 2, 0).numpy()).save(path)
+    *_, verdict, summary = Callbacks(state).compare_flips(str(path), "default-vq", "all", "all")
+    classifier = judge.load()
+    words = {1.0: "kept", 0.0: "another class", -1.0: "none of these"}
+    for name, tokenizer in (
+        ("loaded (LFQ)", state.models.tokenizer),
+        ("compared (VQ)", state.comparison_tokenizer("default-vq")),
+    ):
+        indices, _ = analysis.reconstruct(tokenizer, load_image(path))
+        flips = analysis.flip_each_bit(tokenizer, indices, None, None)
+        reference = judge.verdict(classifier, flips.reconstruction[None])[0]
+        assert reference == labels[0]  # the judge knows the reconstruction's shape
+        found = judge.verdict(classifier, flips.flipped)
+        expected = [
+            "none of these" if f == judge.NONE else "kept" if f == reference else "another class" for f in found
+        ]
+        assert summary[name]["judge"] == expected, name
+        bars = next(trace for trace in verdict.data if trace.name == name)
+        assert [words[y] for y in bars.y] == expected
+    assert summary["loaded (LFQ)"]["judge"].count("kept") >= 10  # an LFQ flip keeps the shape
+    assert summary["compared (VQ)"]["judge"].count("none of these") >= 6  # a VQ flip at every token is noise
+    assert list(verdict.layout.yaxis.ticktext) == ["kept", "another class", "none of these"]

@@ -197,3 +197,36 @@ def test_neighbours_writes_its_table_and_plots(tmp_path):
     assert set(first["by_k"]["3"]) >= {"pixel", "lpips", "mse", "overlap", "class_agreement"}
     for name in ("neighbours.md", "neighbours.png", "neighbours_examples.png"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def test_the_judge_names_real_shapes_and_says_none_of_these_for_noise(tmp_path):
+    """Issue 35.7: the judge took a VQ flip's colour patchwork for a star. Its bundled rule keeps real shapes it never
+    saw (another seed than its training and its rule's fit) and rejects noise this test makes."""
+    import shutil
+
+    import torch
+
+    from data import judge, split_images
+
+    classifier = judge.load()
+    assert classifier.none_rule is not None
+    images, labels = split_images("procedural", "test", 100, 64, seed=7)
+    found = judge.verdict(classifier, images)
+    assert (found == labels).double().mean() >= 0.99
+    named = found != judge.NONE
+    assert torch.equal(found[named], judge.predict(classifier, images)[named])  # a class: the judge's own
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.rand(30, 3, 64, 64, generator=generator)
+    patchwork = torch.rand(30, 3, 16, 16, generator=generator).repeat_interleave(4, -1).repeat_interleave(4, -2)
+    blends = 0.5 * images[:30] + 0.5 * patchwork
+    assert (judge.verdict(classifier, torch.cat([pixels, patchwork, blends])) == judge.NONE).all()
+    # a rule is used only with the weights it was fitted for
+    other = judge.Classifier(len(judge.PROCEDURAL_CLASSES))
+    other.load_state_dict(classifier.state_dict())
+    with torch.no_grad():
+        other.head.bias[0] += 0.01
+    judge.save(other, tmp_path / "judge.safetensors", judge.STEPS)
+    shutil.copy(judge.rule_path(judge.BUNDLED), judge.rule_path(tmp_path / "judge.safetensors"))
+    assert judge.load(tmp_path / "judge.safetensors").none_rule is None
+    with pytest.raises(ValueError, match="python -m data.judge --fit-none"):
+        judge.verdict(judge.load(tmp_path / "judge.safetensors"), images[:1])
