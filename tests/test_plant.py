@@ -166,6 +166,31 @@ def test_planted_exact_copies_are_all_found_at_the_held_out_rate_of_false_alarms
     assert "planted copies of 40 training images" in exported_report["stdout"]
 
 
+def test_report_figures_compare_shares_and_keep_the_roc_curves_clear(exported_report):
+    """Issue 35.8: the app's report had 32 generated images beside 500 held-out ones; each histogram shows the share of
+    its own images per bin (counts left the generated bars flat), the generated drawn last, on top; the ROC legends
+    sit under their plots, not over the curves, and inside the picture."""
+    from indexes.report import _figures
+
+    report = exported_report["json"]
+    _, figure = _figures(report)
+    figure.canvas.draw()
+    histograms, rocs = figure.axes[:3], figure.axes[3:]
+    assert len(rocs) == 3
+    for axis, metric in zip(histograms, report["metrics"]):
+        data = report["metrics"][metric]
+        heldout_bars, generated_bars = axis.containers  # in drawing order
+        assert axis.get_legend_handles_labels()[1][:2] == ["held-out real (300)", "generated (300)"]
+        edges = np.histogram_bin_edges(data["generated_distances"] + data["heldout_distances"], 30)  # shared bins
+        for bars, values in ((generated_bars, data["generated_distances"]), (heldout_bars, data["heldout_distances"])):
+            counts, _ = np.histogram(values, bins=edges)
+            assert np.allclose([bar.get_height() for bar in bars], counts / len(values)), metric
+    for axis in rocs:
+        legend, plot = axis.get_legend().get_window_extent(), axis.get_window_extent()
+        assert not legend.overlaps(plot), (legend, plot)
+        assert figure.bbox.contains(legend.x0, legend.y0) and figure.bbox.contains(legend.x1, legend.y1)
+
+
 def test_bad_input_names_the_parameter_and_writes_nothing(tmp_path, procedural_index):
     from indexes.report import memorization_report
 
