@@ -182,6 +182,7 @@ def _flips_tab(v: dict) -> SimpleNamespace:
                     item = gr.Number(0, label="dataset image #")
                     use_item = gr.Button("Use dataset image")
                 caption = gr.Markdown()
+                to_neighbours = gr.Button("Send to neighbours", size="sm", elem_id="flip-send")
                 bit_ids = gr.Textbox("all", label="bits to flip (all, or e.g. 0, 3, 5-7)")
                 positions = gr.Textbox("all", label="at tokens (all, or ids; click the grid)")
                 button = gr.Button("Flip each bit", variant="primary")
@@ -277,8 +278,17 @@ def _neighbours_tab(v: dict) -> SimpleNamespace:
         with gr.Row():
             with gr.Column(scale=1):
                 image = gr.Image(
-                    type="filepath", image_mode=None, label="query image", height=240, elem_classes="pixelated"
+                    type="filepath",
+                    image_mode=None,
+                    label="query image",
+                    height=240,
+                    elem_classes="pixelated",
+                    elem_id="query-image",
                 )
+                with gr.Row(visible=v["dataset_images_visible"]):
+                    item = gr.Number(0, label="training image id", elem_id="neighbours-item")
+                    use_item = gr.Button("Use training image")
+                caption = gr.Markdown(elem_id="neighbours-caption")
                 k = gr.Slider(1, v["limits"]["k"], value=8, step=1, label="k")
                 button = gr.Button("Find neighbours", variant="primary")
                 message = gr.Markdown(elem_id="neighbours-message")
@@ -348,8 +358,12 @@ def _tokens_tab() -> SimpleNamespace:
         umap = gr.Plot(label="UMAP", elem_id="umap-plot")
         with gr.Row():
             view_id = gr.Number(0, label="index id", elem_id="view-id")
-            view_button = gr.Button("View", elem_id="view-button")
-            view_image = gr.Image(interactive=False, height=160, label="indexed image", **PIXELATED)
+            with gr.Column(min_width=160):
+                view_button = gr.Button("View", elem_id="view-button")
+                view_send = gr.Button("Send to neighbours", elem_id="view-send")
+            view_image = gr.Image(
+                interactive=False, height=160, label="indexed image", elem_id="view-image", **PIXELATED
+            )
             view_caption = gr.Markdown(elem_id="view-caption")
         statistics = gr.JSON(label="statistics", open=False)
         with gr.Accordion("Code atlas", open=True):
@@ -462,6 +476,7 @@ def _wire(demo, c: Callbacks, m, g, f, n, t, j, tabs, timer, index_line) -> None
     g.gallery.select(c.pick_generated, g.files, g.chosen, **PRIVATE, **LIGHT)
     for button, image, where in ((g.to_flip, f.image, "flip"), (g.to_neighbours, n.image, "neighbours")):
         _ui(button.click, c.send_generated_to(where), [g.files, g.chosen], [image, tabs], g.progress)
+    g.to_neighbours.click(None, None, n.caption, js="() => ''")  # the query is no longer the picked training image
 
     _api(c.dataset_image, f.item, [f.image, f.caption], "dataset_image")
     _ui(f.use_item.click, c.dataset_image, f.item, [f.image, f.caption], f.caption)
@@ -482,8 +497,14 @@ def _wire(demo, c: Callbacks, m, g, f, n, t, j, tabs, timer, index_line) -> None
     walk = [f.image, f.walk_bits, f.walk_steps, f.walk_seed]
     _api(c.bit_walk, walk, [f.walk_gallery, f.walk_plot], "bit_walk", **UNREAD, **COMPUTE)
     _ui(f.walk_button.click, c.bit_walk, walk, [f.walk_gallery, f.walk_plot], f.walk_message, **UNREAD, **COMPUTE)
+    _ui(f.to_neighbours.click, c.image_to_neighbours, f.image, [n.image, n.caption, tabs], f.message, **UNREAD)
 
+    _api(c.training_image, n.item, [n.image, n.caption], "training_image")
+    _ui(n.use_item.click, c.training_image, n.item, [n.image, n.caption], n.caption)
+    for event in (n.image.upload, n.image.clear):  # a query of the user's own: the picked image's caption goes
+        event(None, None, n.caption, js="() => ''")
     found = [*n.galleries, n.verdict, n.scatter, n.heat, n.found]
+    n.image.change(c.neighbours_cleared, None, [*found, n.claim], show_progress="hidden", **PRIVATE, **LIGHT)
     _api(c.neighbours, [n.image, n.k], found, "neighbours", **UNREAD, **COMPUTE)
     _ui(n.button.click, c.neighbours, [n.image, n.k], found, n.message, **UNREAD, **COMPUTE).then(
         c.second_claim, n.found, n.claim, **PRIVATE
@@ -497,6 +518,8 @@ def _wire(demo, c: Callbacks, m, g, f, n, t, j, tabs, timer, index_line) -> None
     _ui(t.button.click, c.token_space, None, space, t.message, **COMPUTE)
     _api(c.indexed_image, t.view_id, [t.view_image, t.view_caption], "indexed_image")
     _ui(t.view_button.click, c.indexed_image, t.view_id, [t.view_image, t.view_caption], t.view_caption)
+    sent = [n.image, n.caption, t.view_image, t.view_caption, tabs]
+    _ui(t.view_send.click, c.training_image_to_neighbours, t.view_id, sent, t.view_caption)
     _api(c.code_atlas, None, [t.atlas, t.atlas_caption], "code_atlas", **COMPUTE)
     _ui(t.atlas_button.click, c.code_atlas, None, [t.atlas, t.atlas_caption], t.atlas_caption, **COMPUTE)
 

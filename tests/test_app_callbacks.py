@@ -237,6 +237,21 @@ def test_an_indexed_image_is_at_distance_0_whatever_precision_the_app_now_comput
         tokenizer.precision = served
 
 
+def test_a_training_image_picked_or_sent_is_a_query_that_finds_itself(callbacks, image_file):
+    """Issue 35.6: a training image is queried without a download and an upload: picked by its index id in the
+    Neighbours tab (or sent from Token space), it is its own nearest neighbour; Bit flips' image is sent as it is."""
+    path, caption = callbacks.training_image(7)
+    view = eval_view("procedural", "train", 0, 32)
+    assert caption == f"id 7: procedural:train:7 ({view.classes[view[7][1]]})"
+    assert torch.equal(load_image(path, 32), view[7][0])
+    *_, data = callbacks.neighbours(path, 1)
+    assert all(data[metric][0]["id"] == 7 and data[metric][0]["distance"] == 0 for metric in ("hamming", "pixel"))
+    query, query_caption, viewed, viewed_caption, opened = callbacks.training_image_to_neighbours(7)
+    assert query == viewed and query_caption == viewed_caption == caption and opened["selected"] == "neighbours"
+    sent, sent_caption, opened = callbacks.image_to_neighbours({"path": str(image_file), "orig_name": "x.png"})
+    assert sent == str(image_file) and sent_caption == "" and opened["selected"] == "neighbours"
+
+
 def test_the_report_uses_the_neighbours_threshold(callbacks, app_server):
     image, text, flagged, summary = callbacks.memorization_report(8, 0)
     assert set(summary["metrics"]) == {"hamming", "lpips", "pixel"} and "what chance gives" in text
@@ -326,6 +341,9 @@ def test_token_space_matches_a_direct_count(callbacks, app_server):
         ("dataset_image", (-1,), "item (dataset image number) must be a whole number from 0"),
         ("memorization_report", (8, 2**70), SEED_RANGE),
         ("indexed_image", (10**30,), "index_id must be a whole number from 0 to 95"),
+        ("training_image", (96,), "index_id must be a whole number from 0 to 95; got 96"),
+        ("image_to_neighbours", (None,), "no image given"),
+        ("image_to_neighbours", ({"path": __file__},), "cannot read the file as an image"),
         ("load_models", ("/etc/passwd", ""), "outside the folders models may be loaded from"),
         ("load_models", ("default", "../../../../../etc"), "generator '../../../../../etc' is outside"),
         ("train_launch", ("tokenizer", "../escape", "tiny", "procedural", ""), "job name"),
