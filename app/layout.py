@@ -342,7 +342,9 @@ def _neighbours_tab(v: dict) -> SimpleNamespace:
                 visible=False,
                 **PIXELATED,
             )
-            report_image = gr.Image(label="nearest-distance histograms", format="png", interactive=False)
+            report_image = gr.Image(
+                label="nearest-distance histograms", format="png", interactive=False, elem_id="report-image"
+            )
             report_json = gr.JSON(visible=False)
     return SimpleNamespace(**{k: w for k, w in locals().items() if k not in ("v", "metric", "label", "shown")})
 
@@ -400,7 +402,9 @@ def _training_tab(v: dict) -> SimpleNamespace:
         )
         with gr.Row():
             curves = gr.Plot(label="training curves")
-            sample = gr.Image(label="latest samples", interactive=False)
+            sample = gr.Image(
+                label="latest samples", interactive=False, height=380, elem_id="train-sample", **PIXELATED
+            )
         console = gr.Textbox(label="console (last lines)", lines=8, interactive=False)
     return SimpleNamespace(**{k: w for k, w in locals().items() if k not in ("v", "enabled")})
 
@@ -534,5 +538,6 @@ def _wire(demo, c: Callbacks, m, g, f, n, t, j, tabs, timer, index_line) -> None
     _api(c.train_load, j.job, [m.info, g.labels, m.message, m.pair, j.message], "train_load", **COMPUTE)
     _ui(j.load.click, c.train_load_served, j.job, [*served, m.message, j.message, *cleared], j.message, **COMPUTE)
     j.job.change(c.train_curves, j.job, [j.curves, j.sample, j.console], api_name="train_curves", **LIGHT)
-    timer.tick(c.refresh, j.job, [j.table, j.curves, j.sample, j.console], show_progress="hidden", **PRIVATE, **LIGHT)
+    watched = [j.table, j.curves, j.sample, j.console, j.message]
+    timer.tick(c.refresh, [j.job, j.message], watched, show_progress="hidden", **PRIVATE, **LIGHT)
     demo.load(c.jobs_view, None, [j.table, j.job], **PRIVATE, **LIGHT)

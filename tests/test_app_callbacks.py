@@ -417,10 +417,39 @@ def test_training_endpoints_without_a_job(callbacks, app_server):
     figure, sample, console = callbacks.train_curves("")
     assert sample is None and console == "" and figure.layout.annotations[0].text == "choose a job"
     assert callbacks.train_presets_update("generator")["choices"] == sorted(GENERATOR_TRAIN_PRESETS)
-    _, figure, sample, console = callbacks.refresh("never-launched")  # the timer never shows an error badge
-    assert len(figure.data) == 0 and sample is None and console == ""
-    _, figure, _, _ = callbacks.refresh("../not a job name")
+    _, figure, sample, console, _ = callbacks.refresh("never-launched")  # the timer never shows an error badge
+    assert len(figure.data) == 0 and sample["value"] is None and console == ""
+    _, figure, _, _, _ = callbacks.refresh("../not a job name")
     assert figure.layout.annotations[0].text == "job '../not a job name' cannot be read"
+
+
+def test_a_jobs_pending_message_gives_way_to_its_end_and_samples_say_what_they_show(callbacks, app_server):
+    """Issue 35.8: "resuming tok-a" stayed on the page after the job had finished; the sample grid had no words."""
+    import json
+    import os
+    import shutil
+
+    jobs = app_server.state.jobs
+    run = jobs.run_dir("ended-job")
+    run.create()
+    try:
+        run.write_status(state="running", stage="tokenizer", pid=None, step=3, total_steps=6)
+        (run.path / "launcher.json").write_text(json.dumps({"pid": os.getpid()}))  # a live process: still running
+        assert callbacks.refresh("", "resuming ended-job")[-1] == gr.skip()
+        (run.path / "launcher.json").unlink()  # its processes gone without a last status: it died
+        assert callbacks.refresh("", "resuming ended-job")[-1] == "ended-job died at step 3/6"
+        run.write_status(state="finished", stage="tokenizer", pid=None, step=6, total_steps=6)
+        for message in ("launched ended-job", "asked ended-job to stop (it writes a checkpoint first)"):
+            assert callbacks.refresh("", message)[-1] == "ended-job finished at step 6/6"
+        for message in ("", "⚠️ job 'x' is not running", "launched no-such-job", None):  # left as they are
+            assert callbacks.refresh("", message)[-1] == gr.skip()
+        Image.new("RGB", (4 * 32, 2 * 32)).save(run.samples_dir / "step-6.png")
+        _, sample, _ = callbacks.train_curves("ended-job")
+        assert sample["value"].endswith("step-6.png") and sample["label"] == (
+            "samples at step 6: held-out images (top row) and the tokenizer's reconstructions (bottom row)"
+        )
+    finally:
+        shutil.rmtree(run.path)
 
 
 def test_bit_flips_side_by_side_with_a_vq_tokenizer(callbacks, image_file, app_server):
