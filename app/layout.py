@@ -174,6 +174,7 @@ def _flips_tab(v: dict) -> SimpleNamespace:
                     type="filepath",
                     image_mode=None,
                     label="image (upload, dataset or generated)",
+                    elem_id="flip-image",
                     sources=["upload", "clipboard"],
                     elem_classes="pixelated",
                     height=260,

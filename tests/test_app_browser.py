@@ -247,41 +247,40 @@ def test_neighbours_tab(page, shots):
 
 
 def test_a_training_image_is_queried_from_three_tabs(page, shots):
-    """Issue 35.6: querying a training image took a download and an upload. It is picked by its index id in the
-    Neighbours tab, or sent from Bit flips and from Token space; each query finds itself at distance 0, and a new
-    query empties the last one's results and the picked image's caption."""
+    """Issue 35.6: querying a training image took a download and an upload. Bit flips and Token space send the image
+    they show to Neighbours, which opens; there a training image is picked by its index id, and finds itself at
+    distance 0. A new query empties the last one's results and the picked image's caption."""
 
-    def finds_itself(index_id: int) -> None:
-        expect(page.locator("#hamming-gallery img")).to_have_count(0, timeout=SHOWN)  # the last query's results went
-        page.get_by_role("button", name="Find neighbours").click()
-        expect(page.get_by_text(f"nearest by Hamming (id {index_id})")).to_be_visible(timeout=COMPUTED)
-        expect(page.locator("#hamming-gallery .caption-label").first).to_have_text(re.compile(r" · 0$"), timeout=SHOWN)
-
-    tab(page, "Neighbours")
-    page.get_by_label("training image id").fill("7")
-    page.get_by_role("button", name="Use training image").click()
-    expect(page.locator("#neighbours-caption")).to_contain_text("id 7: procedural:train:7", timeout=REPLY)
-    finds_itself(7)
-    page.screenshot(path=shots / "neighbours-training-image.png", full_page=True)
+    def sent(image_id: str, caption: str) -> None:
+        """The Neighbours tab opened with the image `image_id` shows as its query, the last results gone."""
+        expect(page.get_by_role("button", name="Find neighbours")).to_be_visible(timeout=REPLY)
+        expect(page.locator("#neighbours-caption")).to_have_text(caption, timeout=REPLY)
+        expect(page.locator("#hamming-gallery img")).to_have_count(0, timeout=SHOWN)
+        query = page.locator("#query-image img").get_attribute("src")
+        tab(page, "Token space" if image_id == "view-image" else "Bit flips")
+        assert page.locator(f"#{image_id} img").get_attribute("src") == query
+        tab(page, "Neighbours")
 
     tab(page, "Bit flips")
     page.get_by_label("dataset image #").fill("11")
     page.get_by_role("button", name="Use dataset image").click()
     expect(page.get_by_text("procedural train #11")).to_be_visible(timeout=REPLY)
     page.locator("#flip-send").click()
-    expect(page.get_by_role("button", name="Find neighbours")).to_be_visible(timeout=REPLY)  # the tab opened
-    expect(page.locator("#neighbours-caption")).to_have_text("", timeout=SHOWN)  # no longer training image 7
-    finds_itself(11)
+    sent("flip-image", "")
 
     tab(page, "Token space")
     page.locator("#view-id input").fill("13")
     page.locator("#view-send").click()
-    expect(page.locator("#neighbours-caption")).to_contain_text("id 13: procedural:train:13", timeout=REPLY)
-    expect(page.locator("#hamming-gallery img")).to_have_count(0, timeout=SHOWN)
-    query = page.locator("#query-image img").get_attribute("src")
-    tab(page, "Token space")  # the image sent is the one Token space shows
-    expect(page.locator("#view-caption")).to_contain_text("id 13: procedural:train:13", timeout=SHOWN)
-    assert page.locator("#view-image img").get_attribute("src") == query
+    sent("view-image", re.compile(r"id 13: procedural:train:13 \(\w+\)"))
+
+    page.get_by_label("training image id").fill("7")
+    page.get_by_role("button", name="Use training image").click()
+    expect(page.locator("#neighbours-caption")).to_contain_text("id 7: procedural:train:7", timeout=REPLY)
+    page.get_by_role("button", name="Find neighbours").click()
+    expect(page.get_by_text("nearest by Hamming (id 7)")).to_be_visible(timeout=COMPUTED)
+    expect(page.locator("#hamming-gallery .caption-label").first).to_have_text(re.compile(r" · 0$"), timeout=SHOWN)
+    expect(page.locator("#hamming-gallery img")).to_have_count(8, timeout=SHOWN)  # k = 8: the next test's galleries
+    page.screenshot(path=shots / "neighbours-training-image.png", full_page=True)
 
 
 # Everything in a gallery that can be cut off: the gallery's own boxes scrolling sideways, a thumbnail past the
