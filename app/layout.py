@@ -177,15 +177,16 @@ def _flips_tab(v: dict) -> SimpleNamespace:
                     type="filepath",
                     image_mode=None,
                     label="image (upload, dataset or generated)",
+                    elem_id="flip-image",
                     sources=["upload", "clipboard"],
                     elem_classes="pixelated",
-                    elem_id="flip-image",
                     height=260,
                 )
                 with gr.Row(visible=v["dataset_images_visible"]):
                     item = gr.Number(0, label="dataset image #")
                     use_item = gr.Button("Use dataset image")
                 caption = gr.Markdown(elem_id="flip-caption")
+                to_neighbours = gr.Button("Send to neighbours", size="sm", elem_id="flip-send")
                 bit_ids = gr.Textbox("all", label="bits to flip (all, or e.g. 0, 3, 5-7)")
                 positions = gr.Textbox("all", label="at tokens (all, or ids; click the grid)")
                 button = gr.Button("Flip each bit", variant="primary")
@@ -281,8 +282,17 @@ def _neighbours_tab(v: dict) -> SimpleNamespace:
         with gr.Row():
             with gr.Column(scale=1):
                 image = gr.Image(
-                    type="filepath", image_mode=None, label="query image", height=240, elem_classes="pixelated"
+                    type="filepath",
+                    image_mode=None,
+                    label="query image",
+                    height=240,
+                    elem_classes="pixelated",
+                    elem_id="query-image",
                 )
+                with gr.Row(visible=v["dataset_images_visible"]):
+                    item = gr.Number(0, label="training image id", elem_id="neighbours-item")
+                    use_item = gr.Button("Use training image")
+                caption = gr.Markdown(elem_id="neighbours-caption")
                 k = gr.Slider(1, v["limits"]["k"], value=8, step=1, label="k")
                 button = gr.Button("Find neighbours", variant="primary")
                 message = gr.Markdown(elem_id="neighbours-message")
@@ -336,7 +346,9 @@ def _neighbours_tab(v: dict) -> SimpleNamespace:
                 visible=False,
                 **PIXELATED,
             )
-            report_image = gr.Image(label="nearest-distance histograms", format="png", interactive=False)
+            report_image = gr.Image(
+                label="nearest-distance histograms", format="png", interactive=False, elem_id="report-image"
+            )
             report_json = gr.JSON(visible=False)
     return SimpleNamespace(**{k: w for k, w in locals().items() if k not in ("v", "metric", "label", "shown")})
 
@@ -352,8 +364,12 @@ def _tokens_tab() -> SimpleNamespace:
         umap = gr.Plot(label="UMAP", elem_id="umap-plot")
         with gr.Row():
             view_id = gr.Number(0, label="index id", elem_id="view-id")
-            view_button = gr.Button("View", elem_id="view-button")
-            view_image = gr.Image(interactive=False, height=160, label="indexed image", **PIXELATED)
+            with gr.Column(min_width=160):
+                view_button = gr.Button("View", elem_id="view-button")
+                view_send = gr.Button("Send to neighbours", elem_id="view-send")
+            view_image = gr.Image(
+                interactive=False, height=160, label="indexed image", elem_id="view-image", **PIXELATED
+            )
             view_caption = gr.Markdown(elem_id="view-caption")
         statistics = gr.JSON(label="statistics", open=False)
         with gr.Accordion("Code atlas", open=True):
@@ -394,7 +410,9 @@ def _training_tab(v: dict) -> SimpleNamespace:
         )
         with gr.Row():
             curves = gr.Plot(label="training curves")
-            sample = gr.Image(label="latest samples", interactive=False)
+            sample = gr.Image(
+                label="latest samples", interactive=False, height=380, elem_id="train-sample", **PIXELATED
+            )
         console = gr.Textbox(  # a failed job's error comes first: shown from the top
             label="console (last lines)", lines=8, max_lines=24, interactive=False, autoscroll=False, elem_id="console"
         )
@@ -475,6 +493,7 @@ def _wire(demo, c: Callbacks, m, g, f, n, t, j, tabs, timer, index_line) -> None
     g.gallery.select(c.pick_generated, g.files, g.chosen, **PRIVATE, **LIGHT)
     _ui(g.to_flip.click, c.send_generated_to("flip", True), [g.files, g.chosen], [f.image, tabs, f.caption], g.progress)
     _ui(g.to_neighbours.click, c.send_generated_to("neighbours"), [g.files, g.chosen], [n.image, tabs], g.progress)
+    g.to_neighbours.click(None, None, n.caption, js="() => ''")  # the query is no longer the picked training image
 
     _api(c.dataset_image, f.item, [f.image, f.caption], "dataset_image")
     _ui(f.use_item.click, c.dataset_image, f.item, [f.image, f.caption], f.caption)
@@ -503,8 +522,14 @@ def _wire(demo, c: Callbacks, m, g, f, n, t, j, tabs, timer, index_line) -> None
     walk = [f.image, f.walk_bits, f.walk_steps, f.walk_seed]
     _api(c.bit_walk, walk, [f.walk_gallery, f.walk_plot], "bit_walk", **UNREAD, **COMPUTE)
     _ui(f.walk_button.click, c.bit_walk, walk, [f.walk_gallery, f.walk_plot], f.walk_message, **UNREAD, **COMPUTE)
+    _ui(f.to_neighbours.click, c.image_to_neighbours, f.image, [n.image, n.caption, tabs], f.message, **UNREAD)
 
+    _api(c.training_image, n.item, [n.image, n.caption], "training_image")
+    _ui(n.use_item.click, c.training_image, n.item, [n.image, n.caption], n.caption)
+    for event in (n.image.upload, n.image.clear):  # a query of the user's own: the picked image's caption goes
+        event(None, None, n.caption, js="() => ''")
     found = [*n.galleries, n.verdict, n.scatter, n.heat, n.found]
+    n.image.change(c.neighbours_cleared, None, [*found, n.claim], show_progress="hidden", **PRIVATE, **LIGHT)
     _api(c.neighbours, [n.image, n.k], found, "neighbours", **UNREAD, **COMPUTE)
     _ui(n.button.click, c.neighbours, [n.image, n.k], found, n.message, **UNREAD, **COMPUTE).then(
         c.second_claim, n.found, n.claim, **PRIVATE
@@ -518,6 +543,8 @@ def _wire(demo, c: Callbacks, m, g, f, n, t, j, tabs, timer, index_line) -> None
     _ui(t.button.click, c.token_space, None, space, t.message, **COMPUTE)
     _api(c.indexed_image, t.view_id, [t.view_image, t.view_caption], "indexed_image")
     _ui(t.view_button.click, c.indexed_image, t.view_id, [t.view_image, t.view_caption], t.view_caption)
+    sent = [n.image, n.caption, t.view_image, t.view_caption, tabs]
+    _ui(t.view_send.click, c.training_image_to_neighbours, t.view_id, sent, t.view_caption)
     _api(c.code_atlas, None, [t.atlas, t.atlas_caption], "code_atlas", **COMPUTE)
     _ui(t.atlas_button.click, c.code_atlas, None, [t.atlas, t.atlas_caption], t.atlas_caption, **COMPUTE)
 
@@ -533,5 +560,6 @@ def _wire(demo, c: Callbacks, m, g, f, n, t, j, tabs, timer, index_line) -> None
     loading = {"show_progress_on": [j.message], **COMPUTE}
     _ui(j.load.click, c.train_load_served, j.job, [*served, m.message, j.message, *cleared], j.message, **loading)
     j.job.change(c.train_curves, j.job, [j.curves, j.sample, j.console], api_name="train_curves", **LIGHT)
-    timer.tick(c.refresh, j.job, [j.table, j.curves, j.sample, j.console], show_progress="hidden", **PRIVATE, **LIGHT)
+    watched = [j.table, j.curves, j.sample, j.console, j.message]
+    timer.tick(c.refresh, [j.job, j.message], watched, show_progress="hidden", **PRIVATE, **LIGHT)
     demo.load(c.jobs_view, None, [j.table, j.job], **PRIVATE, **LIGHT)

@@ -69,6 +69,10 @@ class SearchCallbacks(Endpoints):
             result.to_json(),
         )
 
+    def neighbours_cleared(self):
+        """The Neighbours tab's results emptied: its query changed, they belong to the previous one."""
+        return [], gr.update(value=[]), [], "", None, None, None, CLAIM_REFERENCE
+
     def second_claim(self, found: dict | None) -> str:
         """The paper's second claim for one query: do its Hamming neighbours (bit tokens) find the images its pixel
         (and LPIPS) neighbours find? overlap@k = |H_k ∩ P_k| / k, against what k random images share (k / N)."""
@@ -175,14 +179,41 @@ class SearchCallbacks(Endpoints):
     @guarded
     def indexed_image(self, index_id):
         """The indexed image with this id (a point of the UMAP)."""
+        index, index_id = self._shown_id(index_id)
+        return index.thumbnails[index_id], _source_caption(index, index_id)
+
+    # ------------------------------------------------------------------------------------------------ queries
+
+    @guarded
+    def training_image(self, index_id):
+        """The indexed training image with this id, read from its source at the index's image size, as a query: the
+        Neighbours tab's picker (its nearest neighbour is itself, at distance 0)."""
+        from indexes.sources import load_indexed_images
+
+        index, index_id = self._shown_id(index_id)
+        image = load_indexed_images(index, [index_id])[0]
+        return self._png(image, f"training-{index_id}"), _source_caption(index, index_id)
+
+    def training_image_to_neighbours(self, index_id):
+        """Token space's "Send to neighbours": `training_image` in both tabs (the Neighbours tab opened)."""
+        path, caption = self.training_image(index_id)
+        return path, caption, path, caption, gr.update(selected="neighbours")
+
+    @guarded
+    def image_to_neighbours(self, image):
+        """Bit flips' "Send to neighbours": its image (Gradio's unread file payload, or a path) as the query, checked
+        here so that a file that is no image is refused beside the button; the Neighbours tab opened."""
+        self._image(image)
+        path = image.get("path") if isinstance(image, dict) else image
+        return str(path), "", gr.update(selected="neighbours")
+
+    def _shown_id(self, index_id):
+        """(index, id) for an index id whose image may be shown on this server."""
         index = self.state.require_index()
         index_id = whole_number(index_id, "index_id", 0, len(index) - 1)
         if not self.settings.dataset_images_visible:
-            raise UserError("training-set images are not shown on this server")
-        classes = index.classes
-        source = index.sources[index_id]
-        name = classes[source["label"]] if 0 <= source["label"] < len(classes) else source["label"]
-        return index.thumbnails[index_id], f"id {index_id}: {source['source']} ({name})"
+            raise UserError("training-set images are not shown on this server (the deployer can turn them on)")
+        return index, index_id
 
 
 # ---------------------------------------------------------------------------------------------------- text
@@ -194,6 +225,12 @@ CLAIM_REFERENCE = (
     "the pixel top-10 (chance: 0.1 %) and close 85 % of the pixel gap between random images and the pixel top-10; "
     "its VQ twin's share 10 %. Hamming neighbours look alike, but are mostly not the nearest images in pixels."
 )
+
+
+def _source_caption(index, index_id: int) -> str:
+    source, classes = index.sources[index_id], index.classes
+    name = classes[source["label"]] if 0 <= source["label"] < len(classes) else source["label"]
+    return f"id {index_id}: {source['source']} ({name})"
 
 
 def _metric_name(metric: str, index) -> str:

@@ -63,6 +63,9 @@ CSS = """
                                display: flex; flex-direction: column; }
 .thumbnail-item.thumbnail-lg > img { height: auto !important; }
 .grid-wrap:not(.minimal) { padding-top: 30px !important; }  /* the gallery's label sits over its first row otherwise */
+/* the same for pictures that are grids or figures: the label and buttons above the picture, not over its first row */
+#unmasking .image-container, #report-image .image-container, #atlas .image-container,
+#train-sample .image-container { padding-top: 30px; }
 /* a few flagged pairs: Gradio gives a gallery as few columns as it has images, each pair half the page wide */
 #report-flagged .grid-container { grid-template-columns: repeat(auto-fill, 240px) !important; }
 .thumbnail-item .caption-label { position: static !important; max-width: 100% !important;

@@ -12,6 +12,7 @@ import html
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from indexes import plant as plant_module
@@ -21,6 +22,7 @@ from maskbit.images import to_pil
 __all__ = [
     "PlantedRow",
     "c_t_text",
+    "figures",
     "html_page",
     "ordinal",
     "planted_markdown",
@@ -175,6 +177,20 @@ def save_png(image: torch.Tensor, path: Path) -> None:
 
 def write_plots(report: dict, out: Path) -> None:
     """report.html and report.png: per metric the distance histograms and, with planted copies, the ROC curves."""
+    import matplotlib.pyplot as plt
+
+    figure, fig_png = figures(report)
+    page = html_page(report, figure.to_html(full_html=False, include_plotlyjs=True))
+    atomic_write(out / "report.html", lambda p: Path(p).write_text(page, encoding="utf-8"))
+    atomic_write(out / "report.png", lambda p: fig_png.savefig(p, format="png", dpi=100))
+    plt.close(fig_png)
+
+
+def figures(report: dict):
+    """(plotly figure for report.html, matplotlib figure for report.png). Each histogram shows the share of its own
+    images per bin on bins shared by both sets (32 generated images beside 500 held-out ones: counts would leave the
+    generated bars flat), the generated drawn over the held-out; the ROC legends sit under their plots, clear of the
+    curves."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -189,41 +205,49 @@ def write_plots(report: dict, out: Path) -> None:
     if planted:
         titles += [f"{m}: planted copies against real images (ROC)" for m in metrics]
     figure = make_subplots(rows=rows, cols=len(metrics), subplot_titles=titles)
-    fig_png, axes = plt.subplots(rows, len(metrics), figsize=(5 * len(metrics), 3.5 * rows), squeeze=False)
+    height = 3.5 * rows + (2.0 if planted else 0)  # the ROC legends below their plots
+    fig_png, axes = plt.subplots(
+        rows, len(metrics), figsize=(5 * len(metrics), height), squeeze=False, layout="constrained"
+    )
     for col, metric in enumerate(metrics):
         data = report["metrics"][metric]
-        for name, values, color in (
-            ("generated", data["generated_distances"], "#d62728"),
+        bins = np.histogram_bin_edges(np.concatenate([data["generated_distances"], data["heldout_distances"]]), 30)
+        for name, values, color in (  # the held-out first, the generated on top
             ("held-out real", data["heldout_distances"], "#1f77b4"),
+            ("generated", data["generated_distances"], "#d62728"),
         ):
+            label = f"{name} ({len(values)})"
             figure.add_trace(
                 go.Histogram(
-                    x=values, name=name, opacity=0.6, marker_color=color, showlegend=col == 0, legendgroup=name
+                    x=values,
+                    name=label,
+                    histnorm="probability",
+                    opacity=0.6,
+                    marker_color=color,
+                    showlegend=col == 0,
+                    legendgroup=name,
                 ),
                 row=1,
                 col=col + 1,
             )
-            axes[0, col].hist(values, bins=30, alpha=0.6, color=color, label=name)
+            weights = np.full(len(values), 1 / max(1, len(values)))
+            axes[0, col].hist(values, bins=bins, weights=weights, alpha=0.6, color=color, label=label)
         figure.add_vline(x=data["threshold"], line_dash="dash", row=1, col=col + 1)
         axes[0, col].axvline(
             data["threshold"], color="black", linestyle="--", label=f"p{report['percentile']:g} of held-out"
         )
         axes[0, col].set_title(f"{metric}: {data['flagged_fraction']:.1%} flagged")
         axes[0, col].set_xlabel(f"{data['label']} to the nearest training image")
-        axes[0, col].set_ylabel("images")
+        axes[0, col].set_ylabel("share of its images")
         axes[0, col].legend(fontsize=7)
         figure.update_xaxes(title_text=data["label"], row=1, col=col + 1)
-        figure.update_yaxes(title_text="images", row=1, col=col + 1)
+        figure.update_yaxes(title_text="share of its images", row=1, col=col + 1)
         if planted:
             _roc_plots(planted, metric, figure, axes[1, col], col, go)
     figure.update_layout(
         barmode="overlay", title="Nearest-training-image distances: generated vs held-out", height=450 * rows
     )
-    page = html_page(report, figure.to_html(full_html=False, include_plotlyjs=True))
-    atomic_write(out / "report.html", lambda p: Path(p).write_text(page, encoding="utf-8"))
-    fig_png.tight_layout()
-    atomic_write(out / "report.png", lambda p: fig_png.savefig(p, format="png", dpi=100))
-    plt.close(fig_png)
+    return figure, fig_png
 
 
 def _roc_plots(planted: dict, metric: str, figure, axis, col: int, go) -> None:
@@ -247,7 +271,7 @@ def _roc_plots(planted: dict, metric: str, figure, axis, col: int, go) -> None:
     axis.set_xlabel("false-positive rate (real held-out images flagged)")
     axis.set_ylabel("recall (copies flagged)")
     axis.set_title(f"{metric}: planted copies")
-    axis.legend(fontsize=6)
+    axis.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=2)
     figure.add_vline(x=data["false_positive_rate"], line_dash="dash", row=2, col=col + 1)
     figure.update_xaxes(title_text="false-positive rate", row=2, col=col + 1)
     figure.update_yaxes(title_text="recall", row=2, col=col + 1)

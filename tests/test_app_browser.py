@@ -75,6 +75,13 @@ def tab(page, name):
     page.get_by_role("tab", name=name, exact=True).click()
 
 
+def label_above_picture(page, element_id: str) -> None:
+    """Issue 35.8: a picture that is a grid or a figure has its label above it, not over its first row."""
+    label = page.locator(f"#{element_id} label").first.bounding_box()
+    picture = page.locator(f"#{element_id} img").first.bounding_box()
+    assert picture["y"] >= label["y"] + label["height"], (element_id, label, picture)
+
+
 def test_model_panel(page, shots, app_server, broken_job):  # the job starts now: it has failed when it is looked at
     page.get_by_text("Model", exact=True).first.click()
     expect(page.get_by_role("button", name="Load")).to_be_visible(timeout=SHOWN)
@@ -87,6 +94,7 @@ def test_generate_tab(page, shots):
     page.get_by_role("button", name="Generate", exact=True).click()
     expect(page.locator("#generated-gallery img")).to_have_count(4, timeout=COMPUTED)
     expect(page.get_by_text("masked fraction after each step")).to_be_visible(timeout=SHOWN)
+    label_above_picture(page, "unmasking")
     page.screenshot(path=shots / "generate.png", full_page=True)
 
 
@@ -354,9 +362,48 @@ def test_neighbours_tab(page, shots):
         re.compile(r"(No sign of copying|Possible copying)"), timeout=COMPUTED
     )
     expect(page.locator("#report-text")).to_contain_text(re.compile(r"hamming: C_T"), timeout=SHOWN)
+    expect(page.locator("#report-image img")).to_be_visible(timeout=SHOWN)
+    label_above_picture(page, "report-image")
     loaded = "() => [...document.querySelectorAll('.thumbnail-item img')].every(i => i.complete && i.naturalWidth)"
     page.wait_for_function(loaded, timeout=REPLY)  # the thumbnails downloaded
     page.screenshot(path=shots / "neighbours.png", full_page=True)
+
+
+def test_a_training_image_is_queried_from_three_tabs(page, shots):
+    """Issue 35.6: querying a training image took a download and an upload. Bit flips and Token space send the image
+    they show to Neighbours, which opens; there a training image is picked by its index id, and finds itself at
+    distance 0. A new query empties the last one's results and the picked image's caption."""
+
+    def sent(image_id: str, caption: str) -> None:
+        """The Neighbours tab opened with the image `image_id` shows as its query, the last results gone."""
+        expect(page.get_by_role("button", name="Find neighbours")).to_be_visible(timeout=REPLY)
+        expect(page.locator("#neighbours-caption")).to_have_text(caption, timeout=REPLY)
+        expect(page.locator("#hamming-gallery img")).to_have_count(0, timeout=SHOWN)
+        query = page.locator("#query-image img").get_attribute("src")
+        tab(page, "Token space" if image_id == "view-image" else "Bit flips")
+        assert page.locator(f"#{image_id} img").get_attribute("src") == query
+        tab(page, "Neighbours")
+
+    tab(page, "Bit flips")
+    page.get_by_label("dataset image #").fill("11")
+    page.get_by_role("button", name="Use dataset image").click()
+    expect(page.get_by_text("procedural train #11")).to_be_visible(timeout=REPLY)
+    page.locator("#flip-send").click()
+    sent("flip-image", "")
+
+    tab(page, "Token space")
+    page.locator("#view-id input").fill("13")
+    page.locator("#view-send").click()
+    sent("view-image", re.compile(r"id 13: procedural:train:13 \(\w+\)"))
+
+    page.get_by_label("training image id").fill("7")
+    page.get_by_role("button", name="Use training image").click()
+    expect(page.locator("#neighbours-caption")).to_contain_text("id 7: procedural:train:7", timeout=REPLY)
+    page.get_by_role("button", name="Find neighbours").click()
+    expect(page.get_by_text("nearest by Hamming (id 7)")).to_be_visible(timeout=COMPUTED)
+    expect(page.locator("#hamming-gallery .caption-label").first).to_have_text(re.compile(r" · 0$"), timeout=SHOWN)
+    expect(page.locator("#hamming-gallery img")).to_have_count(8, timeout=SHOWN)  # k = 8: the next test's galleries
+    page.screenshot(path=shots / "neighbours-training-image.png", full_page=True)
 
 
 # Everything in a gallery that can be cut off: the gallery's own boxes scrolling sideways, a thumbnail past the
@@ -467,6 +514,11 @@ def test_training_tab(page, shots, app_server):
     row = page.locator("#job-table div[role=row]", has_text="browser-job")
     expect(row).to_contain_text("finished", timeout=TRAINED)  # the tiny preset: 6 steps
     expect(page.locator("#job-table").get_by_text("Error", exact=True)).to_have_count(0, timeout=SHOWN)
+    # issue 35.8: the samples say what they show, above the picture; "launched" gives way to how the job ended
+    expect(page.locator("#train-sample")).to_contain_text("reconstructions (bottom row)", timeout=REPLY)
+    expect(page.locator("#train-sample img")).to_be_visible(timeout=SHOWN)
+    label_above_picture(page, "train-sample")
+    expect(page.locator("#train-message")).to_have_text(re.compile(r"browser-job finished at step"), timeout=REPLY)
     # issue 20.6: loading the finished run says so here, and the model panel names the run
     state = app_server.state
     tokenizer, generator = state.models.tokenizer_source, state.models.generator_source
@@ -480,6 +532,9 @@ def test_training_tab(page, shots, app_server):
         run = state.jobs.model_pair("browser-job")
         expect(page.get_by_label("tokenizer (from_pretrained source)")).to_have_value(run[0], timeout=SHOWN)
         expect(page.get_by_label("generator (empty: none)")).to_have_value(run[1], timeout=SHOWN)
+        for label in ("tokenizer (from_pretrained source)", "generator (empty: none)"):  # issue 35.8: paths wrap
+            box = page.get_by_label(label)
+            assert box.evaluate("b => b.scrollWidth <= b.clientWidth && b.scrollHeight <= b.clientHeight + 2"), label
         page.screenshot(path=shots / "training.png", full_page=True)
     finally:
         state.switch_models(tokenizer, generator)

@@ -238,6 +238,21 @@ def test_an_indexed_image_is_at_distance_0_whatever_precision_the_app_now_comput
         tokenizer.precision = served
 
 
+def test_a_training_image_picked_or_sent_is_a_query_that_finds_itself(callbacks, image_file):
+    """Issue 35.6: a training image is queried without a download and an upload: picked by its index id in the
+    Neighbours tab (or sent from Token space), it is its own nearest neighbour; Bit flips' image is sent as it is."""
+    path, caption = callbacks.training_image(7)
+    view = eval_view("procedural", "train", 0, 32)
+    assert caption == f"id 7: procedural:train:7 ({view.classes[view[7][1]]})"
+    assert torch.equal(load_image(path, 32), view[7][0])
+    *_, data = callbacks.neighbours(path, 1)
+    assert all(data[metric][0]["id"] == 7 and data[metric][0]["distance"] == 0 for metric in ("hamming", "pixel"))
+    query, query_caption, viewed, viewed_caption, opened = callbacks.training_image_to_neighbours(7)
+    assert query == viewed and query_caption == viewed_caption == caption and opened["selected"] == "neighbours"
+    sent, sent_caption, opened = callbacks.image_to_neighbours({"path": str(image_file), "orig_name": "x.png"})
+    assert sent == str(image_file) and sent_caption == "" and opened["selected"] == "neighbours"
+
+
 def test_the_report_uses_the_neighbours_threshold(callbacks, app_server):
     image, text, flagged, summary = callbacks.memorization_report(8, 0)
     assert set(summary["metrics"]) == {"hamming", "lpips", "pixel"} and "what chance gives" in text
@@ -343,6 +358,9 @@ def test_token_space_matches_a_direct_count(callbacks, app_server):
         ("dataset_image", (-1,), "item (dataset image number) must be a whole number from 0"),
         ("memorization_report", (8, 2**70), SEED_RANGE),
         ("indexed_image", (10**30,), "index_id must be a whole number from 0 to 95"),
+        ("training_image", (96,), "index_id must be a whole number from 0 to 95; got 96"),
+        ("image_to_neighbours", (None,), "no image given"),
+        ("image_to_neighbours", ({"path": __file__},), "cannot read the file as an image"),
         ("load_models", ("/etc/passwd", ""), "outside the folders models may be loaded from"),
         ("load_models", ("default", "../../../../../etc"), "generator '../../../../../etc' is outside"),
         ("train_launch", ("tokenizer", "../escape", "tiny", "procedural", ""), "job name"),
@@ -416,10 +434,39 @@ def test_training_endpoints_without_a_job(callbacks, app_server):
     figure, sample, console = callbacks.train_curves("")
     assert sample is None and console == "" and figure.layout.annotations[0].text == "choose a job"
     assert callbacks.train_presets_update("generator")["choices"] == sorted(GENERATOR_TRAIN_PRESETS)
-    _, figure, sample, console = callbacks.refresh("never-launched")  # the timer never shows an error badge
-    assert len(figure.data) == 0 and sample is None and console == ""
-    _, figure, _, _ = callbacks.refresh("../not a job name")
+    _, figure, sample, console, _ = callbacks.refresh("never-launched")  # the timer never shows an error badge
+    assert len(figure.data) == 0 and sample["value"] is None and console == ""
+    _, figure, _, _, _ = callbacks.refresh("../not a job name")
     assert figure.layout.annotations[0].text == "job '../not a job name' cannot be read"
+
+
+def test_a_jobs_pending_message_gives_way_to_its_end_and_samples_say_what_they_show(callbacks, app_server):
+    """Issue 35.8: "resuming tok-a" stayed on the page after the job had finished; the sample grid had no words."""
+    import json
+    import os
+    import shutil
+
+    jobs = app_server.state.jobs
+    run = jobs.run_dir("ended-job")
+    run.create()
+    try:
+        run.write_status(state="running", stage="tokenizer", pid=None, step=3, total_steps=6)
+        (run.path / "launcher.json").write_text(json.dumps({"pid": os.getpid()}))  # a live process: still running
+        assert callbacks.refresh("", "resuming ended-job")[-1] == gr.skip()
+        (run.path / "launcher.json").unlink()  # its processes gone without a last status: it died
+        assert callbacks.refresh("", "resuming ended-job")[-1] == "ended-job died at step 3/6"
+        run.write_status(state="finished", stage="tokenizer", pid=None, step=6, total_steps=6)
+        for message in ("launched ended-job", "asked ended-job to stop (it writes a checkpoint first)"):
+            assert callbacks.refresh("", message)[-1] == "ended-job finished at step 6/6"
+        for message in ("", "⚠️ job 'x' is not running", "launched no-such-job", None):  # left as they are
+            assert callbacks.refresh("", message)[-1] == gr.skip()
+        Image.new("RGB", (4 * 32, 2 * 32)).save(run.samples_dir / "step-6.png")
+        _, sample, _ = callbacks.train_curves("ended-job")
+        assert sample["value"].endswith("step-6.png") and sample["label"] == (
+            "samples at step 6: held-out images (top row) and the tokenizer's reconstructions (bottom row)"
+        )
+    finally:
+        shutil.rmtree(run.path)
 
 
 def test_bit_flips_side_by_side_with_a_vq_tokenizer(callbacks, image_file, app_server):

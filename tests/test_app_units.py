@@ -688,14 +688,37 @@ def test_a_difference_map_is_scaled_to_its_own_range_and_marks_the_chosen_tokens
     assert (left[72:80, 104:112] == round(0.51 * 255)).all() and (left[:8, :8] == round(0.5 * 255)).all()
     assert (right[73:79, 105:111] == 255).all()  # the largest change is white
     assert (right[241:247, 9:15, 0] == round(0.4 * 255)).all() and (right[241:247, 9:15, 1:] == 0).all()
-    assert (right[64, 96:128] == MARK).all() and (right[64:96, 127] == MARK).all()  # the outline of token 19
-    outline = np.zeros((256, 256), bool)
-    outline[64, 96:128] = outline[95, 96:128] = outline[64:96, 96] = outline[64:96, 127] = True
+    outline = np.zeros((256, 256), bool)  # token 19's outline, 4 px wide (issue 35.8: 1 px broke into fragments)
+    outline[64:68, 96:128] = outline[92:96, 96:128] = outline[64:96, 96:100] = outline[64:96, 124:128] = True
+    assert (right[outline] == MARK).all()
     unchanged = ~outline
     unchanged[72:80, 104:112] = unchanged[240:248, 8:16] = False
     assert (right[unchanged] == 0).all()  # black: unchanged
     same, gain = with_difference(reference, reference, (8, 8))
     assert gain == 1 and (same[:, -256:] == 0).all()
+
+
+@pytest.mark.parametrize("size, grid", [(32, (8, 8)), (64, (16, 16)), (256, (16, 16))])
+def test_a_chosen_tokens_outline_stays_closed_at_thumbnail_size(size, grid):
+    """Issue 35.8: a gallery shows a difference map at about half its size, nearest neighbour (the pictures are
+    pixelated); down to a third, every chosen token keeps a closed outline."""
+    from app.pictures import MARK, with_difference
+
+    reference = torch.zeros(3, size, size)
+    picture, _ = with_difference(reference, reference, grid, [0, grid[1] + 1, grid[0] * grid[1] - 1])
+    right = picture[:, -picture.shape[0] :]
+    side = right.shape[0]
+    shown = int(side / 3)
+    sample = ((np.arange(shown) + 0.5) * side / shown).astype(int)  # nearest neighbour, as the browser scales
+    small = (right[sample][:, sample] == MARK).all(axis=-1)
+    cell = shown / grid[0]
+    for token in (0, grid[1] + 1, grid[0] * grid[1] - 1):
+        r, c = divmod(token, grid[1])
+        top, bottom = int(np.ceil(r * cell)), int((r + 1) * cell) - 1
+        first, last = int(np.ceil(c * cell)), int((c + 1) * cell) - 1
+        ring = [small[top, first : last + 1], small[bottom, first : last + 1]]
+        ring += [small[top : bottom + 1, first], small[top : bottom + 1, last]]
+        assert all(side_.all() for side_ in ring), (token, [side_.astype(int).tolist() for side_ in ring])
 
 
 def test_the_launchers_note_on_its_defaults_is_no_error_of_the_job(tmp_path):

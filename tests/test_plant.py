@@ -200,6 +200,32 @@ def test_a_new_report_metric_is_one_row_and_reaches_every_statistic(procedural_i
     assert planted_markdown(data["planted"]).startswith(f"| edit | {' | '.join(report_module.REPORT_METRICS)} |")
 
 
+def test_report_figures_compare_shares_and_keep_the_roc_curves_clear(exported_report):
+    """Issue 35.8: the app's report had 32 generated images beside 500 held-out ones; each histogram shows the share of
+    its own images per bin (counts left the generated bars flat), the generated drawn last, on top; the ROC legends
+    sit under their plots, not over the curves, and inside the picture."""
+    from indexes.rendering import figures
+
+    report = exported_report["json"]
+    _, figure = figures(report)
+    figure.canvas.draw()
+    count = len(report["metrics"])
+    histograms, rocs = figure.axes[:count], figure.axes[count:]
+    assert len(rocs) == count
+    for axis, metric in zip(histograms, report["metrics"]):
+        data = report["metrics"][metric]
+        heldout_bars, generated_bars = axis.containers  # in drawing order
+        assert axis.get_legend_handles_labels()[1][:2] == ["held-out real (300)", "generated (300)"]
+        edges = np.histogram_bin_edges(data["generated_distances"] + data["heldout_distances"], 30)  # shared bins
+        for bars, values in ((generated_bars, data["generated_distances"]), (heldout_bars, data["heldout_distances"])):
+            counts, _ = np.histogram(values, bins=edges)
+            assert np.allclose([bar.get_height() for bar in bars], counts / len(values)), metric
+    for axis in rocs:
+        legend, plot = axis.get_legend().get_window_extent(), axis.get_window_extent()
+        assert not legend.overlaps(plot), (legend, plot)
+        assert figure.bbox.contains(legend.x0, legend.y0) and figure.bbox.contains(legend.x1, legend.y1)
+
+
 def test_bad_input_names_the_parameter_and_writes_nothing(tmp_path, procedural_index):
     from indexes.report import memorization_report
 
