@@ -166,6 +166,8 @@ def screenshots(url: str, folder: Path, compare: str) -> None:
         page.locator("#report-plant input[type=number]").press("Enter")
         page.get_by_role("button", name="Run report").click()
         expect(page.locator("#report-text")).to_contain_text("Planted copies")
+        page.locator("#report-flagged").scroll_into_view_if_needed()  # galleries load their images when in view
+        page.mouse.wheel(0, 10_000)
         loaded = "() => [...document.querySelectorAll('.thumbnail-item img')].every(i => i.complete && i.naturalWidth)"
         page.wait_for_function(loaded)
         page.screenshot(path=folder / "neighbours.png", full_page=True)
