@@ -22,7 +22,7 @@ from app.jobs import PRESETS, STAGES
 from app.search import SearchCallbacks
 from app.state import AppState
 from app.training import JOB_COLUMN_WIDTHS, JOB_COLUMNS, TrainingCallbacks
-from app.validation import LIMITS, SAMPLING_KNOBS
+from app.validation import KNOB_RANGES, LIMITS, SAMPLING_KNOBS
 from maskbit.config import GUIDANCE_ANNEALINGS, MASK_SCHEDULES
 from maskbit.presets import SAMPLING_PRESETS
 
@@ -87,7 +87,7 @@ class Callbacks:
             "generation_note": self.explore.generation_note(),
             "limits": {
                 "max_images": settings.max_images,
-                "num_steps": LIMITS.steps,
+                "knobs": KNOB_RANGES,  # the sampling knobs' (low, high)
                 "k": LIMITS.k,
                 "walk_r": LIMITS.walk_r,
                 "walk_steps": LIMITS.walk_steps,

@@ -82,7 +82,7 @@ def _model_panel(v: dict) -> SimpleNamespace:
 
 
 def _generate_tab(v: dict) -> SimpleNamespace:
-    s, limits = v["sampling"], v["limits"]
+    s, limits, ranges = v["sampling"], v["limits"], v["limits"]["knobs"]
     with gr.Tab("Generate", id="generate"):
         _intro(texts.GENERATE)
         with gr.Row():
@@ -97,10 +97,10 @@ def _generate_tab(v: dict) -> SimpleNamespace:
                 preset_note = gr.Markdown(elem_id="preset-note")
                 widgets = {  # by the knob's name; the page lists them in the generate endpoint's order
                     "num_steps": lambda: gr.Slider(
-                        1, limits["num_steps"], value=s["num_steps"], step=1, label="steps", elem_id="num-steps"
+                        *ranges["num_steps"], value=s["num_steps"], step=1, label="steps", elem_id="num-steps"
                     ),
                     "guidance_scale": lambda: gr.Slider(
-                        0, 15, value=s["guidance_scale"], step=0.1, label="guidance scale"
+                        *ranges["guidance_scale"], value=s["guidance_scale"], step=0.1, label="guidance scale"
                     ),
                     "guidance_annealing": lambda: gr.Radio(
                         v["guidance_annealings"],
@@ -108,12 +108,20 @@ def _generate_tab(v: dict) -> SimpleNamespace:
                         label="guidance annealing",
                         elem_id="guidance-annealing",
                     ),
-                    "scale_pow": lambda: gr.Slider(0.01, 5, value=s["scale_pow"], step=0.01, label="scale power"),
+                    "scale_pow": lambda: gr.Slider(
+                        *ranges["scale_pow"], value=s["scale_pow"], step=0.01, label="scale power"
+                    ),
                     "randomize_temperature": lambda: gr.Slider(
-                        0, 15, value=s["randomize_temperature"], step=0.1, label="randomize temperature"
+                        *ranges["randomize_temperature"],
+                        value=s["randomize_temperature"],
+                        step=0.1,
+                        label="randomize temperature",
                     ),
                     "softmax_temperature": lambda: gr.Slider(
-                        0.01, 5, value=s["softmax_temperature"], step=0.01, label="softmax temperature"
+                        *ranges["softmax_temperature"],
+                        value=s["softmax_temperature"],
+                        step=0.01,
+                        label="softmax temperature",
                     ),
                     "mask_schedule": lambda: gr.Radio(
                         v["mask_schedules"], value=s["mask_schedule"], label="mask schedule"
