@@ -58,7 +58,7 @@ def build(callbacks: Callbacks) -> gr.Blocks:
             n = _neighbours_tab(v)
             t = _tokens_tab()
             j = _training_tab(v)
-        _wire(demo, callbacks, m, g, f, n, t, j, tabs, timer, index_line)
+        _wire(demo, callbacks, v, m, g, f, n, t, j, tabs, timer, index_line)
     return demo
 
 
@@ -473,15 +473,45 @@ def _ui(trigger, fn, inputs, outputs: list, message, **options):
     return trigger(event, inputs, targets, **PRIVATE, **options)
 
 
-def _wire(demo, c: Callbacks, m, g, f, n, t, j, tabs, timer, index_line) -> None:
+def _laid_out(fn, widgets: dict):
+    """`fn` with its {widget name: value} result (alone, or first of a tuple: the served widgets come first in an
+    event's outputs) laid out in the order of `widgets`, as the event's outputs list them."""
+
+    def laid_out(result) -> list:
+        if isinstance(result, dict):
+            return [result[name] for name in widgets]
+        named, *rest = result
+        return [*(named[name] for name in widgets), *rest]
+
+    if inspect.isgeneratorfunction(fn):
+
+        def event(*args):
+            for result in fn(*args):
+                yield laid_out(result)
+
+    else:
+
+        def event(*args):
+            return laid_out(fn(*args))
+
+    functools.update_wrapper(event, fn)
+    return event
+
+
+def _wire(demo, c: Callbacks, v: dict, m, g, f, n, t, j, tabs, timer, index_line) -> None:
     # the pair the server holds now, on every page load and after every switch (a reloaded page shows it too)
-    served = [
-        m.pair, m.tokenizer, m.generator, m.info, g.labels, *g.knobs, g.preset, g.preset_note, g.step, g.button, g.note,
-        f.compare_with, f.walk_bits, index_line, n.galleries[1], n.lpips_note,
-    ]  # fmt: skip
+    # by the names of Callbacks.served's dict
+    widgets = {"pair": m.pair, "tokenizer": m.tokenizer, "generator": m.generator, "info": m.info, "labels": g.labels}
+    widgets |= dict(zip(v["sampling_knobs"], g.knobs, strict=True))
+    widgets |= {"preset": g.preset, "preset_note": g.preset_note, "step": g.step, "button": g.button, "note": g.note}
+    widgets |= {"compare_with": f.compare_with, "walk_bits": f.walk_bits, "index_line": index_line}
+    widgets |= {"lpips_gallery": n.galleries[1], "lpips_note": n.lpips_note}
+    if set(widgets) != set(c.served()):
+        raise TypeError(f"the page's served widgets {sorted(widgets)} are not those served: {sorted(c.served())}")
+    served = list(widgets.values())
     cleared = [g.gallery, g.frame, g.masked, g.progress]  # a new pair: results (and errors) of the old one go
     demo.load(c.model_info, None, m.info, api_name="model_info", **LIGHT)
-    demo.load(c.served, None, served, **PRIVATE, **LIGHT)
+    demo.load(_laid_out(c.served, widgets), None, served, **PRIVATE, **LIGHT)
     # the public endpoint first: a private event of the same function takes its name otherwise
     gr.Button("Index status", visible=False).click(c.index_status, None, index_line, api_name="index_status", **LIGHT)
     timer.tick(c.status, None, [index_line, n.galleries[1], n.lpips_note], show_progress="hidden", **PRIVATE, **LIGHT)
@@ -489,7 +519,8 @@ def _wire(demo, c: Callbacks, m, g, f, n, t, j, tabs, timer, index_line) -> None
     _api(c.load_models, [m.tokenizer, m.generator], [m.info, g.labels, m.message], "load_models", **COMPUTE)
     # A load streams what it is loading into its message, the only place that shows progress (not every served widget)
     loading = {"show_progress_on": [m.message], **COMPUTE}
-    _ui(m.load.click, c.load_served, [m.tokenizer, m.generator], [*served, m.message, *cleared], m.message, **loading)
+    load = _laid_out(c.load_served, widgets)
+    _ui(m.load.click, load, [m.tokenizer, m.generator], [*served, m.message, *cleared], m.message, **loading)
 
     # a preset chosen by the user (`served` sets the box to the loaded generator's own sampling: no preset applied)
     g.preset.input(c.apply_preset, g.preset, [*g.knobs, g.preset_note], **PRIVATE, **LIGHT)
@@ -566,7 +597,8 @@ def _wire(demo, c: Callbacks, m, g, f, n, t, j, tabs, timer, index_line) -> None
         _ui(button.click, fn, j.job, [j.table, j.message], j.message)
     _api(c.train_load, j.job, [m.info, g.labels, m.message, m.pair, j.message], "train_load", **COMPUTE)
     loading = {"show_progress_on": [j.message], **COMPUTE}
-    _ui(j.load.click, c.train_load_served, j.job, [*served, m.message, j.message, *cleared], j.message, **loading)
+    load = _laid_out(c.train_load_served, widgets)
+    _ui(j.load.click, load, j.job, [*served, m.message, j.message, *cleared], j.message, **loading)
     j.job.change(c.train_curves, j.job, [j.curves, j.sample, j.console], api_name="train_curves", **LIGHT)
     watched = [j.table, j.curves, j.sample, j.console, j.message]
     timer.tick(c.refresh, [j.job, j.message], watched, show_progress="hidden", **PRIVATE, **LIGHT)
