@@ -281,7 +281,46 @@ def _flips_tab(v: dict) -> SimpleNamespace:
                 **PIXELATED,
             )
             walk_plot = gr.Plot(label="change along the walk")
-    return SimpleNamespace(**{k: w for k, w in locals().items() if k not in ("v", "limits")})
+    return SimpleNamespace(
+        image=image,
+        item=item,
+        use_item=use_item,
+        caption=caption,
+        to_neighbours=to_neighbours,
+        bit_ids=bit_ids,
+        positions=positions,
+        button=button,
+        message=message,
+        grid=grid,
+        fit=fit,
+        original=original,
+        reconstruction=reconstruction,
+        flipped=flipped,
+        psnr_chart=psnr_chart,
+        distance_chart=distance_chart,
+        summary=summary,
+        compare_with=compare_with,
+        compare_button=compare_button,
+        compare_message=compare_message,
+        compare_loaded=compare_loaded,
+        compare_other=compare_other,
+        compare_psnr=compare_psnr,
+        compare_distance=compare_distance,
+        compare_judge=compare_judge,
+        compare_summary=compare_summary,
+        planes_button=planes_button,
+        planes_message=planes_message,
+        planes=planes,
+        heat=heat,
+        tokens=tokens,
+        walk_bits=walk_bits,
+        walk_steps=walk_steps,
+        walk_seed=walk_seed,
+        walk_button=walk_button,
+        walk_message=walk_message,
+        walk_gallery=walk_gallery,
+        walk_plot=walk_plot,
+    )
 
 
 def _neighbours_tab(v: dict) -> SimpleNamespace:
@@ -358,7 +397,31 @@ def _neighbours_tab(v: dict) -> SimpleNamespace:
                 label="nearest-distance histograms", format="png", interactive=False, elem_id="report-image"
             )
             report_json = gr.JSON(visible=False)
-    return SimpleNamespace(**{k: w for k, w in locals().items() if k not in ("v", "metric", "label", "shown")})
+    return SimpleNamespace(
+        image=image,
+        item=item,
+        use_item=use_item,
+        caption=caption,
+        k=k,
+        button=button,
+        message=message,
+        verdict=verdict,
+        galleries=galleries,
+        lpips_note=lpips_note,
+        scatter=scatter,
+        heat=heat,
+        found=found,
+        claim=claim,
+        count=count,
+        seed=seed,
+        plant=plant,
+        report_button=report_button,
+        report_message=report_message,
+        report_text=report_text,
+        report_flagged=report_flagged,
+        report_image=report_image,
+        report_json=report_json,
+    )
 
 
 def _tokens_tab() -> SimpleNamespace:
@@ -385,7 +448,22 @@ def _tokens_tab() -> SimpleNamespace:
             atlas_button = gr.Button("Show the code atlas", elem_id="atlas-button")
             atlas_caption = gr.Markdown(elem_id="atlas-caption")
             atlas = gr.Image(label="code atlas", interactive=False, elem_id="atlas", **PIXELATED)
-    return SimpleNamespace(**locals())
+    return SimpleNamespace(
+        button=button,
+        message=message,
+        usage=usage,
+        codes=codes,
+        umap=umap,
+        view_id=view_id,
+        view_button=view_button,
+        view_send=view_send,
+        view_image=view_image,
+        view_caption=view_caption,
+        statistics=statistics,
+        atlas_button=atlas_button,
+        atlas_caption=atlas_caption,
+        atlas=atlas,
+    )
 
 
 def _training_tab(v: dict) -> SimpleNamespace:
@@ -424,7 +502,23 @@ def _training_tab(v: dict) -> SimpleNamespace:
         console = gr.Textbox(  # a failed job's error comes first: shown from the top
             label="console (last lines)", lines=8, max_lines=24, interactive=False, autoscroll=False, elem_id="console"
         )
-    return SimpleNamespace(**{k: w for k, w in locals().items() if k not in ("v", "enabled")})
+    return SimpleNamespace(
+        stage=stage,
+        name=name,
+        preset=preset,
+        dataset=dataset,
+        overrides=overrides,
+        launch=launch,
+        job=job,
+        stop=stop,
+        resume=resume,
+        load=load,
+        message=message,
+        table=table,
+        curves=curves,
+        sample=sample,
+        console=console,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- events
