@@ -1,4 +1,4 @@
-"""All the app's endpoints, one object: `Callbacks(state).generate(...)`, `.neighbours(...)`, `.train_launch(...)`.
+"""All the app's endpoints, one object: `Callbacks(state).explore.generate(...)`, `.search.neighbours(...)`, ….
 
 The endpoints live with their tab, as three objects over one state: app/explore.py (model panel, Generate, Bit
 flips), app/search.py (Neighbours, Token space), app/training.py (Training). None calls another; what joins two
@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 
 import gradio as gr
@@ -32,27 +31,15 @@ PROGRESS_EVERY_S = 1.0  # how often a model load in progress tells the page what
 
 
 class Callbacks:
-    """Every endpoint of the explorer, over the models, index and jobs that `state` holds (`Callbacks(state)`).
-
-    `callbacks.generate` is `callbacks.explore.generate`: an endpoint is looked up in the three tabs' objects, where
-    each name is defined once (checked here), so the page and the API keep one flat set of names."""
+    """Every endpoint of the explorer, over the models, index and jobs that `state` holds (`Callbacks(state)`): the
+    three tabs' objects (`callbacks.explore.generate`, `callbacks.search.neighbours`, `callbacks.training.train_launch`)
+    and the endpoints that join two of them."""
 
     def __init__(self, state: AppState):
         self.state, self.settings = state, state.settings
         self.explore = ExploreCallbacks(state)
         self.search = SearchCallbacks(state)
         self.training = TrainingCallbacks(state)
-        self._parts = (self.explore, self.search, self.training)
-        defined = Counter(n for owner in (Callbacks, *map(type, self._parts)) for n in vars(owner) if n[0] != "_")
-        if twice := sorted(n for n, times in defined.items() if times > 1):
-            raise TypeError(f"endpoints defined in two places: {twice}")
-
-    def __getattr__(self, name: str):
-        if not name.startswith("_"):
-            for part in self.__dict__.get("_parts", ()):
-                if name in vars(type(part)):
-                    return getattr(part, name)
-        raise AttributeError(f"{type(self).__name__} has no endpoint {name!r}")
 
     @guarded
     def train_load(self, name):
