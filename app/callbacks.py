@@ -1,4 +1,4 @@
-"""All the app's endpoints, one object: `Callbacks(state).generate(...)`, `.neighbours(...)`, `.train_launch(...)`.
+"""All the app's endpoints, one object: `Callbacks(state).explore.generate(...)`, `.search.neighbours(...)`, ….
 
 The endpoints live with their tab, as three objects over one state: app/explore.py (model panel, Generate, Bit
 flips), app/search.py (Neighbours, Token space), app/training.py (Training). None calls another; what joins two
@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 
 import gradio as gr
@@ -22,7 +21,7 @@ from app.jobs import PRESETS, STAGES
 from app.search import SearchCallbacks
 from app.state import AppState
 from app.training import JOB_COLUMN_WIDTHS, JOB_COLUMNS, TrainingCallbacks
-from app.validation import LIMITS, SAMPLING_KNOBS
+from app.validation import KNOB_RANGES, LIMITS, SAMPLING_KNOBS
 from maskbit.config import GUIDANCE_ANNEALINGS, MASK_SCHEDULES
 from maskbit.presets import SAMPLING_PRESETS
 
@@ -32,27 +31,15 @@ PROGRESS_EVERY_S = 1.0  # how often a model load in progress tells the page what
 
 
 class Callbacks:
-    """Every endpoint of the explorer, over the models, index and jobs that `state` holds (`Callbacks(state)`).
-
-    `callbacks.generate` is `callbacks.explore.generate`: an endpoint is looked up in the three tabs' objects, where
-    each name is defined once (checked here), so the page and the API keep one flat set of names."""
+    """Every endpoint of the explorer, over the models, index and jobs that `state` holds (`Callbacks(state)`): the
+    three tabs' objects (`callbacks.explore.generate`, `callbacks.search.neighbours`, `callbacks.training.train_launch`)
+    and the endpoints that join two of them."""
 
     def __init__(self, state: AppState):
         self.state, self.settings = state, state.settings
         self.explore = ExploreCallbacks(state)
         self.search = SearchCallbacks(state)
         self.training = TrainingCallbacks(state)
-        self._parts = (self.explore, self.search, self.training)
-        defined = Counter(n for owner in (Callbacks, *map(type, self._parts)) for n in vars(owner) if n[0] != "_")
-        if twice := sorted(n for n, times in defined.items() if times > 1):
-            raise TypeError(f"endpoints defined in two places: {twice}")
-
-    def __getattr__(self, name: str):
-        if not name.startswith("_"):
-            for part in self.__dict__.get("_parts", ()):
-                if name in vars(type(part)):
-                    return getattr(part, name)
-        raise AttributeError(f"{type(self).__name__} has no endpoint {name!r}")
 
     @guarded
     def train_load(self, name):
@@ -87,7 +74,7 @@ class Callbacks:
             "generation_note": self.explore.generation_note(),
             "limits": {
                 "max_images": settings.max_images,
-                "num_steps": LIMITS.steps,
+                "knobs": KNOB_RANGES,  # the sampling knobs' (low, high)
                 "k": LIMITS.k,
                 "walk_r": LIMITS.walk_r,
                 "walk_steps": LIMITS.walk_steps,
@@ -105,29 +92,35 @@ class Callbacks:
 
     # ------------------------------------------------------------------------------------------------ the page
 
-    def served(self) -> tuple:
-        """Everything the page shows of the pair the server holds now, for app/layout.py's `served` widgets in their
-        order: model pair, tokenizer, generator, model info, classes, the sampling knobs (SAMPLING_KNOBS), the preset
-        box and its note, the step slider, the Generate button and its note, the tokenizers to compare with, bits per
-        walk step, the index line, the LPIPS gallery and the note in its place (the last three are `status()`'s).
-        Every page load asks for it, so a page reloaded after a switch (here or in another tab) shows the new pair."""
+    def served(self) -> dict:
+        """Everything the page shows of the pair the server holds now, by the name of the widget that shows it
+        (app/layout.py's `served`): model pair, tokenizer, generator, model info, classes, the sampling knobs (by
+        their SAMPLING_KNOBS names), the preset box and its note, the step slider, the Generate button and its note,
+        the tokenizers to compare with, bits per walk step, the index line, the LPIPS gallery and the note in its place
+        (the last three are `status()`'s). Every page load asks for it, so a page reloaded after a switch (here or in
+        another tab) shows the new pair."""
         v = self.page_values()
         names, sampling = v["class_names"], v["sampling"]
-        return (
-            gr.update(choices=v["model_choices"], value=v["model_choice"]),
-            v["tokenizer"],
-            v["generator"],
-            self.explore.model_info(),
-            gr.update(choices=names, value=names[:1]),
-            *(sampling[knob] for knob in SAMPLING_KNOBS),
-            *self.explore.own_sampling(),
-            gr.update(maximum=sampling["num_steps"], value=sampling["num_steps"]),
-            gr.update(interactive=v["can_generate"]),
-            v["generation_note"],
-            gr.update(choices=v["comparison_choices"]),
-            gr.update(value=v["walk_bits"]),
-            *self.status(),
-        )
+        preset, preset_note = self.explore.own_sampling()
+        index_line, lpips_gallery, lpips_note = self.status()
+        return {
+            "pair": gr.update(choices=v["model_choices"], value=v["model_choice"]),
+            "tokenizer": v["tokenizer"],
+            "generator": v["generator"],
+            "info": self.explore.model_info(),
+            "labels": gr.update(choices=names, value=names[:1]),
+            **{knob: sampling[knob] for knob in SAMPLING_KNOBS},
+            "preset": preset,
+            "preset_note": preset_note,
+            "step": gr.update(maximum=sampling["num_steps"], value=sampling["num_steps"]),
+            "button": gr.update(interactive=v["can_generate"]),
+            "note": v["generation_note"],
+            "compare_with": gr.update(choices=v["comparison_choices"]),
+            "walk_bits": gr.update(value=v["walk_bits"]),
+            "index_line": index_line,
+            "lpips_gallery": lpips_gallery,
+            "lpips_note": lpips_note,
+        }
 
     def status(self) -> tuple:
         """The index line, and the LPIPS gallery or, in its place until LPIPS is ready, the note that says why not
@@ -137,8 +130,8 @@ class Callbacks:
         return self.explore.index_status(), gr.update(visible=ready), gr.update(value=note, visible=not ready)
 
     def load_served(self, tokenizer: str, generator: str) -> Iterator[tuple]:
-        """The model panel's Load on the page (`_loading`): what `served` shows, the message, and the old pair's
-        generation outputs emptied."""
+        """The model panel's Load on the page (`_loading`): what `served` shows (its dict), the message, and the old
+        pair's generation outputs emptied."""
         yield from self._loading(lambda: (tokenizer, generator), messages=1)
 
     def train_load_served(self, name: str) -> Iterator[tuple]:
@@ -151,7 +144,8 @@ class Callbacks:
         `served` shows, i.e. exactly the pair the server holds (after a failed load the last pair: the boxes, the pair
         menu and the knobs say so), the message in `messages` places and, after a switch, the old pair's generation
         outputs emptied."""
-        served, cleared = len(self.served()), len(self.explore.cleared())
+        unchanged = dict.fromkeys(self.served(), gr.skip())
+        cleared = len(self.explore.cleared())
         stage, done = ["the models"], {}
 
         @guarded  # failures become the message an endpoint would give (app/endpoint.py), never a traceback
@@ -171,12 +165,12 @@ class Callbacks:
         worker.start()
         while worker.is_alive():
             text = f"⏳ loading {stage[-1]} … {time.monotonic() - started:.0f} s"
-            yield (*(gr.skip(),) * served, *(text,) * messages, *(gr.skip(),) * cleared)
+            yield (unchanged, *(text,) * messages, *(gr.skip(),) * cleared)
             worker.join(PROGRESS_EVERY_S)
         if "error" in done:
-            yield (*self.served(), *(done["error"],) * messages, *(gr.skip(),) * cleared)
+            yield (self.served(), *(done["error"],) * messages, *(gr.skip(),) * cleared)
         else:
-            yield (*self.served(), *(done["message"],) * messages, *self.explore.cleared())
+            yield (self.served(), *(done["message"],) * messages, *self.explore.cleared())
 
     def _pair(self, choice: str) -> tuple[str, str] | None:
         try:

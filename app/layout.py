@@ -1,4 +1,5 @@
-"""The page: widgets in five tabs, each event wired to a Callbacks method under its stable `api_name`.
+"""The page: widgets in five tabs, each event wired to an endpoint of Callbacks (`c.explore.generate`, `c.served`)
+under its stable `api_name`.
 
 Nothing here computes or imports torch: the values the widgets start from come from `Callbacks.page_values()`.
 Events that read an uploaded image skip Gradio's preprocessing (`UNREAD`): gr.Image would decode the upload first
@@ -58,7 +59,7 @@ def build(callbacks: Callbacks) -> gr.Blocks:
             n = _neighbours_tab(v)
             t = _tokens_tab()
             j = _training_tab(v)
-        _wire(demo, callbacks, m, g, f, n, t, j, tabs, timer, index_line)
+        _wire(demo, callbacks, v, m, g, f, n, t, j, tabs, timer, index_line)
     return demo
 
 
@@ -82,7 +83,7 @@ def _model_panel(v: dict) -> SimpleNamespace:
 
 
 def _generate_tab(v: dict) -> SimpleNamespace:
-    s, limits = v["sampling"], v["limits"]
+    s, limits, ranges = v["sampling"], v["limits"], v["limits"]["knobs"]
     with gr.Tab("Generate", id="generate"):
         _intro(texts.GENERATE)
         with gr.Row():
@@ -97,10 +98,10 @@ def _generate_tab(v: dict) -> SimpleNamespace:
                 preset_note = gr.Markdown(elem_id="preset-note")
                 widgets = {  # by the knob's name; the page lists them in the generate endpoint's order
                     "num_steps": lambda: gr.Slider(
-                        1, limits["num_steps"], value=s["num_steps"], step=1, label="steps", elem_id="num-steps"
+                        *ranges["num_steps"], value=s["num_steps"], step=1, label="steps", elem_id="num-steps"
                     ),
                     "guidance_scale": lambda: gr.Slider(
-                        0, 15, value=s["guidance_scale"], step=0.1, label="guidance scale"
+                        *ranges["guidance_scale"], value=s["guidance_scale"], step=0.1, label="guidance scale"
                     ),
                     "guidance_annealing": lambda: gr.Radio(
                         v["guidance_annealings"],
@@ -108,12 +109,20 @@ def _generate_tab(v: dict) -> SimpleNamespace:
                         label="guidance annealing",
                         elem_id="guidance-annealing",
                     ),
-                    "scale_pow": lambda: gr.Slider(0.01, 5, value=s["scale_pow"], step=0.01, label="scale power"),
+                    "scale_pow": lambda: gr.Slider(
+                        *ranges["scale_pow"], value=s["scale_pow"], step=0.01, label="scale power"
+                    ),
                     "randomize_temperature": lambda: gr.Slider(
-                        0, 15, value=s["randomize_temperature"], step=0.1, label="randomize temperature"
+                        *ranges["randomize_temperature"],
+                        value=s["randomize_temperature"],
+                        step=0.1,
+                        label="randomize temperature",
                     ),
                     "softmax_temperature": lambda: gr.Slider(
-                        0.01, 5, value=s["softmax_temperature"], step=0.01, label="softmax temperature"
+                        *ranges["softmax_temperature"],
+                        value=s["softmax_temperature"],
+                        step=0.01,
+                        label="softmax temperature",
                     ),
                     "mask_schedule": lambda: gr.Radio(
                         v["mask_schedules"], value=s["mask_schedule"], label="mask schedule"
@@ -273,7 +282,46 @@ def _flips_tab(v: dict) -> SimpleNamespace:
                 **PIXELATED,
             )
             walk_plot = gr.Plot(label="change along the walk")
-    return SimpleNamespace(**{k: w for k, w in locals().items() if k not in ("v", "limits")})
+    return SimpleNamespace(
+        image=image,
+        item=item,
+        use_item=use_item,
+        caption=caption,
+        to_neighbours=to_neighbours,
+        bit_ids=bit_ids,
+        positions=positions,
+        button=button,
+        message=message,
+        grid=grid,
+        fit=fit,
+        original=original,
+        reconstruction=reconstruction,
+        flipped=flipped,
+        psnr_chart=psnr_chart,
+        distance_chart=distance_chart,
+        summary=summary,
+        compare_with=compare_with,
+        compare_button=compare_button,
+        compare_message=compare_message,
+        compare_loaded=compare_loaded,
+        compare_other=compare_other,
+        compare_psnr=compare_psnr,
+        compare_distance=compare_distance,
+        compare_judge=compare_judge,
+        compare_summary=compare_summary,
+        planes_button=planes_button,
+        planes_message=planes_message,
+        planes=planes,
+        heat=heat,
+        tokens=tokens,
+        walk_bits=walk_bits,
+        walk_steps=walk_steps,
+        walk_seed=walk_seed,
+        walk_button=walk_button,
+        walk_message=walk_message,
+        walk_gallery=walk_gallery,
+        walk_plot=walk_plot,
+    )
 
 
 def _neighbours_tab(v: dict) -> SimpleNamespace:
@@ -350,7 +398,31 @@ def _neighbours_tab(v: dict) -> SimpleNamespace:
                 label="nearest-distance histograms", format="png", interactive=False, elem_id="report-image"
             )
             report_json = gr.JSON(visible=False)
-    return SimpleNamespace(**{k: w for k, w in locals().items() if k not in ("v", "metric", "label", "shown")})
+    return SimpleNamespace(
+        image=image,
+        item=item,
+        use_item=use_item,
+        caption=caption,
+        k=k,
+        button=button,
+        message=message,
+        verdict=verdict,
+        galleries=galleries,
+        lpips_note=lpips_note,
+        scatter=scatter,
+        heat=heat,
+        found=found,
+        claim=claim,
+        count=count,
+        seed=seed,
+        plant=plant,
+        report_button=report_button,
+        report_message=report_message,
+        report_text=report_text,
+        report_flagged=report_flagged,
+        report_image=report_image,
+        report_json=report_json,
+    )
 
 
 def _tokens_tab() -> SimpleNamespace:
@@ -377,7 +449,22 @@ def _tokens_tab() -> SimpleNamespace:
             atlas_button = gr.Button("Show the code atlas", elem_id="atlas-button")
             atlas_caption = gr.Markdown(elem_id="atlas-caption")
             atlas = gr.Image(label="code atlas", interactive=False, elem_id="atlas", **PIXELATED)
-    return SimpleNamespace(**locals())
+    return SimpleNamespace(
+        button=button,
+        message=message,
+        usage=usage,
+        codes=codes,
+        umap=umap,
+        view_id=view_id,
+        view_button=view_button,
+        view_send=view_send,
+        view_image=view_image,
+        view_caption=view_caption,
+        statistics=statistics,
+        atlas_button=atlas_button,
+        atlas_caption=atlas_caption,
+        atlas=atlas,
+    )
 
 
 def _training_tab(v: dict) -> SimpleNamespace:
@@ -416,7 +503,23 @@ def _training_tab(v: dict) -> SimpleNamespace:
         console = gr.Textbox(  # a failed job's error comes first: shown from the top
             label="console (last lines)", lines=8, max_lines=24, interactive=False, autoscroll=False, elem_id="console"
         )
-    return SimpleNamespace(**{k: w for k, w in locals().items() if k not in ("v", "enabled")})
+    return SimpleNamespace(
+        stage=stage,
+        name=name,
+        preset=preset,
+        dataset=dataset,
+        overrides=overrides,
+        launch=launch,
+        job=job,
+        stop=stop,
+        resume=resume,
+        load=load,
+        message=message,
+        table=table,
+        curves=curves,
+        sample=sample,
+        console=console,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- events
@@ -465,101 +568,175 @@ def _ui(trigger, fn, inputs, outputs: list, message, **options):
     return trigger(event, inputs, targets, **PRIVATE, **options)
 
 
-def _wire(demo, c: Callbacks, m, g, f, n, t, j, tabs, timer, index_line) -> None:
+def _laid_out(fn, widgets: dict):
+    """`fn` with its {widget name: value} result (alone, or first of a tuple: the served widgets come first in an
+    event's outputs) laid out in the order of `widgets`, as the event's outputs list them."""
+
+    def laid_out(result) -> list:
+        if isinstance(result, dict):
+            return [result[name] for name in widgets]
+        named, *rest = result
+        return [*(named[name] for name in widgets), *rest]
+
+    if inspect.isgeneratorfunction(fn):
+
+        def event(*args):
+            for result in fn(*args):
+                yield laid_out(result)
+
+    else:
+
+        def event(*args):
+            return laid_out(fn(*args))
+
+    functools.update_wrapper(event, fn)
+    return event
+
+
+def _wire(demo, c: Callbacks, v: dict, m, g, f, n, t, j, tabs, timer, index_line) -> None:
     # the pair the server holds now, on every page load and after every switch (a reloaded page shows it too)
-    served = [
-        m.pair, m.tokenizer, m.generator, m.info, g.labels, *g.knobs, g.preset, g.preset_note, g.step, g.button, g.note,
-        f.compare_with, f.walk_bits, index_line, n.galleries[1], n.lpips_note,
-    ]  # fmt: skip
+    # by the names of Callbacks.served's dict
+    widgets = {"pair": m.pair, "tokenizer": m.tokenizer, "generator": m.generator, "info": m.info, "labels": g.labels}
+    widgets |= dict(zip(v["sampling_knobs"], g.knobs, strict=True))
+    widgets |= {"preset": g.preset, "preset_note": g.preset_note, "step": g.step, "button": g.button, "note": g.note}
+    widgets |= {"compare_with": f.compare_with, "walk_bits": f.walk_bits, "index_line": index_line}
+    widgets |= {"lpips_gallery": n.galleries[1], "lpips_note": n.lpips_note}
+    if set(widgets) != set(c.served()):
+        raise TypeError(f"the page's served widgets {sorted(widgets)} are not those served: {sorted(c.served())}")
+    served = list(widgets.values())
     cleared = [g.gallery, g.frame, g.masked, g.progress]  # a new pair: results (and errors) of the old one go
-    demo.load(c.model_info, None, m.info, api_name="model_info", **LIGHT)
-    demo.load(c.served, None, served, **PRIVATE, **LIGHT)
+    demo.load(c.explore.model_info, None, m.info, api_name="model_info", **LIGHT)
+    demo.load(_laid_out(c.served, widgets), None, served, **PRIVATE, **LIGHT)
     # the public endpoint first: a private event of the same function takes its name otherwise
-    gr.Button("Index status", visible=False).click(c.index_status, None, index_line, api_name="index_status", **LIGHT)
+    gr.Button("Index status", visible=False).click(
+        c.explore.index_status, None, index_line, api_name="index_status", **LIGHT
+    )
     timer.tick(c.status, None, [index_line, n.galleries[1], n.lpips_note], show_progress="hidden", **PRIVATE, **LIGHT)
-    _ui(m.pair.input, c.pair_sources, m.pair, [m.tokenizer, m.generator], m.message)
-    _api(c.load_models, [m.tokenizer, m.generator], [m.info, g.labels, m.message], "load_models", **COMPUTE)
+    _ui(m.pair.input, c.explore.pair_sources, m.pair, [m.tokenizer, m.generator], m.message)
+    _api(c.explore.load_models, [m.tokenizer, m.generator], [m.info, g.labels, m.message], "load_models", **COMPUTE)
     # A load streams what it is loading into its message, the only place that shows progress (not every served widget)
     loading = {"show_progress_on": [m.message], **COMPUTE}
-    _ui(m.load.click, c.load_served, [m.tokenizer, m.generator], [*served, m.message, *cleared], m.message, **loading)
+    load = _laid_out(c.load_served, widgets)
+    _ui(m.load.click, load, [m.tokenizer, m.generator], [*served, m.message, *cleared], m.message, **loading)
 
     # a preset chosen by the user (`served` sets the box to the loaded generator's own sampling: no preset applied)
-    g.preset.input(c.apply_preset, g.preset, [*g.knobs, g.preset_note], **PRIVATE, **LIGHT)
+    g.preset.input(c.explore.apply_preset, g.preset, [*g.knobs, g.preset_note], **PRIVATE, **LIGHT)
     generate = [g.labels, g.count, g.seed, *g.knobs]
     generated = [g.gallery, g.masked, g.unmasking, g.step, g.frame, g.files, g.progress]
-    _api(c.generate, generate, generated, "generate", **COMPUTE)
-    _ui(g.button.click, c.generate, generate, generated, g.message, **COMPUTE)
-    g.step.input(c.show_step, [g.unmasking, g.step], [g.frame, g.masked], show_progress="hidden", **PRIVATE, **LIGHT)
-    g.gallery.select(c.pick_generated, g.files, g.chosen, **PRIVATE, **LIGHT)
-    _ui(g.to_flip.click, c.send_generated_to("flip", True), [g.files, g.chosen], [f.image, tabs, f.caption], g.progress)
-    _ui(g.to_neighbours.click, c.send_generated_to("neighbours"), [g.files, g.chosen], [n.image, tabs], g.progress)
+    _api(c.explore.generate, generate, generated, "generate", **COMPUTE)
+    _ui(g.button.click, c.explore.generate, generate, generated, g.message, **COMPUTE)
+    g.step.input(
+        c.explore.show_step, [g.unmasking, g.step], [g.frame, g.masked], show_progress="hidden", **PRIVATE, **LIGHT
+    )
+    g.gallery.select(c.explore.pick_generated, g.files, g.chosen, **PRIVATE, **LIGHT)
+    _ui(
+        g.to_flip.click,
+        c.explore.send_generated_to("flip", True),
+        [g.files, g.chosen],
+        [f.image, tabs, f.caption],
+        g.progress,
+    )
+    _ui(
+        g.to_neighbours.click,
+        c.explore.send_generated_to("neighbours"),
+        [g.files, g.chosen],
+        [n.image, tabs],
+        g.progress,
+    )
     g.to_neighbours.click(None, None, n.caption, js="() => ''")  # the query is no longer the picked training image
 
-    _api(c.dataset_image, f.item, [f.image, f.caption], "dataset_image")
-    _ui(f.use_item.click, c.dataset_image, f.item, [f.image, f.caption], f.caption)
+    _api(c.explore.dataset_image, f.item, [f.image, f.caption], "dataset_image")
+    _ui(f.use_item.click, c.explore.dataset_image, f.item, [f.image, f.caption], f.caption)
     # A new image (uploaded, a dataset image, sent from Generate, or none) makes every result of the last one, and
     # its warnings, stale: they go. An upload that is no image is taken off at once, its caption saying why.
-    f.image.upload(c.uploaded, f.image, [f.image, f.caption], **UNREAD, **PRIVATE, **LIGHT)
+    f.image.upload(c.explore.uploaded, f.image, [f.image, f.caption], **UNREAD, **PRIVATE, **LIGHT)
     stale = [f.message, f.original, f.reconstruction, f.flipped, f.psnr_chart, f.distance_chart, f.summary, f.grid]
     stale += [f.fit, f.compare_message, f.compare_loaded, f.compare_other, f.compare_psnr, f.compare_distance]
     stale += [f.compare_judge, f.compare_summary, f.planes_message, f.planes, f.heat, f.tokens, f.walk_message]
     stale += [f.walk_gallery, f.walk_plot]
-    f.image.change(c.emptied(len(stale)), None, stale, show_progress="hidden", **PRIVATE, **LIGHT)
+    f.image.change(c.explore.emptied(len(stale)), None, stale, show_progress="hidden", **PRIVATE, **LIGHT)
     flip = [f.image, f.bit_ids, f.positions]
     flipped = [f.original, f.reconstruction, f.flipped, f.psnr_chart, f.distance_chart, f.summary, f.grid, f.fit]
-    _api(c.flip_bits, flip, flipped, "flip_bits", **UNREAD, **COMPUTE)
-    _ui(f.button.click, c.flip_bits, flip, flipped, f.message, **UNREAD, **COMPUTE)
-    _ui(f.grid.select, c.toggle_token, [f.image, f.positions], [f.positions, f.grid], f.message, **UNREAD)
+    _api(c.explore.flip_bits, flip, flipped, "flip_bits", **UNREAD, **COMPUTE)
+    _ui(f.button.click, c.explore.flip_bits, flip, flipped, f.message, **UNREAD, **COMPUTE)
+    _ui(f.grid.select, c.explore.toggle_token, [f.image, f.positions], [f.positions, f.grid], f.message, **UNREAD)
     compare = [f.image, f.compare_with, f.bit_ids, f.positions]
     compared = [f.compare_loaded, f.compare_other, f.compare_psnr, f.compare_distance, f.compare_judge]
     compared += [f.compare_summary]
-    _api(c.compare_flips, compare, compared, "compare_flips", **UNREAD, **COMPUTE)
-    _ui(f.compare_button.click, c.compare_flips, compare, compared, f.compare_message, **UNREAD, **COMPUTE)
-    _api(c.token_map, f.image, [f.planes, f.heat, f.tokens], "token_map", **UNREAD, **COMPUTE)
+    _api(c.explore.compare_flips, compare, compared, "compare_flips", **UNREAD, **COMPUTE)
+    _ui(f.compare_button.click, c.explore.compare_flips, compare, compared, f.compare_message, **UNREAD, **COMPUTE)
+    _api(c.explore.token_map, f.image, [f.planes, f.heat, f.tokens], "token_map", **UNREAD, **COMPUTE)
     _ui(
-        f.planes_button.click, c.token_map, f.image, [f.planes, f.heat, f.tokens], f.planes_message, **UNREAD, **COMPUTE
+        f.planes_button.click,
+        c.explore.token_map,
+        f.image,
+        [f.planes, f.heat, f.tokens],
+        f.planes_message,
+        **UNREAD,
+        **COMPUTE,
     )
     walk = [f.image, f.walk_bits, f.walk_steps, f.walk_seed]
-    _api(c.bit_walk, walk, [f.walk_gallery, f.walk_plot], "bit_walk", **UNREAD, **COMPUTE)
-    _ui(f.walk_button.click, c.bit_walk, walk, [f.walk_gallery, f.walk_plot], f.walk_message, **UNREAD, **COMPUTE)
-    _ui(f.to_neighbours.click, c.image_to_neighbours, f.image, [n.image, n.caption, tabs], f.message, **UNREAD)
+    _api(c.explore.bit_walk, walk, [f.walk_gallery, f.walk_plot], "bit_walk", **UNREAD, **COMPUTE)
+    _ui(
+        f.walk_button.click,
+        c.explore.bit_walk,
+        walk,
+        [f.walk_gallery, f.walk_plot],
+        f.walk_message,
+        **UNREAD,
+        **COMPUTE,
+    )
+    _ui(f.to_neighbours.click, c.search.image_to_neighbours, f.image, [n.image, n.caption, tabs], f.message, **UNREAD)
 
-    _api(c.training_image, n.item, [n.image, n.caption], "training_image")
-    _ui(n.use_item.click, c.training_image, n.item, [n.image, n.caption], n.caption)
+    _api(c.search.training_image, n.item, [n.image, n.caption], "training_image")
+    _ui(n.use_item.click, c.search.training_image, n.item, [n.image, n.caption], n.caption)
     for event in (n.image.upload, n.image.clear):  # a query of the user's own: the picked image's caption goes
         event(None, None, n.caption, js="() => ''")
     found = [*n.galleries, n.verdict, n.scatter, n.heat, n.found]
-    n.image.change(c.neighbours_cleared, None, [*found, n.claim], show_progress="hidden", **PRIVATE, **LIGHT)
-    _api(c.neighbours, [n.image, n.k], found, "neighbours", **UNREAD, **COMPUTE)
-    _ui(n.button.click, c.neighbours, [n.image, n.k], found, n.message, **UNREAD, **COMPUTE).then(
-        c.second_claim, n.found, n.claim, **PRIVATE
+    n.image.change(c.search.neighbours_cleared, None, [*found, n.claim], show_progress="hidden", **PRIVATE, **LIGHT)
+    _api(c.search.neighbours, [n.image, n.k], found, "neighbours", **UNREAD, **COMPUTE)
+    _ui(n.button.click, c.search.neighbours, [n.image, n.k], found, n.message, **UNREAD, **COMPUTE).then(
+        c.search.second_claim, n.found, n.claim, **PRIVATE
     )
     report = [n.report_image, n.report_text, n.report_flagged, n.report_json]
-    _api(c.memorization_report, [n.count, n.seed, n.plant], report, "memorization_report", **COMPUTE)
-    _ui(n.report_button.click, c.memorization_report, [n.count, n.seed, n.plant], report, n.report_message, **COMPUTE)
+    _api(c.search.memorization_report, [n.count, n.seed, n.plant], report, "memorization_report", **COMPUTE)
+    _ui(
+        n.report_button.click,
+        c.search.memorization_report,
+        [n.count, n.seed, n.plant],
+        report,
+        n.report_message,
+        **COMPUTE,
+    )
 
     space = [t.usage, t.codes, t.umap, t.statistics]
-    _api(c.token_space, None, space, "token_space", **COMPUTE)
-    _ui(t.button.click, c.token_space, None, space, t.message, **COMPUTE)
-    _api(c.indexed_image, t.view_id, [t.view_image, t.view_caption], "indexed_image")
-    _ui(t.view_button.click, c.indexed_image, t.view_id, [t.view_image, t.view_caption], t.view_caption)
+    _api(c.search.token_space, None, space, "token_space", **COMPUTE)
+    _ui(t.button.click, c.search.token_space, None, space, t.message, **COMPUTE)
+    _api(c.search.indexed_image, t.view_id, [t.view_image, t.view_caption], "indexed_image")
+    _ui(t.view_button.click, c.search.indexed_image, t.view_id, [t.view_image, t.view_caption], t.view_caption)
     sent = [n.image, n.caption, t.view_image, t.view_caption, tabs]
-    _ui(t.view_send.click, c.training_image_to_neighbours, t.view_id, sent, t.view_caption)
-    _api(c.code_atlas, None, [t.atlas, t.atlas_caption], "code_atlas", **COMPUTE)
-    _ui(t.atlas_button.click, c.code_atlas, None, [t.atlas, t.atlas_caption], t.atlas_caption, **COMPUTE)
+    _ui(t.view_send.click, c.search.training_image_to_neighbours, t.view_id, sent, t.view_caption)
+    _api(c.explore.code_atlas, None, [t.atlas, t.atlas_caption], "code_atlas", **COMPUTE)
+    _ui(t.atlas_button.click, c.explore.code_atlas, None, [t.atlas, t.atlas_caption], t.atlas_caption, **COMPUTE)
 
-    j.stage.change(c.train_presets_update, j.stage, j.preset, **PRIVATE, **LIGHT)
+    j.stage.change(c.training.train_presets_update, j.stage, j.preset, **PRIVATE, **LIGHT)
     launch = [j.stage, j.name, j.preset, j.dataset, j.overrides]
-    _api(c.train_launch, launch, [j.table, j.job, j.message], "train_launch")
-    _ui(j.launch.click, c.train_launch, launch, [j.table, j.job, j.message], j.message)
-    gr.Button("status", visible=False).click(c.train_status, None, [j.table, j.job], api_name="train_status", **LIGHT)
-    for button, fn, name in ((j.stop, c.train_stop, "train_stop"), (j.resume, c.train_resume, "train_resume")):
+    _api(c.training.train_launch, launch, [j.table, j.job, j.message], "train_launch")
+    _ui(j.launch.click, c.training.train_launch, launch, [j.table, j.job, j.message], j.message)
+    gr.Button("status", visible=False).click(
+        c.training.train_status, None, [j.table, j.job], api_name="train_status", **LIGHT
+    )
+    for button, fn, name in (
+        (j.stop, c.training.train_stop, "train_stop"),
+        (j.resume, c.training.train_resume, "train_resume"),
+    ):
         _api(fn, j.job, [j.table, j.message], name)
         _ui(button.click, fn, j.job, [j.table, j.message], j.message)
     _api(c.train_load, j.job, [m.info, g.labels, m.message, m.pair, j.message], "train_load", **COMPUTE)
     loading = {"show_progress_on": [j.message], **COMPUTE}
-    _ui(j.load.click, c.train_load_served, j.job, [*served, m.message, j.message, *cleared], j.message, **loading)
-    j.job.change(c.train_curves, j.job, [j.curves, j.sample, j.console], api_name="train_curves", **LIGHT)
+    load = _laid_out(c.train_load_served, widgets)
+    _ui(j.load.click, load, j.job, [*served, m.message, j.message, *cleared], j.message, **loading)
+    j.job.change(c.training.train_curves, j.job, [j.curves, j.sample, j.console], api_name="train_curves", **LIGHT)
     watched = [j.table, j.curves, j.sample, j.console, j.message]
-    timer.tick(c.refresh, [j.job, j.message], watched, show_progress="hidden", **PRIVATE, **LIGHT)
-    demo.load(c.jobs_view, None, [j.table, j.job], **PRIVATE, **LIGHT)
+    timer.tick(c.training.refresh, [j.job, j.message], watched, show_progress="hidden", **PRIVATE, **LIGHT)
+    demo.load(c.training.jobs_view, None, [j.table, j.job], **PRIVATE, **LIGHT)

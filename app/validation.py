@@ -41,6 +41,7 @@ __all__ = [
     "bounded_text",
     "sampling_from",
     "SAMPLING_KNOBS",
+    "KNOB_RANGES",
     "inside",
     "checked_model_source",
     "JobPaths",
@@ -155,6 +156,16 @@ SAMPLING_KNOBS = (
 )
 
 
+# The numeric knobs' ranges (low, high), checked here and used by the page's sliders (app/layout.py via page_values).
+KNOB_RANGES = {
+    "num_steps": (1, LIMITS.steps),
+    "guidance_scale": (0, 15),
+    "scale_pow": (0.01, 5),
+    "randomize_temperature": (0, 15),
+    "softmax_temperature": (0.01, 5),
+}
+
+
 def sampling_from(knobs: dict) -> SamplingConfig:
     """The generate endpoint's sampling knobs ({name: value} for every name in SAMPLING_KNOBS), each checked."""
     annealing, schedule = knobs["guidance_annealing"], knobs["mask_schedule"]
@@ -163,14 +174,18 @@ def sampling_from(knobs: dict) -> SamplingConfig:
     if schedule not in MASK_SCHEDULES:
         raise UserError(f"mask_schedule must be one of {', '.join(MASK_SCHEDULES)}; got {_shown(schedule)}")
     return SamplingConfig(
-        num_steps=whole_number(knobs["num_steps"], "num_steps", 1, LIMITS.steps),
-        guidance_scale=real_number(knobs["guidance_scale"], "guidance_scale", 0, 15),
+        num_steps=whole_number(knobs["num_steps"], "num_steps", *KNOB_RANGES["num_steps"]),
+        guidance_scale=_knob(knobs, "guidance_scale"),
         guidance_annealing=annealing,
-        scale_pow=real_number(knobs["scale_pow"], "scale_pow", 0.01, 5),
-        randomize_temperature=real_number(knobs["randomize_temperature"], "randomize_temperature", 0, 15),
-        softmax_temperature=real_number(knobs["softmax_temperature"], "softmax_temperature", 0.01, 5),
+        scale_pow=_knob(knobs, "scale_pow"),
+        randomize_temperature=_knob(knobs, "randomize_temperature"),
+        softmax_temperature=_knob(knobs, "softmax_temperature"),
         mask_schedule=schedule,
     )
+
+
+def _knob(knobs: dict, name: str) -> float:
+    return real_number(knobs[name], name, *KNOB_RANGES[name])
 
 
 # ---------------------------------------------------------------------------------------------------- id lists

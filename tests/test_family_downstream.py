@@ -276,26 +276,26 @@ def test_the_app_with_a_family_tokenizer_and_no_generator(sources, tokenizers, i
     settings = Settings(tokenizer=str(tmp_path / "models" / "bitdance"), generator="", workspace=tmp_path / "runs")
     settings.model_roots = [FAMILY]
     callbacks = Callbacks(AppState(settings))
-    info = callbacks.model_info()
+    info = callbacks.explore.model_info()
     assert info["quantizer"] == "lfq" and info["bits_per_token"] == 32 and info["token_grid"] == [8, 8]
-    assert "no generator" in info["generation"] and "no generator" in callbacks.generation_note()
+    assert "no generator" in info["generation"] and "no generator" in callbacks.explore.generation_note()
     image = str(save_image(images[0, :, :16, :16], tmp_path / "image.png"))
     for other, kind in (("open_magvit2", "LFQ"), ("ibq", "VQ")):
-        *_, summary = callbacks.compare_flips(image, weights[other], "0, 9, 31", "0, 5")
+        *_, summary = callbacks.explore.compare_flips(image, weights[other], "0, 9, 31", "0, 5")
         assert summary["tokenizers"] == ["loaded (LFQ)", f"compared ({kind})"]
         assert summary["loaded (LFQ)"]["bit_ids"] == [0, 9, 31]
         assert summary[f"compared ({kind})"]["bit_ids"] == [0, 9]  # bit 31 is past its 10 bits
-    gallery, _, indices = callbacks.token_map(image)
+    gallery, _, indices = callbacks.explore.token_map(image)
     assert len(gallery) == 32 and max(max(row) for row in indices) < 2**32
-    walk, _ = callbacks.bit_walk(image, 64, 2, 0)
+    walk, _ = callbacks.explore.bit_walk(image, 64, 2, 0)
     assert len(walk) == 3
     state = callbacks.state
     index = ImageIndex.create(tmp_path / "index", state.models.tokenizer, 16, IndexOptions(("hamming", "pixel")))
     index.add(images[:, :, :16, :16], [f"image:{i}" for i in range(6)], [0] * 6)
     state.index = index
-    *_, data = callbacks.token_space()
+    *_, data = callbacks.search.token_space()
     assert data["codes_used"] == len(np.unique(index.tokens)) and len(data["bit_usage"]) == 32
-    picture, _ = callbacks.code_atlas()
+    picture, _ = callbacks.explore.code_atlas()
     atlas = state.atlas(state.models.tokenizer)  # the codes its index's images use, and their 32 neighbours
     assert atlas.layout == "neighbours" and np.isin(atlas.codes[:, 0].numpy(), index.tokens).all()
     assert picture.shape[:2] == (8 * atlas.cell, 33 * atlas.cell)

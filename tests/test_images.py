@@ -154,6 +154,6 @@ def test_an_indexed_file_is_found_at_distance_zero_by_the_cli_and_by_the_app(tmp
     state = AppState(settings)
     state.start_background()  # opens the index
     state.wait_ready(300)
-    *_, result = Callbacks(state).neighbours(str(query), 1)
+    *_, result = Callbacks(state).search.neighbours(str(query), 1)
     assert result["hamming"][0]["distance"] == 0 and result["pixel"][0]["distance"] == 0
     assert result["hamming"][0]["source"].endswith("folder:train:3")  # the sorted folder's 4th file
