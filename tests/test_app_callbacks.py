@@ -30,6 +30,14 @@ APP_PRECISION = "auto"  # what the app computes at (Settings.precision's default
 SEED_RANGE = "seed must be a whole number from 0 to 9223372036854775807 (2**63 − 1)"
 
 
+@pytest.fixture(autouse=True)
+def same_threads(monkeypatch):
+    """These tests compare what the app computed with what the library computes a moment later. In bf16 (the app's
+    "auto" where bf16 is native) a result depends on the thread count (up to 2/255 per pixel), which each call fits
+    to the machine's load at that moment (maskbit.device.cpu_threads); one fixed count makes the two comparable."""
+    monkeypatch.setenv("MASKBIT_THREADS", "1")
+
+
 @pytest.fixture(scope="module")
 def callbacks(app_server) -> Callbacks:
     return Callbacks(app_server.state)
