@@ -64,6 +64,7 @@ ENDPOINTS: list[tuple[str, tuple]] = [
     ("token_space", ()),
     ("code_atlas", ()),
     ("indexed_image", (0,)),
+    ("training_image", (0,)),
     # after the heavy calls, so that the job's training does not share the CPU with them; it runs until train_stop
     ("train_launch", ("tokenizer", JOB, "tiny", "procedural", "training.max_steps=100000 training.save_every=1")),
     ("train_status", ()),

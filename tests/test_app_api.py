@@ -18,7 +18,7 @@ import pytest
 import torch
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
-from gradio_client.utils import QueueError
+from gradio_client.utils import QueueError, Status
 from PIL import Image
 
 from maskbit import SamplingConfig, generate
@@ -59,7 +59,7 @@ def test_the_api_speaks_the_librarys_vocabulary(client):
     assert parameters["/neighbours"] == ["image", "k"]
     expected = {
         "generate", "flip_bits", "token_map", "bit_walk", "neighbours", "memorization_report", "token_space",
-        "indexed_image", "dataset_image", "load_models", "model_info", "index_status", "train_launch",
+        "indexed_image", "training_image", "dataset_image", "load_models", "model_info", "index_status", "train_launch",
         "train_status", "train_stop", "train_resume", "train_curves", "train_load",
     }  # fmt: skip
     assert expected <= {name.removeprefix("/") for name in api}
@@ -263,9 +263,14 @@ def test_a_page_opened_while_the_queue_is_full_gets_its_own_events_answered(full
     client = Client(server.url, verbose=False)
     assert server.hold.acquire(timeout=600)
     try:
-        jobs = [Client(server.url, verbose=False).submit(api_name="/code_atlas") for _ in range(2)]
+        # One running (waiting for the lock), then one waiting: the queue is full. Each joins before anything else is
+        # sent: a probe already waiting in the queue when the second joined would have the second refused instead.
+        jobs = []
+        for joined in (Status.PROCESSING, Status.IN_QUEUE):
+            jobs.append(Client(server.url, verbose=False).submit(api_name="/code_atlas"))
+            wait_for(lambda job=jobs[-1], joined=joined: job.status().code == joined, 120, f"code_atlas {joined}")
 
-        def refused() -> bool:  # one running (waiting for the lock), one waiting: the queue is full
+        def refused() -> bool:
             try:
                 client.predict(api_name="/index_status")
             except QueueError:
