@@ -624,10 +624,9 @@ class ImageIndex:
             if (self.directory / MANIFEST).is_file()
             else f"nothing was kept at {self.directory}; free space and run the same command"
         )
+        self._remove_stale_generations()  # a killed save's folders, or one killed between its commit and cleanup
         try:
             with explain_full_disk(folder, self._bytes_needed, kept):
-                if folder.exists():  # left by a save that was killed before its commit
-                    shutil.rmtree(folder)
                 folder.mkdir(parents=True)
                 self._write_files(folder)
                 manifest = dataclasses.replace(
@@ -661,13 +660,20 @@ class ImageIndex:
         sources = sum(len(s["source"]) + 30 for s in self.sources)
         return vectors + self.tokens.nbytes + self.thumbnails.nbytes + sources
 
-    def _remove_stale_files(self) -> None:
-        """After a commit: earlier generations, folders of killed saves, and the files of a format-1 index."""
+    def _remove_stale_generations(self) -> None:
+        """Every generation folder but the committed one: earlier generations and folders of killed saves."""
         current = f"{GENERATION}{self.manifest.generation}"
+        if not self.directory.is_dir():
+            return
         for child in self.directory.iterdir():
             if child.name.startswith(GENERATION) and child.is_dir() and child.name != current:
                 shutil.rmtree(child, ignore_errors=True)
-            elif child.is_file() and (child.name in FORMAT_1_FILES or child.name.startswith(FORMAT_1_TEMPORARY)):
+
+    def _remove_stale_files(self) -> None:
+        """After a commit: earlier generations, folders of killed saves, and the files of a format-1 index."""
+        self._remove_stale_generations()
+        for child in self.directory.iterdir():
+            if child.is_file() and (child.name in FORMAT_1_FILES or child.name.startswith(FORMAT_1_TEMPORARY)):
                 child.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------------------------------------ search

@@ -143,6 +143,23 @@ def test_a_format_1_index_torn_by_a_kill_opens_at_its_manifest_and_saves_a_gener
         ImageIndex.open(torn, tiny_tokenizer)
 
 
+def test_a_save_after_a_kill_between_commit_and_cleanup_leaves_one_generation(tmp_path, tiny_tokenizer):
+    """A kill after a save's commit and before it removed the previous generation leaves two; the next save removes
+    the stale one first, even when it then fails on a full disk."""
+    images = torch.rand(12, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    out = tmp_path / "index"
+    index = ImageIndex.create(out, tiny_tokenizer, 32, IndexOptions(metrics=("hamming", "pixel")))
+    index.add(images[:4], [f"train:{i}" for i in range(4)], [0] * 4)
+    index.save()
+    committed = out / f"generation-{index.manifest.generation}"
+    shutil.copytree(committed, out / f"generation-{index.manifest.generation - 1}")  # as the kill left it
+    index.add(images[4:], [f"train:{i}" for i in range(4, 12)], [0] * 8)
+    with limited_file_size(2_000), pytest.raises(DiskFullError, match="still holds its 4 images"):
+        index.save()
+    assert sorted(p.name for p in out.iterdir()) == [committed.name, "manifest.json"]
+    assert len(ImageIndex.open(out, tiny_tokenizer)) == 4
+
+
 def test_a_checkpoint_out_of_space_says_so_and_the_same_command_resumes(tmp_path):
     """The first checkpoint outgrows the file-size limit: the run stops with the message, leaves no half checkpoint,
     and the same command trains the same steps to the same losses and checkpoint."""
