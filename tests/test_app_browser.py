@@ -106,8 +106,10 @@ def test_steps_stream_while_the_last_images_stay(page):
     note = "the paper's preset for markweber/maskbit_generator_12bit (ImageNet 256); on other models it can make"
     expect(page.get_by_text(note)).to_be_visible(timeout=REPLY)  # issue 25.10: the hub id whole, not cut short
     steps = page.locator("#num-steps input[type=number]")
+    expect(steps).to_have_value("64", timeout=REPLY)  # the preset's knobs drawn, so they cannot overwrite ours later
     steps.fill("24")
     steps.press("Enter")
+    expect(steps).to_have_value("24", timeout=SHOWN)
     page.get_by_role("button", name="Generate", exact=True).click()
     expect(page.locator("#generate-progress")).to_contain_text(re.compile(r"step \d+ of 24"), timeout=COMPUTED)
     # the last run's images, while this one runs
