@@ -49,7 +49,6 @@ __all__ = [
     "BACKGROUND_NICE",
     "background_priority",
     "add_precision_argument",
-    "program_precision",
     "add_device_arguments",
 ]
 
@@ -221,12 +220,6 @@ def run_in_background() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), background_priority())
 
 
-def program_precision() -> str:
-    """The precision a program a person runs for speed (the app, the CLIs, bench/) computes at unless told
-    otherwise: "auto", or what `MASKBIT_PRECISION` says (a deployment's choice). The library never reads it."""
-    return check_precision(os.environ.get("MASKBIT_PRECISION", "auto"))
-
-
 def _precision_option(text: str) -> str:
     try:
         return check_precision(text)
@@ -235,8 +228,9 @@ def _precision_option(text: str) -> str:
 
 
 def add_precision_argument(parser: argparse.ArgumentParser, what: str) -> None:
-    """--precision of a program, defaulting to `program_precision()`; a bad value, typed or from MASKBIT_PRECISION,
-    is a usage error that names both. `what`: what computes at it, for the help ("what the models compute at")."""
+    """--precision of a program a person runs for speed: "auto" unless MASKBIT_PRECISION (a deployment's choice; the
+    library never reads it) says otherwise; a bad value, typed or from MASKBIT_PRECISION, is a usage error naming
+    both. `what`: what computes at it, for the help ("what the models compute at")."""
     parser.add_argument(
         "--precision",
         type=_precision_option,
