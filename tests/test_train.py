@@ -20,7 +20,7 @@ from maskbit.checkpoint import class_names
 from train.config import TOKENIZER_TRAIN_PRESETS, TokenizerTrainConfig, apply_overrides, load_train_config
 from train.ema import EMA
 from train.engine import lr_factor
-from train.losses import Discriminator, LeCAM
+from train.losses import Discriminator, LeCAM, masked_modelling_loss
 from train.rundir import RunDir
 
 ROOT = Path(__file__).parents[1]
@@ -389,6 +389,20 @@ def test_ema_follows_the_official_decay_schedule():
     ema.update(model)  # j = 2: decay (1 + 1) / (10 + 1)
     assert ema.shadow["weight"][0, 0].item() == pytest.approx(1 + (1 - 2 / 11))
     assert EMA(model).current_decay() == 0 and ema.current_decay() == pytest.approx(2 / 11)
+
+
+def test_masked_modelling_loss_over_all_entries_or_the_masked_ones():
+    torch.manual_seed(0)
+    logits, groups = torch.randn(2, 5, 2, 8), torch.randint(0, 8, (2, 5, 2))
+    masked = torch.rand(2, 5, 2) < 0.5
+    official = torch.nn.functional.cross_entropy(logits.reshape(-1, 8), groups.reshape(-1), label_smoothing=0.1)
+    assert torch.allclose(masked_modelling_loss(logits, groups, masked, 0.1, "all"), official)
+    only_masked = torch.nn.functional.cross_entropy(logits[masked], groups[masked], label_smoothing=0.1)
+    assert torch.allclose(masked_modelling_loss(logits, groups, masked, 0.1, "masked"), only_masked)
+    changed = torch.where(masked[..., None], logits, torch.randn_like(logits))  # other logits where unmasked
+    assert torch.allclose(masked_modelling_loss(changed, groups, masked, 0.1, "masked"), only_masked)
+    with pytest.raises(ValueError, match='loss_on must be "all" or "masked"'):
+        apply_overrides(load_train_config("generator", "default"), ["loss_on=unmasked"])
 
 
 def test_discriminator_and_lecam_shapes():

@@ -175,9 +175,16 @@ class GeneratorTrainConfig:
     optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(beta2=0.96, weight_decay=0.045))
     class_label_dropout: float = 0.1
     label_smoothing: float = 0.1
+    # which (position, group) entries the cross-entropy averages over: "all" (the official MLMLoss, spec §2.4) or
+    # "masked" (MaskGIT's: the unmasked entries, copied from the input, teach nothing)
+    loss_on: str = "all"
     sampling: SamplingConfig = field(default_factory=SamplingConfig)  # for the sample grids
     training: TrainingConfig = field(default_factory=lambda: TrainingConfig(batch_size=32))
     stage: str = "generator"
+
+    def __post_init__(self) -> None:
+        if self.loss_on not in ("all", "masked"):
+            raise ValueError(f'loss_on must be "all" or "masked", got {self.loss_on!r}')
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from train.losses import (
     entropy_annealing,
     hinge_discriminator_loss,
     hinge_generator_loss,
+    masked_modelling_loss,
 )
 from train.rundir import RunDir
 
@@ -293,11 +294,7 @@ class GeneratorStage(Stage):
         drop = torch.rand(b, device=acc.device) < self.config.class_label_dropout
         with acc.accumulate(self.model):
             logits = self.model(tokens, labels, drop)
-            loss = F.cross_entropy(
-                logits.reshape(-1, model_config.group_vocab_size).float(),
-                groups.reshape(-1),
-                label_smoothing=self.config.label_smoothing,
-            )
+            loss = masked_modelling_loss(logits, groups, masked, self.config.label_smoothing, self.config.loss_on)
             acc.backward(loss)
             if acc.sync_gradients:
                 acc.clip_grad_norm_(self.model.parameters(), self.config.optimizer.max_grad_norm)

@@ -1,4 +1,5 @@
-"""Stage-I losses (spec §1.6, §1.7): the patch discriminator, hinge GAN losses with LeCAM, perceptual losses.
+"""Stage-I losses (spec §1.6, §1.7): the patch discriminator, hinge GAN losses with LeCAM, perceptual losses;
+Stage II's masked-modelling loss (spec §2.4).
 
 L_AE = w_rec·MSE(x, x̂) + w_p·P(x, x̂) + w_q·[quantizer + anneal(t)·entropy] + w_d·f(t)·(−mean D(x̂))
 L_D  = f(t)·½(mean relu(1 − D(x)) + mean relu(1 + D(x̂))) + w_lecam·LeCAM
@@ -197,3 +198,26 @@ def build_perceptual_loss(config: TokenizerLossConfig) -> nn.Module | None:
 def entropy_annealing(step: int, config: TokenizerLossConfig) -> float:
     """Extra weight on the entropy loss: factor · max(0, 1 − t / steps) (0.06 total at t = 0 in the paper)."""
     return config.entropy_annealing_factor * max(0.0, 1 - step / config.entropy_annealing_steps)
+
+
+# ------------------------------------------------------------------------------------------------- stage II
+
+
+def masked_modelling_loss(
+    logits: torch.Tensor, groups: torch.Tensor, masked: torch.Tensor, label_smoothing: float, loss_on: str = "all"
+) -> torch.Tensor:
+    """Label-smoothed cross-entropy of the generator's logits (B, N, m, V) for the true groups (B, N, m).
+
+    loss_on "all" averages over every (position, group) entry, masked or not, as the official MLMLoss does;
+    "masked" over the masked entries only (MaskGIT's loss), so that entries copied from the input carry no weight.
+    """
+    entries = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(),
+        groups.reshape(-1),
+        label_smoothing=label_smoothing,
+        reduction="none",
+    )
+    if loss_on == "all":
+        return entries.mean()
+    weights = masked.reshape(-1).float()
+    return (entries * weights).sum() / weights.sum().clamp(min=1)
