@@ -401,6 +401,10 @@ def test_masked_modelling_loss_over_all_entries_or_the_masked_ones():
     assert torch.allclose(masked_modelling_loss(logits, groups, masked, 0.1, "masked"), only_masked)
     changed = torch.where(masked[..., None], logits, torch.randn_like(logits))  # other logits where unmasked
     assert torch.allclose(masked_modelling_loss(changed, groups, masked, 0.1, "masked"), only_masked)
+    nothing_masked = masked_modelling_loss(logits, groups, torch.zeros_like(masked), 0.1, "masked")
+    assert nothing_masked.item() == 0
+    with pytest.raises(ValueError, match='loss_on must be "all" or "masked"'):
+        masked_modelling_loss(logits, groups, masked, 0.1, "unmasked")
     with pytest.raises(ValueError, match='loss_on must be "all" or "masked"'):
         apply_overrides(load_train_config("generator", "default"), ["loss_on=unmasked"])
 

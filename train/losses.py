@@ -219,5 +219,7 @@ def masked_modelling_loss(
     )
     if loss_on == "all":
         return entries.mean()
-    weights = masked.reshape(-1).float()
-    return (entries * weights).sum() / weights.sum().clamp(min=1)
+    if loss_on != "masked":
+        raise ValueError(f'loss_on must be "all" or "masked", got {loss_on!r}')
+    masked_entries = entries[masked.reshape(-1)]
+    return masked_entries.mean() if masked_entries.numel() else entries.sum() * 0  # no masked entry: nothing to learn
