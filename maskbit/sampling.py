@@ -57,21 +57,28 @@ def check_seed(seed: int) -> int:
     return value
 
 
+# Fraction of entries masked at `progress` ∈ [0, 1] (spec §2.7 f), for `math` on a float or `torch` on a tensor.
+_MASK_SCHEDULES = {
+    "arccos": lambda p, m: m.acos(p) / (math.pi / 2),
+    "cosine": lambda p, m: m.cos(math.pi / 2 * p),
+    "linear": lambda p, m: 1 - p,
+    "square": lambda p, m: 1 - p**2,
+    "root": lambda p, m: 1 - m.sqrt(p),
+}
+
+
 def mask_ratio(progress: float, schedule: str) -> float:
     """Fraction of entries still masked after a step at `progress` ∈ (0, 1], clamped to [1e-6, 1]."""
-    if schedule == "arccos":
-        ratio = math.acos(progress) / (math.pi / 2)
-    elif schedule == "cosine":
-        ratio = math.cos(math.pi / 2 * progress)
-    elif schedule == "linear":
-        ratio = 1 - progress
-    elif schedule == "square":
-        ratio = 1 - progress**2
-    elif schedule == "root":
-        ratio = 1 - math.sqrt(progress)
-    else:
+    if schedule not in _MASK_SCHEDULES:
         raise ValueError(f"unknown mask schedule {schedule!r}")
-    return min(max(ratio, 1e-6), 1.0)
+    return min(max(_MASK_SCHEDULES[schedule](progress, math), 1e-6), 1.0)
+
+
+def training_mask_ratios(progress: torch.Tensor, schedule: str) -> torch.Tensor:
+    """Each training sample's masking probability from its uniform draw `progress` (spec §2.4: "arccos")."""
+    if schedule not in _MASK_SCHEDULES:
+        raise ValueError(f"unknown mask schedule {schedule!r}")
+    return _MASK_SCHEDULES[schedule](progress, torch)
 
 
 def guidance_weight(step: int, sampling: SamplingConfig) -> float:

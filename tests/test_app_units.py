@@ -415,7 +415,7 @@ def test_checked_paths_are_absolute_and_cover_every_path_setting(jobs, tmp_path,
     assert set(jobs.paths.checked_paths("tokenizer", config)) == set(PATH_FIELDS["tokenizer"])
     # Every other text setting is a choice from a fixed list, not a path: a new path field must join PATH_FIELDS.
     choices = {"stage", "data.split", "data.interpolation", "training.mixed_precision"}
-    choices |= {"sampling.guidance_annealing", "sampling.mask_schedule", "loss_on"}  # the generator's
+    choices |= {"sampling.guidance_annealing", "sampling.mask_schedule", "loss_on", "mask_schedule"}  # the generator's
     choices |= {
         "loss.perceptual",
         "model.model_class",

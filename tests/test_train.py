@@ -17,6 +17,8 @@ import torch
 from data.datasets import PROCEDURAL_CLASSES
 from maskbit import Generator, Tokenizer
 from maskbit.checkpoint import class_names
+from maskbit.config import MASK_SCHEDULES
+from maskbit.sampling import mask_ratio, training_mask_ratios
 from train.config import TOKENIZER_TRAIN_PRESETS, TokenizerTrainConfig, apply_overrides, load_train_config
 from train.ema import EMA
 from train.engine import lr_factor
@@ -98,8 +100,14 @@ def test_generator_from_a_token_file_and_from_images(tokenizer_run, tmp_path):
         "--set",
         f"tokenizer={model_dir}",
         "training.max_steps=2",
+        "loss_on=masked",  # the two non-official training options, through the training loop
+        "mask_schedule=cosine",
     )
-    assert RunDir(tmp_path / "gen_images").read_status()["state"] == "finished"
+    run = RunDir(tmp_path / "gen_images")
+    assert run.read_status()["state"] == "finished"
+    assert all(math.isfinite(m["loss"]) for m in run.read_metrics() if "loss" in m)
+    config = json.loads(run.config_path.read_text())
+    assert (config["loss_on"], config["mask_schedule"]) == ("masked", "cosine")
 
 
 def kill_9_then_resume(tmp_path: Path, preset: str, steps: int = 8) -> tuple[dict[int, float], dict[int, float]]:
@@ -407,6 +415,25 @@ def test_masked_modelling_loss_over_all_entries_or_the_masked_ones():
         masked_modelling_loss(logits, groups, masked, 0.1, "unmasked")
     with pytest.raises(ValueError, match='loss_on must be "all" or "masked"'):
         apply_overrides(load_train_config("generator", "default"), ["loss_on=unmasked"])
+
+
+def test_training_mask_schedules_draw_the_sampler_s_ratios():
+    draws = torch.tensor([0.0, 0.25, 0.5, 0.9, 1.0])
+    for schedule in MASK_SCHEDULES:  # the sampler's formulas (its ratios are clamped to [1e-6, 1])
+        expected = torch.tensor([mask_ratio(float(p), schedule) for p in draws[1:]])
+        assert torch.allclose(training_mask_ratios(draws[1:], schedule), expected, atol=2e-6)
+    assert training_mask_ratios(torch.zeros(1), "arccos").item() == 1.0  # a draw of 0 masks every entry
+    # the official schedule, as the training loop computed it before the option existed (spec §2.4)
+    torch.manual_seed(0)
+    u = torch.rand(64)
+    assert torch.equal(training_mask_ratios(u, "arccos"), torch.acos(u) / (math.pi / 2))
+    # MaskGIT's cosine gives more grids masked almost entirely: P(ratio > 0.9) = 0.287 against arccos's 0.156
+    u = torch.rand(200_000)
+    high = {s: (training_mask_ratios(u, s) > 0.9).float().mean().item() for s in ("arccos", "cosine")}
+    assert high["arccos"] == pytest.approx(math.cos(0.45 * math.pi), abs=0.005)
+    assert high["cosine"] == pytest.approx(math.acos(0.9) / (math.pi / 2), abs=0.005)
+    with pytest.raises(ValueError, match="mask_schedule must be one of"):
+        apply_overrides(load_train_config("generator", "default"), ["mask_schedule=sine"])
 
 
 def test_discriminator_and_lecam_shapes():

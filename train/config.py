@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from maskbit.config import GeneratorConfig, SamplingConfig, TokenizerConfig, config_from_dict
+from maskbit.config import MASK_SCHEDULES, GeneratorConfig, SamplingConfig, TokenizerConfig, config_from_dict
 from maskbit.official import read_official_yaml
 from maskbit.presets import GENERATOR_PRESETS, SAMPLING_PRESETS, TOKENIZER_PRESETS
 
@@ -178,13 +178,25 @@ class GeneratorTrainConfig:
     # which (position, group) entries the cross-entropy averages over: "all" (the official MLMLoss, spec §2.4) or
     # "masked" (MaskGIT's: the unmasked entries, copied from the input, teach nothing)
     loss_on: str = "all"
+    # how each sample's masking probability is drawn from its U(0, 1) draw: "arccos" (official, spec §2.4) or
+    # another of the sampler's schedules ("cosine": MaskGIT's, more grids masked almost entirely)
+    mask_schedule: str = "arccos"
     sampling: SamplingConfig = field(default_factory=SamplingConfig)  # for the sample grids
     training: TrainingConfig = field(default_factory=lambda: TrainingConfig(batch_size=32))
     stage: str = "generator"
 
     def __post_init__(self) -> None:
-        if self.loss_on not in ("all", "masked"):
-            raise ValueError(f'loss_on must be "all" or "masked", got {self.loss_on!r}')
+        check_loss_on(self.loss_on)
+        if self.mask_schedule not in MASK_SCHEDULES:
+            raise ValueError(f"mask_schedule must be one of {MASK_SCHEDULES}, got {self.mask_schedule!r}")
+
+
+LOSS_ON = ("all", "masked")
+
+
+def check_loss_on(loss_on: str) -> None:
+    if loss_on not in LOSS_ON:
+        raise ValueError(f'loss_on must be "all" or "masked", got {loss_on!r}')
 
 
 # ---------------------------------------------------------------------------------------------------------------

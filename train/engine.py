@@ -29,7 +29,7 @@ from maskbit import Generator, Tokenizer, bits, iter_generate, prediction_to_ind
 from maskbit.device import fit_threads, mixed_precision, pick_device
 from maskbit.files import DiskFullError, disk_full_message, explain_full_disk, is_full_disk, write_json_atomic
 from maskbit.images import image_grid, psnr, save_image
-from maskbit.sampling import check_pair
+from maskbit.sampling import check_pair, training_mask_ratios
 from train.config import GeneratorTrainConfig, OptimizerConfig, TokenizerTrainConfig, to_dict
 from train.data import AugmentedImages, ResumableBatchSampler, TokenFile, batches
 from train.ema import EMA
@@ -287,8 +287,8 @@ class GeneratorStage(Stage):
             inputs = self.tokenizer.encode(inputs)
         groups = bits.split_groups(inputs.flatten(1), model_config.token_size, model_config.num_groups)  # (B, N, m)
         b = groups.shape[0]
-        # arccos masking ratio per sample, every (position, group) masked independently with it
-        ratio = torch.acos(torch.rand(b, device=acc.device)) / (math.pi / 2)
+        # a masking probability per sample (arccos: spec §2.4), every (position, group) masked independently with it
+        ratio = training_mask_ratios(torch.rand(b, device=acc.device), self.config.mask_schedule)
         masked = torch.rand(groups.shape, device=acc.device) < ratio[:, None, None]
         tokens = torch.where(masked, model_config.mask_token, groups)
         drop = torch.rand(b, device=acc.device) < self.config.class_label_dropout

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from maskbit.tokenizer import Conv2dSame, same_padding
-from train.config import DiscriminatorConfig, TokenizerLossConfig
+from train.config import DiscriminatorConfig, TokenizerLossConfig, check_loss_on
 
 logger = logging.getLogger(__name__)
 
@@ -217,9 +217,8 @@ def masked_modelling_loss(
         label_smoothing=label_smoothing,
         reduction="none",
     )
+    check_loss_on(loss_on)
     if loss_on == "all":
         return entries.mean()
-    if loss_on != "masked":
-        raise ValueError(f'loss_on must be "all" or "masked", got {loss_on!r}')
     masked_entries = entries[masked.reshape(-1)]
     return masked_entries.mean() if masked_entries.numel() else entries.sum() * 0  # no masked entry: nothing to learn
