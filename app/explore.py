@@ -254,7 +254,7 @@ class ExploreCallbacks(Endpoints):
         """Tokenizers to compare bit flips with: the bundled twins and LFQ tokenizer, and finished tokenizer runs."""
         runs = self.state.jobs.finished_models() if self.state.jobs is not None else []
         tokenizers = (self.state.jobs.model_pair(name)[0] for name in runs)
-        return list(dict.fromkeys(["default-vq", "default", "default-omv", *tokenizers]))
+        return list(dict.fromkeys(["default-vq", "default", "default-omv", "default-ibq", *tokenizers]))
 
     @gpu
     @guarded

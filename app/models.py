@@ -21,11 +21,13 @@ from maskbit.sampling import check_pair, iter_generate, prediction_to_indices
 
 __all__ = ["Models", "load_models", "load_model", "OFFICIAL_PAIRS", "BUNDLED_PAIRS", "Step", "generate_steps"]
 
-# The bundled pair and its VQ and Open-MAGVIT2 twins, loaded offline; then the published checkpoints (hub downloads).
+# The bundled pair and its VQ, Open-MAGVIT2 and IBQ twins, loaded offline; then the published checkpoints (hub
+# downloads).
 BUNDLED_PAIRS = {
     "bundled default (LFQ, 12 bits)": ("default", "default"),
     "bundled VQ twin (VQGAN+, 12 bits; tokenizer only)": ("default-vq", ""),
     "bundled Open-MAGVIT2 twin (LFQ, 12 bits; tokenizer only)": ("default-omv", ""),
+    "bundled IBQ twin (VQ, 12 bits; tokenizer only)": ("default-ibq", ""),
 }
 OFFICIAL_PAIRS = {
     **{

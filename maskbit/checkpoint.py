@@ -9,7 +9,8 @@
   * a hub id such as "markweber/maskbit_tokenizer_12bit" (official file name `<repo name>.bin`, or the names in
     `OFFICIAL_VQ_HUB_FILES` and `FAMILY_HUB_FILES`, downloaded with huggingface_hub; other repos are read in our
     own format);
-  * "default" (and "default-vq", "default-omv" for the tokenizer): the small models bundled with this package.
+  * "default" (and "default-vq", "default-omv", "default-ibq" for the tokenizer): the small models bundled with this
+    package.
 Checkpoints trained with an exponential moving average (Lightning's LitEma: Open-MAGVIT2, IBQ) hold two copies of
 every parameter, the raw training weights under their names and the EMA weights under `model_ema.<name without
 dots>`; `weights=` picks one (`select_weights`), by default the EMA copy, which the official evaluation uses.
@@ -63,6 +64,8 @@ BUNDLED_MODELS = {
     # The Open-MAGVIT2 architecture trained with the same recipe (issue 26), a tokenizer only: it pairs with no
     # generator.
     ("tokenizer", "default-omv"): DEFAULT_MODEL_DIR / "tokenizer-omv",
+    # IBQ's Taming autoencoder with dot-product VQ over 4,096 codes, the same recipe (issue 36): a tokenizer only.
+    ("tokenizer", "default-ibq"): DEFAULT_MODEL_DIR / "tokenizer-ibq",
 }
 FORMAT_NAME = "maskbit-explorer"
 FORMAT_VERSION = 1

@@ -142,7 +142,7 @@ def add_tokenizer_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tokenizer",
         default="default",
-        help="'default', 'default-vq', 'default-omv', a hub id, a directory, or an official .bin / .ckpt",
+        help="'default', 'default-vq', 'default-omv', 'default-ibq', a hub id, a directory, or an official .bin/.ckpt",
     )
     parser.add_argument("--tokenizer-config", help="preset name or official YAML for an official .bin / .ckpt")
     add_device_arguments(parser)

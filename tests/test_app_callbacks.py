@@ -425,6 +425,7 @@ def test_model_choices_and_generated_images_between_tabs(callbacks):
     assert choices[:2] == ["bundled default (LFQ, 12 bits)", "bundled VQ twin (VQGAN+, 12 bits; tokenizer only)"]
     assert callbacks.explore.pair_sources(choices[1]) == ("default-vq", "")
     assert callbacks.explore.pair_sources(choices[2]) == ("default-omv", "")  # the Open-MAGVIT2 twin: a tokenizer only
+    assert callbacks.explore.pair_sources(choices[3]) == ("default-ibq", "")  # the IBQ twin: a tokenizer only
     assert (
         callbacks.explore.pair_sources("official 12-bit (LFQ, ImageNet 256)")[1] == "markweber/maskbit_generator_12bit"
     )

@@ -300,6 +300,23 @@ def test_the_bundled_open_magvit2_twin_loads_by_name():
         Generator.from_pretrained("default-omv")
 
 
+def test_the_bundled_ibq_twin_loads_by_name():
+    """default-ibq: IBQ's Taming autoencoder with dot-product VQ over 4,096 codes on the 16×16 grid, no generator."""
+    ibq, lfq = Tokenizer.from_pretrained("default-ibq"), Tokenizer.from_pretrained("default")
+    config = ibq.config
+    assert (config.model_class, config.quantizer, config.code_assignment, config.codebook_size) == (
+        "taming",
+        "vq",
+        "dot_product",
+        4096,
+    )
+    images = torch.rand(1, 3, 64, 64)
+    assert ibq.encode(images).shape == lfq.encode(images).shape == (1, 16, 16)
+    assert ibq.decode(ibq.encode(images)).shape == (1, 3, 64, 64)
+    with pytest.raises(FileNotFoundError, match="neither a file"):
+        Generator.from_pretrained("default-ibq")
+
+
 def test_inference_freezes_places_and_sets_the_precision(tiny_tokenizer):
     """The one way every CLI, the indexes and the app prepare a loaded model (issue 28.2)."""
     import copy
