@@ -57,7 +57,7 @@ def check_seed(seed: int) -> int:
     return value
 
 
-# Fraction of entries masked at `progress` ∈ [0, 1] (spec §2.7 f), for `math` on a float or `torch` on a tensor.
+# Fraction of entries masked at `progress` ∈ [0, 1] (spec §3 f), for `math` on a float or `torch` on a tensor.
 _MASK_SCHEDULES = {
     "arccos": lambda p, m: m.acos(p) / (math.pi / 2),
     "cosine": lambda p, m: m.cos(math.pi / 2 * p),

@@ -101,12 +101,17 @@ def test_generate_tab(page, shots):
 def test_steps_stream_while_the_last_images_stay(page):
     """Issue 20.4: per-step progress, and the previous results on screen until the new ones arrive."""
     tab(page, "Generate")
+    steps = page.locator("#num-steps input[type=number]")
+    # The test pair's own sampling is this preset's (64 steps), so the box and knobs show it before any reply: first
+    # another preset, so that waiting for 64 below waits for the reply, which cannot then overwrite the typed 24.
+    page.get_by_label("sampling preset (fills the knobs)").click()
+    page.get_by_role("option", name="default", exact=True).click()
+    expect(steps).to_have_value("16", timeout=REPLY)
     page.get_by_label("sampling preset (fills the knobs)").click()
     page.get_by_role("option", name="maskbit_generator_12bit").click()
     note = "the paper's preset for markweber/maskbit_generator_12bit (ImageNet 256); on other models it can make"
     expect(page.get_by_text(note)).to_be_visible(timeout=REPLY)  # issue 25.10: the hub id whole, not cut short
-    steps = page.locator("#num-steps input[type=number]")
-    expect(steps).to_have_value("64", timeout=REPLY)  # the preset's knobs drawn, so they cannot overwrite ours later
+    expect(steps).to_have_value("64", timeout=REPLY)
     steps.fill("24")
     steps.press("Enter")
     expect(steps).to_have_value("24", timeout=SHOWN)
