@@ -67,18 +67,20 @@ _MASK_SCHEDULES = {
 }
 
 
+def _mask_schedule(name: str):
+    if name not in _MASK_SCHEDULES:
+        raise ValueError(f"unknown mask schedule {name!r}; choose one of {', '.join(_MASK_SCHEDULES)}")
+    return _MASK_SCHEDULES[name]
+
+
 def mask_ratio(progress: float, schedule: str) -> float:
     """Fraction of entries still masked after a step at `progress` ∈ (0, 1], clamped to [1e-6, 1]."""
-    if schedule not in _MASK_SCHEDULES:
-        raise ValueError(f"unknown mask schedule {schedule!r}")
-    return min(max(_MASK_SCHEDULES[schedule](progress, math), 1e-6), 1.0)
+    return min(max(_mask_schedule(schedule)(progress, math), 1e-6), 1.0)
 
 
 def training_mask_ratios(progress: torch.Tensor, schedule: str) -> torch.Tensor:
     """Each training sample's masking probability from its uniform draw `progress` (spec §2.4: "arccos")."""
-    if schedule not in _MASK_SCHEDULES:
-        raise ValueError(f"unknown mask schedule {schedule!r}")
-    return _MASK_SCHEDULES[schedule](progress, torch)
+    return _mask_schedule(schedule)(progress, torch)
 
 
 def guidance_weight(step: int, sampling: SamplingConfig) -> float:

@@ -411,9 +411,9 @@ def test_masked_modelling_loss_over_all_entries_or_the_masked_ones():
     assert torch.allclose(masked_modelling_loss(changed, groups, masked, 0.1, "masked"), only_masked)
     nothing_masked = masked_modelling_loss(logits, groups, torch.zeros_like(masked), 0.1, "masked")
     assert nothing_masked.item() == 0
-    with pytest.raises(ValueError, match='loss_on must be "all" or "masked"'):
+    with pytest.raises(ValueError, match='loss_on must be one of all, masked'):
         masked_modelling_loss(logits, groups, masked, 0.1, "unmasked")
-    with pytest.raises(ValueError, match='loss_on must be "all" or "masked"'):
+    with pytest.raises(ValueError, match='loss_on must be one of all, masked'):
         apply_overrides(load_train_config("generator", "default"), ["loss_on=unmasked"])
 
 
@@ -434,6 +434,9 @@ def test_training_mask_schedules_draw_the_sampler_s_ratios():
     assert high["cosine"] == pytest.approx(math.acos(0.9) / (math.pi / 2), abs=0.005)
     with pytest.raises(ValueError, match="mask_schedule must be one of"):
         apply_overrides(load_train_config("generator", "default"), ["mask_schedule=sine"])
+    for ratios in (lambda: mask_ratio(0.5, "sine"), lambda: training_mask_ratios(u, "sine")):
+        with pytest.raises(ValueError, match="unknown mask schedule 'sine'; choose one of arccos, cosine, linear"):
+            ratios()
 
 
 def test_discriminator_and_lecam_shapes():

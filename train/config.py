@@ -196,7 +196,7 @@ LOSS_ON = ("all", "masked")
 
 def check_loss_on(loss_on: str) -> None:
     if loss_on not in LOSS_ON:
-        raise ValueError(f'loss_on must be "all" or "masked", got {loss_on!r}')
+        raise ValueError(f"loss_on must be one of {', '.join(LOSS_ON)}, got {loss_on!r}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
