@@ -105,14 +105,21 @@ def default_sampling(generator_source: str | Path, generator_config: Any = None)
 
     1. the `sampling` stored with the model (`save_pretrained(..., sampling=)`: the bundled model, exported runs),
        or in the config.json of the training run whose `model/` directory it is;
-    2. the paper's preset of an official generator, named by its hub id, file name or config preset;
-    3. otherwise the official 12-bit defaults (`SamplingConfig()`).
+    2. the sampling keys of an official YAML given as `generator_config` (`model.mlm_model`: num_steps,
+       guidance_scale, …), which the official code samples with;
+    3. the paper's preset of an official generator, named by its hub id, file name or config preset;
+    4. otherwise the official 12-bit defaults (`SamplingConfig()`).
     """
     directory = _model_directory(generator_source)
     for config_file in (directory / CONFIG_FILE, directory.parent / CONFIG_FILE):
         stored = _stored_sampling(config_file)
         if stored is not None:
             return stored
+    official = generator_config if isinstance(generator_config, OfficialConfig) else None
+    if isinstance(generator_config, (str, Path)) and Path(generator_config).suffix in (".yaml", ".yml"):
+        official = read_official_yaml(generator_config)
+    if official is not None and official.sampling is not None:
+        return official.sampling
     for name in (generator_config, generator_source):
         if isinstance(name, (str, Path)):
             stem = Path(str(name)).name.removesuffix(".bin").removesuffix(".yaml").removesuffix(".yml")

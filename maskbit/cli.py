@@ -276,7 +276,10 @@ def cmd_convert(args: argparse.Namespace) -> None:
         kind = "tokenizer" if any(k.startswith(("encoder.", "model_ema.encoder")) for k in keys) else "generator"
     cls = Tokenizer if kind == "tokenizer" else Generator
     model = cls.from_pretrained(args.checkpoint, args.config, weights=args.weights)
-    model.save_pretrained(args.out)
+    if kind == "generator":  # the sampling it was made for (its YAML's, or its paper preset's) goes with it
+        model.save_pretrained(args.out, sampling=default_sampling(args.checkpoint, args.config))
+    else:
+        model.save_pretrained(args.out)
     print(f"converted {args.checkpoint} ({kind}, {model.config}) to {args.out}")
 
 

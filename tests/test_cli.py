@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from maskbit import Tokenizer
+from maskbit import SamplingConfig, Tokenizer
+from maskbit.checkpoint import default_sampling
 from maskbit.images import load_image, save_image
 from tests.conftest import OFFICIAL_TINY, OFFICIAL_VQ_TINY
 
@@ -163,6 +164,19 @@ def test_convert_official_bin_to_own_format(tmp_path, tiny_tokenizer, tokenizer_
     assert torch.equal(converted.decode(tokenizer_io["indices"]), tiny_tokenizer.decode(tokenizer_io["indices"]))
     maskbit_cli("convert", str(OFFICIAL_TINY / "tiny_generator_hubkeys.bin"), "--out", str(tmp_path / "gen"))
     assert (tmp_path / "gen" / "model.safetensors").is_file()
+    assert default_sampling(tmp_path / "gen") == SamplingConfig()  # no YAML: the official 12-bit defaults
+    # with its YAML, the converted generator keeps the YAML's sampling (the official code samples with it)
+    generator_yaml = OFFICIAL_TINY / "tiny_generator.yaml"
+    maskbit_cli(
+        "convert",
+        str(OFFICIAL_TINY / "tiny_generator.bin"),
+        "--config",
+        str(generator_yaml),
+        "--out",
+        str(tmp_path / "own"),
+    )
+    assert default_sampling(tmp_path / "own") == default_sampling(OFFICIAL_TINY / "tiny_generator.bin", generator_yaml)
+    assert default_sampling(tmp_path / "own").num_steps == 8
 
 
 def test_convert_a_lightning_checkpoint_and_flip_the_vq_index_bits(tmp_path):

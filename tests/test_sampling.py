@@ -7,6 +7,7 @@ import torch
 from maskbit import Generator, GeneratorConfig, SamplingConfig, Tokenizer, generate, iter_generate
 from maskbit.presets import SAMPLING_PRESETS, TOKENIZER_PRESETS
 from maskbit.sampling import guidance_weight, mask_ratio, masked_counts, sampling_step
+from tests.conftest import OFFICIAL_TINY
 
 OFFICIAL_PRESETS = [name for name in SAMPLING_PRESETS if name.startswith("maskbit_generator_")]
 
@@ -183,12 +184,18 @@ def test_default_sampling_is_the_generators_own(tmp_path, tiny_generator):
 
     from maskbit import SAMPLING_PRESETS, SamplingConfig
     from maskbit.checkpoint import default_sampling
+    from maskbit.official import read_official_yaml
 
     assert default_sampling("default") == SAMPLING_PRESETS["default"]  # stored with the bundled model
     assert default_sampling("markweber/maskbit_generator_14bit") == SAMPLING_PRESETS["maskbit_generator_14bit"]
     assert default_sampling("weights/maskbit_generator_10bit.bin") == SAMPLING_PRESETS["maskbit_generator_10bit"]
     assert default_sampling("some.bin", "maskbit_generator_16bit") == SAMPLING_PRESETS["maskbit_generator_16bit"]
     assert default_sampling(tmp_path / "nothing.bin") == SamplingConfig()
+    # an official YAML's own sampling keys (model.mlm_model), as the official code samples with them
+    yaml_sampling = SamplingConfig(8, 2.0, "cosine", 3.0, 4.5, 1.0, "arccos")
+    tiny = OFFICIAL_TINY / "tiny_generator.bin"
+    assert default_sampling(tiny, OFFICIAL_TINY / "tiny_generator.yaml") == yaml_sampling
+    assert default_sampling(tiny, read_official_yaml(OFFICIAL_TINY / "tiny_generator.yaml")) == yaml_sampling
     own = SamplingConfig(5, 1.5, "linear", 2.0, 3.0, 0.9, "root")
     tiny_generator.save_pretrained(tmp_path / "saved", sampling=own)
     assert default_sampling(tmp_path / "saved") == own
